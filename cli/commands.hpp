@@ -1,0 +1,11 @@
+// Sub-command registration for the `reach` CLI: each command file adds itself to the app.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace reach::cli {
+
+void add_pattern_command(CLI::App& app);
+void add_bench_command(CLI::App& app);
+
+}  // namespace reach::cli

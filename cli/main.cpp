@@ -1,0 +1,22 @@
+// reach: sparse-attention language models that keep working beyond their training length.
+#include <fmt/core.h>
+
+#include <exception>
+
+#include "cli/commands.hpp"
+
+int main(int argc, char** argv) {
+  CLI::App app{"reach: Fibonacci-dilated and other sparse attention for long-context LMs"};
+  app.require_subcommand(1);
+  reach::cli::add_pattern_command(app);
+  reach::cli::add_bench_command(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "reach: error: {}\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,44 @@
+// Latency and peak memory of sparse dilated attention against dense exact causal
+// attention (LibTorch matmul + mask + softmax), forward and forward+backward, measured
+// side by side in one process.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace reach::eval {
+
+struct AttentionBenchConfig {
+  std::vector<int64_t> lengths{1024, 4096, 16384, 65536};
+  int64_t batch = 1;
+  int64_t heads = 8;
+  int64_t head_dim = 64;
+  int64_t window = 64;
+  int64_t reach = 0;  // 0: reach = n (offsets span the whole sequence)
+  double alpha = 1.0;
+  std::string base = "fibonacci";
+  std::string dtype = "float32";
+  int repeats = 3;
+  double dense_memory_gib = 12.0;  // dense runs head-chunked to stay under this; else skipped
+  bool dense = true;
+};
+
+struct AttentionBenchRow {
+  std::string impl;  // "sparse" or "dense"
+  int64_t seq_len = 0;
+  int64_t keys_per_query = 0;  // sparse: W + K (dense: n, the maximum)
+  bool ran = false;
+  std::string note;
+  double forward_ms = 0;   // median
+  double fwd_bwd_ms = 0;   // median
+  double peak_mib = 0;     // peak RSS above the inputs during forward+backward
+  int64_t heads_per_chunk = 0;  // dense only
+};
+
+// Runs the benchmark; `progress` receives one line per measurement started.
+std::vector<AttentionBenchRow> run_attention_benchmark(
+    const AttentionBenchConfig& config, const std::function<void(const std::string&)>& progress);
+
+}  // namespace reach::eval

@@ -1,0 +1,237 @@
+#include "ops/dilated_attention.hpp"
+
+#include <torch/library.h>
+
+#include <cmath>
+
+#include "kernels/cpu/dilated_attention.hpp"
+
+namespace reach::ops {
+
+using torch::Tensor;
+
+namespace {
+
+void check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, int64_t window,
+                  const Tensor& offsets) {
+  TORCH_CHECK(q.defined() && k.defined() && v.defined(),
+              "dilated_attention: q, k and v must be defined tensors");
+  TORCH_CHECK(q.dim() == 4, "dilated_attention: q must have rank 4 [batch, heads, n, head_dim], "
+                            "got rank ", q.dim());
+  TORCH_CHECK(k.sizes() == q.sizes() && v.sizes() == q.sizes(),
+              "dilated_attention: q, k and v must have the same shape, got q ", q.sizes(), ", k ",
+              k.sizes(), ", v ", v.sizes());
+  TORCH_CHECK(q.scalar_type() == torch::kFloat32 || q.scalar_type() == torch::kFloat64,
+              "dilated_attention: dtype must be float32 or float64, got ", q.scalar_type());
+  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
+              "dilated_attention: q, k and v must share one dtype");
+  TORCH_CHECK(k.device() == q.device() && v.device() == q.device(),
+              "dilated_attention: q, k and v must be on one device");
+  TORCH_CHECK(q.numel() > 0, "dilated_attention: empty input (shape ", q.sizes(), ")");
+  TORCH_CHECK(window >= 1, "dilated_attention: window W must be >= 1, got ", window);
+  TORCH_CHECK(offsets.defined() && offsets.dim() == 1,
+              "dilated_attention: offsets must be a 1-D tensor");
+  TORCH_CHECK(offsets.is_floating_point(), "dilated_attention: offsets must be floating point");
+}
+
+kernels::DilatedAttentionParams make_params(const Tensor& q, int64_t window,
+                                            const Tensor& offsets_cpu, double scale) {
+  kernels::DilatedAttentionParams p;
+  p.batch_heads = q.size(0) * q.size(1);
+  p.seq_len = q.size(2);
+  p.head_dim = q.size(3);
+  p.window = window;
+  p.offsets = offsets_cpu.data_ptr<double>();
+  p.num_offsets = offsets_cpu.numel();
+  p.scale = scale;
+  const std::string problem = kernels::validate_params(p);
+  TORCH_CHECK(problem.empty(), "dilated_attention: ", problem);
+  return p;
+}
+
+Tensor offsets_on_host(const Tensor& offsets) {
+  return offsets.detach().to(torch::kCPU, torch::kFloat64).contiguous();
+}
+
+double resolve_scale(c10::optional<double> scale, int64_t head_dim) {
+  const double s = scale.value_or(1.0 / std::sqrt(static_cast<double>(head_dim)));
+  TORCH_CHECK(std::isfinite(s) && s > 0, "dilated_attention: scale must be positive, got ", s);
+  return s;
+}
+
+}  // namespace
+
+std::tuple<Tensor, Tensor> forward_cpu(const Tensor& q_in, const Tensor& k_in,
+                                       const Tensor& v_in, int64_t window,
+                                       const Tensor& offsets, c10::optional<double> scale) {
+  check_inputs(q_in, k_in, v_in, window, offsets);
+  TORCH_CHECK(q_in.device().is_cpu(), "dilated_attention: the CPU kernel got a ",
+              q_in.device(), " tensor");
+  const Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
+  const Tensor off = offsets_on_host(offsets);
+  const auto p = make_params(q, window, off, resolve_scale(scale, q.size(3)));
+  Tensor out = torch::empty_like(q);
+  Tensor lse = torch::empty({q.size(0), q.size(1), q.size(2)}, q.options());
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "dilated_attention_forward", [&] {
+    kernels::dilated_attention_forward_cpu<scalar_t>(p, q.data_ptr<scalar_t>(),
+                                                     k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
+                                                     out.data_ptr<scalar_t>(),
+                                                     lse.data_ptr<scalar_t>());
+  });
+  return {out, lse};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> backward_cpu(
+    const Tensor& grad_out_in, const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
+    const Tensor& out, const Tensor& lse_in, int64_t window, const Tensor& offsets,
+    c10::optional<double> scale, bool need_offsets_grad) {
+  check_inputs(q_in, k_in, v_in, window, offsets);
+  TORCH_CHECK(grad_out_in.sizes() == q_in.sizes(),
+              "dilated_attention backward: grad_out shape ", grad_out_in.sizes(),
+              " does not match q ", q_in.sizes());
+  const Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
+  const Tensor grad_out = grad_out_in.to(q.scalar_type()).contiguous();
+  const Tensor lse = lse_in.contiguous();
+  const Tensor off = offsets_on_host(offsets);
+  const auto p = make_params(q, window, off, resolve_scale(scale, q.size(3)));
+  Tensor dq = torch::empty_like(q), dk = torch::empty_like(k), dv = torch::empty_like(v);
+  Tensor doff = torch::zeros({off.numel()}, off.options());
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "dilated_attention_backward", [&] {
+    kernels::dilated_attention_backward_cpu<scalar_t>(
+        p, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
+        out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(), grad_out.data_ptr<scalar_t>(),
+        dq.data_ptr<scalar_t>(), dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>(),
+        need_offsets_grad ? doff.data_ptr<double>() : nullptr);
+  });
+  return {dq, dk, dv, doff};
+}
+
+namespace {
+
+class DilatedAttentionFunction : public torch::autograd::Function<DilatedAttentionFunction> {
+ public:
+  static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& q, const Tensor& k,
+                        const Tensor& v, int64_t window, const Tensor& offsets,
+                        c10::optional<double> scale) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    // Through the dispatcher, so the kernel of the tensors' device runs.
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("reach::dilated_attention_forward", "")
+                         .typed<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&,
+                                                           const Tensor&, int64_t, const Tensor&,
+                                                           c10::optional<double>)>();
+    auto [out, lse] = op.call(q, k, v, window, offsets, scale);
+    ctx->save_for_backward({q, k, v, out, lse, offsets});
+    ctx->saved_data["window"] = window;
+    ctx->saved_data["scale"] = resolve_scale(scale, q.size(3));
+    return out;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const Tensor& offsets = saved[5];
+    // Edges exist for tensor inputs only: q, k, v, offsets -> offsets is edge 3.
+    const bool need_offsets = ctx->needs_input_grad(3);
+    static auto op =
+        c10::Dispatcher::singleton()
+            .findSchemaOrThrow("reach::dilated_attention_backward", "")
+            .typed<std::tuple<Tensor, Tensor, Tensor, Tensor>(
+                const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                const Tensor&, int64_t, const Tensor&, c10::optional<double>, bool)>();
+    auto [dq, dk, dv, doff] =
+        op.call(grads[0], saved[0], saved[1], saved[2], saved[3], saved[4],
+                ctx->saved_data["window"].toInt(), offsets, ctx->saved_data["scale"].toDouble(),
+                need_offsets);
+    return {dq, dk, dv, Tensor(), need_offsets ? doff.to(offsets.scalar_type()) : Tensor(),
+            Tensor()};
+  }
+};
+
+}  // namespace
+
+Tensor dilated_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t window,
+                         const Tensor& offsets, c10::optional<double> scale) {
+  check_inputs(q, k, v, window, offsets);  // before dispatch, which would pick one device
+  return DilatedAttentionFunction::apply(q, k, v, window, offsets, scale);
+}
+
+Tensor dilated_attention_static(const Tensor& q, const Tensor& k, const Tensor& v,
+                                const pattern::DilationSpec& spec) {
+  const auto ints = pattern::integer_offsets(spec);
+  std::vector<double> real(ints.begin(), ints.end());
+  const Tensor offsets = torch::tensor(real, torch::kFloat64);
+  return dilated_attention(q, k, v, spec.window, offsets);
+}
+
+Tensor dilated_attention_learned(const Tensor& q, const Tensor& k, const Tensor& v,
+                                 const Tensor& alpha, pattern::OffsetBase base, int64_t window,
+                                 int64_t reach) {
+  TORCH_CHECK(alpha.defined() && alpha.numel() == 1,
+              "dilated_attention_learned: alpha must be a single-element tensor");
+  const double alpha_value = alpha.item<double>();
+  const auto fo = pattern::fractional_offsets({base, alpha_value, window, reach});
+  std::vector<double> bases(fo.base_values.begin(), fo.base_values.end());
+  // offsets = alpha * b, so d loss / d alpha = sum_k b_k * d loss / d offset_k.
+  const Tensor offsets =
+      alpha.reshape({}).to(torch::kFloat64) * torch::tensor(bases, torch::kFloat64);
+  return dilated_attention(q, k, v, window, offsets);
+}
+
+Tensor dense_causal_attention(const Tensor& q, const Tensor& k, const Tensor& v,
+                              c10::optional<double> scale) {
+  TORCH_CHECK(q.dim() == 4, "dense_causal_attention: q must have rank 4");
+  const int64_t n = q.size(2);
+  const double s = resolve_scale(scale, q.size(3));
+  Tensor scores = torch::matmul(q, k.transpose(-2, -1)).mul_(s);
+  const Tensor future =
+      torch::ones({n, n}, torch::TensorOptions().dtype(torch::kBool)).triu_(1);
+  scores.masked_fill_(future, -std::numeric_limits<double>::infinity());
+  return torch::matmul(torch::softmax(scores, -1), v);
+}
+
+}  // namespace reach::ops
+
+namespace {
+
+at::Tensor dilated_attention_op(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                int64_t window, const at::Tensor& offsets,
+                                c10::optional<double> scale) {
+  return reach::ops::dilated_attention(q, k, v, window, offsets, scale);
+}
+
+std::tuple<at::Tensor, at::Tensor> forward_op(const at::Tensor& q, const at::Tensor& k,
+                                              const at::Tensor& v, int64_t window,
+                                              const at::Tensor& offsets,
+                                              c10::optional<double> scale) {
+  return reach::ops::forward_cpu(q, k, v, window, offsets, scale);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_op(
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& out, const at::Tensor& lse, int64_t window, const at::Tensor& offsets,
+    c10::optional<double> scale, bool need_offsets_grad) {
+  return reach::ops::backward_cpu(grad_out, q, k, v, out, lse, window, offsets, scale,
+                                  need_offsets_grad);
+}
+
+}  // namespace
+
+TORCH_LIBRARY(reach, m) {
+  m.def("dilated_attention(Tensor q, Tensor k, Tensor v, int window, Tensor offsets, "
+        "float? scale=None) -> Tensor");
+  m.def("dilated_attention_forward(Tensor q, Tensor k, Tensor v, int window, Tensor offsets, "
+        "float? scale=None) -> (Tensor, Tensor)");
+  m.def("dilated_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, "
+        "Tensor lse, int window, Tensor offsets, float? scale=None, bool offsets_grad=True) "
+        "-> (Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(reach, CompositeImplicitAutograd, m) {
+  m.impl("dilated_attention", &dilated_attention_op);
+}
+
+TORCH_LIBRARY_IMPL(reach, CPU, m) {
+  m.impl("dilated_attention_forward", &forward_op);
+  m.impl("dilated_attention_backward", &backward_op);
+}

@@ -1,0 +1,53 @@
+// LibTorch binding of dilated attention: an autograd function and TORCH_LIBRARY ops.
+//
+// Ops (load from Python with torch.ops.load_library("libreach_ops.so")):
+//   reach::dilated_attention(Tensor q, Tensor k, Tensor v, int window, Tensor offsets,
+//                            float? scale=None) -> Tensor      (autograd-aware)
+//   reach::dilated_attention_forward(...)  -> (Tensor out, Tensor lse)
+//   reach::dilated_attention_backward(...) -> (Tensor dq, Tensor dk, Tensor dv, Tensor doffsets)
+// q, k, v: [batch, heads, n, head_dim], float32 or float64, same device.
+// offsets: 1-D float64 real distances (strictly increasing, each >= window); it may
+// require grad (the learned schedule), in which case d loss / d offsets is returned.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <c10/util/Optional.h>
+
+#include "pattern/dilated_offsets.hpp"
+
+namespace reach::ops {
+
+torch::Tensor dilated_attention(const torch::Tensor& q, const torch::Tensor& k,
+                                const torch::Tensor& v, int64_t window,
+                                const torch::Tensor& offsets,
+                                c10::optional<double> scale = c10::nullopt);
+
+// Static schedules: integer offsets from (base, alpha, window, reach) per DESIGN.md.
+torch::Tensor dilated_attention_static(const torch::Tensor& q, const torch::Tensor& k,
+                                       const torch::Tensor& v,
+                                       const pattern::DilationSpec& spec);
+
+// Learned schedule: alpha is a 0-dim tensor (> 0) that receives a gradient through
+// the interpolated offsets alpha * b, b in the base sequence, W <= alpha * b <= R.
+torch::Tensor dilated_attention_learned(const torch::Tensor& q, const torch::Tensor& k,
+                                        const torch::Tensor& v, const torch::Tensor& alpha,
+                                        pattern::OffsetBase base, int64_t window, int64_t reach);
+
+// The CPU implementations behind reach::dilated_attention_forward / _backward.
+std::tuple<torch::Tensor, torch::Tensor> forward_cpu(const torch::Tensor& q,
+                                                     const torch::Tensor& k,
+                                                     const torch::Tensor& v, int64_t window,
+                                                     const torch::Tensor& offsets,
+                                                     c10::optional<double> scale);
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> backward_cpu(
+    const torch::Tensor& grad_out, const torch::Tensor& q, const torch::Tensor& k,
+    const torch::Tensor& v, const torch::Tensor& out, const torch::Tensor& lse, int64_t window,
+    const torch::Tensor& offsets, c10::optional<double> scale, bool need_offsets_grad);
+
+// Dense exact causal attention, matmul + mask + softmax: the LibTorch baseline.
+torch::Tensor dense_causal_attention(const torch::Tensor& q, const torch::Tensor& k,
+                                     const torch::Tensor& v,
+                                     c10::optional<double> scale = c10::nullopt);
+
+}  // namespace reach::ops
