@@ -48,15 +48,19 @@ void validate(const ScheduleSpec& spec) {
 }
 
 int64_t coprime_step(int64_t layers) {
+  // Nearest to L / phi among 2..L-1 coprime with L (s = 1 would be the identity).
   if (layers <= 2) return 1;
   const double target = static_cast<double>(layers) / std::numbers::phi;
-  const auto centre = static_cast<int64_t>(std::llround(target));
-  for (int64_t delta = 0; delta < layers; ++delta) {
-    for (int64_t s : {centre - delta, centre + delta}) {
-      if (s >= 1 && s < layers && std::gcd(s, layers) == 1) return s;
+  int64_t best = 1;
+  double best_distance = 1e300;
+  for (int64_t s = 2; s < layers; ++s) {
+    const double distance = std::abs(static_cast<double>(s) - target);
+    if (std::gcd(s, layers) == 1 && distance < best_distance) {
+      best = s;
+      best_distance = distance;
     }
   }
-  return 1;
+  return best;
 }
 
 std::vector<double> layer_alphas(const ScheduleSpec& spec) {

@@ -28,8 +28,8 @@ struct ScheduleSpec {
 
 void validate(const ScheduleSpec& spec);  // throws std::invalid_argument naming the field
 
-// The step s of the coprime reassignment for L layers: the integer nearest L/phi
-// (searching outwards, smaller first on ties) with gcd(s, L) == 1. s == 1 for L <= 2.
+// The step s of the coprime reassignment for L layers: among 2..L-1 with gcd(s, L) == 1,
+// the one nearest L/phi (the smaller on ties). s == 1 (no permutation) for L <= 2.
 int64_t coprime_step(int64_t layers);
 
 // alpha_l for l = 0..L-1 (for `learned`, the initial values).

@@ -22,6 +22,7 @@ TEST(AlphaSchedule, StaggerIsLinearFromMinToMax) {
 TEST(AlphaSchedule, CoprimeStepIsCoprimeAndNearLOverPhi) {
   EXPECT_EQ(coprime_step(16), 9);  // 16 / phi = 9.89 -> 10 shares 2 with 16; 9 is coprime
   EXPECT_EQ(coprime_step(2), 1);
+  EXPECT_EQ(coprime_step(4), 3);  // 4 / phi = 2.47: 2 shares a factor, so 3
   for (int64_t layers = 3; layers <= 64; ++layers) {
     const int64_t s = coprime_step(layers);
     EXPECT_EQ(std::gcd(s, layers), 1) << layers;
