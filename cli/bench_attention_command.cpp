@@ -3,9 +3,11 @@
 #include <torch/torch.h>
 
 #include <memory>
+#include <thread>
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.hpp"
+#include "cli/validators.hpp"
 #include "eval/attention_benchmark.hpp"
 
 namespace reach::cli {
@@ -23,7 +25,9 @@ std::string ms_text(const eval::AttentionBenchRow& r, double ms) {
 }
 
 void run_bench(BenchOptions o) {
-  if (o.threads > 0) torch::set_num_threads(o.threads);
+  // LibTorch 1.13 may start with one intra-op thread; use every core unless told otherwise.
+  torch::set_num_threads(o.threads > 0 ? o.threads
+                                       : static_cast<int>(std::thread::hardware_concurrency()));
   o.config.dense = !o.no_dense;
   auto progress = [&](const std::string& line) {
     fmt::print(stderr, "[bench] {}\n", line);
@@ -84,23 +88,23 @@ void add_bench_command(CLI::App& app) {
       "attention", "Time sparse dilated attention against dense causal attention (CPU)");
   cmd->add_option("--lengths", o->config.lengths, "Sequence lengths (comma separated)")
       ->delimiter(',')
-      ->check(CLI::PositiveNumber);
-  cmd->add_option("--batch", o->config.batch, "Batch size")->check(CLI::PositiveNumber);
-  cmd->add_option("--heads", o->config.heads, "Attention heads")->check(CLI::PositiveNumber);
-  cmd->add_option("--head-dim", o->config.head_dim, "Head dimension")->check(CLI::PositiveNumber);
-  cmd->add_option("--window", o->config.window, "Local window W")->check(CLI::PositiveNumber);
+      ->check(positive());
+  cmd->add_option("--batch", o->config.batch, "Batch size")->check(positive());
+  cmd->add_option("--heads", o->config.heads, "Attention heads")->check(positive());
+  cmd->add_option("--head-dim", o->config.head_dim, "Head dimension")->check(positive());
+  cmd->add_option("--window", o->config.window, "Local window W")->check(positive());
   cmd->add_option("--reach", o->config.reach, "Maximum offset R (default: n)");
   cmd->add_option("--alpha", o->config.alpha, "Dilation scale alpha")
-      ->check(CLI::PositiveNumber);
+      ->check(positive());
   cmd->add_option("--base", o->config.base, "Offset base")
       ->check(CLI::IsMember({"fibonacci", "power_of_two"}));
   cmd->add_option("--dtype", o->config.dtype, "float32 or float64")
       ->check(CLI::IsMember({"float32", "float64"}));
   cmd->add_option("--repeats", o->config.repeats, "Timed repetitions (median reported)")
-      ->check(CLI::PositiveNumber);
+      ->check(positive());
   cmd->add_option("--dense-memory-gib", o->config.dense_memory_gib,
                   "Memory budget for the dense baseline (run head-chunked to fit; else skipped)")
-      ->check(CLI::PositiveNumber);
+      ->check(positive());
   cmd->add_flag("--no-dense", o->no_dense, "Skip the dense baseline");
   cmd->add_option("--threads", o->threads, "Threads (default: all cores)");
   cmd->add_flag("--json", o->json, "Print results as JSON");

@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "cli/commands.hpp"
+#include "cli/validators.hpp"
 #include "pattern/alpha_schedule.hpp"
 #include "pattern/dilated_offsets.hpp"
 #include "pattern/pattern_image.hpp"
@@ -85,9 +86,9 @@ void run_pattern(const PatternOptions& o) {
 void add_pattern_command(CLI::App& app) {
   auto options = std::make_shared<PatternOptions>();
   auto* cmd = app.add_subcommand("pattern", "Print which keys each query sees, per layer");
-  cmd->add_option("--layers", options->layers, "Number of layers L")->check(CLI::PositiveNumber);
-  cmd->add_option("--window", options->window, "Local window W")->check(CLI::PositiveNumber);
-  cmd->add_option("--reach", options->reach, "Maximum offset R")->check(CLI::PositiveNumber);
+  cmd->add_option("--layers", options->layers, "Number of layers L")->check(positive());
+  cmd->add_option("--window", options->window, "Local window W")->check(positive());
+  cmd->add_option("--reach", options->reach, "Maximum offset R")->check(positive());
   cmd->add_option("--seq-len", options->seq_len,
                   "Sequence length for the attended fraction (default: the reach)");
   cmd->add_option("--schedule", options->schedule, "Alpha across depth")
