@@ -2,6 +2,7 @@
 #include <fmt/core.h>
 #include <torch/torch.h>
 
+#include <fstream>
 #include <memory>
 #include <thread>
 #include <nlohmann/json.hpp>
@@ -16,6 +17,7 @@ namespace {
 struct BenchOptions {
   eval::AttentionBenchConfig config;
   bool json = false;
+  std::string json_out;
   bool no_dense = false;
   int threads = 0;
 };
@@ -33,8 +35,8 @@ void run_bench(BenchOptions o) {
     fmt::print(stderr, "[bench] {}\n", line);
   };
   const auto rows = eval::run_attention_benchmark(o.config, progress);
-  if (o.json) {
-    nlohmann::json out;
+  nlohmann::json out;
+  {
     const auto& c = o.config;
     out["config"] = {{"batch", c.batch},       {"heads", c.heads},   {"head_dim", c.head_dim},
                      {"window", c.window},     {"reach", c.reach},   {"alpha", c.alpha},
@@ -51,6 +53,14 @@ void run_bench(BenchOptions o) {
                              {"peak_mib", r.peak_mib},
                              {"heads_per_chunk", r.heads_per_chunk}});
     }
+  }
+  if (!o.json_out.empty()) {
+    std::ofstream file(o.json_out);
+    if (!(file << out.dump(2) << "\n")) {
+      throw std::runtime_error("cannot write JSON results to '" + o.json_out + "'");
+    }
+  }
+  if (o.json) {
     fmt::print("{}\n", out.dump(2));
     return;
   }
@@ -107,7 +117,8 @@ void add_bench_command(CLI::App& app) {
       ->check(positive());
   cmd->add_flag("--no-dense", o->no_dense, "Skip the dense baseline");
   cmd->add_option("--threads", o->threads, "Threads (default: all cores)");
-  cmd->add_flag("--json", o->json, "Print results as JSON");
+  cmd->add_flag("--json", o->json, "Print results as JSON instead of the table");
+  cmd->add_option("--json-out", o->json_out, "Also write the results as JSON to this file");
   cmd->callback([o] { run_bench(*o); });
 }
 

@@ -30,6 +30,7 @@ double median_ms(const std::function<void()>& fn, int repeats) {
 }
 
 double peak_mib_of(const std::function<void()>& fn) {
+  RssFollowsAllocations tracking;
   reset_peak_rss();
   const int64_t base = current_rss_bytes();
   fn();
