@@ -19,8 +19,8 @@ Inputs make_inputs(int64_t n) {
   in.k = torch::randn({1, 8, n, 64});
   in.v = torch::randn({1, 8, n, 64});
   in.grad = torch::randn({1, 8, n, 64});
-  const auto ints = reach::pattern::integer_offsets({reach::pattern::OffsetBase::fibonacci, 1.0,
-                                                     64, n});
+  const auto ints =
+      reach::pattern::integer_offsets({reach::pattern::OffsetBase::fibonacci, 1.0, 64, n});
   in.offsets = torch::tensor(std::vector<double>(ints.begin(), ints.end()), torch::kFloat64);
   return in;
 }

@@ -4,8 +4,8 @@
 
 #include <fstream>
 #include <memory>
-#include <thread>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "cli/commands.hpp"
 #include "cli/validators.hpp"
@@ -31,17 +31,16 @@ void run_bench(BenchOptions o) {
   torch::set_num_threads(o.threads > 0 ? o.threads
                                        : static_cast<int>(std::thread::hardware_concurrency()));
   o.config.dense = !o.no_dense;
-  auto progress = [&](const std::string& line) {
-    fmt::print(stderr, "[bench] {}\n", line);
-  };
+  auto progress = [&](const std::string& line) { fmt::print(stderr, "[bench] {}\n", line); };
   const auto rows = eval::run_attention_benchmark(o.config, progress);
   nlohmann::json out;
   {
     const auto& c = o.config;
-    out["config"] = {{"batch", c.batch},       {"heads", c.heads},   {"head_dim", c.head_dim},
-                     {"window", c.window},     {"reach", c.reach},   {"alpha", c.alpha},
-                     {"base", c.base},         {"dtype", c.dtype},   {"repeats", c.repeats},
-                     {"threads", torch::get_num_threads()}};
+    out["config"] = {{"batch", c.batch},       {"heads", c.heads},
+                     {"head_dim", c.head_dim}, {"window", c.window},
+                     {"reach", c.reach},       {"alpha", c.alpha},
+                     {"base", c.base},         {"dtype", c.dtype},
+                     {"repeats", c.repeats},   {"threads", torch::get_num_threads()}};
     for (const auto& r : rows) {
       out["rows"].push_back({{"impl", r.impl},
                              {"seq_len", r.seq_len},
@@ -64,10 +63,11 @@ void run_bench(BenchOptions o) {
     fmt::print("{}\n", out.dump(2));
     return;
   }
-  fmt::print("attention on CPU: batch {} heads {} head_dim {} {} W={} base={} alpha={} "
-             "threads={}\n",
-             o.config.batch, o.config.heads, o.config.head_dim, o.config.dtype, o.config.window,
-             o.config.base, o.config.alpha, torch::get_num_threads());
+  fmt::print(
+      "attention on CPU: batch {} heads {} head_dim {} {} W={} base={} alpha={} "
+      "threads={}\n",
+      o.config.batch, o.config.heads, o.config.head_dim, o.config.dtype, o.config.window,
+      o.config.base, o.config.alpha, torch::get_num_threads());
   fmt::print("{:>7}  {:>6}  {:>7}  {:>11}  {:>13}  {:>10}  {:>9}  {}\n", "n", "impl", "keys/q",
              "forward ms", "fwd+bwd ms", "speedup", "peak MiB", "note");
   for (size_t i = 0; i + 1 < rows.size(); i += 2) {
@@ -84,8 +84,9 @@ void run_bench(BenchOptions o) {
                  r->ran ? fmt::format("{:.0f}", r->peak_mib) : "-", r->note);
     }
   }
-  fmt::print("speedup = dense time / sparse time (forward / forward+backward); peak MiB = "
-             "resident memory above the inputs during forward+backward\n");
+  fmt::print(
+      "speedup = dense time / sparse time (forward / forward+backward); peak MiB = "
+      "resident memory above the inputs during forward+backward\n");
 }
 
 }  // namespace
@@ -104,8 +105,7 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--head-dim", o->config.head_dim, "Head dimension")->check(positive());
   cmd->add_option("--window", o->config.window, "Local window W")->check(positive());
   cmd->add_option("--reach", o->config.reach, "Maximum offset R (default: n)");
-  cmd->add_option("--alpha", o->config.alpha, "Dilation scale alpha")
-      ->check(positive());
+  cmd->add_option("--alpha", o->config.alpha, "Dilation scale alpha")->check(positive());
   cmd->add_option("--base", o->config.base, "Offset base")
       ->check(CLI::IsMember({"fibonacci", "power_of_two"}));
   cmd->add_option("--dtype", o->config.dtype, "float32 or float64")

@@ -55,9 +55,9 @@ void run_pattern(const PatternOptions& o) {
       offsets_text = fmt::format("{}", offsets);
     }
     const int64_t keys = std::min(o.window, n) + static_cast<int64_t>(offsets.size());
-    fmt::print("{:>5}  {:>8.4f}  {:>5}  {:>6}  {:>8.4f}%  {}\n", l,
-               alphas[static_cast<size_t>(l)], offsets.size(), keys,
-               100.0 * pattern::attended_fraction(n, o.window, offsets), offsets_text);
+    fmt::print("{:>5}  {:>8.4f}  {:>5}  {:>6}  {:>8.4f}%  {}\n", l, alphas[static_cast<size_t>(l)],
+               offsets.size(), keys, 100.0 * pattern::attended_fraction(n, o.window, offsets),
+               offsets_text);
     masks.push_back({fmt::format("layer {}", l), o.window, offsets});
   }
   if (!o.png.empty()) {
@@ -70,8 +70,8 @@ void run_pattern(const PatternOptions& o) {
     std::vector<pattern::LayerMask> drawn;
     for (int64_t l : chosen) {
       if (l < 0 || l >= o.layers) {
-        throw std::invalid_argument(fmt::format("--png-layers: layer {} is outside 0..{}", l,
-                                                o.layers - 1));
+        throw std::invalid_argument(
+            fmt::format("--png-layers: layer {} is outside 0..{}", l, o.layers - 1));
       }
       drawn.push_back(masks[static_cast<size_t>(l)]);
     }

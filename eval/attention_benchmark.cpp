@@ -58,8 +58,8 @@ std::vector<AttentionBenchRow> run_attention_benchmark(
     const torch::Tensor v = torch::randn({c.batch, c.heads, n, c.head_dim}, opts);
     const torch::Tensor grad = torch::randn({c.batch, c.heads, n, c.head_dim}, opts);
     const int64_t reach = c.reach > 0 ? c.reach : std::max(n, c.window);
-    const auto ints = pattern::integer_offsets(
-        {pattern::parse_offset_base(c.base), c.alpha, c.window, reach});
+    const auto ints =
+        pattern::integer_offsets({pattern::parse_offset_base(c.base), c.alpha, c.window, reach});
     const torch::Tensor offsets =
         torch::tensor(std::vector<double>(ints.begin(), ints.end()), torch::kFloat64);
 
@@ -70,8 +70,8 @@ std::vector<AttentionBenchRow> run_attention_benchmark(
       row.keys_per_query = std::min(c.window, n) + static_cast<int64_t>(ints.size());
       progress(fmt::format("sparse n={} (W={}, K={})", n, c.window, ints.size()));
       const int reps = n >= 32768 ? std::max(1, c.repeats / 2) : c.repeats;
-      row.forward_ms = median_ms([&] { (void)ops::dilated_attention(q, k, v, c.window, offsets); },
-                                 reps);
+      row.forward_ms =
+          median_ms([&] { (void)ops::dilated_attention(q, k, v, c.window, offsets); }, reps);
       auto fwd_bwd = [&] {
         torch::AutoGradMode grad_mode(true);
         auto qg = q.detach().requires_grad_(), kg = k.detach().requires_grad_(),
@@ -90,8 +90,8 @@ std::vector<AttentionBenchRow> run_attention_benchmark(
     row.keys_per_query = n;
     // Forward+backward keeps about four n x n buffers per head (scores, probabilities
     // and their gradients) plus the boolean mask.
-    const double per_head = 4.0 * static_cast<double>(n) * static_cast<double>(n) *
-                            static_cast<double>(elem * c.batch);
+    const double per_head =
+        4.0 * static_cast<double>(n) * static_cast<double>(n) * static_cast<double>(elem * c.batch);
     const double budget = c.dense_memory_gib * 1024.0 * 1024.0 * 1024.0;
     row.heads_per_chunk = std::min<int64_t>(c.heads, static_cast<int64_t>(budget / per_head));
     if (!c.dense) {

@@ -31,9 +31,9 @@ struct AttentionBenchRow {
   int64_t keys_per_query = 0;  // sparse: W + K (dense: n, the maximum)
   bool ran = false;
   std::string note;
-  double forward_ms = 0;   // median
-  double fwd_bwd_ms = 0;   // median
-  double peak_mib = 0;     // peak RSS above the inputs during forward+backward
+  double forward_ms = 0;        // median
+  double fwd_bwd_ms = 0;        // median
+  double peak_mib = 0;          // peak RSS above the inputs during forward+backward
   int64_t heads_per_chunk = 0;  // dense only
 };
 
