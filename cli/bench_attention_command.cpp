@@ -2,6 +2,7 @@
 #include <fmt/core.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -19,6 +20,7 @@ struct BenchOptions {
   bool json = false;
   std::string json_out;
   bool no_dense = false;
+  bool no_learned = false;
   int threads = 0;
 };
 
@@ -31,6 +33,7 @@ void run_bench(BenchOptions o) {
   torch::set_num_threads(o.threads > 0 ? o.threads
                                        : static_cast<int>(std::thread::hardware_concurrency()));
   o.config.dense = !o.no_dense;
+  o.config.learned = !o.no_learned;
   auto progress = [&](const std::string& line) { fmt::print(stderr, "[bench] {}\n", line); };
   const auto rows = eval::run_attention_benchmark(o.config, progress);
   nlohmann::json out;
@@ -68,24 +71,23 @@ void run_bench(BenchOptions o) {
       "threads={}\n",
       o.config.batch, o.config.heads, o.config.head_dim, o.config.dtype, o.config.window,
       o.config.base, o.config.alpha, torch::get_num_threads());
-  fmt::print("{:>7}  {:>6}  {:>7}  {:>11}  {:>13}  {:>10}  {:>9}  {}\n", "n", "impl", "keys/q",
+  fmt::print("{:>7}  {:>7}  {:>7}  {:>11}  {:>13}  {:>12}  {:>9}  {}\n", "n", "impl", "keys/q",
              "forward ms", "fwd+bwd ms", "speedup", "peak MiB", "note");
-  for (size_t i = 0; i + 1 < rows.size(); i += 2) {
-    const auto& s = rows[i];
-    const auto& d = rows[i + 1];
-    for (const auto* r : {&s, &d}) {
-      std::string speed = "-";
-      if (r == &s && d.ran) {
-        speed = fmt::format("{:.1f}x/{:.1f}x", d.forward_ms / s.forward_ms,
-                            d.fwd_bwd_ms / s.fwd_bwd_ms);
-      }
-      fmt::print("{:>7}  {:>6}  {:>7}  {:>11}  {:>13}  {:>10}  {:>9}  {}\n", r->seq_len, r->impl,
-                 r->keys_per_query, ms_text(*r, r->forward_ms), ms_text(*r, r->fwd_bwd_ms), speed,
-                 r->ran ? fmt::format("{:.0f}", r->peak_mib) : "-", r->note);
+  for (const auto& r : rows) {
+    std::string speed = "-";
+    const auto dense = std::find_if(rows.begin(), rows.end(), [&](const auto& d) {
+      return d.impl == "dense" && d.seq_len == r.seq_len;
+    });
+    if (r.impl != "dense" && dense != rows.end() && dense->ran) {
+      speed = fmt::format("{:.1f}x/{:.1f}x", dense->forward_ms / r.forward_ms,
+                          dense->fwd_bwd_ms / r.fwd_bwd_ms);
     }
+    fmt::print("{:>7}  {:>7}  {:>7}  {:>11}  {:>13}  {:>12}  {:>9}  {}\n", r.seq_len, r.impl,
+               r.keys_per_query, ms_text(r, r.forward_ms), ms_text(r, r.fwd_bwd_ms), speed,
+               r.ran ? fmt::format("{:.0f}", r.peak_mib) : "-", r.note);
   }
   fmt::print(
-      "speedup = dense time / sparse time (forward / forward+backward); peak MiB = "
+      "speedup = dense time / this row's time (forward / forward+backward); peak MiB = "
       "resident memory above the inputs during forward+backward\n");
 }
 
@@ -116,6 +118,8 @@ void add_bench_command(CLI::App& app) {
                   "Memory budget for the dense baseline (run head-chunked to fit; else skipped)")
       ->check(positive());
   cmd->add_flag("--no-dense", o->no_dense, "Skip the dense baseline");
+  cmd->add_flag("--no-learned", o->no_learned,
+                "Skip the learned schedule (fractional offsets) rows");
   cmd->add_option("--threads", o->threads, "Threads (default: all cores)");
   cmd->add_flag("--json", o->json, "Print results as JSON instead of the table");
   cmd->add_option("--json-out", o->json_out, "Also write the results as JSON to this file");

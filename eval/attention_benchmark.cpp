@@ -63,25 +63,34 @@ std::vector<AttentionBenchRow> run_attention_benchmark(
     const torch::Tensor offsets =
         torch::tensor(std::vector<double>(ints.begin(), ints.end()), torch::kFloat64);
 
-    {  // sparse
+    // Sparse rows: static integer offsets, and the learned schedule's fractional offsets
+    // (alpha nudged off integers; interpolated keys/values plus d loss / d offsets).
+    auto measure_sparse = [&](const std::string& impl, const torch::Tensor& offs) {
       AttentionBenchRow row;
-      row.impl = "sparse";
+      row.impl = impl;
       row.seq_len = n;
-      row.keys_per_query = std::min(c.window, n) + static_cast<int64_t>(ints.size());
-      progress(fmt::format("sparse n={} (W={}, K={})", n, c.window, ints.size()));
+      row.keys_per_query = std::min(c.window, n) + offs.numel();
+      progress(fmt::format("{} n={} (W={}, K={})", impl, n, c.window, offs.numel()));
       const int reps = n >= 32768 ? std::max(1, c.repeats / 2) : c.repeats;
       row.forward_ms =
-          median_ms([&] { (void)ops::dilated_attention(q, k, v, c.window, offsets); }, reps);
+          median_ms([&] { (void)ops::dilated_attention(q, k, v, c.window, offs); }, reps);
       auto fwd_bwd = [&] {
         torch::AutoGradMode grad_mode(true);
         auto qg = q.detach().requires_grad_(), kg = k.detach().requires_grad_(),
              vg = v.detach().requires_grad_();
-        ops::dilated_attention(qg, kg, vg, c.window, offsets).backward(grad);
+        auto og = impl == "learned" ? offs.detach().requires_grad_() : offs;
+        ops::dilated_attention(qg, kg, vg, c.window, og).backward(grad);
       };
       row.fwd_bwd_ms = median_ms(fwd_bwd, reps);
       row.peak_mib = peak_mib_of(fwd_bwd);
       row.ran = true;
       rows.push_back(row);
+    };
+    measure_sparse("sparse", offsets);
+    if (c.learned) {
+      const auto frac = pattern::fractional_offsets(
+          {pattern::parse_offset_base(c.base), c.alpha * 1.01, c.window, reach});
+      measure_sparse("learned", torch::tensor(frac.distances, torch::kFloat64));
     }
 
     AttentionBenchRow row;

@@ -23,10 +23,11 @@ struct AttentionBenchConfig {
   int repeats = 3;
   double dense_memory_gib = 12.0;  // dense runs head-chunked to stay under this; else skipped
   bool dense = true;
+  bool learned = true;  // also time the learned schedule's fractional offsets
 };
 
 struct AttentionBenchRow {
-  std::string impl;  // "sparse" or "dense"
+  std::string impl;  // "sparse" (static offsets), "learned" (fractional offsets) or "dense"
   int64_t seq_len = 0;
   int64_t keys_per_query = 0;  // sparse: W + K (dense: n, the maximum)
   bool ran = false;
