@@ -7,5 +7,8 @@ namespace reach::cli {
 
 void add_pattern_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
+void add_train_command(CLI::App& app);
+void add_eval_command(CLI::App& app);
+void add_demo_command(CLI::App& app);
 
 }  // namespace reach::cli

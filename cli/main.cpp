@@ -1,6 +1,8 @@
 // reach: sparse-attention language models that keep working beyond their training length.
 #include <fmt/core.h>
 
+#include <c10/util/Exception.h>
+
 #include <exception>
 
 #include "cli/commands.hpp"
@@ -10,10 +12,16 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   reach::cli::add_pattern_command(app);
   reach::cli::add_bench_command(app);
+  reach::cli::add_train_command(app);
+  reach::cli::add_eval_command(app);
+  reach::cli::add_demo_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
+  } catch (const c10::Error& e) {
+    fmt::print(stderr, "reach: error: {}\n", e.what_without_backtrace());
+    return 1;
   } catch (const std::exception& e) {
     fmt::print(stderr, "reach: error: {}\n", e.what());
     return 1;
