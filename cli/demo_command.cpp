@@ -15,7 +15,7 @@ namespace {
 
 struct DemoOptions {
   std::string out_dir = "runs/demo";
-  int64_t steps = 600;
+  int64_t steps = 500;
   int64_t seq_len = 128;
   int64_t max_tokens = 16384;
   std::vector<std::string> overrides;

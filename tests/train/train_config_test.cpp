@@ -51,3 +51,20 @@ TEST(TrainConfig, BadInputNamesTheKey) {
 
 }  // namespace
 }  // namespace reach::train
+
+namespace reach::train {
+namespace {
+
+TEST(TrainConfig, ShippedConfigsParse) {
+  for (const char* name : {"tiny-fibonacci.toml", "paper-stagger.toml"}) {
+    const auto c = load_train_config(std::string(REACH_SOURCE_DIR) + "/configs/" + name, {});
+    EXPECT_EQ(c.model.attention, "fibonacci") << name;
+  }
+  const auto paper =
+      load_train_config(std::string(REACH_SOURCE_DIR) + "/configs/paper-stagger.toml", {});
+  EXPECT_EQ(paper.model.layers, 16);
+  EXPECT_EQ(paper.model.d_model, 512);
+}
+
+}  // namespace
+}  // namespace reach::train
