@@ -10,5 +10,6 @@ void add_bench_command(CLI::App& app);
 void add_train_command(CLI::App& app);
 void add_eval_command(CLI::App& app);
 void add_demo_command(CLI::App& app);
+void add_tokenizer_command(CLI::App& app);
 
 }  // namespace reach::cli

@@ -41,7 +41,7 @@ void run_demo(const DemoOptions& o) {
     if (result.interrupted) throw std::runtime_error("demo interrupted");
     auto ckpt = train::load_checkpoint(result.checkpoint);
     ckpt.model->eval();
-    const auto corpus = train::load_byte_corpus(config.corpus);
+    const auto corpus = train::load_token_data(config.corpus, result.checkpoint, config.cache_dir);
     fmt::print(stderr, "[demo] evaluating {} at 1x, 2x, 4x, 8x\n", name);
     table.push_back({name, config.seq_len,
                      eval::evaluate_lengths(

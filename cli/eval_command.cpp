@@ -38,7 +38,7 @@ void add_eval_command(CLI::App& app) {
     std::string dir = o->checkpoint;
     if (auto latest = train::latest_checkpoint(dir)) dir = *latest;
     auto ckpt = train::load_checkpoint(dir);
-    const auto corpus = train::load_byte_corpus(ckpt.config.corpus);
+    const auto corpus = train::load_token_data(ckpt.config.corpus, dir, ckpt.config.cache_dir);
     const auto lengths = parse_lengths(o->lengths, ckpt.config.seq_len);
     ckpt.model->eval();
     const auto results =

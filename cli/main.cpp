@@ -1,7 +1,6 @@
 // reach: sparse-attention language models that keep working beyond their training length.
-#include <fmt/core.h>
-
 #include <c10/util/Exception.h>
+#include <fmt/core.h>
 
 #include <exception>
 
@@ -15,6 +14,7 @@ int main(int argc, char** argv) {
   reach::cli::add_train_command(app);
   reach::cli::add_eval_command(app);
   reach::cli::add_demo_command(app);
+  reach::cli::add_tokenizer_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

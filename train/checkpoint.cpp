@@ -86,7 +86,8 @@ std::string state_key(const torch::Tensor& p) {
 }  // namespace
 
 void save_checkpoint(const std::string& out_dir, int64_t step, model::Gpt& model,
-                     torch::optim::AdamW& optimizer, const TrainConfig& config) {
+                     torch::optim::AdamW& optimizer, const TrainConfig& config,
+                     const data::Tokenizer& tokenizer) {
   const fs::path root = fs::path(out_dir) / "checkpoints";
   fs::create_directories(root);
   const std::string name = fmt::format("step-{:08d}", step);
@@ -109,8 +110,7 @@ void save_checkpoint(const std::string& out_dir, int64_t step, model::Gpt& model
   io::write_safetensors((tmp / "model.safetensors").string(), weights);
   io::write_safetensors((tmp / "optimizer.safetensors").string(), moments);
   write_text(tmp / "config.toml", to_toml(config));
-  write_text(tmp / "tokenizer.json", R"({"type": "byte", "vocab_size": 256})"
-                                     "\n");
+  tokenizer.save(tmp.string());
   nlohmann::json state{{"format_version", kFormatVersion}, {"step", step}, {"seed", config.seed}};
   write_text(tmp / "state.json", state.dump(2) + "\n");
   fsync_dir(tmp);
@@ -153,9 +153,17 @@ Checkpoint load_checkpoint(const std::string& dir) {
   } catch (const std::invalid_argument& e) {
     throw std::runtime_error("checkpoint '" + dir + "': config.toml: " + e.what());
   }
-  const auto tokenizer = nlohmann::json::parse(read_text(path / "tokenizer.json"), nullptr, false);
-  if (tokenizer.is_discarded() || tokenizer.value("type", "") != "byte") {
-    throw std::runtime_error("checkpoint '" + dir + "': tokenizer.json is not a byte tokenizer");
+  std::unique_ptr<data::Tokenizer> tokenizer;
+  try {
+    tokenizer = data::load_tokenizer(dir);
+  } catch (const std::exception& e) {
+    throw std::runtime_error("checkpoint '" + dir + "': " + e.what());
+  }
+  if (ckpt.config.model.vocab_size != tokenizer->vocab_size()) {
+    throw std::runtime_error("checkpoint '" + dir + "': the model's vocabulary (" +
+                             std::to_string(ckpt.config.model.vocab_size) +
+                             ") does not match its tokenizer's (" +
+                             std::to_string(tokenizer->vocab_size()) + ")");
   }
   ckpt.model = model::Gpt(ckpt.config.model);
   const auto weights = io::read_safetensors((path / "model.safetensors").string());

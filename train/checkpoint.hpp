@@ -2,7 +2,7 @@
 //   model.safetensors      weights (names = the module's parameter names; Python-readable)
 //   optimizer.safetensors  AdamW moments + step counts, keyed by parameter name
 //   config.toml            the full run configuration
-//   tokenizer.json         {"type": "byte"}: the tokenizer, so a checkpoint is self-describing
+//   tokenizer.json (+ tokenizer.model)  the tokenizer, so a checkpoint is self-describing
 //   state.json             step, seed, format version
 // Written to a temporary directory, fsynced, then renamed into place (atomic on POSIX).
 #pragma once
@@ -12,13 +12,15 @@
 #include <optional>
 #include <string>
 
+#include "data/tokenizer/tokenizer.hpp"
 #include "model/gpt.hpp"
 #include "train/train_config.hpp"
 
 namespace reach::train {
 
 void save_checkpoint(const std::string& out_dir, int64_t step, model::Gpt& model,
-                     torch::optim::AdamW& optimizer, const TrainConfig& config);
+                     torch::optim::AdamW& optimizer, const TrainConfig& config,
+                     const data::Tokenizer& tokenizer);
 
 // The newest complete checkpoint directory under out_dir, if any.
 std::optional<std::string> latest_checkpoint(const std::string& out_dir);

@@ -21,6 +21,8 @@ std::map<std::string, Field> fields(TrainConfig& c) {
       {"run.seed", &c.seed},
       {"run.threads", &c.threads},
       {"data.corpus", &c.corpus},
+      {"data.tokenizer", &c.tokenizer},
+      {"data.cache_dir", &c.cache_dir},
       {"data.seq_len", &c.seq_len},
       {"data.batch", &c.batch},
       {"model.vocab_size", &c.model.vocab_size},
@@ -91,10 +93,10 @@ void validate(const TrainConfig& c) {
   if (c.eval_tokens < c.seq_len)
     throw std::invalid_argument("train.eval_tokens must be >= seq_len");
   if (c.threads < 0) throw std::invalid_argument("run.threads must be >= 0");
-  if (c.model.vocab_size != 256) {
-    throw std::invalid_argument("model.vocab_size must be 256 with the byte tokenizer");
-  }
-  model::validate(c.model);
+  if (c.model.vocab_size < 0) throw std::invalid_argument("model.vocab_size must be >= 0");
+  auto resolved = c.model;
+  if (resolved.vocab_size == 0) resolved.vocab_size = 1;  // resolved from the tokenizer later
+  model::validate(resolved);
 }
 
 }  // namespace
@@ -142,7 +144,7 @@ TrainConfig parse_train_config(const std::string& toml_text,
     throw std::invalid_argument("config key 'model.preset' must be a string");
   }
   config.model = model::preset(config.preset);
-  config.model.vocab_size = 256;
+  config.model.vocab_size = 0;
   auto known = fields(config);
   for (const auto& [section, node] : table) {
     const auto* sub = node.as_table();

@@ -16,11 +16,13 @@ struct TrainConfig {
   int threads = 0;  // 0 = all cores
 
   std::string corpus = "kjv";
+  std::string tokenizer = "byte";  // "byte" or a directory from `reach tokenizer train`
+  std::string cache_dir;           // token cache ("" = $REACH_CACHE_DIR or ~/.cache/reach)
   int64_t seq_len = 256;
   int64_t batch = 16;
 
-  std::string preset = "tiny";  // applied before any model.* key
-  model::ModelConfig model = model::preset("tiny");
+  std::string preset = "tiny";                       // applied before any model.* key
+  model::ModelConfig model = model::preset("tiny");  // vocab_size 0 = the tokenizer's
 
   int64_t steps = 1000;
   double lr = 3e-3;

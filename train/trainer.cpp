@@ -33,7 +33,7 @@ double learning_rate(const TrainConfig& c, int64_t step) {
 }
 
 // Batch for `step`: starts drawn from an RNG seeded by (seed, step) only.
-std::pair<torch::Tensor, torch::Tensor> batch_for_step(const std::vector<int64_t>& stream,
+std::pair<torch::Tensor, torch::Tensor> batch_for_step(std::span<const uint32_t> stream,
                                                        const TrainConfig& c, int64_t step) {
   std::seed_seq seq{static_cast<uint64_t>(c.seed), static_cast<uint64_t>(step)};
   std::mt19937_64 rng(seq);
@@ -70,24 +70,28 @@ void truncate_metrics(const fs::path& path, int64_t last_step) {
 
 }  // namespace
 
-ByteCorpus load_byte_corpus(const std::string& name) {
-  const auto corpus = data::load_corpus(name);
-  ByteCorpus bytes;
-  for (const auto& doc : corpus.train) {
-    for (unsigned char ch : doc.text) bytes.train.push_back(ch);
-  }
-  for (const auto& doc : corpus.heldout) {
-    bytes.heldout.emplace_back(doc.text.begin(), doc.text.end());
-    for (auto& t : bytes.heldout.back()) t = static_cast<unsigned char>(t);
-  }
-  return bytes;
+TokenData load_token_data(const std::string& corpus_name, const std::string& tokenizer_spec,
+                          const std::string& cache_dir) {
+  auto tokenizer = data::load_tokenizer(tokenizer_spec);
+  const auto corpus = data::load_corpus(corpus_name);
+  auto tokens = data::TokenizedCorpus::open_or_build(corpus, *tokenizer, cache_dir);
+  std::vector<std::vector<int64_t>> heldout;
+  for (const auto& doc : tokens.heldout()) heldout.emplace_back(doc.begin(), doc.end());
+  return {std::move(tokenizer), std::move(tokens), std::move(heldout)};
 }
 
-TrainResult run_training(const TrainConfig& c, const TrainOptions& options) {
+TrainResult run_training(const TrainConfig& config_in, const TrainOptions& options) {
+  TrainConfig c = config_in;
   torch::set_num_threads(c.threads > 0 ? c.threads
                                        : static_cast<int>(std::thread::hardware_concurrency()));
-  const ByteCorpus corpus = load_byte_corpus(c.corpus);
-  if (static_cast<int64_t>(corpus.train.size()) <= c.seq_len + 1) {
+  const TokenData corpus = load_token_data(c.corpus, c.tokenizer, c.cache_dir);
+  const int64_t vocab = corpus.tokenizer->vocab_size();
+  if (c.model.vocab_size != 0 && c.model.vocab_size != vocab) {
+    throw std::invalid_argument(fmt::format("model.vocab_size = {} but the tokenizer '{}' has {}",
+                                            c.model.vocab_size, c.tokenizer, vocab));
+  }
+  c.model.vocab_size = vocab;
+  if (static_cast<int64_t>(corpus.tokens.train_stream().size()) <= c.seq_len + 1) {
     throw std::invalid_argument("corpus '" + c.corpus + "' has fewer training tokens than seq_len");
   }
   fs::create_directories(c.out_dir);
@@ -148,7 +152,7 @@ TrainResult run_training(const TrainConfig& c, const TrainOptions& options) {
     for (auto& group : optimizer.param_groups()) {
       static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
     }
-    auto [input, target] = batch_for_step(corpus.train, c, step);
+    auto [input, target] = batch_for_step(corpus.tokens.train_stream(), c, step);
     optimizer.zero_grad();
     auto logits = net(input);
     auto loss = torch::nn::functional::cross_entropy(logits.view({-1, c.model.vocab_size}),
@@ -189,7 +193,7 @@ TrainResult run_training(const TrainConfig& c, const TrainOptions& options) {
     if (options.stop_after_step > 0 && step + 1 == options.stop_after_step) break;
     const bool stop = g_stop_signal != 0;
     if ((step + 1) % c.checkpoint_every == 0 || step + 1 == c.steps || stop) {
-      save_checkpoint(c.out_dir, step + 1, net, optimizer, c);
+      save_checkpoint(c.out_dir, step + 1, net, optimizer, c, *corpus.tokenizer);
       result.checkpoint = *latest_checkpoint(c.out_dir);
     }
     if (stop) {

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "data/tokenizer/token_cache.hpp"
+#include "data/tokenizer/tokenizer.hpp"
 #include "train/train_config.hpp"
 
 namespace reach::train {
@@ -29,11 +31,14 @@ struct TrainOptions {
 
 TrainResult run_training(const TrainConfig& config, const TrainOptions& options);
 
-// The corpus as byte tokens: the training stream and the held-out documents.
-struct ByteCorpus {
-  std::vector<int64_t> train;
-  std::vector<std::vector<int64_t>> heldout;
+// The corpus tokenized (through the on-disk token cache) by a tokenizer.
+struct TokenData {
+  std::unique_ptr<data::Tokenizer> tokenizer;
+  data::TokenizedCorpus tokens;
+  std::vector<std::vector<int64_t>> heldout;  // held-out documents, for evaluation
 };
-ByteCorpus load_byte_corpus(const std::string& corpus);
+// tokenizer_spec: "byte" or a tokenizer directory (a checkpoint directory works too).
+TokenData load_token_data(const std::string& corpus, const std::string& tokenizer_spec,
+                          const std::string& cache_dir);
 
 }  // namespace reach::train

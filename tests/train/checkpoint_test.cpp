@@ -13,15 +13,16 @@ namespace fs = std::filesystem;
 TEST(Checkpoint, RoundTripsWeightsAndOptimizerState) {
   const fs::path dir = fs::temp_directory_path() / "reach_ckpt_test";
   fs::remove_all(dir);
-  auto config = parse_train_config("[model]\npreset = \"micro\"\n",
-                                   {"run.out_dir=" + dir.string(), "model.schedule=learned"});
+  auto config = parse_train_config(
+      "[model]\npreset = \"micro\"\n",
+      {"run.out_dir=" + dir.string(), "model.schedule=learned", "model.vocab_size=256"});
   torch::manual_seed(3);
   model::Gpt net(config.model);
   torch::optim::AdamW opt(net->parameters(), torch::optim::AdamWOptions(1e-2));
   auto x = torch::randint(0, 256, {2, 16}, torch::kInt64);
   net(x).sum().backward();
   opt.step();
-  save_checkpoint(config.out_dir, 5, net, opt, config);
+  save_checkpoint(config.out_dir, 5, net, opt, config, *data::make_byte_tokenizer());
   const auto latest = latest_checkpoint(config.out_dir);
   ASSERT_TRUE(latest.has_value());
   EXPECT_EQ(fs::path(*latest).filename(), "step-00000005");
