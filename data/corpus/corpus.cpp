@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -12,6 +13,15 @@
 
 namespace reach::data {
 namespace fs = std::filesystem;
+
+std::string corpus_cache_dir() {
+  if (const char* dir = std::getenv("REACH_CACHE_DIR"); dir && *dir) return dir;
+  if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg && *xdg)
+    return std::string(xdg) + "/reach";
+  if (const char* home = std::getenv("HOME"); home && *home)
+    return std::string(home) + "/.cache/reach";
+  return "/tmp/reach-cache";
+}
 
 uint64_t fnv1a64(const std::string& text) {
   uint64_t h = 1469598103934665603ull;
@@ -69,6 +79,44 @@ Corpus split(const std::string& name, std::vector<Document> documents) {
   return corpus;
 }
 
+// The Linux kernel source tree from linux-source-6.1: every .c, .h, .rst and .txt file is a
+// document. Extracted once (tar + xz) into the cache directory.
+std::vector<Document> load_linux_source(const std::string& cache_dir) {
+  std::vector<fs::path> tarballs;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator("/usr/src", ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.starts_with("linux-source-") && name.ends_with(".tar.xz"))
+      tarballs.push_back(entry.path());
+  }
+  if (tarballs.empty()) {
+    throw std::runtime_error(
+        "corpus 'linux' needs the Debian package linux-source-6.1 (apt-get install "
+        "linux-source-6.1; about 140 MB)");
+  }
+  std::sort(tarballs.begin(), tarballs.end());
+  const fs::path out = fs::path(cache_dir) / tarballs.back().stem().stem();
+  if (!fs::exists(out / ".complete")) {
+    fs::create_directories(out);
+    const std::string command = "tar -xJf '" + tarballs.back().string() + "' -C '" + out.string() +
+                                "' --wildcards '*.c' '*.h' '*.rst' '*.txt'";
+    if (std::system(command.c_str()) != 0) {
+      throw std::runtime_error("corpus 'linux': extracting " + tarballs.back().string() +
+                               " failed");
+    }
+    std::ofstream(out / ".complete") << "ok\n";
+  }
+  std::vector<fs::path> files;
+  for (const auto& entry : fs::recursive_directory_iterator(out)) {
+    if (entry.is_regular_file() && entry.path().filename() != ".complete")
+      files.push_back(entry.path());
+  }
+  std::sort(files.begin(), files.end());
+  std::vector<Document> documents;
+  for (const auto& f : files) documents.push_back({fs::relative(f, out).string(), read_file(f)});
+  return documents;
+}
+
 }  // namespace
 
 std::vector<Document> split_kjv_books(const std::string& bible_text) {
@@ -98,11 +146,13 @@ std::vector<Document> split_kjv_books(const std::string& bible_text) {
 
 Corpus load_corpus(const std::string& name_or_path) {
   if (name_or_path == "kjv") return split("kjv", split_kjv_books(run_bible_program()));
+  if (name_or_path == "linux") return split("linux", load_linux_source(corpus_cache_dir()));
   const fs::path path(name_or_path);
   std::error_code ec;
   if (!fs::exists(path, ec)) {
-    throw std::runtime_error("corpus '" + name_or_path +
-                             "' is neither a known corpus (kjv) nor an existing file or folder");
+    throw std::runtime_error(
+        "corpus '" + name_or_path +
+        "' is neither a known corpus (kjv, linux) nor an existing file or folder");
   }
   std::vector<Document> documents;
   if (fs::is_regular_file(path)) {

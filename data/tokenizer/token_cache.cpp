@@ -15,14 +15,7 @@
 namespace reach::data {
 namespace fs = std::filesystem;
 
-std::string default_cache_dir() {
-  if (const char* dir = std::getenv("REACH_CACHE_DIR"); dir && *dir) return dir;
-  if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg && *xdg)
-    return std::string(xdg) + "/reach";
-  if (const char* home = std::getenv("HOME"); home && *home)
-    return std::string(home) + "/.cache/reach";
-  return "/tmp/reach-cache";
-}
+std::string default_cache_dir() { return corpus_cache_dir(); }
 
 TokenizedCorpus::TokenizedCorpus(TokenizedCorpus&& o) noexcept
     : base_(o.base_),

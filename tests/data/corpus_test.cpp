@@ -57,3 +57,19 @@ TEST(Corpus, MissingPathIsAClearError) {
 
 }  // namespace
 }  // namespace reach::data
+
+namespace reach::data {
+namespace {
+
+// Long (label "long"): needs linux-source-6.1 installed; extracts ~1 GB on first use.
+TEST(CorpusLong, LinuxSourceLoadsAsManyDocuments) {
+  const auto corpus = load_corpus("linux");
+  EXPECT_GT(corpus.train.size(), 20000u);
+  EXPECT_GT(corpus.heldout.size(), 2000u);
+  size_t bytes = 0;
+  for (const auto& d : corpus.train) bytes += d.text.size();
+  EXPECT_GT(bytes, 300u * 1024 * 1024);
+}
+
+}  // namespace
+}  // namespace reach::data

@@ -20,7 +20,7 @@ TEST(Perplexity, UniformModelHasLogVocabNll) {
   EXPECT_EQ(r[1].bucket_nll.size(), 8u);
 }
 
-TEST(Perplexity, MaxTokensCapsWindowsAndTooLongIsAnError) {
+TEST(Perplexity, MaxTokensCapsWindowsAndOverlengthIsAnError) {
   std::vector<std::vector<int64_t>> docs{std::vector<int64_t>(1000, 0)};
   auto uniform = [](const torch::Tensor& x) { return torch::zeros({x.size(0), x.size(1), 4}); };
   EXPECT_EQ(evaluate_lengths(uniform, docs, {10}, 50)[0].windows, 5);
