@@ -11,6 +11,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   reach::cli::add_pattern_command(app);
   reach::cli::add_bench_command(app);
+  reach::cli::add_bench_entmax_command(app);
   reach::cli::add_train_command(app);
   reach::cli::add_eval_command(app);
   reach::cli::add_demo_command(app);
