@@ -32,17 +32,19 @@ uint64_t fnv1a64(const std::string& text) {
   return h;
 }
 
-bool is_heldout(const std::string& document_name) { return fnv1a64(document_name) % 8 == 0; }
-
-namespace {
-
-std::string read_file(const fs::path& path) {
+std::string read_file_bytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error("cannot read '" + path.string() + "'");
+  if (!in) throw std::runtime_error("cannot read '" + path + "'");
   std::ostringstream buffer;
   buffer << in.rdbuf();
   return buffer.str();
 }
+
+bool is_heldout(const std::string& document_name) { return fnv1a64(document_name) % 8 == 0; }
+
+namespace {
+
+std::string read_file(const fs::path& path) { return read_file_bytes(path.string()); }
 
 std::string run_bible_program() {
   const char* program = "/usr/bin/bible";

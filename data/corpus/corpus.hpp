@@ -34,6 +34,9 @@ Corpus load_corpus(const std::string& name_or_path);
 
 bool is_heldout(const std::string& document_name);
 
+// The whole file as bytes; throws std::runtime_error naming the path.
+std::string read_file_bytes(const std::string& path);
+
 // $REACH_CACHE_DIR, else $XDG_CACHE_HOME/reach, else ~/.cache/reach.
 std::string corpus_cache_dir();
 uint64_t fnv1a64(const std::string& text);
