@@ -28,7 +28,18 @@ def build_ops(build_dir):
     srcs = ["ops/dilated_attention.cpp", "ops/dilated_attention_cuda.cpp",
             "kernels/dilated_attention_params.cpp", "kernels/cpu/dilated_attention.cpp",
             "pattern/dilated_offsets.cpp", "kernels/cuda/dilated_attention.cu"]
-    load(name="reach_ops_gpu", sources=[os.path.join(ROOT, s) for s in srcs],
+    # cpp_extension names objects by file base name; several sources share one, so each
+    # is compiled through a uniquely named one-line wrapper.
+    wrapped = []
+    for idx, src in enumerate(srcs):
+        ext = os.path.splitext(src)[1]
+        path = os.path.join(build_dir, f"unit{idx}_{os.path.basename(src).replace(ext, '')}{ext}")
+        text = f'#include "{os.path.join(ROOT, src)}"\n'
+        if not os.path.exists(path) or open(path).read() != text:
+            with open(path, "w") as f:
+                f.write(text)
+        wrapped.append(path)
+    load(name="reach_ops_gpu", sources=wrapped,
          extra_include_paths=[ROOT], extra_cflags=["-O3", "-std=c++20", "-fopenmp"],
          extra_cuda_cflags=["-O3", "-std=c++17", "-gencode=arch=compute_90,code=sm_90"],
          extra_ldflags=["-fopenmp"], build_directory=build_dir, is_python_module=False,
