@@ -76,7 +76,7 @@ def check_op():
     res = {}
     outs = {}
     for dev, dt in (("cpu", torch.float64), ("cuda", torch.bfloat16)):
-        qq, kk, vv = (t.to(dev, dt).requires_grad_() for t in (q, k, v))
+        qq, kk, vv = (t.detach().clone().to(dev, dt).requires_grad_() for t in (q, k, v))
         oo = offs.clone().requires_grad_()
         o = torch.ops.reach.dilated_attention(qq, kk, vv, W, oo, None)
         o.backward(g.to(dev, dt))
