@@ -4,6 +4,8 @@
 #include <benchmark/benchmark.h>
 #include <torch/torch.h>
 
+#include <thread>
+
 #include "ops/dilated_attention.hpp"
 
 namespace {
@@ -19,8 +21,8 @@ Inputs make_inputs(int64_t n) {
   in.k = torch::randn({1, 8, n, 64});
   in.v = torch::randn({1, 8, n, 64});
   in.grad = torch::randn({1, 8, n, 64});
-  const auto ints = reach::pattern::integer_offsets({reach::pattern::OffsetBase::fibonacci, 1.0,
-                                                     64, n});
+  const auto ints =
+      reach::pattern::integer_offsets({reach::pattern::OffsetBase::fibonacci, 1.0, 64, n});
   in.offsets = torch::tensor(std::vector<double>(ints.begin(), ints.end()), torch::kFloat64);
   return in;
 }
@@ -66,4 +68,12 @@ BENCHMARK(BM_DenseForwardBackward)->Arg(1024)->Arg(4096)->Unit(benchmark::kMilli
 
 }  // namespace
 
-BENCHMARK_MAIN();
+int main(int argc, char** argv) {
+  // Same threads for both paths: LibTorch 1.13 may start with one intra-op thread.
+  torch::set_num_threads(static_cast<int>(std::thread::hardware_concurrency()));
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -2,10 +2,14 @@
 #include <fmt/core.h>
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "cli/commands.hpp"
+#include "cli/validators.hpp"
 #include "eval/attention_benchmark.hpp"
 
 namespace reach::cli {
@@ -14,7 +18,9 @@ namespace {
 struct BenchOptions {
   eval::AttentionBenchConfig config;
   bool json = false;
+  std::string json_out;
   bool no_dense = false;
+  bool no_learned = false;
   int threads = 0;
 };
 
@@ -23,19 +29,21 @@ std::string ms_text(const eval::AttentionBenchRow& r, double ms) {
 }
 
 void run_bench(BenchOptions o) {
-  if (o.threads > 0) torch::set_num_threads(o.threads);
+  // LibTorch 1.13 may start with one intra-op thread; use every core unless told otherwise.
+  torch::set_num_threads(o.threads > 0 ? o.threads
+                                       : static_cast<int>(std::thread::hardware_concurrency()));
   o.config.dense = !o.no_dense;
-  auto progress = [&](const std::string& line) {
-    fmt::print(stderr, "[bench] {}\n", line);
-  };
+  o.config.learned = !o.no_learned;
+  auto progress = [&](const std::string& line) { fmt::print(stderr, "[bench] {}\n", line); };
   const auto rows = eval::run_attention_benchmark(o.config, progress);
-  if (o.json) {
-    nlohmann::json out;
+  nlohmann::json out;
+  {
     const auto& c = o.config;
-    out["config"] = {{"batch", c.batch},       {"heads", c.heads},   {"head_dim", c.head_dim},
-                     {"window", c.window},     {"reach", c.reach},   {"alpha", c.alpha},
-                     {"base", c.base},         {"dtype", c.dtype},   {"repeats", c.repeats},
-                     {"threads", torch::get_num_threads()}};
+    out["config"] = {{"batch", c.batch},       {"heads", c.heads},
+                     {"head_dim", c.head_dim}, {"window", c.window},
+                     {"reach", c.reach},       {"alpha", c.alpha},
+                     {"base", c.base},         {"dtype", c.dtype},
+                     {"repeats", c.repeats},   {"threads", torch::get_num_threads()}};
     for (const auto& r : rows) {
       out["rows"].push_back({{"impl", r.impl},
                              {"seq_len", r.seq_len},
@@ -47,31 +55,40 @@ void run_bench(BenchOptions o) {
                              {"peak_mib", r.peak_mib},
                              {"heads_per_chunk", r.heads_per_chunk}});
     }
+  }
+  if (!o.json_out.empty()) {
+    std::ofstream file(o.json_out);
+    if (!(file << out.dump(2) << "\n")) {
+      throw std::runtime_error("cannot write JSON results to '" + o.json_out + "'");
+    }
+  }
+  if (o.json) {
     fmt::print("{}\n", out.dump(2));
     return;
   }
-  fmt::print("attention on CPU: batch {} heads {} head_dim {} {} W={} base={} alpha={} "
-             "threads={}\n",
-             o.config.batch, o.config.heads, o.config.head_dim, o.config.dtype, o.config.window,
-             o.config.base, o.config.alpha, torch::get_num_threads());
-  fmt::print("{:>7}  {:>6}  {:>7}  {:>11}  {:>13}  {:>10}  {:>9}  {}\n", "n", "impl", "keys/q",
+  fmt::print(
+      "attention on CPU: batch {} heads {} head_dim {} {} W={} base={} alpha={} "
+      "threads={}\n",
+      o.config.batch, o.config.heads, o.config.head_dim, o.config.dtype, o.config.window,
+      o.config.base, o.config.alpha, torch::get_num_threads());
+  fmt::print("{:>7}  {:>7}  {:>7}  {:>11}  {:>13}  {:>12}  {:>9}  {}\n", "n", "impl", "keys/q",
              "forward ms", "fwd+bwd ms", "speedup", "peak MiB", "note");
-  for (size_t i = 0; i + 1 < rows.size(); i += 2) {
-    const auto& s = rows[i];
-    const auto& d = rows[i + 1];
-    for (const auto* r : {&s, &d}) {
-      std::string speed = "-";
-      if (r == &s && d.ran) {
-        speed = fmt::format("{:.1f}x/{:.1f}x", d.forward_ms / s.forward_ms,
-                            d.fwd_bwd_ms / s.fwd_bwd_ms);
-      }
-      fmt::print("{:>7}  {:>6}  {:>7}  {:>11}  {:>13}  {:>10}  {:>9}  {}\n", r->seq_len, r->impl,
-                 r->keys_per_query, ms_text(*r, r->forward_ms), ms_text(*r, r->fwd_bwd_ms), speed,
-                 r->ran ? fmt::format("{:.0f}", r->peak_mib) : "-", r->note);
+  for (const auto& r : rows) {
+    std::string speed = "-";
+    const auto dense = std::find_if(rows.begin(), rows.end(), [&](const auto& d) {
+      return d.impl == "dense" && d.seq_len == r.seq_len;
+    });
+    if (r.impl != "dense" && dense != rows.end() && dense->ran) {
+      speed = fmt::format("{:.1f}x/{:.1f}x", dense->forward_ms / r.forward_ms,
+                          dense->fwd_bwd_ms / r.fwd_bwd_ms);
     }
+    fmt::print("{:>7}  {:>7}  {:>7}  {:>11}  {:>13}  {:>12}  {:>9}  {}\n", r.seq_len, r.impl,
+               r.keys_per_query, ms_text(r, r.forward_ms), ms_text(r, r.fwd_bwd_ms), speed,
+               r.ran ? fmt::format("{:.0f}", r.peak_mib) : "-", r.note);
   }
-  fmt::print("speedup = dense time / sparse time (forward / forward+backward); peak MiB = "
-             "resident memory above the inputs during forward+backward\n");
+  fmt::print(
+      "speedup = dense time / this row's time (forward / forward+backward); peak MiB = "
+      "resident memory above the inputs during forward+backward\n");
 }
 
 }  // namespace
@@ -84,26 +101,28 @@ void add_bench_command(CLI::App& app) {
       "attention", "Time sparse dilated attention against dense causal attention (CPU)");
   cmd->add_option("--lengths", o->config.lengths, "Sequence lengths (comma separated)")
       ->delimiter(',')
-      ->check(CLI::PositiveNumber);
-  cmd->add_option("--batch", o->config.batch, "Batch size")->check(CLI::PositiveNumber);
-  cmd->add_option("--heads", o->config.heads, "Attention heads")->check(CLI::PositiveNumber);
-  cmd->add_option("--head-dim", o->config.head_dim, "Head dimension")->check(CLI::PositiveNumber);
-  cmd->add_option("--window", o->config.window, "Local window W")->check(CLI::PositiveNumber);
+      ->check(positive());
+  cmd->add_option("--batch", o->config.batch, "Batch size")->check(positive());
+  cmd->add_option("--heads", o->config.heads, "Attention heads")->check(positive());
+  cmd->add_option("--head-dim", o->config.head_dim, "Head dimension")->check(positive());
+  cmd->add_option("--window", o->config.window, "Local window W")->check(positive());
   cmd->add_option("--reach", o->config.reach, "Maximum offset R (default: n)");
-  cmd->add_option("--alpha", o->config.alpha, "Dilation scale alpha")
-      ->check(CLI::PositiveNumber);
+  cmd->add_option("--alpha", o->config.alpha, "Dilation scale alpha")->check(positive());
   cmd->add_option("--base", o->config.base, "Offset base")
       ->check(CLI::IsMember({"fibonacci", "power_of_two"}));
   cmd->add_option("--dtype", o->config.dtype, "float32 or float64")
       ->check(CLI::IsMember({"float32", "float64"}));
   cmd->add_option("--repeats", o->config.repeats, "Timed repetitions (median reported)")
-      ->check(CLI::PositiveNumber);
+      ->check(positive());
   cmd->add_option("--dense-memory-gib", o->config.dense_memory_gib,
                   "Memory budget for the dense baseline (run head-chunked to fit; else skipped)")
-      ->check(CLI::PositiveNumber);
+      ->check(positive());
   cmd->add_flag("--no-dense", o->no_dense, "Skip the dense baseline");
+  cmd->add_flag("--no-learned", o->no_learned,
+                "Skip the learned schedule (fractional offsets) rows");
   cmd->add_option("--threads", o->threads, "Threads (default: all cores)");
-  cmd->add_flag("--json", o->json, "Print results as JSON");
+  cmd->add_flag("--json", o->json, "Print results as JSON instead of the table");
+  cmd->add_option("--json-out", o->json_out, "Also write the results as JSON to this file");
   cmd->callback([o] { run_bench(*o); });
 }
 

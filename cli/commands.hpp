@@ -7,5 +7,10 @@ namespace reach::cli {
 
 void add_pattern_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
+void add_train_command(CLI::App& app);
+void add_eval_command(CLI::App& app);
+void add_demo_command(CLI::App& app);
+void add_tokenizer_command(CLI::App& app);
+void add_bench_entmax_command(CLI::App& app);  // after add_bench_command
 
 }  // namespace reach::cli

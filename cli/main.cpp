@@ -1,4 +1,5 @@
 // reach: sparse-attention language models that keep working beyond their training length.
+#include <c10/util/Exception.h>
 #include <fmt/core.h>
 
 #include <exception>
@@ -10,10 +11,18 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   reach::cli::add_pattern_command(app);
   reach::cli::add_bench_command(app);
+  reach::cli::add_bench_entmax_command(app);
+  reach::cli::add_train_command(app);
+  reach::cli::add_eval_command(app);
+  reach::cli::add_demo_command(app);
+  reach::cli::add_tokenizer_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
+  } catch (const c10::Error& e) {
+    fmt::print(stderr, "reach: error: {}\n", e.what_without_backtrace());
+    return 1;
   } catch (const std::exception& e) {
     fmt::print(stderr, "reach: error: {}\n", e.what());
     return 1;

@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "cli/commands.hpp"
+#include "cli/validators.hpp"
 #include "pattern/alpha_schedule.hpp"
 #include "pattern/dilated_offsets.hpp"
 #include "pattern/pattern_image.hpp"
@@ -54,9 +55,9 @@ void run_pattern(const PatternOptions& o) {
       offsets_text = fmt::format("{}", offsets);
     }
     const int64_t keys = std::min(o.window, n) + static_cast<int64_t>(offsets.size());
-    fmt::print("{:>5}  {:>8.4f}  {:>5}  {:>6}  {:>8.4f}%  {}\n", l,
-               alphas[static_cast<size_t>(l)], offsets.size(), keys,
-               100.0 * pattern::attended_fraction(n, o.window, offsets), offsets_text);
+    fmt::print("{:>5}  {:>8.4f}  {:>5}  {:>6}  {:>8.4f}%  {}\n", l, alphas[static_cast<size_t>(l)],
+               offsets.size(), keys, 100.0 * pattern::attended_fraction(n, o.window, offsets),
+               offsets_text);
     masks.push_back({fmt::format("layer {}", l), o.window, offsets});
   }
   if (!o.png.empty()) {
@@ -69,8 +70,8 @@ void run_pattern(const PatternOptions& o) {
     std::vector<pattern::LayerMask> drawn;
     for (int64_t l : chosen) {
       if (l < 0 || l >= o.layers) {
-        throw std::invalid_argument(fmt::format("--png-layers: layer {} is outside 0..{}", l,
-                                                o.layers - 1));
+        throw std::invalid_argument(
+            fmt::format("--png-layers: layer {} is outside 0..{}", l, o.layers - 1));
       }
       drawn.push_back(masks[static_cast<size_t>(l)]);
     }
@@ -85,9 +86,9 @@ void run_pattern(const PatternOptions& o) {
 void add_pattern_command(CLI::App& app) {
   auto options = std::make_shared<PatternOptions>();
   auto* cmd = app.add_subcommand("pattern", "Print which keys each query sees, per layer");
-  cmd->add_option("--layers", options->layers, "Number of layers L")->check(CLI::PositiveNumber);
-  cmd->add_option("--window", options->window, "Local window W")->check(CLI::PositiveNumber);
-  cmd->add_option("--reach", options->reach, "Maximum offset R")->check(CLI::PositiveNumber);
+  cmd->add_option("--layers", options->layers, "Number of layers L")->check(positive());
+  cmd->add_option("--window", options->window, "Local window W")->check(positive());
+  cmd->add_option("--reach", options->reach, "Maximum offset R")->check(positive());
   cmd->add_option("--seq-len", options->seq_len,
                   "Sequence length for the attended fraction (default: the reach)");
   cmd->add_option("--schedule", options->schedule, "Alpha across depth")

@@ -30,6 +30,7 @@ double median_ms(const std::function<void()>& fn, int repeats) {
 }
 
 double peak_mib_of(const std::function<void()>& fn) {
+  RssFollowsAllocations tracking;
   reset_peak_rss();
   const int64_t base = current_rss_bytes();
   fn();
@@ -57,30 +58,39 @@ std::vector<AttentionBenchRow> run_attention_benchmark(
     const torch::Tensor v = torch::randn({c.batch, c.heads, n, c.head_dim}, opts);
     const torch::Tensor grad = torch::randn({c.batch, c.heads, n, c.head_dim}, opts);
     const int64_t reach = c.reach > 0 ? c.reach : std::max(n, c.window);
-    const auto ints = pattern::integer_offsets(
-        {pattern::parse_offset_base(c.base), c.alpha, c.window, reach});
+    const auto ints =
+        pattern::integer_offsets({pattern::parse_offset_base(c.base), c.alpha, c.window, reach});
     const torch::Tensor offsets =
         torch::tensor(std::vector<double>(ints.begin(), ints.end()), torch::kFloat64);
 
-    {  // sparse
+    // Sparse rows: static integer offsets, and the learned schedule's fractional offsets
+    // (alpha nudged off integers; interpolated keys/values plus d loss / d offsets).
+    auto measure_sparse = [&](const std::string& impl, const torch::Tensor& offs) {
       AttentionBenchRow row;
-      row.impl = "sparse";
+      row.impl = impl;
       row.seq_len = n;
-      row.keys_per_query = std::min(c.window, n) + static_cast<int64_t>(ints.size());
-      progress(fmt::format("sparse n={} (W={}, K={})", n, c.window, ints.size()));
+      row.keys_per_query = std::min(c.window, n) + offs.numel();
+      progress(fmt::format("{} n={} (W={}, K={})", impl, n, c.window, offs.numel()));
       const int reps = n >= 32768 ? std::max(1, c.repeats / 2) : c.repeats;
-      row.forward_ms = median_ms([&] { (void)ops::dilated_attention(q, k, v, c.window, offsets); },
-                                 reps);
+      row.forward_ms =
+          median_ms([&] { (void)ops::dilated_attention(q, k, v, c.window, offs); }, reps);
       auto fwd_bwd = [&] {
         torch::AutoGradMode grad_mode(true);
         auto qg = q.detach().requires_grad_(), kg = k.detach().requires_grad_(),
              vg = v.detach().requires_grad_();
-        ops::dilated_attention(qg, kg, vg, c.window, offsets).backward(grad);
+        auto og = impl == "learned" ? offs.detach().requires_grad_() : offs;
+        ops::dilated_attention(qg, kg, vg, c.window, og).backward(grad);
       };
       row.fwd_bwd_ms = median_ms(fwd_bwd, reps);
       row.peak_mib = peak_mib_of(fwd_bwd);
       row.ran = true;
       rows.push_back(row);
+    };
+    measure_sparse("sparse", offsets);
+    if (c.learned) {
+      const auto frac = pattern::fractional_offsets(
+          {pattern::parse_offset_base(c.base), c.alpha * 1.01, c.window, reach});
+      measure_sparse("learned", torch::tensor(frac.distances, torch::kFloat64));
     }
 
     AttentionBenchRow row;
@@ -89,8 +99,8 @@ std::vector<AttentionBenchRow> run_attention_benchmark(
     row.keys_per_query = n;
     // Forward+backward keeps about four n x n buffers per head (scores, probabilities
     // and their gradients) plus the boolean mask.
-    const double per_head = 4.0 * static_cast<double>(n) * static_cast<double>(n) *
-                            static_cast<double>(elem * c.batch);
+    const double per_head =
+        4.0 * static_cast<double>(n) * static_cast<double>(n) * static_cast<double>(elem * c.batch);
     const double budget = c.dense_memory_gib * 1024.0 * 1024.0 * 1024.0;
     row.heads_per_chunk = std::min<int64_t>(c.heads, static_cast<int64_t>(budget / per_head));
     if (!c.dense) {

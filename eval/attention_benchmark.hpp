@@ -23,17 +23,18 @@ struct AttentionBenchConfig {
   int repeats = 3;
   double dense_memory_gib = 12.0;  // dense runs head-chunked to stay under this; else skipped
   bool dense = true;
+  bool learned = true;  // also time the learned schedule's fractional offsets
 };
 
 struct AttentionBenchRow {
-  std::string impl;  // "sparse" or "dense"
+  std::string impl;  // "sparse" (static offsets), "learned" (fractional offsets) or "dense"
   int64_t seq_len = 0;
   int64_t keys_per_query = 0;  // sparse: W + K (dense: n, the maximum)
   bool ran = false;
   std::string note;
-  double forward_ms = 0;   // median
-  double fwd_bwd_ms = 0;   // median
-  double peak_mib = 0;     // peak RSS above the inputs during forward+backward
+  double forward_ms = 0;        // median
+  double fwd_bwd_ms = 0;        // median
+  double peak_mib = 0;          // peak RSS above the inputs during forward+backward
   int64_t heads_per_chunk = 0;  // dense only
 };
 

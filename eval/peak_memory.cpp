@@ -1,5 +1,7 @@
 #include "eval/peak_memory.hpp"
 
+#include <malloc.h>
+
 #include <fstream>
 #include <string>
 
@@ -17,7 +19,19 @@ int64_t status_field_kib(const std::string& field) {
 
 }  // namespace
 
+RssFollowsAllocations::RssFollowsAllocations() {
+  mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+  mallopt(M_TRIM_THRESHOLD, 256 * 1024);
+  malloc_trim(0);
+}
+
+RssFollowsAllocations::~RssFollowsAllocations() {
+  mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024);
+  mallopt(M_TRIM_THRESHOLD, 64 * 1024 * 1024);
+}
+
 bool reset_peak_rss() {
+  malloc_trim(0);
   std::ofstream clear("/proc/self/clear_refs");
   if (!clear) return false;
   clear << "5";

@@ -19,10 +19,10 @@
 namespace reach::kernels {
 
 struct DilatedAttentionParams {
-  int64_t batch_heads = 0;  // batch * heads
-  int64_t seq_len = 0;      // n >= 1
-  int64_t head_dim = 0;     // d >= 1
-  int64_t window = 1;       // W >= 1 (W >= n gives dense causal attention)
+  int64_t batch_heads = 0;          // batch * heads
+  int64_t seq_len = 0;              // n >= 1
+  int64_t head_dim = 0;             // d >= 1
+  int64_t window = 1;               // W >= 1 (W >= n gives dense causal attention)
   const double* offsets = nullptr;  // K real distances, strictly increasing, each >= W
   int64_t num_offsets = 0;          // K >= 0
   double scale = 1.0;               // softmax scale, usually 1 / sqrt(d)

@@ -16,8 +16,10 @@ void check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, int64_t win
                   const Tensor& offsets) {
   TORCH_CHECK(q.defined() && k.defined() && v.defined(),
               "dilated_attention: q, k and v must be defined tensors");
-  TORCH_CHECK(q.dim() == 4, "dilated_attention: q must have rank 4 [batch, heads, n, head_dim], "
-                            "got rank ", q.dim());
+  TORCH_CHECK(q.dim() == 4,
+              "dilated_attention: q must have rank 4 [batch, heads, n, head_dim], "
+              "got rank ",
+              q.dim());
   TORCH_CHECK(k.sizes() == q.sizes() && v.sizes() == q.sizes(),
               "dilated_attention: q, k and v must have the same shape, got q ", q.sizes(), ", k ",
               k.sizes(), ", v ", v.sizes());
@@ -63,22 +65,21 @@ double resolve_scale(c10::optional<double> scale, int64_t head_dim) {
 
 }  // namespace
 
-std::tuple<Tensor, Tensor> forward_cpu(const Tensor& q_in, const Tensor& k_in,
-                                       const Tensor& v_in, int64_t window,
-                                       const Tensor& offsets, c10::optional<double> scale) {
+std::tuple<Tensor, Tensor> forward_cpu(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
+                                       int64_t window, const Tensor& offsets,
+                                       c10::optional<double> scale) {
   check_inputs(q_in, k_in, v_in, window, offsets);
-  TORCH_CHECK(q_in.device().is_cpu(), "dilated_attention: the CPU kernel got a ",
-              q_in.device(), " tensor");
+  TORCH_CHECK(q_in.device().is_cpu(), "dilated_attention: the CPU kernel got a ", q_in.device(),
+              " tensor");
   const Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
   const Tensor off = offsets_on_host(offsets);
   const auto p = make_params(q, window, off, resolve_scale(scale, q.size(3)));
   Tensor out = torch::empty_like(q);
   Tensor lse = torch::empty({q.size(0), q.size(1), q.size(2)}, q.options());
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "dilated_attention_forward", [&] {
-    kernels::dilated_attention_forward_cpu<scalar_t>(p, q.data_ptr<scalar_t>(),
-                                                     k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
-                                                     out.data_ptr<scalar_t>(),
-                                                     lse.data_ptr<scalar_t>());
+    kernels::dilated_attention_forward_cpu<scalar_t>(
+        p, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
+        out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>());
   });
   return {out, lse};
 }
@@ -88,9 +89,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> backward_cpu(
     const Tensor& out, const Tensor& lse_in, int64_t window, const Tensor& offsets,
     c10::optional<double> scale, bool need_offsets_grad) {
   check_inputs(q_in, k_in, v_in, window, offsets);
-  TORCH_CHECK(grad_out_in.sizes() == q_in.sizes(),
-              "dilated_attention backward: grad_out shape ", grad_out_in.sizes(),
-              " does not match q ", q_in.sizes());
+  TORCH_CHECK(grad_out_in.sizes() == q_in.sizes(), "dilated_attention backward: grad_out shape ",
+              grad_out_in.sizes(), " does not match q ", q_in.sizes());
   const Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
   const Tensor grad_out = grad_out_in.to(q.scalar_type()).contiguous();
   const Tensor lse = lse_in.contiguous();
@@ -117,11 +117,11 @@ class DilatedAttentionFunction : public torch::autograd::Function<DilatedAttenti
                         c10::optional<double> scale) {
     at::AutoDispatchBelowADInplaceOrView guard;
     // Through the dispatcher, so the kernel of the tensors' device runs.
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("reach::dilated_attention_forward", "")
-                         .typed<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&,
-                                                           const Tensor&, int64_t, const Tensor&,
-                                                           c10::optional<double>)>();
+    static auto op =
+        c10::Dispatcher::singleton()
+            .findSchemaOrThrow("reach::dilated_attention_forward", "")
+            .typed<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, int64_t,
+                                              const Tensor&, c10::optional<double>)>();
     auto [out, lse] = op.call(q, k, v, window, offsets, scale);
     ctx->save_for_backward({q, k, v, out, lse, offsets});
     ctx->saved_data["window"] = window;
@@ -141,11 +141,10 @@ class DilatedAttentionFunction : public torch::autograd::Function<DilatedAttenti
             .typed<std::tuple<Tensor, Tensor, Tensor, Tensor>(
                 const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                 const Tensor&, int64_t, const Tensor&, c10::optional<double>, bool)>();
-    auto [dq, dk, dv, doff] =
-        op.call(grads[0], saved[0], saved[1], saved[2], saved[3], saved[4],
-                ctx->saved_data["window"].toInt(), offsets, ctx->saved_data["scale"].toDouble(),
-                need_offsets);
-    return {dq, dk, dv, Tensor(), need_offsets ? doff.to(offsets.scalar_type()) : Tensor(),
+    auto [dq, dk, dv, doff] = op.call(grads[0], saved[0], saved[1], saved[2], saved[3], saved[4],
+                                      ctx->saved_data["window"].toInt(), offsets,
+                                      ctx->saved_data["scale"].toDouble(), need_offsets);
+    return {dq,      dk, dv, Tensor(), need_offsets ? doff.to(offsets.scalar_type()) : Tensor(),
             Tensor()};
   }
 };
@@ -186,8 +185,7 @@ Tensor dense_causal_attention(const Tensor& q, const Tensor& k, const Tensor& v,
   const int64_t n = q.size(2);
   const double s = resolve_scale(scale, q.size(3));
   Tensor scores = torch::matmul(q, k.transpose(-2, -1)).mul_(s);
-  const Tensor future =
-      torch::ones({n, n}, torch::TensorOptions().dtype(torch::kBool)).triu_(1);
+  const Tensor future = torch::ones({n, n}, torch::TensorOptions().dtype(torch::kBool)).triu_(1);
   scores.masked_fill_(future, -std::numeric_limits<double>::infinity());
   return torch::matmul(torch::softmax(scores, -1), v);
 }
@@ -220,13 +218,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_op(
 }  // namespace
 
 TORCH_LIBRARY(reach, m) {
-  m.def("dilated_attention(Tensor q, Tensor k, Tensor v, int window, Tensor offsets, "
-        "float? scale=None) -> Tensor");
-  m.def("dilated_attention_forward(Tensor q, Tensor k, Tensor v, int window, Tensor offsets, "
-        "float? scale=None) -> (Tensor, Tensor)");
-  m.def("dilated_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, "
-        "Tensor lse, int window, Tensor offsets, float? scale=None, bool offsets_grad=True) "
-        "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "dilated_attention(Tensor q, Tensor k, Tensor v, int window, Tensor offsets, "
+      "float? scale=None) -> Tensor");
+  m.def(
+      "dilated_attention_forward(Tensor q, Tensor k, Tensor v, int window, Tensor offsets, "
+      "float? scale=None) -> (Tensor, Tensor)");
+  m.def(
+      "dilated_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, "
+      "Tensor lse, int window, Tensor offsets, float? scale=None, bool offsets_grad=True) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(reach, CompositeImplicitAutograd, m) {

@@ -10,9 +10,8 @@
 // require grad (the learned schedule), in which case d loss / d offsets is returned.
 #pragma once
 
-#include <torch/torch.h>
-
 #include <c10/util/Optional.h>
+#include <torch/torch.h>
 
 #include "pattern/dilated_offsets.hpp"
 
@@ -25,8 +24,7 @@ torch::Tensor dilated_attention(const torch::Tensor& q, const torch::Tensor& k,
 
 // Static schedules: integer offsets from (base, alpha, window, reach) per DESIGN.md.
 torch::Tensor dilated_attention_static(const torch::Tensor& q, const torch::Tensor& k,
-                                       const torch::Tensor& v,
-                                       const pattern::DilationSpec& spec);
+                                       const torch::Tensor& v, const pattern::DilationSpec& spec);
 
 // Learned schedule: alpha is a 0-dim tensor (> 0) that receives a gradient through
 // the interpolated offsets alpha * b, b in the base sequence, W <= alpha * b <= R.
@@ -35,8 +33,7 @@ torch::Tensor dilated_attention_learned(const torch::Tensor& q, const torch::Ten
                                         pattern::OffsetBase base, int64_t window, int64_t reach);
 
 // The CPU implementations behind reach::dilated_attention_forward / _backward.
-std::tuple<torch::Tensor, torch::Tensor> forward_cpu(const torch::Tensor& q,
-                                                     const torch::Tensor& k,
+std::tuple<torch::Tensor, torch::Tensor> forward_cpu(const torch::Tensor& q, const torch::Tensor& k,
                                                      const torch::Tensor& v, int64_t window,
                                                      const torch::Tensor& offsets,
                                                      c10::optional<double> scale);

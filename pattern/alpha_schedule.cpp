@@ -18,10 +18,14 @@ AlphaSchedule parse_alpha_schedule(const std::string& name) {
 
 std::string to_string(AlphaSchedule schedule) {
   switch (schedule) {
-    case AlphaSchedule::fixed: return "fixed";
-    case AlphaSchedule::stagger: return "stagger";
-    case AlphaSchedule::coprime: return "coprime";
-    case AlphaSchedule::learned: return "learned";
+    case AlphaSchedule::fixed:
+      return "fixed";
+    case AlphaSchedule::stagger:
+      return "stagger";
+    case AlphaSchedule::coprime:
+      return "coprime";
+    case AlphaSchedule::learned:
+      return "learned";
   }
   return "unknown";
 }
@@ -72,9 +76,11 @@ std::vector<double> layer_alphas(const ScheduleSpec& spec) {
     stagger[static_cast<size_t>(l)] = spec.alpha_min + (spec.alpha_max - spec.alpha_min) * t;
   }
   switch (spec.kind) {
-    case AlphaSchedule::fixed: return std::vector<double>(static_cast<size_t>(n), spec.alpha0);
+    case AlphaSchedule::fixed:
+      return std::vector<double>(static_cast<size_t>(n), spec.alpha0);
     case AlphaSchedule::stagger:
-    case AlphaSchedule::learned: return stagger;
+    case AlphaSchedule::learned:
+      return stagger;
     case AlphaSchedule::coprime: {
       const int64_t s = coprime_step(n);
       std::vector<double> permuted(static_cast<size_t>(n));

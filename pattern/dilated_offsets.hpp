@@ -22,8 +22,8 @@ std::vector<int64_t> base_sequence(OffsetBase base, double limit);
 
 struct DilationSpec {
   OffsetBase base = OffsetBase::fibonacci;
-  double alpha = 1.0;  // > 0
-  int64_t window = 64;  // W >= 1
+  double alpha = 1.0;    // > 0
+  int64_t window = 64;   // W >= 1
   int64_t reach = 2048;  // R >= W
 };
 

@@ -37,9 +37,9 @@ void write_pattern_png(const std::string& path, int64_t seq_len,
         if (i - d >= 0) seen[i - d] = 2;
       }
       for (int64_t j = 0; j <= i; ++j) {
-        unsigned char r = 225, g = 228, b = 235;  // causal, not attended
-        if (seen[j] == 1) r = 30, g = 60, b = 140;   // window
-        if (seen[j] == 2) r = 200, g = 40, b = 40;   // dilated offsets
+        unsigned char r = 225, g = 228, b = 235;    // causal, not attended
+        if (seen[j] == 1) r = 30, g = 60, b = 140;  // window
+        if (seen[j] == 2) r = 200, g = 40, b = 40;  // dilated offsets
         for (int dy = 0; dy < pixel; ++dy) {
           for (int dx = 0; dx < pixel; ++dx) put(x0 + j * pixel + dx, i * pixel + dy, r, g, b);
         }

@@ -260,15 +260,14 @@ void dilated_attention_backward_cpu(const DilatedAttentionParams& p, const T* q,
 template void dilated_attention_forward_cpu<float>(const DilatedAttentionParams&, const float*,
                                                    const float*, const float*, float*, float*);
 template void dilated_attention_forward_cpu<double>(const DilatedAttentionParams&, const double*,
-                                                    const double*, const double*, double*,
-                                                    double*);
+                                                    const double*, const double*, double*, double*);
 template void dilated_attention_backward_cpu<float>(const DilatedAttentionParams&, const float*,
                                                     const float*, const float*, const float*,
                                                     const float*, const float*, float*, float*,
                                                     float*, double*);
 template void dilated_attention_backward_cpu<double>(const DilatedAttentionParams&, const double*,
                                                      const double*, const double*, const double*,
-                                                     const double*, const double*, double*,
-                                                     double*, double*, double*);
+                                                     const double*, const double*, double*, double*,
+                                                     double*, double*);
 
 }  // namespace reach::kernels

@@ -69,7 +69,8 @@ std::vector<double> forward(const DilatedAttentionParams& p, const std::vector<d
       for (double& x : s) z += (x = std::exp(x - m));
       for (size_t a = 0; a < s.size(); ++a) {
         for (auto [row, w] : slots[i][a].rows) {
-          for (int64_t t = 0; t < d; ++t) out[qi * d + t] += s[a] / z * w * v[(bh * n + row) * d + t];
+          for (int64_t t = 0; t < d; ++t)
+            out[qi * d + t] += s[a] / z * w * v[(bh * n + row) * d + t];
         }
       }
     }

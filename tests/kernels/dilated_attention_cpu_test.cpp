@@ -58,13 +58,13 @@ double relative_error(const std::vector<T>& got, const std::vector<double>& want
 
 std::vector<Case> cases() {
   return {
-      {1, 1, 16, 4, {}},                          // single token
-      {2, 7, 16, 64, {}},                         // n smaller than W: dense causal
-      {1, 50, 32, 8, {8, 13, 21, 34, 55, 89}},    // offsets beyond the sequence start
-      {3, 97, 64, 5, {5, 9, 14, 23, 37}},         // n prime, batch*heads > 1
-      {2, 130, 128, 16, {16.5, 26.4, 42.9, 69.3}},  // fractional (learned) offsets, d = 128
+      {1, 1, 16, 4, {}},                              // single token
+      {2, 7, 16, 64, {}},                             // n smaller than W: dense causal
+      {1, 50, 32, 8, {8, 13, 21, 34, 55, 89}},        // offsets beyond the sequence start
+      {3, 97, 64, 5, {5, 9, 14, 23, 37}},             // n prime, batch*heads > 1
+      {2, 130, 128, 16, {16.5, 26.4, 42.9, 69.3}},    // fractional (learned) offsets, d = 128
       {1, 64, 24, 3, {3.0, 4.25, 7.75, 12.0, 19.5}},  // mixed integer and fractional
-      {4, 33, 48, 1, {1.5, 2.0, 3.5}},            // W = 1
+      {4, 33, 48, 1, {1.5, 2.0, 3.5}},                // W = 1
   };
 }
 
@@ -78,8 +78,7 @@ TEST(DilatedAttentionCpu, ForwardMatchesReferenceFloat64AndFloat32) {
     const auto want = reference::forward(p, q, k, v);
 
     std::vector<double> out(size, NAN), lse(static_cast<size_t>(c.bh * c.n), NAN);
-    dilated_attention_forward_cpu<double>(p, q.data(), k.data(), v.data(), out.data(),
-                                          lse.data());
+    dilated_attention_forward_cpu<double>(p, q.data(), k.data(), v.data(), out.data(), lse.data());
     EXPECT_LT(relative_error(out, want), 1e-10) << "n=" << c.n << " d=" << c.d;
 
     std::vector<float> qf(q.begin(), q.end()), kf(k.begin(), k.end()), vf(v.begin(), v.end());
@@ -100,12 +99,10 @@ TEST(DilatedAttentionCpu, BackwardMatchesReference) {
     const auto want = reference::backward(p, q, k, v, go);
 
     std::vector<double> out(size), lse(static_cast<size_t>(c.bh * c.n));
-    dilated_attention_forward_cpu<double>(p, q.data(), k.data(), v.data(), out.data(),
-                                          lse.data());
+    dilated_attention_forward_cpu<double>(p, q.data(), k.data(), v.data(), out.data(), lse.data());
     std::vector<double> dq(size, NAN), dk(size, NAN), dv(size, NAN), doff(c.offsets.size(), NAN);
-    dilated_attention_backward_cpu<double>(p, q.data(), k.data(), v.data(), out.data(),
-                                           lse.data(), go.data(), dq.data(), dk.data(), dv.data(),
-                                           doff.data());
+    dilated_attention_backward_cpu<double>(p, q.data(), k.data(), v.data(), out.data(), lse.data(),
+                                           go.data(), dq.data(), dk.data(), dv.data(), doff.data());
     EXPECT_LT(relative_error(dq, want.q), 1e-10) << "dq n=" << c.n;
     EXPECT_LT(relative_error(dk, want.k), 1e-10) << "dk n=" << c.n;
     EXPECT_LT(relative_error(dv, want.v), 1e-10) << "dv n=" << c.n;
@@ -137,8 +134,7 @@ TEST(DilatedAttentionCpu, GradientsMatchFiniteDifferences) {
   const auto g = random_vector(size, rng);
   std::vector<double> out(size), lse(static_cast<size_t>(c.bh * c.n));
   auto loss = [&]() {
-    dilated_attention_forward_cpu<double>(p, q.data(), k.data(), v.data(), out.data(),
-                                          lse.data());
+    dilated_attention_forward_cpu<double>(p, q.data(), k.data(), v.data(), out.data(), lse.data());
     double l = 0;
     for (size_t i = 0; i < size; ++i) l += out[i] * g[i];
     return l;

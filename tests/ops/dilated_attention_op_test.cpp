@@ -1,10 +1,9 @@
 // The torch op against an independent float64 dense reference built with torch autograd
 // (explicit boolean mask over window + offset diagonals), the learned-alpha gradient by
 // finite differences, the registered TORCH_LIBRARY op, and the errors for bad input.
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
-
-#include <ATen/core/dispatch/Dispatcher.h>
 
 #include "ops/dilated_attention.hpp"
 
@@ -26,8 +25,7 @@ torch::Tensor masked_reference(const torch::Tensor& q, const torch::Tensor& k,
 }
 
 double rel(const torch::Tensor& a, const torch::Tensor& b) {
-  return (a.to(torch::kFloat64) - b).abs().max().item<double>() /
-         b.abs().max().item<double>();
+  return (a.to(torch::kFloat64) - b).abs().max().item<double>() / b.abs().max().item<double>();
 }
 
 TEST(DilatedAttentionOp, MatchesMaskedReferenceForwardAndBackward) {
@@ -37,8 +35,8 @@ TEST(DilatedAttentionOp, MatchesMaskedReferenceForwardAndBackward) {
   };
   for (auto s : {Shape{1, 1, 10, 16, 64, 64}, Shape{2, 3, 77, 32, 8, 60},
                  Shape{1, 2, 200, 64, 16, 190}, Shape{2, 1, 129, 128, 4, 100}}) {
-    const auto offsets = pattern::integer_offsets({pattern::OffsetBase::fibonacci, 1.3, s.w,
-                                                   s.reach});
+    const auto offsets =
+        pattern::integer_offsets({pattern::OffsetBase::fibonacci, 1.3, s.w, s.reach});
     auto opts = torch::TensorOptions().dtype(torch::kFloat64);
     auto q = torch::randn({s.b, s.h, s.n, s.d}, opts).requires_grad_();
     auto k = torch::randn({s.b, s.h, s.n, s.d}, opts).requires_grad_();
@@ -52,8 +50,8 @@ TEST(DilatedAttentionOp, MatchesMaskedReferenceForwardAndBackward) {
       auto qc = q.detach().to(dtype).requires_grad_();
       auto kc = k.detach().to(dtype).requires_grad_();
       auto vc = v.detach().to(dtype).requires_grad_();
-      auto got = dilated_attention_static(
-          qc, kc, vc, {pattern::OffsetBase::fibonacci, 1.3, s.w, s.reach});
+      auto got =
+          dilated_attention_static(qc, kc, vc, {pattern::OffsetBase::fibonacci, 1.3, s.w, s.reach});
       EXPECT_LT(rel(got, want.detach()), tol) << "n=" << s.n;
       auto grads = torch::autograd::grad({got}, {qc, kc, vc}, {g.to(dtype)});
       for (int t = 0; t < 3; ++t) {
@@ -92,11 +90,11 @@ TEST(DilatedAttentionOp, RegisteredTorchLibraryOpMatchesCppApi) {
   auto q = torch::randn({1, 2, 50, 16}), k = torch::randn({1, 2, 50, 16}),
        v = torch::randn({1, 2, 50, 16});
   auto offsets = torch::tensor({8.0, 13.0, 21.0}, torch::kFloat64);
-  auto op = c10::Dispatcher::singleton()
-                .findSchemaOrThrow("reach::dilated_attention", "")
-                .typed<torch::Tensor(const torch::Tensor&, const torch::Tensor&,
-                                     const torch::Tensor&, int64_t, const torch::Tensor&,
-                                     c10::optional<double>)>();
+  auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("reach::dilated_attention", "")
+          .typed<torch::Tensor(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
+                               int64_t, const torch::Tensor&, c10::optional<double>)>();
   auto via_dispatcher = op.call(q, k, v, 8, offsets, c10::nullopt);
   auto direct = dilated_attention(q, k, v, 8, offsets);
   EXPECT_TRUE(torch::equal(via_dispatcher, direct));
@@ -117,24 +115,30 @@ TEST(DilatedAttentionOp, BadInputGivesClearErrors) {
   };
   expect_error([&] { dilated_attention(q[0], q[0], q[0], 4, offsets); }, "rank 4");
   expect_error([&] { dilated_attention(q, q.narrow(2, 0, 8), q, 4, offsets); }, "same shape");
-  expect_error([&] { auto h = q.to(torch::kHalf); dilated_attention(h, h, h, 4, offsets); },
-               "float32 or float64");
+  expect_error(
+      [&] {
+        auto h = q.to(torch::kHalf);
+        dilated_attention(h, h, h, 4, offsets);
+      },
+      "float32 or float64");
   expect_error([&] { dilated_attention(q, q.to(torch::kFloat64), q, 4, offsets); },
                "share one dtype");
   expect_error([&] { dilated_attention(q, q.to(torch::kMeta), q, 4, offsets); }, "one device");
   expect_error([&] { dilated_attention(q, q, q, 0, offsets); }, "window W must be >= 1");
   expect_error([&] { dilated_attention(q, q, q, 5, offsets); }, "inside the window");
-  expect_error([&] { dilated_attention(q, q, q, 4, torch::tensor({6.0, 4.0}, torch::kFloat64)); },
-               "strictly increasing");
+  expect_error(
+      [&] {
+        dilated_attention(q, q, q, 4, torch::tensor({6.0, 4.0}, torch::kFloat64));
+      },
+      "strictly increasing");
   expect_error([&] { dilated_attention(q, q, q, 4, offsets, -1.0); }, "scale");
   expect_error(
       [&] {
-        dilated_attention_learned(q, q, q, torch::tensor(-0.5), pattern::OffsetBase::fibonacci,
-                                  4, 16);
+        dilated_attention_learned(q, q, q, torch::tensor(-0.5), pattern::OffsetBase::fibonacci, 4,
+                                  16);
       },
       "alpha must be a positive");
-  expect_error([&] { dilated_attention(q, q, q, 4, torch::ones({2, 2}, torch::kFloat64)); },
-               "1-D");
+  expect_error([&] { dilated_attention(q, q, q, 4, torch::ones({2, 2}, torch::kFloat64)); }, "1-D");
 }
 
 }  // namespace

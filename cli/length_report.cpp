@@ -1,0 +1,120 @@
+#include "cli/length_report.hpp"
+
+#include <fmt/core.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <stdexcept>
+
+namespace reach::cli {
+
+std::vector<int64_t> parse_lengths(const std::string& text, int64_t train_length) {
+  std::vector<int64_t> lengths;
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    if (item.empty()) continue;
+    const bool multiple = item.back() == 'x';
+    const std::string number = multiple ? item.substr(0, item.size() - 1) : item;
+    size_t used = 0;
+    double value = 0;
+    try {
+      value = std::stod(number, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != number.size() || number.empty() || !(value > 0)) {
+      throw std::invalid_argument("--lengths: '" + item + "' is not a positive length or multiple");
+    }
+    lengths.push_back(multiple ? static_cast<int64_t>(value * static_cast<double>(train_length))
+                               : static_cast<int64_t>(value));
+  }
+  if (lengths.empty()) throw std::invalid_argument("--lengths: no lengths given");
+  return lengths;
+}
+
+std::string markdown_table(const std::vector<ModelLengths>& models) {
+  std::string out =
+      "| model | length | x train | windows | tokens | NLL (nats) | perplexity |\n"
+      "| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n";
+  for (const auto& m : models) {
+    for (const auto& r : m.results) {
+      out += fmt::format("| {} | {} | {:.0f}x | {} | {} | {:.4f} | {:.3f} |\n", m.label, r.length,
+                         static_cast<double>(r.length) / static_cast<double>(m.train_length),
+                         r.windows, r.tokens, r.mean_nll, r.perplexity);
+    }
+  }
+  return out;
+}
+
+void write_reports(const std::vector<ModelLengths>& models, const std::string& json_path,
+                   const std::string& markdown_path, const std::string& png_path) {
+  if (!json_path.empty()) {
+    nlohmann::json j = nlohmann::json::array();
+    for (const auto& m : models) {
+      for (const auto& r : m.results) {
+        j.push_back({{"model", m.label},
+                     {"train_length", m.train_length},
+                     {"length", r.length},
+                     {"windows", r.windows},
+                     {"tokens", r.tokens},
+                     {"mean_nll", r.mean_nll},
+                     {"perplexity", r.perplexity},
+                     {"bucket_nll", r.bucket_nll}});
+      }
+    }
+    std::ofstream out(json_path);
+    if (!(out << j.dump(2) << "\n")) throw std::runtime_error("cannot write '" + json_path + "'");
+  }
+  if (!markdown_path.empty()) {
+    std::ofstream out(markdown_path);
+    if (!(out << markdown_table(models))) {
+      throw std::runtime_error("cannot write '" + markdown_path + "'");
+    }
+  }
+  if (png_path.empty()) return;
+  // Data files for gnuplot: perplexity vs length, and loss per position bucket at the
+  // longest length.
+  const auto dir =
+      std::filesystem::temp_directory_path() / fmt::format("reach-plot-{}", ::getpid());
+  std::filesystem::create_directories(dir);
+  std::string plot_ppl, plot_pos;
+  for (size_t i = 0; i < models.size(); ++i) {
+    const auto& m = models[i];
+    const auto ppl_file = dir / fmt::format("ppl{}.dat", i),
+               pos_file = dir / fmt::format("pos{}.dat", i);
+    std::ofstream ppl(ppl_file), pos(pos_file);
+    for (const auto& r : m.results) {
+      ppl << static_cast<double>(r.length) / static_cast<double>(m.train_length) << " "
+          << r.perplexity << "\n";
+    }
+    const auto& longest = m.results.back();
+    for (size_t b = 0; b < longest.bucket_nll.size(); ++b) {
+      pos << (static_cast<double>(b) + 0.5) * static_cast<double>(longest.length) /
+                 static_cast<double>(longest.bucket_nll.size())
+          << " " << longest.bucket_nll[b] << "\n";
+    }
+    plot_ppl += fmt::format("{}'{}' using 1:2 with linespoints title '{}'", i ? ", " : "",
+                            ppl_file.string(), m.label);
+    plot_pos += fmt::format("{}'{}' using 1:2 with linespoints title '{}'", i ? ", " : "",
+                            pos_file.string(), m.label);
+  }
+  const std::string script = fmt::format(
+      "set terminal png size 1200,450 noenhanced\nset output '{}'\nset multiplot layout 1,2\n"
+      "set title 'perplexity vs length'\nset xlabel 'length / training length'\n"
+      "set ylabel 'perplexity'\nset logscale x 2\nset grid\nplot {}\nunset logscale x\n"
+      "set title 'loss vs position (longest length)'\nset xlabel 'position'\n"
+      "set ylabel 'NLL (nats)'\nplot {}\nunset multiplot\n",
+      png_path, plot_ppl, plot_pos);
+  FILE* gnuplot = popen("gnuplot 2>&1", "w");
+  if (!gnuplot) throw std::runtime_error("cannot run gnuplot (install gnuplot-nox)");
+  fputs(script.c_str(), gnuplot);
+  const int status = pclose(gnuplot);
+  std::filesystem::remove_all(dir);
+  if (status != 0) throw std::runtime_error("gnuplot failed writing '" + png_path + "'");
+}
+
+}  // namespace reach::cli

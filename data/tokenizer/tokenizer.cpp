@@ -1,0 +1,225 @@
+#include "data/tokenizer/tokenizer.hpp"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <stdexcept>
+
+namespace reach::data {
+namespace fs = std::filesystem;
+namespace {
+
+std::string read_all(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot read '" + path.string() + "'");
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+void write_all(const fs::path& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  if (!(out << text)) throw std::runtime_error("cannot write '" + path.string() + "'");
+}
+
+class ByteTokenizer final : public Tokenizer {
+ public:
+  std::string kind() const override { return "byte"; }
+  int64_t vocab_size() const override { return 256; }
+  std::vector<uint32_t> encode(const std::string& text) const override {
+    std::vector<uint32_t> ids(text.size());
+    for (size_t i = 0; i < text.size(); ++i) ids[i] = static_cast<unsigned char>(text[i]);
+    return ids;
+  }
+  std::string decode(const std::vector<uint32_t>& ids) const override {
+    std::string text;
+    for (uint32_t id : ids) {
+      if (id > 255)
+        throw std::invalid_argument("byte tokenizer: id " + std::to_string(id) + " > 255");
+      text.push_back(static_cast<char>(id));
+    }
+    return text;
+  }
+  std::string fingerprint() const override { return "byte"; }
+  void save(const std::string& dir) const override {
+    write_all(fs::path(dir) / "tokenizer.json", R"({"type": "byte", "vocab_size": 256})"
+                                                "\n");
+  }
+};
+
+// Runs a command with stdin from a file and returns its stdout; throws naming the command.
+std::string run_tool(const std::string& command, const fs::path& input) {
+  const std::string full = command + " < '" + input.string() + "' 2>/dev/null";
+  std::unique_ptr<FILE, int (*)(FILE*)> pipe(popen(full.c_str(), "r"), &pclose);
+  if (!pipe) throw std::runtime_error("cannot run: " + command);
+  std::string out;
+  char buffer[65536];
+  size_t got = 0;
+  while ((got = fread(buffer, 1, sizeof buffer, pipe.get())) > 0) out.append(buffer, got);
+  if (pclose(pipe.release()) != 0) {
+    throw std::runtime_error("'" + command + "' failed (is Debian's sentencepiece installed?)");
+  }
+  return out;
+}
+
+fs::path temp_file(const std::string& stem) {
+  static std::atomic<int> counter{0};
+  return fs::temp_directory_path() /
+         (stem + "-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
+}
+
+// Sentencepiece through Debian's spm_encode / spm_decode programs. libsentencepiece and
+// LibTorch link two different protobuf runtimes that crash when loaded into one process, so
+// reach keeps sentencepiece in its own processes. Encoding happens once per corpus (token
+// cache), so the process cost does not matter. spm_* work line by line: newlines are encoded
+// as the byte-fallback piece <0x0A>.
+class SentencePieceTokenizer final : public Tokenizer {
+ public:
+  explicit SentencePieceTokenizer(fs::path dir) : dir_(std::move(dir)) {
+    model_bytes_ = read_all(dir_ / "tokenizer.model");
+    std::istringstream vocab(read_all(dir_ / "tokenizer.vocab"));
+    std::string line;
+    while (std::getline(vocab, line)) {
+      if (line.rfind("<0x0A>\t", 0) == 0) newline_id_ = static_cast<uint32_t>(vocab_size_);
+      ++vocab_size_;
+    }
+    if (vocab_size_ < 1 || newline_id_ == kNone) {
+      throw std::runtime_error("sentencepiece tokenizer '" + dir_.string() +
+                               "': tokenizer.vocab is empty or has no byte-fallback <0x0A>");
+    }
+  }
+  std::string kind() const override { return "sentencepiece"; }
+  int64_t vocab_size() const override { return vocab_size_; }
+  std::vector<uint32_t> encode(const std::string& text) const override {
+    const auto input = temp_file("reach-spm-in");
+    write_all(input, text);
+    const auto out = run_tool(
+        "spm_encode --output_format=id --model='" + (dir_ / "tokenizer.model").string() + "'",
+        input);
+    fs::remove(input);
+    std::vector<uint32_t> ids;
+    std::istringstream lines(out);
+    std::string line;
+    size_t produced = 0;
+    const size_t input_lines = static_cast<size_t>(std::count(text.begin(), text.end(), '\n')) +
+                               (text.empty() || text.back() == '\n' ? 0 : 1);
+    while (std::getline(lines, line)) {
+      if (produced++ > 0) ids.push_back(newline_id_);
+      std::istringstream numbers(line);
+      uint32_t id = 0;
+      while (numbers >> id) ids.push_back(id);
+    }
+    if (produced != input_lines) {
+      throw std::runtime_error("spm_encode returned " + std::to_string(produced) + " lines for " +
+                               std::to_string(input_lines));
+    }
+    if (!text.empty() && text.back() == '\n') ids.push_back(newline_id_);
+    return ids;
+  }
+  std::string decode(const std::vector<uint32_t>& ids) const override {
+    std::string lines;
+    bool trailing_newline = false;
+    for (size_t i = 0; i < ids.size(); ++i) {
+      if (ids[i] >= static_cast<uint32_t>(vocab_size_)) {
+        throw std::invalid_argument("sentencepiece: id " + std::to_string(ids[i]) +
+                                    " out of vocabulary");
+      }
+      if (ids[i] == newline_id_) {
+        lines += '\n';
+        trailing_newline = i + 1 == ids.size();
+      } else {
+        lines += std::to_string(ids[i]) + ' ';
+      }
+    }
+    if (!trailing_newline) lines += '\n';
+    const auto input = temp_file("reach-spm-ids");
+    write_all(input, lines);
+    std::string text = run_tool(
+        "spm_decode --input_format=id --model='" + (dir_ / "tokenizer.model").string() + "'",
+        input);
+    fs::remove(input);
+    if (!trailing_newline && !text.empty() && text.back() == '\n') text.pop_back();
+    return text;
+  }
+  std::string fingerprint() const override { return "sp-" + std::to_string(fnv1a64(model_bytes_)); }
+  void save(const std::string& dir) const override {
+    if (fs::weakly_canonical(dir) != fs::weakly_canonical(dir_)) {
+      fs::copy_file(dir_ / "tokenizer.model", fs::path(dir) / "tokenizer.model",
+                    fs::copy_options::overwrite_existing);
+      fs::copy_file(dir_ / "tokenizer.vocab", fs::path(dir) / "tokenizer.vocab",
+                    fs::copy_options::overwrite_existing);
+    }
+    nlohmann::json j{{"type", "sentencepiece"},
+                     {"vocab_size", vocab_size_},
+                     {"model", "tokenizer.model"},
+                     {"vocab", "tokenizer.vocab"}};
+    write_all(fs::path(dir) / "tokenizer.json", j.dump(2) + "\n");
+  }
+
+ private:
+  static constexpr uint32_t kNone = ~0u;
+  fs::path dir_;
+  std::string model_bytes_;
+  int64_t vocab_size_ = 0;
+  uint32_t newline_id_ = kNone;
+};
+
+}  // namespace
+
+std::unique_ptr<Tokenizer> make_byte_tokenizer() { return std::make_unique<ByteTokenizer>(); }
+
+std::unique_ptr<Tokenizer> load_tokenizer(const std::string& spec) {
+  if (spec == "byte") return make_byte_tokenizer();
+  const fs::path dir(spec);
+  if (!fs::exists(dir / "tokenizer.json")) {
+    throw std::runtime_error("tokenizer '" + spec +
+                             "' is neither 'byte' nor a directory with tokenizer.json");
+  }
+  const auto j = nlohmann::json::parse(read_all(dir / "tokenizer.json"), nullptr, false);
+  if (j.is_discarded() || !j.is_object() || !j.contains("type")) {
+    throw std::runtime_error("tokenizer '" + spec + "': tokenizer.json is corrupt");
+  }
+  const std::string type = j.value("type", "");
+  if (type == "byte") return make_byte_tokenizer();
+  if (type == "sentencepiece") {
+    return std::make_unique<SentencePieceTokenizer>(dir);
+  }
+  throw std::runtime_error("tokenizer '" + spec + "': unknown type '" + type + "'");
+}
+
+std::unique_ptr<Tokenizer> train_sentencepiece(const Corpus& corpus, int64_t vocab_size,
+                                               const std::string& out_dir) {
+  if (vocab_size < 260) throw std::invalid_argument("sentencepiece vocab_size must be >= 260");
+  fs::create_directories(out_dir);
+  const fs::path input = fs::path(out_dir) / "training_text.txt";
+  {
+    std::ofstream out(input, std::ios::trunc);
+    for (const auto& doc : corpus.train) out << doc.text << "\n";
+  }
+  const std::string prefix = (fs::path(out_dir) / "tokenizer").string();
+  const std::string command =
+      "spm_train --input='" + input.string() + "' --model_prefix='" + prefix +
+      "' --vocab_size=" + std::to_string(vocab_size) +
+      " --model_type=bpe --character_coverage=1.0 --byte_fallback=true"
+      " --normalization_rule_name=identity --remove_extra_whitespaces=false"
+      " --split_by_whitespace=true --max_sentence_length=100000"
+      " --input_sentence_size=2000000 --shuffle_input_sentence=true --num_threads=2";
+  const int status = std::system((command + " > '" + prefix + ".log' 2>&1").c_str());
+  fs::remove(input);
+  if (status != 0) {
+    throw std::runtime_error("sentencepiece training failed (see " + prefix + ".log)");
+  }
+  auto tokenizer = std::make_unique<SentencePieceTokenizer>(fs::path(out_dir));
+  tokenizer->save(out_dir);
+  return tokenizer;
+}
+
+}  // namespace reach::data

@@ -1,0 +1,38 @@
+// Tokenizers: byte-level (vocabulary 256, the default) and sentencepiece BPE trained on a
+// corpus. A tokenizer saves itself into a directory (tokenizer.json, plus tokenizer.model for
+// sentencepiece) that checkpoints carry, so a checkpoint is self-describing.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "data/corpus/corpus.hpp"
+
+namespace reach::data {
+
+class Tokenizer {
+ public:
+  virtual ~Tokenizer() = default;
+  virtual std::string kind() const = 0;  // "byte" or "sentencepiece"
+  virtual int64_t vocab_size() const = 0;
+  virtual std::vector<uint32_t> encode(const std::string& text) const = 0;
+  virtual std::string decode(const std::vector<uint32_t>& ids) const = 0;
+  // Identifies the exact vocabulary (used to key token caches).
+  virtual std::string fingerprint() const = 0;
+  // Writes tokenizer.json (and tokenizer.model) into an existing directory.
+  virtual void save(const std::string& dir) const = 0;
+};
+
+std::unique_ptr<Tokenizer> make_byte_tokenizer();
+
+// "byte", or a directory holding tokenizer.json (as written by save / train_sentencepiece).
+// Throws std::runtime_error naming the problem.
+std::unique_ptr<Tokenizer> load_tokenizer(const std::string& spec);
+
+// Trains a sentencepiece BPE model on the corpus's training documents and saves it to out_dir.
+std::unique_ptr<Tokenizer> train_sentencepiece(const Corpus& corpus, int64_t vocab_size,
+                                               const std::string& out_dir);
+
+}  // namespace reach::data

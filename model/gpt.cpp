@@ -1,0 +1,168 @@
+#include "model/gpt.hpp"
+
+#include <cmath>
+
+#include "ops/dilated_attention.hpp"
+#include "pattern/alpha_schedule.hpp"
+#include "pattern/dilated_offsets.hpp"
+
+namespace reach::model {
+namespace {
+
+// GPT-NeoX-style rotary embedding on [B, H, T, hd]: rotate the two halves of each head.
+torch::Tensor apply_rope(const torch::Tensor& x, double base) {
+  const int64_t t = x.size(2), hd = x.size(3), half = hd / 2;
+  auto inv_freq =
+      torch::pow(base, -torch::arange(0, half, x.options()) / static_cast<double>(half));
+  auto angles = torch::outer(torch::arange(t, x.options()), inv_freq);  // [T, half]
+  auto cos = angles.cos(), sin = angles.sin();
+  auto x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
+  return torch::cat({x1 * cos - x2 * sin, x1 * sin + x2 * cos}, -1);
+}
+
+// ALiBi slopes for h heads: 2^(-8 i / h), i = 1..h.
+torch::Tensor alibi_slopes(int64_t heads, const torch::TensorOptions& options) {
+  auto i = torch::arange(1, heads + 1, options);
+  return torch::pow(2.0, -8.0 * i / static_cast<double>(heads));
+}
+
+double inverse_softplus(double y) { return y > 20 ? y : std::log(std::expm1(y)); }
+
+bool is_sparse(const ModelConfig& c) {
+  return c.attention == "fibonacci" || c.attention == "power_of_two";
+}
+
+}  // namespace
+
+CausalSelfAttentionImpl::CausalSelfAttentionImpl(const ModelConfig& config, int64_t layer)
+    : config_(config), head_dim_(config.d_model / config.heads) {
+  qkv_ = register_module(
+      "qkv",
+      torch::nn::Linear(torch::nn::LinearOptions(config.d_model, 3 * config.d_model).bias(false)));
+  proj_ = register_module(
+      "proj",
+      torch::nn::Linear(torch::nn::LinearOptions(config.d_model, config.d_model).bias(false)));
+  if (is_sparse(config)) {
+    if (config.reach < config.window) {
+      throw std::invalid_argument("model.reach (" + std::to_string(config.reach) +
+                                  ") must be resolved and >= model.window");
+    }
+    const pattern::ScheduleSpec schedule{pattern::parse_alpha_schedule(config.schedule),
+                                         config.layers, config.alpha, config.alpha_min,
+                                         config.alpha_max};
+    static_alpha_ = pattern::layer_alphas(schedule)[static_cast<size_t>(layer)];
+    if (schedule.kind == pattern::AlphaSchedule::learned) {
+      theta_ = register_parameter("theta",
+                                  torch::tensor(inverse_softplus(static_alpha_), torch::kFloat64));
+    } else {
+      const auto ints = integer_offsets();
+      offsets_ = torch::tensor(std::vector<double>(ints.begin(), ints.end()), torch::kFloat64);
+    }
+  }
+}
+
+double CausalSelfAttentionImpl::alpha() const {
+  if (theta_.defined()) return torch::softplus(theta_.detach()).item<double>();
+  return static_alpha_;
+}
+
+std::vector<int64_t> CausalSelfAttentionImpl::integer_offsets() const {
+  if (!is_sparse(config_)) return {};
+  return pattern::integer_offsets(
+      {pattern::parse_offset_base(config_.attention), alpha(), config_.window, config_.reach});
+}
+
+torch::Tensor CausalSelfAttentionImpl::attend(const torch::Tensor& q, const torch::Tensor& k,
+                                              const torch::Tensor& v) {
+  if (config_.attention == "window") {
+    return ops::dilated_attention(q, k, v, config_.window, torch::empty({0}, torch::kFloat64));
+  }
+  if (is_sparse(config_)) {
+    if (theta_.defined()) {
+      return ops::dilated_attention_learned(q, k, v, torch::softplus(theta_),
+                                            pattern::parse_offset_base(config_.attention),
+                                            config_.window, config_.reach);
+    }
+    return ops::dilated_attention(q, k, v, config_.window, offsets_);
+  }
+  // Dense: matmul + mask (+ ALiBi bias) + softmax.
+  const int64_t t = q.size(2);
+  auto scores = torch::matmul(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(head_dim_));
+  if (config_.positions == "alibi") {
+    auto pos = torch::arange(t, q.options());
+    auto distance = (pos.unsqueeze(1) - pos.unsqueeze(0)).clamp_min(0);  // [T, T]
+    scores = scores - alibi_slopes(config_.heads, q.options()).view({1, -1, 1, 1}) * distance;
+  }
+  auto future = torch::ones({t, t}, torch::TensorOptions().dtype(torch::kBool)).triu(1);
+  scores = scores.masked_fill(future, -std::numeric_limits<float>::infinity());
+  return torch::matmul(torch::softmax(scores, -1), v);
+}
+
+torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x) {
+  const int64_t b = x.size(0), t = x.size(1);
+  auto qkv = qkv_(x).view({b, t, 3, config_.heads, head_dim_}).permute({2, 0, 3, 1, 4});
+  auto q = qkv[0], k = qkv[1], v = qkv[2];
+  if (config_.positions == "rope") {
+    q = apply_rope(q, config_.rope_base);
+    k = apply_rope(k, config_.rope_base);
+  }
+  auto y = attend(q.contiguous(), k.contiguous(), v.contiguous());  // [B, H, T, hd]
+  return proj_(y.transpose(1, 2).reshape({b, t, config_.d_model}));
+}
+
+BlockImpl::BlockImpl(const ModelConfig& config, int64_t layer) {
+  ln1_ =
+      register_module("ln1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({config.d_model})));
+  attn = register_module("attn", CausalSelfAttention(config, layer));
+  ln2_ =
+      register_module("ln2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({config.d_model})));
+  fc_ = register_module("fc", torch::nn::Linear(config.d_model, config.mlp_ratio * config.d_model));
+  out_ =
+      register_module("out", torch::nn::Linear(config.mlp_ratio * config.d_model, config.d_model));
+}
+
+torch::Tensor BlockImpl::forward(const torch::Tensor& x) {
+  auto h = x + attn(ln1_(x));
+  return h + out_(torch::gelu(fc_(ln2_(h))));
+}
+
+GptImpl::GptImpl(const ModelConfig& config) : config_(config) {
+  validate(config);
+  wte_ = register_module("wte", torch::nn::Embedding(config.vocab_size, config.d_model));
+  block_list_ = register_module("blocks", torch::nn::ModuleList());
+  for (int64_t l = 0; l < config.layers; ++l) {
+    blocks.push_back(Block(config, l));
+    block_list_->push_back(blocks.back());
+  }
+  ln_f_ =
+      register_module("ln_f", torch::nn::LayerNorm(torch::nn::LayerNormOptions({config.d_model})));
+  // GPT-2 initialisation: N(0, 0.02), residual projections scaled by 1/sqrt(2L).
+  torch::NoGradGuard no_grad;
+  for (auto& p : named_parameters()) {
+    const auto& name = p.key();
+    if (name.find("theta") != std::string::npos) continue;
+    if (name.ends_with(".bias")) {
+      p.value().zero_();
+    } else if (name.find("ln") != std::string::npos) {
+      p.value().fill_(1.0);
+    } else {
+      const bool residual = name.ends_with("proj.weight") || name.ends_with("out.weight");
+      p.value().normal_(0.0, residual ? 0.02 / std::sqrt(2.0 * config.layers) : 0.02);
+    }
+  }
+}
+
+torch::Tensor GptImpl::forward(const torch::Tensor& tokens) {
+  TORCH_CHECK(tokens.dim() == 2, "model input must be [batch, seq_len] token ids");
+  auto x = wte_(tokens);
+  for (auto& block : blocks) x = block(x);
+  return torch::matmul(ln_f_(x), wte_->weight.t());  // tied output head
+}
+
+int64_t parameter_count(const torch::nn::Module& module) {
+  int64_t n = 0;
+  for (const auto& p : module.parameters()) n += p.numel();
+  return n;
+}
+
+}  // namespace reach::model

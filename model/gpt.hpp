@@ -1,0 +1,64 @@
+// GPT-style decoder: token embedding, pre-norm blocks (attention + GELU MLP), final norm,
+// output head tied to the embedding. Attention per layer is dense, local window, or
+// window + dilated offsets (Fibonacci or power-of-2) with the layer's alpha from the schedule.
+#pragma once
+
+#include <torch/torch.h>
+
+#include "model/model_config.hpp"
+
+namespace reach::model {
+
+class CausalSelfAttentionImpl : public torch::nn::Module {
+ public:
+  CausalSelfAttentionImpl(const ModelConfig& config, int64_t layer);
+  torch::Tensor forward(const torch::Tensor& x);  // [B, T, D] -> [B, T, D]
+
+  // The layer's alpha (learned: softplus(theta)); 0 for dense and window layers.
+  double alpha() const;
+  // The integer offsets this layer uses (learned: alpha * b rounded, i.e. frozen for inference).
+  std::vector<int64_t> integer_offsets() const;
+
+ private:
+  torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v);
+
+  ModelConfig config_;
+  int64_t head_dim_;
+  double static_alpha_ = 0;
+  torch::nn::Linear qkv_{nullptr}, proj_{nullptr};
+  torch::Tensor offsets_;  // float64 distances for static schedules
+  torch::Tensor theta_;    // learned schedule: alpha = softplus(theta)
+};
+TORCH_MODULE(CausalSelfAttention);
+
+class BlockImpl : public torch::nn::Module {
+ public:
+  BlockImpl(const ModelConfig& config, int64_t layer);
+  torch::Tensor forward(const torch::Tensor& x);
+  CausalSelfAttention attn{nullptr};
+
+ private:
+  torch::nn::LayerNorm ln1_{nullptr}, ln2_{nullptr};
+  torch::nn::Linear fc_{nullptr}, out_{nullptr};
+};
+TORCH_MODULE(Block);
+
+class GptImpl : public torch::nn::Module {
+ public:
+  // config.reach must be resolved (> 0) when attention is sparse.
+  explicit GptImpl(const ModelConfig& config);
+  torch::Tensor forward(const torch::Tensor& tokens);  // [B, T] int64 -> logits [B, T, V]
+  const ModelConfig& config() const { return config_; }
+  std::vector<Block> blocks;  // also registered as the ModuleList "blocks"
+
+ private:
+  ModelConfig config_;
+  torch::nn::Embedding wte_{nullptr};
+  torch::nn::LayerNorm ln_f_{nullptr};
+  torch::nn::ModuleList block_list_{nullptr};
+};
+TORCH_MODULE(Gpt);
+
+int64_t parameter_count(const torch::nn::Module& module);
+
+}  // namespace reach::model

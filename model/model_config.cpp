@@ -1,0 +1,69 @@
+#include "model/model_config.hpp"
+
+#include <stdexcept>
+
+namespace reach::model {
+
+void validate(const ModelConfig& c) {
+  auto positive = [](int64_t v, const char* name) {
+    if (v < 1) throw std::invalid_argument(std::string("model.") + name + " must be >= 1");
+  };
+  positive(c.vocab_size, "vocab_size");
+  positive(c.layers, "layers");
+  positive(c.d_model, "d_model");
+  positive(c.heads, "heads");
+  positive(c.mlp_ratio, "mlp_ratio");
+  positive(c.window, "window");
+  if (c.d_model % c.heads != 0) {
+    throw std::invalid_argument("model.d_model (" + std::to_string(c.d_model) +
+                                ") must be divisible by model.heads (" + std::to_string(c.heads) +
+                                ")");
+  }
+  if ((c.d_model / c.heads) % 2 != 0 && c.positions == "rope") {
+    throw std::invalid_argument("model: RoPE needs an even head dimension");
+  }
+  if (c.attention != "dense" && c.attention != "window" && c.attention != "fibonacci" &&
+      c.attention != "power_of_two") {
+    throw std::invalid_argument(
+        "model.attention must be dense, window, fibonacci or "
+        "power_of_two, got '" +
+        c.attention + "'");
+  }
+  if (c.positions != "rope" && c.positions != "alibi" && c.positions != "nope") {
+    throw std::invalid_argument("model.positions must be rope, alibi or nope, got '" + c.positions +
+                                "'");
+  }
+  if (c.positions == "alibi" && c.attention != "dense") {
+    throw std::invalid_argument(
+        "model.positions = 'alibi' is supported with dense attention only (the sparse "
+        "operator has no bias input yet)");
+  }
+  if (c.reach < 0) throw std::invalid_argument("model.reach must be >= 0 (0 = seq_len)");
+}
+
+ModelConfig preset(const std::string& name) {
+  ModelConfig c;
+  if (name == "paper") {
+    c.vocab_size = 32000;
+    c.layers = 16;
+    c.d_model = 512;
+    c.heads = 8;
+    c.window = 64;
+  } else if (name == "tiny") {
+    c.layers = 4;
+    c.d_model = 128;
+    c.heads = 4;
+    c.window = 32;
+  } else if (name == "micro") {
+    c.layers = 2;
+    c.d_model = 32;
+    c.heads = 2;
+    c.window = 8;
+  } else {
+    throw std::invalid_argument("unknown model preset '" + name +
+                                "' (expected paper, tiny or micro)");
+  }
+  return c;
+}
+
+}  // namespace reach::model

@@ -1,0 +1,100 @@
+#include "data/tokenizer/tokenizer.hpp"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include "data/tokenizer/token_cache.hpp"
+
+namespace reach::data {
+namespace {
+
+namespace fs = std::filesystem;
+
+fs::path fresh_dir(const std::string& name) {
+  const auto dir = fs::temp_directory_path() / name;
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+TEST(Tokenizer, ByteRoundTripsArbitraryBytes) {
+  const auto tok = make_byte_tokenizer();
+  std::mt19937 rng(1);
+  std::string text;
+  for (int i = 0; i < 1000; ++i)
+    text.push_back(static_cast<char>(rng() & 0xff));  // invalid UTF-8 too
+  const auto ids = tok->encode(text);
+  ASSERT_EQ(ids.size(), text.size());
+  for (uint32_t id : ids) EXPECT_LT(id, 256u);
+  EXPECT_EQ(tok->decode(ids), text);
+  EXPECT_THROW(tok->decode({300}), std::invalid_argument);
+}
+
+TEST(Tokenizer, SentencePieceTrainsSavesAndRoundTrips) {
+  Corpus corpus;
+  corpus.name = "test";
+  const auto kjv = load_corpus("kjv");
+  corpus.train.assign(kjv.train.begin(), kjv.train.begin() + 3);  // ~0.4 MB: a few seconds
+  const auto dir = fresh_dir("reach_sp_test");
+  const auto tok = train_sentencepiece(corpus, 500, dir.string());
+  EXPECT_EQ(tok->vocab_size(), 500);
+  const std::string text = "And God said, Let there be light: and there was light. Zebedee's 42 é";
+  const auto ids = tok->encode(text);
+  EXPECT_LT(ids.size(), text.size() / 2);  // BPE merges: fewer tokens than bytes
+  EXPECT_EQ(tok->decode(ids), text);       // byte fallback keeps unseen characters
+  const auto loaded = load_tokenizer(dir.string());
+  EXPECT_EQ(loaded->kind(), "sentencepiece");
+  EXPECT_EQ(loaded->encode(text), ids);
+  EXPECT_EQ(loaded->fingerprint(), tok->fingerprint());
+  fs::remove_all(dir);
+}
+
+TEST(Tokenizer, BadSpecsAreClearErrors) {
+  EXPECT_THROW(load_tokenizer("/no/such/tokenizer"), std::runtime_error);
+  const auto dir = fresh_dir("reach_bad_tok");
+  std::ofstream(dir / "tokenizer.json") << "{\"type\": \"wordpiece\"}";
+  try {
+    load_tokenizer(dir.string());
+    ADD_FAILURE();
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("unknown type 'wordpiece'"), std::string::npos);
+  }
+  fs::remove_all(dir);
+}
+
+TEST(TokenCache, BuildsOnceReusesAndDetectsTruncation) {
+  const auto cache = fresh_dir("reach_cache_test");
+  const auto corpus = load_corpus("kjv");
+  const auto tok = make_byte_tokenizer();
+  size_t train_tokens = 0;
+  {
+    auto first = TokenizedCorpus::open_or_build(corpus, *tok, cache.string());
+    EXPECT_TRUE(first.built_now());
+    for (const auto& d : corpus.train) train_tokens += d.text.size();
+    EXPECT_EQ(first.train_stream().size(), train_tokens);
+    ASSERT_EQ(first.heldout().size(), corpus.heldout.size());
+    EXPECT_EQ(tok->decode({first.heldout()[0].begin(), first.heldout()[0].end()}),
+              corpus.heldout[0].text);
+  }
+  std::string path;
+  {
+    auto second = TokenizedCorpus::open_or_build(corpus, *tok, cache.string());
+    EXPECT_FALSE(second.built_now());
+    EXPECT_EQ(second.train_stream().size(), train_tokens);
+    path = second.path();
+  }
+  fs::resize_file(path, 1000);
+  try {
+    TokenizedCorpus::open_or_build(corpus, *tok, cache.string());
+    ADD_FAILURE();
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("truncated"), std::string::npos) << e.what();
+  }
+  fs::remove_all(cache);
+}
+
+}  // namespace
+}  // namespace reach::data

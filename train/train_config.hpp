@@ -1,0 +1,48 @@
+// Training run configuration: TOML file plus `--set section.key=value` overrides.
+// Every key is known and typed; an unknown key or a wrong type is a one-line error naming it.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/model_config.hpp"
+
+namespace reach::train {
+
+struct TrainConfig {
+  std::string out_dir = "runs/default";
+  uint64_t seed = 1;
+  int threads = 0;  // 0 = all cores
+
+  std::string corpus = "kjv";
+  std::string tokenizer = "byte";  // "byte" or a directory from `reach tokenizer train`
+  std::string cache_dir;           // token cache ("" = $REACH_CACHE_DIR or ~/.cache/reach)
+  int64_t seq_len = 256;
+  int64_t batch = 16;
+
+  std::string preset = "tiny";                       // applied before any model.* key
+  model::ModelConfig model = model::preset("tiny");  // vocab_size 0 = the tokenizer's
+
+  int64_t steps = 1000;
+  double lr = 3e-3;
+  double min_lr = 3e-4;
+  int64_t warmup = 50;
+  double weight_decay = 0.1;
+  double grad_clip = 1.0;
+  int64_t log_every = 10;
+  int64_t eval_every = 250;
+  int64_t eval_tokens = 16384;
+  int64_t checkpoint_every = 250;
+};
+
+// Parses TOML text (empty for defaults) then applies "key=value" overrides, validates, and
+// resolves model.reach = 0 to seq_len. Throws std::invalid_argument naming the key.
+TrainConfig parse_train_config(const std::string& toml_text,
+                               const std::vector<std::string>& overrides);
+TrainConfig load_train_config(const std::string& path, const std::vector<std::string>& overrides);
+
+// TOML text that parse_train_config reads back to the same config (saved in checkpoints).
+std::string to_toml(const TrainConfig& config);
+
+}  // namespace reach::train
