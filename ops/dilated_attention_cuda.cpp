@@ -16,8 +16,10 @@ namespace {
 using torch::Tensor;
 
 kernels::gpu::ScalarType check_cuda_inputs(const Tensor& q, const Tensor& k, const Tensor& v) {
-  TORCH_CHECK(q.dim() == 4, "dilated_attention: q must have rank 4 [batch, heads, n, head_dim], "
-                            "got rank ", q.dim());
+  TORCH_CHECK(q.dim() == 4,
+              "dilated_attention: q must have rank 4 [batch, heads, n, head_dim], "
+              "got rank ",
+              q.dim());
   TORCH_CHECK(k.sizes() == q.sizes() && v.sizes() == q.sizes(),
               "dilated_attention: q, k and v must have the same shape, got q ", q.sizes(), ", k ",
               k.sizes(), ", v ", v.sizes());
@@ -57,9 +59,9 @@ kernels::DilatedAttentionParams cuda_params(const Tensor& q, int64_t window, con
   return p;
 }
 
-std::tuple<Tensor, Tensor> forward_cuda(const Tensor& q_in, const Tensor& k_in,
-                                        const Tensor& v_in, int64_t window,
-                                        const Tensor& offsets, c10::optional<double> scale) {
+std::tuple<Tensor, Tensor> forward_cuda(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
+                                        int64_t window, const Tensor& offsets,
+                                        c10::optional<double> scale) {
   const auto type = check_cuda_inputs(q_in, k_in, v_in);
   const c10::cuda::CUDAGuard guard(q_in.device());
   const Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
@@ -93,8 +95,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> backward_cuda(
   Tensor dq = torch::empty_like(q), dk = torch::empty_like(k), dv = torch::empty_like(v);
   Tensor doff = torch::zeros({off.numel()}, q.options().dtype(torch::kFloat64));
   const auto bytes = kernels::gpu::dilated_attention_backward_workspace_bytes(p);
-  Tensor workspace = torch::empty({static_cast<int64_t>(bytes / 4 + 4)},
-                                  q.options().dtype(torch::kFloat));
+  Tensor workspace =
+      torch::empty({static_cast<int64_t>(bytes / 4 + 4)}, q.options().dtype(torch::kFloat));
   kernels::gpu::dilated_attention_backward_cuda(
       p, type, q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr<float>(),
       grad_out.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),

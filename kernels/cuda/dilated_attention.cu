@@ -125,7 +125,7 @@ __global__ void __launch_bounds__(kThreads)
   }
   float m = -INFINITY, l = 0.f;
 
-  auto accumulate = [&](float s, const float (&vr)[kDims]) {
+  auto accumulate = [&](float s, const float(&vr)[kDims]) {
     if (s > m) {
       const float c = exp2f(m - s);
       l *= c;
@@ -185,12 +185,12 @@ __global__ void __launch_bounds__(kThreads)
 // summed per block into partials[block, K].
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads)
-    backward_query_kernel(const T* __restrict__ q, const T* __restrict__ k,
-                          const T* __restrict__ v, const T* __restrict__ out,
-                          const float* __restrict__ lse, const T* __restrict__ grad_out,
-                          T* __restrict__ grad_q, float* __restrict__ prob,
-                          float* __restrict__ dscore, float* __restrict__ offset_partials, int n,
-                          int window_slots, float scale, OffsetTable table) {
+    backward_query_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                          const T* __restrict__ out, const float* __restrict__ lse,
+                          const T* __restrict__ grad_out, T* __restrict__ grad_q,
+                          float* __restrict__ prob, float* __restrict__ dscore,
+                          float* __restrict__ offset_partials, int n, int window_slots, float scale,
+                          OffsetTable table) {
   constexpr int kGroup = D / kDims;
   constexpr int kQueriesPerBlock = kThreads / kGroup;
   __shared__ float block_goff[kWarps][kMaxOffsets];
@@ -343,7 +343,7 @@ __global__ void __launch_bounds__(kThreads)
     const int slot = window_slots + kk;
     const int lo = table.lo[kk];
     const float f = table.frac[kk];
-    if (j + lo < n) gather(slot, j + lo, 1.f - f);  // key j is the floor end
+    if (j + lo < n) gather(slot, j + lo, 1.f - f);               // key j is the floor end
     if (f > 0.f && j + lo + 1 < n) gather(slot, j + lo + 1, f);  // key j is the ceil end
   }
 #pragma unroll
@@ -409,8 +409,8 @@ void launch_forward(const DilatedAttentionParams& p, const void* q, const void* 
                   static_cast<unsigned>(p.batch_heads));
   forward_kernel<T, D><<<grid, kThreads, 0, stream>>>(
       static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
-      static_cast<T*>(out), lse, n, static_cast<int>(p.window_slots()),
-      static_cast<float>(p.scale), make_table(p));
+      static_cast<T*>(out), lse, n, static_cast<int>(p.window_slots()), static_cast<float>(p.scale),
+      make_table(p));
   check_cuda(cudaGetLastError(), "forward launch");
 }
 
@@ -451,8 +451,7 @@ void launch_backward(const DilatedAttentionParams& p, const void* q, const void*
   check_cuda(cudaGetLastError(), "backward query-pass launch");
   backward_key_kernel<T, D><<<grid, kThreads, 0, stream>>>(
       static_cast<const T*>(q), static_cast<const T*>(grad_out), w.prob, w.dscore,
-      static_cast<T*>(grad_k), static_cast<T*>(grad_v), n, ws, static_cast<float>(p.scale),
-      table);
+      static_cast<T*>(grad_k), static_cast<T*>(grad_v), n, ws, static_cast<float>(p.scale), table);
   check_cuda(cudaGetLastError(), "backward key-pass launch");
   if (want_offsets) {
     reduce_offset_partials<<<static_cast<unsigned>(p.num_offsets), 256, 0, stream>>>(
@@ -481,17 +480,21 @@ std::string cuda_support_problem(const DilatedAttentionParams& p) {
   return {};
 }
 
-void dilated_attention_forward_cuda(const DilatedAttentionParams& p, ScalarType type,
-                                    const void* q, const void* k, const void* v, void* out,
-                                    float* lse, void* stream_ptr) {
+void dilated_attention_forward_cuda(const DilatedAttentionParams& p, ScalarType type, const void* q,
+                                    const void* k, const void* v, void* out, float* lse,
+                                    void* stream_ptr) {
   check_params(p);
   const auto stream = static_cast<cudaStream_t>(stream_ptr);
   if (type == ScalarType::kBFloat16) {
-    if (p.head_dim == 64) launch_forward<__nv_bfloat16, 64>(p, q, k, v, out, lse, stream);
-    else launch_forward<__nv_bfloat16, 128>(p, q, k, v, out, lse, stream);
+    if (p.head_dim == 64)
+      launch_forward<__nv_bfloat16, 64>(p, q, k, v, out, lse, stream);
+    else
+      launch_forward<__nv_bfloat16, 128>(p, q, k, v, out, lse, stream);
   } else {
-    if (p.head_dim == 64) launch_forward<float, 64>(p, q, k, v, out, lse, stream);
-    else launch_forward<float, 128>(p, q, k, v, out, lse, stream);
+    if (p.head_dim == 64)
+      launch_forward<float, 64>(p, q, k, v, out, lse, stream);
+    else
+      launch_forward<float, 128>(p, q, k, v, out, lse, stream);
   }
 }
 
@@ -501,21 +504,25 @@ size_t dilated_attention_backward_workspace_bytes(const DilatedAttentionParams& 
 }
 
 void dilated_attention_backward_cuda(const DilatedAttentionParams& p, ScalarType type,
-                                     const void* q, const void* k, const void* v,
-                                     const void* out, const float* lse, const void* grad_out,
-                                     void* grad_q, void* grad_k, void* grad_v,
-                                     double* grad_offsets, void* workspace, void* stream_ptr) {
+                                     const void* q, const void* k, const void* v, const void* out,
+                                     const float* lse, const void* grad_out, void* grad_q,
+                                     void* grad_k, void* grad_v, double* grad_offsets,
+                                     void* workspace, void* stream_ptr) {
   check_params(p);
   const auto stream = static_cast<cudaStream_t>(stream_ptr);
-#define REACH_LAUNCH_BACKWARD(T, D)                                                       \
+#define REACH_LAUNCH_BACKWARD(T, D)                                                           \
   launch_backward<T, D>(p, q, k, v, out, lse, grad_out, grad_q, grad_k, grad_v, grad_offsets, \
                         workspace, stream)
   if (type == ScalarType::kBFloat16) {
-    if (p.head_dim == 64) REACH_LAUNCH_BACKWARD(__nv_bfloat16, 64);
-    else REACH_LAUNCH_BACKWARD(__nv_bfloat16, 128);
+    if (p.head_dim == 64)
+      REACH_LAUNCH_BACKWARD(__nv_bfloat16, 64);
+    else
+      REACH_LAUNCH_BACKWARD(__nv_bfloat16, 128);
   } else {
-    if (p.head_dim == 64) REACH_LAUNCH_BACKWARD(float, 64);
-    else REACH_LAUNCH_BACKWARD(float, 128);
+    if (p.head_dim == 64)
+      REACH_LAUNCH_BACKWARD(float, 64);
+    else
+      REACH_LAUNCH_BACKWARD(float, 128);
   }
 #undef REACH_LAUNCH_BACKWARD
 }

@@ -42,9 +42,9 @@ size_t dilated_attention_backward_workspace_bytes(const DilatedAttentionParams& 
 // over batch, heads and queries). workspace: at least
 // dilated_attention_backward_workspace_bytes(params) device bytes, 16-byte aligned.
 void dilated_attention_backward_cuda(const DilatedAttentionParams& params, ScalarType type,
-                                     const void* q, const void* k, const void* v,
-                                     const void* out, const float* lse, const void* grad_out,
-                                     void* grad_q, void* grad_k, void* grad_v,
-                                     double* grad_offsets, void* workspace, void* stream);
+                                     const void* q, const void* k, const void* v, const void* out,
+                                     const float* lse, const void* grad_out, void* grad_q,
+                                     void* grad_k, void* grad_v, double* grad_offsets,
+                                     void* workspace, void* stream);
 
 }  // namespace reach::kernels::gpu

@@ -212,14 +212,13 @@ CudaCaseResult run_cuda_case(const CudaCase& c, unsigned seed) {
     const size_t ws_bytes = kernels::gpu::dilated_attention_backward_workspace_bytes(p);
     check(cudaMalloc(&workspace, ws_bytes + 16), "cudaMalloc");
     check(cudaMemset(workspace, 0xFF, ws_bytes + 16), "cudaMemset");
-    const auto type = c.bf16 ? kernels::gpu::ScalarType::kBFloat16
-                             : kernels::gpu::ScalarType::kFloat32;
+    const auto type =
+        c.bf16 ? kernels::gpu::ScalarType::kBFloat16 : kernels::gpu::ScalarType::kFloat32;
     kernels::gpu::dilated_attention_forward_cuda(p, type, dq_in.ptr, dk_in.ptr, dv_in.ptr,
                                                  d_out.ptr, lse, nullptr);
     kernels::gpu::dilated_attention_backward_cuda(p, type, dq_in.ptr, dk_in.ptr, dv_in.ptr,
                                                   d_out.ptr, lse, d_do.ptr, d_gq.ptr, d_gk.ptr,
-                                                  d_gv.ptr, K ? doff : nullptr, workspace,
-                                                  nullptr);
+                                                  d_gv.ptr, K ? doff : nullptr, workspace, nullptr);
     check(cudaDeviceSynchronize(), "kernels");
     const auto out = d_out.download(), gq = d_gq.download(), gk = d_gk.download(),
                gv = d_gv.download();
@@ -229,8 +228,8 @@ CudaCaseResult run_cuda_case(const CudaCase& c, unsigned seed) {
     cudaFree(doff);
     cudaFree(workspace);
 
-    r.all_written = all_finite(out) && all_finite(gq) && all_finite(gk) && all_finite(gv) &&
-                    all_finite(goff);
+    r.all_written =
+        all_finite(out) && all_finite(gq) && all_finite(gk) && all_finite(gv) && all_finite(goff);
     r.err_out = rel_l2(out, ref_out);
     r.err_dq = rel_l2(gq, ref_dq);
     r.err_dk = rel_l2(gk, ref_dk);

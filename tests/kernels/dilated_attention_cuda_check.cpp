@@ -22,8 +22,8 @@ int main() {
       ++failures;
       continue;
     }
-    std::printf("%-44s %9.2e %9.2e %9.2e %9.2e %9.2e  %s%s\n", r.name.c_str(), r.err_out,
-                r.err_dq, r.err_dk, r.err_dv, r.err_doff, r.passed ? "PASS" : "FAIL",
+    std::printf("%-44s %9.2e %9.2e %9.2e %9.2e %9.2e  %s%s\n", r.name.c_str(), r.err_out, r.err_dq,
+                r.err_dk, r.err_dv, r.err_doff, r.passed ? "PASS" : "FAIL",
                 r.all_written ? "" : " (unwritten/NaN output)");
     std::printf("%-44s %9.2e %9.2e %9.2e %9.2e %9.2e  bound\n", "", r.bound_out, r.bound_dq,
                 r.bound_dk, r.bound_dv, r.bound_doff);
