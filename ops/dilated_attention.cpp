@@ -23,8 +23,10 @@ void check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, int64_t win
   TORCH_CHECK(k.sizes() == q.sizes() && v.sizes() == q.sizes(),
               "dilated_attention: q, k and v must have the same shape, got q ", q.sizes(), ", k ",
               k.sizes(), ", v ", v.sizes());
-  TORCH_CHECK(q.scalar_type() == torch::kFloat32 || q.scalar_type() == torch::kFloat64,
-              "dilated_attention: dtype must be float32 or float64, got ", q.scalar_type());
+  TORCH_CHECK(q.scalar_type() == torch::kFloat32 || q.scalar_type() == torch::kFloat64 ||
+                  (q.scalar_type() == torch::kBFloat16 && q.is_cuda()),
+              "dilated_attention: dtype must be float32 or float64 (or bfloat16 on CUDA), got ",
+              q.scalar_type());
   TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
               "dilated_attention: q, k and v must share one dtype");
   TORCH_CHECK(k.device() == q.device() && v.device() == q.device(),

@@ -1,0 +1,50 @@
+// Fused causal attention over a local window plus dilated offsets, on a CUDA GPU.
+//
+// Same contract as the CPU kernel (kernels/dilated_attention_params.hpp); raw
+// device pointers, no torch and no CUDA headers here so C++ callers and tests can
+// include it. A group of D/32 threads owns one query (32 dims each); a block owns
+// a tile of consecutive queries, so at every slot the block reads consecutive key
+// rows (coalesced). Window and offset scores share one online softmax; the
+// forward saves the log-sum-exp (float32, natural log).
+//
+// Backward, with no atomics: a query-centric pass (dq, and per slot the
+// probability P and score gradient dS, stored slot-major in the workspace), then
+// a key-centric pass (dk, dv) that gathers, for each key, the (query, slot) pairs
+// that saw it. The offset gradient is reduced per block and then across blocks.
+#pragma once
+
+#include <cstddef>
+
+#include "kernels/dilated_attention_params.hpp"
+
+namespace reach::kernels::gpu {
+
+enum class ScalarType { kFloat32, kBFloat16 };
+
+// Most offsets the kernels take (they travel in the launch parameters).
+inline constexpr int64_t kMaxOffsets = 64;
+
+// Empty when the CUDA kernels support params (head_dim 64 or 128, K <= kMaxOffsets,
+// n < 2^31), else a message naming the problem.
+std::string cuda_support_problem(const DilatedAttentionParams& params);
+
+// q, k, v, out: [BH, n, d] of `type`; lse: [BH, n] float32. stream: a cudaStream_t
+// (nullptr: the default stream). Throws std::invalid_argument on bad params and
+// std::runtime_error on a CUDA error.
+void dilated_attention_forward_cuda(const DilatedAttentionParams& params, ScalarType type,
+                                    const void* q, const void* k, const void* v, void* out,
+                                    float* lse, void* stream);
+
+// Device bytes the backward needs as scratch.
+size_t dilated_attention_backward_workspace_bytes(const DilatedAttentionParams& params);
+
+// grad_offsets: null, or K doubles on the device (dLoss/d offset distance, summed
+// over batch, heads and queries). workspace: at least
+// dilated_attention_backward_workspace_bytes(params) device bytes, 16-byte aligned.
+void dilated_attention_backward_cuda(const DilatedAttentionParams& params, ScalarType type,
+                                     const void* q, const void* k, const void* v, const void* out,
+                                     const float* lse, const void* grad_out, void* grad_q,
+                                     void* grad_k, void* grad_v, double* grad_offsets,
+                                     void* workspace, void* stream);
+
+}  // namespace reach::kernels::gpu

@@ -1,0 +1,115 @@
+// CUDA implementations of the reach::dilated_attention_forward / _backward ops
+// (declared in ops/dilated_attention.cpp). Compiled only when the LibTorch found
+// has CUDA; the kernels themselves live torch-free in kernels/cuda.
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+#include <torch/torch.h>
+
+#include <cmath>
+
+#include "kernels/cuda/dilated_attention.hpp"
+
+namespace reach::ops {
+namespace {
+
+using torch::Tensor;
+
+kernels::gpu::ScalarType check_cuda_inputs(const Tensor& q, const Tensor& k, const Tensor& v) {
+  TORCH_CHECK(q.dim() == 4,
+              "dilated_attention: q must have rank 4 [batch, heads, n, head_dim], "
+              "got rank ",
+              q.dim());
+  TORCH_CHECK(k.sizes() == q.sizes() && v.sizes() == q.sizes(),
+              "dilated_attention: q, k and v must have the same shape, got q ", q.sizes(), ", k ",
+              k.sizes(), ", v ", v.sizes());
+  TORCH_CHECK(k.device() == q.device() && v.device() == q.device(),
+              "dilated_attention: q, k and v must be on one device");
+  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
+              "dilated_attention: q, k and v must share one dtype");
+  TORCH_CHECK(q.scalar_type() == torch::kFloat32 || q.scalar_type() == torch::kBFloat16,
+              "dilated_attention: on CUDA the dtype must be float32 or bfloat16, got ",
+              q.scalar_type());
+  TORCH_CHECK(q.numel() > 0, "dilated_attention: empty input (shape ", q.sizes(), ")");
+  return q.scalar_type() == torch::kBFloat16 ? kernels::gpu::ScalarType::kBFloat16
+                                             : kernels::gpu::ScalarType::kFloat32;
+}
+
+// Offsets travel to the kernels by value, so they are read on the host.
+Tensor host_offsets(const Tensor& offsets) {
+  TORCH_CHECK(offsets.defined() && offsets.dim() == 1 && offsets.is_floating_point(),
+              "dilated_attention: offsets must be a 1-D floating-point tensor");
+  return offsets.detach().to(torch::kCPU, torch::kFloat64).contiguous();
+}
+
+kernels::DilatedAttentionParams cuda_params(const Tensor& q, int64_t window, const Tensor& off,
+                                            c10::optional<double> scale) {
+  kernels::DilatedAttentionParams p;
+  p.batch_heads = q.size(0) * q.size(1);
+  p.seq_len = q.size(2);
+  p.head_dim = q.size(3);
+  p.window = window;
+  p.offsets = off.data_ptr<double>();
+  p.num_offsets = off.numel();
+  p.scale = scale.value_or(1.0 / std::sqrt(static_cast<double>(q.size(3))));
+  const std::string problem = kernels::validate_params(p);
+  TORCH_CHECK(problem.empty(), "dilated_attention: ", problem);
+  const std::string unsupported = kernels::gpu::cuda_support_problem(p);
+  TORCH_CHECK(unsupported.empty(), "dilated_attention (CUDA): ", unsupported);
+  return p;
+}
+
+std::tuple<Tensor, Tensor> forward_cuda(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
+                                        int64_t window, const Tensor& offsets,
+                                        c10::optional<double> scale) {
+  const auto type = check_cuda_inputs(q_in, k_in, v_in);
+  const c10::cuda::CUDAGuard guard(q_in.device());
+  const Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
+  const Tensor off = host_offsets(offsets);
+  const auto p = cuda_params(q, window, off, scale);
+  Tensor out = torch::empty_like(q);
+  Tensor lse = torch::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(torch::kFloat));
+  kernels::gpu::dilated_attention_forward_cuda(p, type, q.data_ptr(), k.data_ptr(), v.data_ptr(),
+                                               out.data_ptr(), lse.data_ptr<float>(),
+                                               at::cuda::getCurrentCUDAStream().stream());
+  return {out, lse};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> backward_cuda(
+    const Tensor& grad_out_in, const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
+    const Tensor& out_in, const Tensor& lse_in, int64_t window, const Tensor& offsets,
+    c10::optional<double> scale, bool need_offsets_grad) {
+  const auto type = check_cuda_inputs(q_in, k_in, v_in);
+  TORCH_CHECK(grad_out_in.sizes() == q_in.sizes() && out_in.sizes() == q_in.sizes(),
+              "dilated_attention backward: grad_out ", grad_out_in.sizes(), " and out ",
+              out_in.sizes(), " must match q ", q_in.sizes());
+  TORCH_CHECK(lse_in.numel() == q_in.size(0) * q_in.size(1) * q_in.size(2),
+              "dilated_attention backward: lse must have batch * heads * n elements");
+  const c10::cuda::CUDAGuard guard(q_in.device());
+  const Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
+  const Tensor out = out_in.to(q.scalar_type()).contiguous();
+  const Tensor grad_out = grad_out_in.to(q.scalar_type()).contiguous();
+  const Tensor lse = lse_in.to(torch::kFloat).contiguous();
+  const Tensor off = host_offsets(offsets);
+  const auto p = cuda_params(q, window, off, scale);
+  Tensor dq = torch::empty_like(q), dk = torch::empty_like(k), dv = torch::empty_like(v);
+  Tensor doff = torch::zeros({off.numel()}, q.options().dtype(torch::kFloat64));
+  const auto bytes = kernels::gpu::dilated_attention_backward_workspace_bytes(p);
+  Tensor workspace =
+      torch::empty({static_cast<int64_t>(bytes / 4 + 4)}, q.options().dtype(torch::kFloat));
+  kernels::gpu::dilated_attention_backward_cuda(
+      p, type, q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr<float>(),
+      grad_out.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
+      need_offsets_grad ? doff.data_ptr<double>() : nullptr, workspace.data_ptr(),
+      at::cuda::getCurrentCUDAStream().stream());
+  // The offsets gradient lives where the offsets do (autograd checks the device).
+  return {dq, dk, dv, doff.to(offsets.device())};
+}
+
+}  // namespace
+}  // namespace reach::ops
+
+TORCH_LIBRARY_IMPL(reach, CUDA, m) {
+  m.impl("dilated_attention_forward", &reach::ops::forward_cuda);
+  m.impl("dilated_attention_backward", &reach::ops::backward_cuda);
+}
