@@ -1,0 +1,343 @@
+// alpha-entmax attention (CPU kernel) against the dense float64 reference built from
+// the definition, the closed forms at a = 2 (sparsemax) and a -> 1 (softmax), and
+// finite differences for every gradient, on random inputs.
+//
+// Tolerances: the float64 kernel finds tau by bisection to machine precision and the
+// reference by 400 long-double bisection steps, so they agree to rounding amplified by
+// the power 1/(a-1) <= 4 here: 1e-10 is generous yet far below any indexing or masking
+// error (those are O(1e-2) or more). float32 inputs are read into float64 accumulators
+// and rounded once on output: 1e-5 relative. Finite differences use central steps of
+// 1e-6 (truncation ~1e-12, rounding ~1e-10): 1e-6 relative + absolute.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <numeric>
+#include <random>
+
+#include "kernels/cpu/entmax_attention.hpp"
+#include "kernels/cpu/reference_entmax_attention.hpp"
+
+namespace reach::kernels {
+namespace {
+
+constexpr double kNegInf = -std::numeric_limits<double>::infinity();
+
+std::vector<double> random_vector(size_t size, std::mt19937_64& rng, double scale = 1.0) {
+  std::normal_distribution<double> normal(0.0, scale);
+  std::vector<double> x(size);
+  for (auto& e : x) e = normal(rng);
+  return x;
+}
+
+// One problem: shapes, key set, head parameters and inputs.
+struct Problem {
+  int64_t bh = 0, n = 0, d = 0, window = 1, heads = 1;
+  std::vector<double> offsets, alpha, delta, beta, gamma;
+  bool softmax = false, log_n_scaling = false;
+  std::vector<double> q, k, v;
+
+  EntmaxAttentionParams params() const {
+    EntmaxAttentionParams p;
+    p.base.batch_heads = bh;
+    p.base.seq_len = n;
+    p.base.head_dim = d;
+    p.base.window = window;
+    p.base.offsets = offsets.data();
+    p.base.num_offsets = static_cast<int64_t>(offsets.size());
+    p.base.scale = 1.0 / std::sqrt(static_cast<double>(d));
+    p.num_heads = heads;
+    p.alpha = alpha.data();
+    p.softmax = softmax;
+    p.log_n_scaling = log_n_scaling;
+    p.delta = delta.data();
+    p.beta = beta.data();
+    p.gamma = gamma.data();
+    return p;
+  }
+  void randomise(uint64_t seed, double qk_scale) {
+    std::mt19937_64 rng(seed);
+    const auto size = static_cast<size_t>(bh * n * d);
+    q = random_vector(size, rng, qk_scale);
+    k = random_vector(size, rng, qk_scale);
+    v = random_vector(size, rng);
+  }
+};
+
+Problem make_problem(int64_t n, int64_t window, std::vector<double> offsets, bool scaling,
+                     uint64_t seed) {
+  Problem pr;
+  pr.bh = 2 * 2;
+  pr.n = n;
+  pr.d = 8;
+  pr.window = window;
+  pr.heads = 2;
+  pr.offsets = std::move(offsets);
+  pr.alpha = {1.5, 1.25};
+  pr.delta = {0.7, 1.1};
+  pr.beta = {0.4, 0.3};
+  pr.gamma = {1.3, 0.8};
+  pr.log_n_scaling = scaling;
+  pr.randomise(seed, 1.5);  // large enough scores that entmax has many exact zeros
+  return pr;
+}
+
+double max_abs(const std::vector<double>& x) {
+  double m = 0;
+  for (double e : x) m = std::max(m, std::abs(e));
+  return m;
+}
+
+void expect_forward_matches_reference(const Problem& pr) {
+  const auto p = pr.params();
+  std::vector<double> out(pr.q.size());
+  entmax_attention_forward_cpu<double>(p, pr.q.data(), pr.k.data(), pr.v.data(), out.data());
+  const auto ref = reference::entmax_forward(p, pr.q, pr.k, pr.v);
+  const double tol = 1e-10 * std::max(1.0, max_abs(ref));
+  for (size_t t = 0; t < out.size(); ++t) ASSERT_NEAR(out[t], ref[t], tol) << "at " << t;
+
+  std::vector<float> qf(pr.q.begin(), pr.q.end()), kf(pr.k.begin(), pr.k.end()),
+      vf(pr.v.begin(), pr.v.end()), outf(pr.q.size());
+  entmax_attention_forward_cpu<float>(p, qf.data(), kf.data(), vf.data(), outf.data());
+  // Reference on the float-rounded inputs, so only the kernel's float32 error remains.
+  const auto reff = reference::entmax_forward(p, std::vector<double>(qf.begin(), qf.end()),
+                                              std::vector<double>(kf.begin(), kf.end()),
+                                              std::vector<double>(vf.begin(), vf.end()));
+  for (size_t t = 0; t < outf.size(); ++t) {
+    ASSERT_NEAR(outf[t], reff[t], 1e-5 * std::max(1.0, max_abs(reff))) << "float at " << t;
+  }
+}
+
+TEST(EntmaxAttentionCpu, SparseKeySetMatchesReference) {
+  expect_forward_matches_reference(make_problem(40, 4, {6, 11, 19, 30}, false, 1));
+}
+
+TEST(EntmaxAttentionCpu, DenseCausalMatchesReference) {
+  expect_forward_matches_reference(make_problem(33, 64, {}, false, 2));
+}
+
+TEST(EntmaxAttentionCpu, ASEntmaxScalingMatchesReference) {
+  expect_forward_matches_reference(make_problem(40, 5, {7, 13, 21}, true, 3));
+  expect_forward_matches_reference(make_problem(30, 30, {}, true, 4));
+}
+
+TEST(EntmaxAttentionCpu, SparsemaxAndSSMaxMatchReference) {
+  auto sparsemax = make_problem(40, 4, {6, 11, 19}, false, 5);
+  sparsemax.alpha = {2.0, 2.0};
+  expect_forward_matches_reference(sparsemax);
+  auto ssmax = make_problem(40, 4, {6, 11, 19}, true, 6);
+  ssmax.softmax = true;
+  ssmax.delta = {0.0, 0.0};
+  ssmax.gamma = {1.0, 1.0};
+  expect_forward_matches_reference(ssmax);
+}
+
+// Sparsemax by its sort-based closed form (Martins & Astudillo 2016).
+std::vector<double> sparsemax(std::vector<double> z) {
+  std::vector<double> sorted = z;
+  std::sort(sorted.rbegin(), sorted.rend());
+  double cumulative = 0, tau = 0;
+  for (size_t k = 0; k < sorted.size(); ++k) {
+    cumulative += sorted[k];
+    const double candidate = (cumulative - 1) / static_cast<double>(k + 1);
+    if (sorted[k] > candidate) tau = candidate;
+  }
+  for (auto& e : z) e = std::max(0.0, e - tau);
+  return z;
+}
+
+TEST(EntmaxNormalise, AlphaTwoEqualsSparsemaxWithExactZeros) {
+  std::mt19937_64 rng(7);
+  int zeros = 0;
+  for (int trial = 0; trial < 50; ++trial) {
+    auto z = random_vector(24, rng, 1.0);
+    auto p = z;
+    entmax_normalise_row(p.data(), 24, 2.0);
+    const auto expected = sparsemax(z);
+    for (size_t j = 0; j < z.size(); ++j) {
+      EXPECT_NEAR(p[j], expected[j], 1e-14);
+      EXPECT_EQ(p[j] == 0.0, expected[j] == 0.0) << "support differs at " << j;
+      zeros += p[j] == 0.0;
+    }
+  }
+  EXPECT_GT(zeros, 100);  // the test exercises exact zeros
+}
+
+TEST(EntmaxNormalise, ZerosExactlyBelowThreshold) {
+  // For a = 1.5 the support is {j : (a-1) z_j > tau}; everything else must be exactly 0
+  // and everything inside strictly positive. Check against the reference's support.
+  std::mt19937_64 rng(8);
+  for (int trial = 0; trial < 20; ++trial) {
+    auto z = random_vector(16, rng, 2.0);
+    auto p = z;
+    entmax_normalise_row(p.data(), 16, 1.5);
+    // tau from the kernel's own output: on the support (a-1) z_j - p_j^(a-1) is constant.
+    std::vector<size_t> support;
+    for (size_t j = 0; j < z.size(); ++j) {
+      if (p[j] > 0) support.push_back(j);
+    }
+    ASSERT_FALSE(support.empty());
+    const double tau = 0.5 * z[support[0]] - std::sqrt(p[support[0]]);
+    for (size_t j : support) EXPECT_NEAR(0.5 * z[j] - std::sqrt(p[j]), tau, 1e-12);
+    for (size_t j = 0; j < z.size(); ++j) {
+      if (p[j] == 0) {
+        EXPECT_LE(0.5 * z[j], tau + 1e-12);
+      }
+    }
+    EXPECT_LT(support.size(), z.size());
+  }
+}
+
+TEST(EntmaxNormalise, RowsSumToOneAndInvisibleSlotsAreZero) {
+  std::mt19937_64 rng(9);
+  for (double a : {1.01, 1.25, 1.5, 1.75, 2.0}) {
+    auto z = random_vector(30, rng, 3.0);
+    z[3] = z[17] = kNegInf;
+    entmax_normalise_row(z.data(), 30, a);
+    EXPECT_NEAR(std::accumulate(z.begin(), z.end(), 0.0), 1.0, 1e-14) << "alpha " << a;
+    EXPECT_EQ(z[3], 0.0);
+    EXPECT_EQ(z[17], 0.0);
+  }
+}
+
+TEST(EntmaxNormalise, ApproachesSoftmaxAsAlphaGoesToOne) {
+  std::mt19937_64 rng(10);
+  const auto z = random_vector(20, rng, 1.0);
+  std::vector<double> soft(z.size());
+  const double m = *std::max_element(z.begin(), z.end());
+  double sum = 0;
+  for (size_t j = 0; j < z.size(); ++j) sum += soft[j] = std::exp(z[j] - m);
+  for (auto& e : soft) e /= sum;
+  double previous = 1.0;
+  for (double eps : {1e-1, 1e-2, 1e-3, 1e-4}) {
+    auto p = z;
+    entmax_normalise_row(p.data(), 20, 1.0 + eps);
+    double error = 0;
+    for (size_t j = 0; j < z.size(); ++j) error = std::max(error, std::abs(p[j] - soft[j]));
+    EXPECT_LT(error, previous);  // converges monotonically here
+    EXPECT_LT(error, 2.0 * eps);  // the gap is O(a - 1)
+    previous = error;
+  }
+}
+
+// Finite-difference check of every gradient of L = sum(w * out).
+void expect_gradients_match_finite_differences(Problem pr, uint64_t seed, bool check_alpha = true) {
+  pr.bh = 2;  // small, so the O(size^2) finite-difference sweep takes seconds
+  pr.d = 4;
+  pr.randomise(seed + 1000, 1.5);
+  std::mt19937_64 rng(seed);
+  const auto w = random_vector(pr.q.size(), rng);
+  auto loss = [&](const Problem& x) {
+    std::vector<double> out(x.q.size());
+    const auto p = x.params();
+    entmax_attention_forward_cpu<double>(p, x.q.data(), x.k.data(), x.v.data(), out.data());
+    return std::inner_product(out.begin(), out.end(), w.begin(), 0.0);
+  };
+  const auto p = pr.params();
+  std::vector<double> gq(pr.q.size()), gk(pr.q.size()), gv(pr.q.size());
+  const auto H = static_cast<size_t>(pr.heads);
+  std::vector<double> ga(H), gd(H), gb(H), gg(H);
+  entmax_attention_backward_cpu<double>(p, pr.q.data(), pr.k.data(), pr.v.data(), w.data(),
+                                        gq.data(), gk.data(), gv.data(), ga.data(), gd.data(),
+                                        gb.data(), gg.data());
+  const double h = 1e-6;
+  auto check = [&](std::vector<double>& x, const std::vector<double>& analytic,
+                   const char* name) {
+    for (size_t t = 0; t < x.size(); ++t) {
+      const double saved = x[t];
+      x[t] = saved + h;
+      const double plus = loss(pr);
+      x[t] = saved - h;
+      const double minus = loss(pr);
+      x[t] = saved;
+      const double fd = (plus - minus) / (2 * h);
+      ASSERT_NEAR(analytic[t], fd, 1e-6 * (1 + std::abs(fd))) << name << "[" << t << "]";
+    }
+  };
+  check(pr.q, gq, "q");
+  check(pr.k, gk, "k");
+  check(pr.v, gv, "v");
+  if (!pr.softmax && check_alpha) check(pr.alpha, ga, "alpha");
+  if (pr.log_n_scaling) {
+    check(pr.delta, gd, "delta");
+    check(pr.beta, gb, "beta");
+    check(pr.gamma, gg, "gamma");
+  }
+}
+
+TEST(EntmaxAttentionCpu, GradientsMatchFiniteDifferences) {
+  auto sparse = make_problem(14, 3, {4, 7, 11}, true, 11);
+  sparse.alpha = {1.4, 1.7};
+  expect_gradients_match_finite_differences(sparse, 12);
+  auto dense = make_problem(10, 16, {}, false, 13);
+  expect_gradients_match_finite_differences(dense, 14);
+}
+
+TEST(EntmaxAttentionCpu, SparsemaxAndSSMaxGradientsMatchFiniteDifferences) {
+  auto sparsemax = make_problem(12, 3, {4, 9}, true, 15);
+  sparsemax.alpha = {2.0, 2.0};
+  // alpha = 2 is the edge of the domain (a central difference would step outside it):
+  // check q, k, v and the scale parameters only.
+  expect_gradients_match_finite_differences(sparsemax, 16, false);
+  auto ssmax = make_problem(12, 3, {4, 9}, true, 17);
+  ssmax.softmax = true;
+  ssmax.delta = {0.0, 0.0};
+  ssmax.gamma = {1.0, 1.0};
+  expect_gradients_match_finite_differences(ssmax, 18);
+}
+
+void expect_error(const Problem& pr, const std::string& fragment) {
+  const auto p = pr.params();
+  std::vector<double> out(pr.q.size());
+  try {
+    entmax_attention_forward_cpu<double>(p, pr.q.data(), pr.k.data(), pr.v.data(), out.data());
+    FAIL() << "expected an error containing '" << fragment << "'";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
+  }
+}
+
+TEST(EntmaxAttentionCpu, BadInputsGetClearErrors) {
+  const auto good = make_problem(12, 3, {4, 9}, true, 19);
+  for (double a : {1.0, 0.5, 2.5, std::nan("")}) {
+    auto bad = good;
+    bad.alpha = {1.5, a};
+    expect_error(bad, "alpha of head 1 must be in (1, 2]");
+  }
+  auto nan_q = good;
+  nan_q.q[5] = std::nan("");
+  expect_error(nan_q, "input q contains NaN");
+  auto inf_v = good;
+  inf_v.v[7] = std::numeric_limits<double>::infinity();
+  expect_error(inf_v, "input v contains NaN");
+  auto fractional = good;
+  fractional.offsets = {4.5, 9};
+  expect_error(fractional, "fractional");
+  auto bad_gamma = good;
+  bad_gamma.gamma = {0.0, 1.0};
+  expect_error(bad_gamma, "gamma of head 0 must be a positive");
+  auto bad_heads = good;
+  bad_heads.heads = 3;
+  expect_error(bad_heads, "num_heads");
+
+  std::vector<double> empty(5, kNegInf);
+  EXPECT_THROW(
+      {
+        try {
+          entmax_normalise_row(empty.data(), 5, 1.5);
+        } catch (const std::invalid_argument& e) {
+          EXPECT_NE(std::string(e.what()).find("empty key set"), std::string::npos);
+          throw;
+        }
+      },
+      std::invalid_argument);
+  std::vector<double> nan_row = {0.1, std::nan(""), 0.3};
+  EXPECT_THROW(entmax_normalise_row(nan_row.data(), 3, 1.5), std::invalid_argument);
+  std::vector<double> row = {0.1, 0.2};
+  EXPECT_THROW(entmax_normalise_row(row.data(), 2, 1.0), std::invalid_argument);
+}
+
+}  // namespace
+}  // namespace reach::kernels
