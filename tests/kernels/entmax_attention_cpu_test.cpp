@@ -288,6 +288,38 @@ TEST(EntmaxAttentionCpu, SparsemaxAndSSMaxGradientsMatchFiniteDifferences) {
   expect_gradients_match_finite_differences(ssmax, 18);
 }
 
+// Published values from the entmax package README (deep-spin/entmax): for x = [-1, 0, 0.5]
+// and alpha = 1.33, entmax_bisect gives p = [0.0460, 0.3276, 0.6264] and dp_0/dalpha =
+// -0.2562 (4 printed digits, hence 1e-4). Here the last query of a 3-token dense head
+// sees keys 0, 1, 2 with scores x (d = 3, q = e_0, k_j = x_j e_0) and values v_j = e_j,
+// so its output is p and grad_out = e_0 on that row makes grad_alpha = dp_0/dalpha.
+TEST(EntmaxAttentionCpu, MatchesPublishedAlphaGradient) {
+  Problem pr;
+  pr.bh = 1;
+  pr.n = 3;
+  pr.d = 3;
+  pr.window = 3;
+  pr.heads = 1;
+  pr.alpha = {1.33};
+  pr.q = {1, 0, 0, 1, 0, 0, 1, 0, 0};
+  // scale = 1/sqrt(3): undo it in k so that the scores are exactly x.
+  const double r3 = std::sqrt(3.0);
+  pr.k = {-1 * r3, 0, 0, 0, 0, 0, 0.5 * r3, 0, 0};
+  pr.v = {1, 0, 0, 0, 1, 0, 0, 0, 1};
+  const auto p = pr.params();
+  std::vector<double> out(9), grad_out = {0, 0, 0, 0, 0, 0, 1, 0, 0};
+  entmax_attention_forward_cpu<double>(p, pr.q.data(), pr.k.data(), pr.v.data(), out.data());
+  EXPECT_NEAR(out[6], 0.0460, 1e-4);
+  EXPECT_NEAR(out[7], 0.3276, 1e-4);
+  EXPECT_NEAR(out[8], 0.6264, 1e-4);
+  std::vector<double> gq(9), gk(9), gv(9);
+  double ga = 0;
+  entmax_attention_backward_cpu<double>(p, pr.q.data(), pr.k.data(), pr.v.data(),
+                                        grad_out.data(), gq.data(), gk.data(), gv.data(), &ga,
+                                        nullptr, nullptr, nullptr);
+  EXPECT_NEAR(ga, -0.2562, 1e-4);
+}
+
 void expect_error(const Problem& pr, const std::string& fragment) {
   const auto p = pr.params();
   std::vector<double> out(pr.q.size());
