@@ -43,7 +43,7 @@ struct Row {
   std::vector<double> raw;   // scale * q . k per slot
   std::vector<double> p;     // probabilities per slot (0 when invisible)
   int64_t visible = 0;
-  double log_n = 0.0;        // log(visible)
+  double log_n = 0.0;        // log(visible + 1)
   double multiplier = 1.0;   // c_i
   explicit Row(int64_t slots)
       : key(static_cast<size_t>(slots)), raw(static_cast<size_t>(slots)),
@@ -68,6 +68,11 @@ void softmax_row(double* x, int64_t size) {
   for (int64_t j = 0; j < size; ++j) x[j] /= sum;
 }
 
+// Index of beta and gamma for row i of head bh.
+inline int64_t scale_index(const EntmaxAttentionParams& p, int64_t bh, int64_t i) {
+  return p.per_query_scale ? bh * p.base.seq_len + i : bh % p.num_heads;
+}
+
 // Scores and probabilities of row i of head bh.
 template <typename T>
 void compute_row(const EntmaxAttentionParams& p, int64_t bh, int64_t i, const T* q, const T* k,
@@ -86,11 +91,11 @@ void compute_row(const EntmaxAttentionParams& p, int64_t bh, int64_t i, const T*
     }
   }
   const int64_t h = bh % p.num_heads;
-  row.log_n = std::log(static_cast<double>(row.visible));
+  row.log_n = std::log(static_cast<double>(row.visible + 1));
   row.multiplier = 1.0;
   if (p.log_n_scaling) {
-    const double lg = row.log_n > 0 ? std::pow(row.log_n, p.gamma[h]) : 0.0;
-    row.multiplier = p.delta[h] + p.beta[h] * lg;
+    const int64_t s = scale_index(p, bh, i);
+    row.multiplier = p.delta[h] + p.beta[s] * std::pow(row.log_n, p.gamma[s]);
   }
   for (int64_t j = 0; j < S; ++j) {
     const auto u = static_cast<size_t>(j);
@@ -162,12 +167,16 @@ std::string validate_entmax_params(const EntmaxAttentionParams& p) {
     }
     if (p.log_n_scaling) {
       if (!p.delta || !p.beta || !p.gamma) return "delta, beta or gamma pointer is null";
-      if (!std::isfinite(p.delta[h]) || !std::isfinite(p.beta[h])) {
-        return "delta and beta" + head + " must be finite";
-      }
-      if (!(p.gamma[h] > 0.0) || !std::isfinite(p.gamma[h])) {
-        return "gamma" + head + " must be a positive finite number, got " +
-               std::to_string(p.gamma[h]);
+      if (!std::isfinite(p.delta[h])) return "delta" + head + " must be finite";
+    }
+  }
+  if (p.log_n_scaling) {
+    const int64_t count = p.per_query_scale ? p.base.batch_heads * p.base.seq_len : p.num_heads;
+    const std::string unit = p.per_query_scale ? " of row " : " of head ";
+    for (int64_t t = 0; t < count; ++t) {
+      if (!std::isfinite(p.beta[t])) return "beta" + unit + std::to_string(t) + " must be finite";
+      if (!std::isfinite(p.gamma[t])) {
+        return "gamma" + unit + std::to_string(t) + " must be finite";
       }
     }
   }
@@ -285,13 +294,18 @@ void entmax_attention_backward_cpu(const EntmaxAttentionParams& p, const T* q, c
           grad_q[(bh * n + i) * d + t] = static_cast<T>(dq[static_cast<size_t>(t)]);
         }
         acc[0] += dalpha;
-        if (p.log_n_scaling && row.log_n > 0) {
-          const double lg = std::pow(row.log_n, p.gamma[h]);
-          acc[1] += dc;
-          acc[2] += dc * lg;
-          acc[3] += dc * p.beta[h] * lg * std::log(row.log_n);
-        } else {
-          acc[1] += dc;  // n = 1: c = delta, so dc/ddelta = 1 and the rest vanish
+        acc[1] += dc;
+        if (p.log_n_scaling) {
+          const int64_t s = scale_index(p, bh, i);
+          const double lg = std::pow(row.log_n, p.gamma[s]);
+          const double d_beta = dc * lg, d_gamma = dc * p.beta[s] * lg * std::log(row.log_n);
+          if (p.per_query_scale) {
+            if (grad_beta) grad_beta[s] = d_beta;
+            if (grad_gamma) grad_gamma[s] = d_gamma;
+          } else {
+            acc[2] += d_beta;
+            acc[3] += d_gamma;
+          }
         }
       }
       for (int64_t t = 0; t < n * d; ++t) {
@@ -301,7 +315,8 @@ void entmax_attention_backward_cpu(const EntmaxAttentionParams& p, const T* q, c
     }
   }
   double* outs[4] = {grad_alpha, grad_delta, grad_beta, grad_gamma};
-  for (int c = 0; c < 4; ++c) {
+  const int reduced = p.per_query_scale ? 2 : 4;  // per-query beta/gamma written above
+  for (int c = 0; c < reduced; ++c) {
     if (!outs[c]) continue;
     for (int64_t h = 0; h < H; ++h) outs[c][h] = 0;
     for (int64_t bh = 0; bh < BH; ++bh) outs[c][bh % H] += part[static_cast<size_t>(bh * 4 + c)];

@@ -2,12 +2,16 @@
 //
 // Per query i with visible slots j (window + integer offsets, the slot layout of
 // dilated_attention_params.hpp; W >= n gives dense causal attention):
-//   z_j = c_i * scale * q_i . k_j,   c_i = delta_h + beta_h * (log n_i)^gamma_h  (ASEntmax),
+//   z_j = c_i * scale * q_i . k_j,   c_i = delta_h + beta * (log(n_i + 1))^gamma  (ASEntmax),
 //   p_j = [(a_h - 1) z_j - tau]_+^(1/(a_h - 1)),  tau such that sum_j p_j = 1,
 //   out_i = sum_j p_j v_j,
-// where n_i is the number of visible keys of query i and h the head. With
-// `log_n_scaling` off, c_i = 1. With `softmax` on, p = softmax(z) (alpha is ignored):
-// scalable-softmax (SSMax) is softmax with delta = 0, gamma = 1.
+// where n_i is the number of visible keys of query i and h the head; beta and gamma are
+// per head, or per query (`per_query_scale`, as the authors' "adapt-softplus-tanh" variant
+// where they come from projections of the hidden state). log(n_i + 1) follows the
+// authors' code (deep-spin/asentmax: log of position + 2, i.e. log(n + 1) for dense causal
+// attention), which keeps the log > 0 so any real gamma is allowed. With `log_n_scaling`
+// off, c_i = 1. With `softmax` on, p = softmax(z) (alpha is ignored): scalable-softmax
+// (SSMax) is softmax with delta = 0, gamma = 1. See docs/entmax.md.
 //
 // tau is found by bisection in float64 to machine precision (the interval stops
 // shrinking), then p is renormalised. Why bisection: for general a there is no closed
@@ -33,9 +37,10 @@ struct EntmaxAttentionParams {
   const double* alpha = nullptr;  // [num_heads], each in (1, 2]; unused when softmax
   bool softmax = false;           // normalise by softmax instead of entmax
   bool log_n_scaling = false;     // multiply scores by c_i (see above)
+  bool per_query_scale = false;   // beta, gamma are [batch_heads * n] instead of [num_heads]
   const double* delta = nullptr;  // [num_heads], used when log_n_scaling
-  const double* beta = nullptr;   // [num_heads]
-  const double* gamma = nullptr;  // [num_heads], > 0
+  const double* beta = nullptr;   // [num_heads] or [batch_heads * n]
+  const double* gamma = nullptr;  // [num_heads] or [batch_heads * n]
 };
 
 // Empty when valid, else a one-line message naming the problem.
@@ -47,7 +52,8 @@ void entmax_attention_forward_cpu(const EntmaxAttentionParams& params, const T* 
                                   const T* v, T* out);
 
 // Gradients of a scalar loss L given grad_out = dL/dout. grad_alpha, grad_delta,
-// grad_beta, grad_gamma ([num_heads], float64, overwritten) may each be null.
+// grad_beta, grad_gamma (float64, overwritten; shaped like alpha, delta, beta, gamma) may
+// each be null.
 template <typename T>
 void entmax_attention_backward_cpu(const EntmaxAttentionParams& params, const T* q, const T* k,
                                    const T* v, const T* grad_out, T* grad_q, T* grad_k, T* grad_v,

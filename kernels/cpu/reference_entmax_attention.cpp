@@ -44,8 +44,9 @@ std::vector<double> entmax_probabilities(const EntmaxAttentionParams& p,
       }
       long double c = 1;
       if (p.log_n_scaling) {
-        c = p.delta[h] + p.beta[h] * std::pow(std::log(static_cast<long double>(z.size())),
-                                              static_cast<long double>(p.gamma[h]));
+        const int64_t s = p.per_query_scale ? bh * n + i : h;
+        c = p.delta[h] + p.beta[s] * std::pow(std::log(static_cast<long double>(z.size() + 1)),
+                                              static_cast<long double>(p.gamma[s]));
       }
       for (auto& e : z) e *= c;
       std::vector<long double> prob(z.size());

@@ -9,6 +9,7 @@
 // and rounded once on output: 1e-5 relative. Finite differences use central steps of
 // 1e-6 (truncation ~1e-12, rounding ~1e-10): 1e-6 relative + absolute.
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -36,7 +37,7 @@ std::vector<double> random_vector(size_t size, std::mt19937_64& rng, double scal
 struct Problem {
   int64_t bh = 0, n = 0, d = 0, window = 1, heads = 1;
   std::vector<double> offsets, alpha, delta, beta, gamma;
-  bool softmax = false, log_n_scaling = false;
+  bool softmax = false, log_n_scaling = false, per_query_scale = false;
   std::vector<double> q, k, v;
 
   EntmaxAttentionParams params() const {
@@ -52,6 +53,7 @@ struct Problem {
     p.alpha = alpha.data();
     p.softmax = softmax;
     p.log_n_scaling = log_n_scaling;
+    p.per_query_scale = per_query_scale;
     p.delta = delta.data();
     p.beta = beta.data();
     p.gamma = gamma.data();
@@ -227,6 +229,10 @@ void expect_gradients_match_finite_differences(Problem pr, uint64_t seed, bool c
   pr.bh = 2;  // small, so the O(size^2) finite-difference sweep takes seconds
   pr.d = 4;
   pr.randomise(seed + 1000, 1.5);
+  // Thousands of tiny forward calls: one thread avoids OpenMP start-up and spin-wait
+  // costs on a loaded machine (the threaded path is covered by the reference tests).
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
   std::mt19937_64 rng(seed);
   const auto w = random_vector(pr.q.size(), rng);
   auto loss = [&](const Problem& x) {
@@ -238,7 +244,7 @@ void expect_gradients_match_finite_differences(Problem pr, uint64_t seed, bool c
   const auto p = pr.params();
   std::vector<double> gq(pr.q.size()), gk(pr.q.size()), gv(pr.q.size());
   const auto H = static_cast<size_t>(pr.heads);
-  std::vector<double> ga(H), gd(H), gb(H), gg(H);
+  std::vector<double> ga(H), gd(H), gb(pr.beta.size()), gg(pr.gamma.size());
   entmax_attention_backward_cpu<double>(p, pr.q.data(), pr.k.data(), pr.v.data(), w.data(),
                                         gq.data(), gk.data(), gv.data(), ga.data(), gd.data(),
                                         gb.data(), gg.data());
@@ -265,6 +271,7 @@ void expect_gradients_match_finite_differences(Problem pr, uint64_t seed, bool c
     check(pr.beta, gb, "beta");
     check(pr.gamma, gg, "gamma");
   }
+  omp_set_num_threads(threads);
 }
 
 TEST(EntmaxAttentionCpu, GradientsMatchFiniteDifferences) {
@@ -273,6 +280,27 @@ TEST(EntmaxAttentionCpu, GradientsMatchFiniteDifferences) {
   expect_gradients_match_finite_differences(sparse, 12);
   auto dense = make_problem(10, 16, {}, false, 13);
   expect_gradients_match_finite_differences(dense, 14);
+}
+
+// Per-query beta and gamma (the authors' adapt-softplus-tanh variant feeds them from
+// projections of the hidden state); gamma of both signs.
+Problem with_per_query_scale(Problem pr, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> uniform(0.1, 1.0), sign(-1.0, 1.0);
+  pr.per_query_scale = true;
+  pr.beta.resize(static_cast<size_t>(pr.bh * pr.n));
+  pr.gamma.resize(pr.beta.size());
+  for (auto& e : pr.beta) e = uniform(rng);
+  for (auto& e : pr.gamma) e = 2.0 * sign(rng);
+  return pr;
+}
+
+TEST(EntmaxAttentionCpu, PerQueryScaleMatchesReferenceAndFiniteDifferences) {
+  expect_forward_matches_reference(with_per_query_scale(make_problem(36, 4, {6, 11, 19}, true, 21),
+                                                        22));
+  auto small = make_problem(12, 3, {4, 9}, true, 23);
+  small.bh = 2;  // the helper shrinks to bh = 2, so size beta/gamma for that
+  expect_gradients_match_finite_differences(with_per_query_scale(small, 24), 25);
 }
 
 TEST(EntmaxAttentionCpu, SparsemaxAndSSMaxGradientsMatchFiniteDifferences) {
@@ -348,8 +376,8 @@ TEST(EntmaxAttentionCpu, BadInputsGetClearErrors) {
   fractional.offsets = {4.5, 9};
   expect_error(fractional, "fractional");
   auto bad_gamma = good;
-  bad_gamma.gamma = {0.0, 1.0};
-  expect_error(bad_gamma, "gamma of head 0 must be a positive");
+  bad_gamma.gamma = {std::nan(""), 1.0};
+  expect_error(bad_gamma, "gamma of head 0 must be finite");
   auto bad_heads = good;
   bad_heads.heads = 3;
   expect_error(bad_heads, "num_heads");
