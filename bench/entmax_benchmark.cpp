@@ -32,8 +32,8 @@ Inputs make_inputs(int64_t n) {
     x->resize(size);
     for (auto& e : *x) e = normal(rng);
   }
-  const auto ints = reach::pattern::integer_offsets(
-      {reach::pattern::OffsetBase::fibonacci, 1.0, kWindow, n});
+  const auto ints =
+      reach::pattern::integer_offsets({reach::pattern::OffsetBase::fibonacci, 1.0, kWindow, n});
   in.offsets.assign(ints.begin(), ints.end());
   in.alpha.assign(kHeads, 1.5);
   in.delta.assign(kHeads, 1.0);
@@ -90,10 +90,18 @@ void BM_EntmaxSparseBackward(benchmark::State& state) {
   report(state, in);
 }
 
-BENCHMARK(BM_EntmaxSparseForward)->Arg(4096)->Arg(16384)->Arg(65536)
-    ->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(BM_EntmaxSparseBackward)->Arg(4096)->Arg(16384)->Arg(65536)
-    ->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_EntmaxSparseForward)
+    ->Arg(4096)
+    ->Arg(16384)
+    ->Arg(65536)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK(BM_EntmaxSparseBackward)
+    ->Arg(4096)
+    ->Arg(16384)
+    ->Arg(65536)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 
 }  // namespace
 

@@ -20,8 +20,8 @@ void check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
   TORCH_CHECK(q.dim() == 4, kName, ": q must have rank 4 [batch, heads, n, head_dim], got rank ",
               q.dim());
   TORCH_CHECK(k.sizes() == q.sizes() && v.sizes() == q.sizes(), kName,
-              ": q, k and v must have the same shape, got q ", q.sizes(), ", k ", k.sizes(),
-              ", v ", v.sizes());
+              ": q, k and v must have the same shape, got q ", q.sizes(), ", k ", k.sizes(), ", v ",
+              v.sizes());
   TORCH_CHECK(q.scalar_type() == torch::kFloat32 || q.scalar_type() == torch::kFloat64, kName,
               ": dtype must be float32 or float64, got ", q.scalar_type());
   TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), kName,
@@ -37,11 +37,10 @@ void check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
 Tensor host_param(const Tensor& t, const Tensor& q, const char* what, bool per_query_ok) {
   TORCH_CHECK(t.defined(), kName, ": ", what, " is undefined");
   const bool per_head = t.dim() == 1 && t.size(0) == q.size(1);
-  const bool per_query =
-      per_query_ok && t.dim() == 3 && t.size(0) == q.size(0) && t.size(1) == q.size(1) &&
-      t.size(2) == q.size(2);
-  TORCH_CHECK(per_head || per_query, kName, ": ", what, " must have shape [heads] = [",
-              q.size(1), "]", per_query_ok ? " or [batch, heads, n]" : "", ", got ", t.sizes());
+  const bool per_query = per_query_ok && t.dim() == 3 && t.size(0) == q.size(0) &&
+                         t.size(1) == q.size(1) && t.size(2) == q.size(2);
+  TORCH_CHECK(per_head || per_query, kName, ": ", what, " must have shape [heads] = [", q.size(1),
+              "]", per_query_ok ? " or [batch, heads, n]" : "", ", got ", t.sizes());
   return t.detach().to(torch::kCPU, torch::kFloat64).contiguous();
 }
 
@@ -58,9 +57,9 @@ struct HostParams {
   kernels::EntmaxAttentionParams params;
 };
 
-HostParams make_params(const Tensor& q, int64_t window, const Tensor& offsets,
-                       const Tensor& alpha, const Tensor& delta, const Tensor& beta,
-                       const Tensor& gamma, bool softmax, double scale) {
+HostParams make_params(const Tensor& q, int64_t window, const Tensor& offsets, const Tensor& alpha,
+                       const Tensor& delta, const Tensor& beta, const Tensor& gamma, bool softmax,
+                       double scale) {
   HostParams h;
   h.offsets = offsets.detach().to(torch::kCPU, torch::kFloat64).contiguous();
   auto& p = h.params;
@@ -142,9 +141,9 @@ class EntmaxAttentionFunction : public torch::autograd::Function<EntmaxAttention
     const auto s = ctx->get_saved_variables();
     const Tensor &q = s[0], &k = s[1], &v = s[2], &alpha = s[4], &delta = s[5], &beta = s[6],
                  &gamma = s[7];
-    const auto h = make_params(q, ctx->saved_data["window"].toInt(), s[3], alpha, delta, beta,
-                               gamma, ctx->saved_data["softmax"].toBool(),
-                               ctx->saved_data["scale"].toDouble());
+    const auto h =
+        make_params(q, ctx->saved_data["window"].toInt(), s[3], alpha, delta, beta, gamma,
+                    ctx->saved_data["softmax"].toBool(), ctx->saved_data["scale"].toDouble());
     const Tensor grad_out = grads[0].to(q.scalar_type()).contiguous();
     Tensor dq = torch::empty_like(q), dk = torch::empty_like(k), dv = torch::empty_like(v);
     auto host_grad = [](const Tensor& like) {
@@ -165,8 +164,7 @@ class EntmaxAttentionFunction : public torch::autograd::Function<EntmaxAttention
       });
     });
     auto back = [](const Tensor& g, const Tensor& like) {
-      return g.defined() && g.numel() > 0 ? g.to(like.options()).reshape(like.sizes())
-                                          : Tensor();
+      return g.defined() && g.numel() > 0 ? g.to(like.options()).reshape(like.sizes()) : Tensor();
     };
     return {dq,
             dk,
@@ -198,9 +196,10 @@ Tensor entmax_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64
 }  // namespace reach::ops
 
 TORCH_LIBRARY_FRAGMENT(reach, m) {
-  m.def("entmax_attention(Tensor q, Tensor k, Tensor v, int window, Tensor offsets, "
-        "Tensor? alpha, Tensor? delta=None, Tensor? beta=None, Tensor? gamma=None, "
-        "bool softmax=False, float? scale=None) -> Tensor");
+  m.def(
+      "entmax_attention(Tensor q, Tensor k, Tensor v, int window, Tensor offsets, "
+      "Tensor? alpha, Tensor? delta=None, Tensor? beta=None, Tensor? gamma=None, "
+      "bool softmax=False, float? scale=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(reach, CompositeImplicitAutograd, m) {

@@ -11,15 +11,13 @@
 // alpha, delta, beta, gamma may require grad. SSMax: softmax=True, delta = 0, gamma = 1.
 #pragma once
 
-#include <torch/torch.h>
-
 #include <c10/util/Optional.h>
+#include <torch/torch.h>
 
 namespace reach::ops {
 
 torch::Tensor entmax_attention(const torch::Tensor& q, const torch::Tensor& k,
-                               const torch::Tensor& v, int64_t window,
-                               const torch::Tensor& offsets,
+                               const torch::Tensor& v, int64_t window, const torch::Tensor& offsets,
                                const c10::optional<torch::Tensor>& alpha,
                                const c10::optional<torch::Tensor>& delta = c10::nullopt,
                                const c10::optional<torch::Tensor>& beta = c10::nullopt,

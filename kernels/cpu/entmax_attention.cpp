@@ -43,10 +43,11 @@ struct Row {
   std::vector<double> raw;   // scale * q . k per slot
   std::vector<double> p;     // probabilities per slot (0 when invisible)
   int64_t visible = 0;
-  double log_n = 0.0;        // log(visible + 1)
-  double multiplier = 1.0;   // c_i
+  double log_n = 0.0;       // log(visible + 1)
+  double multiplier = 1.0;  // c_i
   explicit Row(int64_t slots)
-      : key(static_cast<size_t>(slots)), raw(static_cast<size_t>(slots)),
+      : key(static_cast<size_t>(slots)),
+        raw(static_cast<size_t>(slots)),
         p(static_cast<size_t>(slots)) {}
 };
 
@@ -328,9 +329,9 @@ template void entmax_attention_forward_cpu<float>(const EntmaxAttentionParams&, 
 template void entmax_attention_forward_cpu<double>(const EntmaxAttentionParams&, const double*,
                                                    const double*, const double*, double*);
 template void entmax_attention_backward_cpu<float>(const EntmaxAttentionParams&, const float*,
-                                                   const float*, const float*, const float*,
-                                                   float*, float*, float*, double*, double*,
-                                                   double*, double*);
+                                                   const float*, const float*, const float*, float*,
+                                                   float*, float*, double*, double*, double*,
+                                                   double*);
 template void entmax_attention_backward_cpu<double>(const EntmaxAttentionParams&, const double*,
                                                     const double*, const double*, const double*,
                                                     double*, double*, double*, double*, double*,

@@ -32,8 +32,8 @@
 namespace reach::kernels {
 
 struct EntmaxAttentionParams {
-  DilatedAttentionParams base;  // shapes, window, offsets (integers), scale
-  int64_t num_heads = 1;        // batch_heads % num_heads == 0; head h = bh % num_heads
+  DilatedAttentionParams base;    // shapes, window, offsets (integers), scale
+  int64_t num_heads = 1;          // batch_heads % num_heads == 0; head h = bh % num_heads
   const double* alpha = nullptr;  // [num_heads], each in (1, 2]; unused when softmax
   bool softmax = false;           // normalise by softmax instead of entmax
   bool log_n_scaling = false;     // multiply scores by c_i (see above)

@@ -218,7 +218,7 @@ TEST(EntmaxNormalise, ApproachesSoftmaxAsAlphaGoesToOne) {
     entmax_normalise_row(p.data(), 20, 1.0 + eps);
     double error = 0;
     for (size_t j = 0; j < z.size(); ++j) error = std::max(error, std::abs(p[j] - soft[j]));
-    EXPECT_LT(error, previous);  // converges monotonically here
+    EXPECT_LT(error, previous);   // converges monotonically here
     EXPECT_LT(error, 2.0 * eps);  // the gap is O(a - 1)
     previous = error;
   }
@@ -249,8 +249,7 @@ void expect_gradients_match_finite_differences(Problem pr, uint64_t seed, bool c
                                         gq.data(), gk.data(), gv.data(), ga.data(), gd.data(),
                                         gb.data(), gg.data());
   const double h = 1e-6;
-  auto check = [&](std::vector<double>& x, const std::vector<double>& analytic,
-                   const char* name) {
+  auto check = [&](std::vector<double>& x, const std::vector<double>& analytic, const char* name) {
     for (size_t t = 0; t < x.size(); ++t) {
       const double saved = x[t];
       x[t] = saved + h;
@@ -296,8 +295,8 @@ Problem with_per_query_scale(Problem pr, uint64_t seed) {
 }
 
 TEST(EntmaxAttentionCpu, PerQueryScaleMatchesReferenceAndFiniteDifferences) {
-  expect_forward_matches_reference(with_per_query_scale(make_problem(36, 4, {6, 11, 19}, true, 21),
-                                                        22));
+  expect_forward_matches_reference(
+      with_per_query_scale(make_problem(36, 4, {6, 11, 19}, true, 21), 22));
   auto small = make_problem(12, 3, {4, 9}, true, 23);
   small.bh = 2;  // the helper shrinks to bh = 2, so size beta/gamma for that
   expect_gradients_match_finite_differences(with_per_query_scale(small, 24), 25);
@@ -342,9 +341,9 @@ TEST(EntmaxAttentionCpu, MatchesPublishedAlphaGradient) {
   EXPECT_NEAR(out[8], 0.6264, 1e-4);
   std::vector<double> gq(9), gk(9), gv(9);
   double ga = 0;
-  entmax_attention_backward_cpu<double>(p, pr.q.data(), pr.k.data(), pr.v.data(),
-                                        grad_out.data(), gq.data(), gk.data(), gv.data(), &ga,
-                                        nullptr, nullptr, nullptr);
+  entmax_attention_backward_cpu<double>(p, pr.q.data(), pr.k.data(), pr.v.data(), grad_out.data(),
+                                        gq.data(), gk.data(), gv.data(), &ga, nullptr, nullptr,
+                                        nullptr);
   EXPECT_NEAR(ga, -0.2562, 1e-4);
 }
 

@@ -5,10 +5,9 @@
 //
 // Tolerances: float64 throughout; the op and the composite differ only in summation
 // order (1e-10). Finite differences: central, step 1e-6 (1e-6 relative + absolute).
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
-
-#include <ATen/core/dispatch/Dispatcher.h>
 
 #include "ops/entmax_attention.hpp"
 
@@ -29,8 +28,8 @@ torch::Tensor composite_ssmax(const torch::Tensor& q, const torch::Tensor& k,
   auto mask = (dist >= 0) & (dist < window);
   for (int64_t d : offsets) mask = mask | (dist == d);
   auto log_n = torch::log(mask.sum(1).to(torch::kFloat64) + 1).view({1, 1, n, 1});
-  auto c = delta.view({1, -1, 1, 1}) + beta.view({1, -1, 1, 1}) *
-                                           torch::pow(log_n, gamma.view({1, -1, 1, 1}));
+  auto c = delta.view({1, -1, 1, 1}) +
+           beta.view({1, -1, 1, 1}) * torch::pow(log_n, gamma.view({1, -1, 1, 1}));
   auto scores = torch::matmul(q, k.transpose(-2, -1)) / std::sqrt(double(q.size(3))) * c;
   scores = scores.masked_fill(mask.logical_not(), -std::numeric_limits<double>::infinity());
   return torch::matmul(torch::softmax(scores, -1), v);
@@ -44,9 +43,7 @@ TEST(EntmaxAttentionOp, SSMaxMatchesTorchCompositeForwardAndBackward) {
   torch::manual_seed(1);
   const int64_t window = 3;
   const std::vector<int64_t> offs = {5, 8, 13};
-  auto make = [](torch::IntArrayRef shape) {
-    return torch::randn(shape, kF64).requires_grad_();
-  };
+  auto make = [](torch::IntArrayRef shape) { return torch::randn(shape, kF64).requires_grad_(); };
   auto q = make({2, 2, 20, 4}), k = make({2, 2, 20, 4}), v = make({2, 2, 20, 4});
   auto delta = torch::tensor({0.3, 0.5}, kF64).requires_grad_();
   auto beta = torch::tensor({0.7, 1.2}, kF64).requires_grad_();
@@ -55,14 +52,14 @@ TEST(EntmaxAttentionOp, SSMaxMatchesTorchCompositeForwardAndBackward) {
   const auto w = torch::randn({2, 2, 20, 4}, kF64);
   auto out = entmax_attention(q, k, v, window, offsets, c10::nullopt, delta, beta, gamma, true);
   (out * w).sum().backward();
-  std::vector<torch::Tensor> ours = {q.grad(), k.grad(), v.grad(), delta.grad(), beta.grad(),
-                                     gamma.grad()};
+  std::vector<torch::Tensor> ours = {q.grad(),     k.grad(),    v.grad(),
+                                     delta.grad(), beta.grad(), gamma.grad()};
   for (auto* t : {&q, &k, &v, &delta, &beta, &gamma}) t->mutable_grad() = torch::Tensor();
   auto expected = composite_ssmax(q, k, v, window, offs, delta, beta, gamma);
   (expected * w).sum().backward();
   EXPECT_LT(max_diff(out, expected), 1e-10);
-  std::vector<torch::Tensor> theirs = {q.grad(), k.grad(), v.grad(), delta.grad(), beta.grad(),
-                                       gamma.grad()};
+  std::vector<torch::Tensor> theirs = {q.grad(),     k.grad(),    v.grad(),
+                                       delta.grad(), beta.grad(), gamma.grad()};
   for (size_t t = 0; t < ours.size(); ++t) {
     EXPECT_LT(max_diff(ours[t], theirs[t]), 1e-10) << "gradient " << t;
   }
@@ -103,13 +100,11 @@ TEST(EntmaxAttentionOp, RegisteredOpRuns) {
   auto op = c10::Dispatcher::singleton().findSchemaOrThrow("reach::entmax_attention", "");
   EXPECT_EQ(op.schema().arguments().size(), 11u);
   const auto q = torch::randn({1, 2, 8, 4});
-  const auto out = op.typed<torch::Tensor(const torch::Tensor&, const torch::Tensor&,
-                                          const torch::Tensor&, int64_t, const torch::Tensor&,
-                                          const c10::optional<torch::Tensor>&,
-                                          const c10::optional<torch::Tensor>&,
-                                          const c10::optional<torch::Tensor>&,
-                                          const c10::optional<torch::Tensor>&, bool,
-                                          c10::optional<double>)>()
+  const auto out = op.typed<torch::Tensor(
+      const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, int64_t,
+      const torch::Tensor&, const c10::optional<torch::Tensor>&,
+      const c10::optional<torch::Tensor>&, const c10::optional<torch::Tensor>&,
+      const c10::optional<torch::Tensor>&, bool, c10::optional<double>)>()
                        .call(q, q, q, 8, torch::empty({0}, kF64), torch::tensor({1.5, 2.0}),
                              c10::nullopt, c10::nullopt, c10::nullopt, false, c10::nullopt);
   EXPECT_EQ(out.sizes(), q.sizes());
@@ -128,8 +123,11 @@ void expect_error(const std::function<void()>& f, const std::string& fragment) {
 TEST(EntmaxAttentionOp, BadInputsGetClearErrors) {
   const auto q = torch::randn({1, 2, 8, 4});
   const auto none = torch::empty({0}, kF64);
-  expect_error([&] { entmax_attention(q, q, q, 2, none, torch::tensor({1.5, 2.5})); },
-               "alpha of head 1 must be in (1, 2]");
+  expect_error(
+      [&] {
+        entmax_attention(q, q, q, 2, none, torch::tensor({1.5, 2.5}));
+      },
+      "alpha of head 1 must be in (1, 2]");
   expect_error([&] { entmax_attention(q, q, q, 2, none, torch::tensor({1.5})); },
                "alpha must have shape [heads]");
   expect_error([&] { entmax_attention(q, q, q, 2, none, c10::nullopt); },
@@ -141,12 +139,21 @@ TEST(EntmaxAttentionOp, BadInputsGetClearErrors) {
       "give all of delta, beta, gamma");
   auto nan_q = q.clone();
   nan_q[0][0][3][1] = std::nan("");
-  expect_error([&] { entmax_attention(nan_q, q, q, 2, none, torch::tensor({1.5, 1.5})); },
-               "input q contains NaN");
-  expect_error([&] { entmax_attention(q, q, q, 2, torch::tensor({2.5}), torch::tensor({1.5, 1.5})); },
-               "fractional");
-  expect_error([&] { entmax_attention(q.view({2, 8, 4}), q, q, 2, none, torch::tensor({1.5})); },
-               "rank 4");
+  expect_error(
+      [&] {
+        entmax_attention(nan_q, q, q, 2, none, torch::tensor({1.5, 1.5}));
+      },
+      "input q contains NaN");
+  expect_error(
+      [&] {
+        entmax_attention(q, q, q, 2, torch::tensor({2.5}), torch::tensor({1.5, 1.5}));
+      },
+      "fractional");
+  expect_error(
+      [&] {
+        entmax_attention(q.view({2, 8, 4}), q, q, 2, none, torch::tensor({1.5}));
+      },
+      "rank 4");
 }
 
 }  // namespace
