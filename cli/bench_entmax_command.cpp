@@ -59,8 +59,16 @@ void run(const EntmaxBenchOptions& o) {
                                       offsets.data(),
                                       static_cast<int64_t>(offsets.size()),
                                       1.0 / std::sqrt(static_cast<double>(o.head_dim))};
-    std::vector<double> delta(o.heads, 1.0), beta(o.heads, 0.1), gamma(o.heads, 1.0);
-    kernels::EntmaxParams e{p, o.heads, o.alpha, delta.data(), beta.data(), gamma.data()};
+    std::vector<double> alpha(o.heads, o.alpha), delta(o.heads, 1.0), beta(o.heads, 0.1),
+        gamma(o.heads, 1.0);
+    kernels::EntmaxAttentionParams e;
+    e.base = p;
+    e.num_heads = o.heads;
+    e.alpha = alpha.data();
+    e.log_n_scaling = true;
+    e.delta = delta.data();
+    e.beta = beta.data();
+    e.gamma = gamma.data();
     const size_t size = static_cast<size_t>(o.heads * n * o.head_dim);
     std::mt19937 rng(static_cast<unsigned>(n));
     std::normal_distribution<float> normal;
@@ -69,15 +77,15 @@ void run(const EntmaxBenchOptions& o) {
     for (auto* x : {&q, &k, &v, &g}) {
       for (auto& e_ : *x) e_ = normal(rng);
     }
-    std::vector<double> gd(o.heads), gb(o.heads), gg(o.heads);
+    std::vector<double> ga(o.heads), gd(o.heads), gb(o.heads), gg(o.heads);
     auto entmax_fwd = [&] {
       kernels::entmax_attention_forward_cpu<float>(e, q.data(), k.data(), v.data(), out.data());
     };
     auto entmax_fb = [&] {
       entmax_fwd();
       kernels::entmax_attention_backward_cpu<float>(e, q.data(), k.data(), v.data(), g.data(),
-                                                    dq.data(), dk.data(), dv.data(), gd.data(),
-                                                    gb.data(), gg.data());
+                                                    dq.data(), dk.data(), dv.data(), ga.data(),
+                                                    gd.data(), gb.data(), gg.data());
     };
     auto soft_fwd = [&] {
       kernels::dilated_attention_forward_cpu<float>(p, q.data(), k.data(), v.data(), out.data(),

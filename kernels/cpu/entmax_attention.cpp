@@ -4,70 +4,52 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <stdexcept>
 #include <vector>
 
 namespace reach::kernels {
-
-// Why bisection: exact sort-based thresholds exist only for alpha = 1.5 and 2; bisection on
-// tau works for any alpha in (1, 2] (a learned alpha too), its bracket [max - 1,
-// max - (1/n)^(alpha-1)] is known, and 80 halvings take it below double precision. Rows here
-// have W + K ~ 100 entries, so 80 passes cost little next to the dot products.
-void entmax_bisect(const double* z, int64_t n, double alpha, double* p) {
-  const double am1 = alpha - 1.0, inv = 1.0 / am1;
-  // u^(1/(alpha-1)) without pow() for the common alphas (1.5: u^2, 2: u).
-  auto power = [alpha, inv](double u) {
-    if (alpha == 1.5) return u * u;
-    if (alpha == 2.0) return u;
-    return std::pow(u, inv);
-  };
-  double max_x = -INFINITY;
-  for (int64_t i = 0; i < n; ++i) max_x = std::max(max_x, am1 * z[i]);
-  double lo = max_x - 1.0, hi = max_x - std::pow(1.0 / static_cast<double>(n), am1);
-  auto mass = [&](double tau) {
-    double sum = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      const double u = am1 * z[i] - tau;
-      if (u > 0) sum += power(u);
-    }
-    return sum;
-  };
-  for (int iter = 0; iter < 80; ++iter) {
-    const double mid = 0.5 * (lo + hi);
-    if (mid <= lo || mid >= hi) break;
-    (mass(mid) >= 1.0 ? lo : hi) = mid;
-  }
-  const double tau = lo;  // mass(lo) >= 1: the support is never empty
-  double sum = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const double u = am1 * z[i] - tau;
-    p[i] = u > 0 ? power(u) : 0.0;
-    sum += p[i];
-  }
-  for (int64_t i = 0; i < n; ++i) p[i] /= sum;
-}
-
-std::string validate_entmax_params(const EntmaxParams& e) {
-  if (auto m = validate_params(e.attention); !m.empty()) return m;
-  if (!(e.alpha > 1.0 && e.alpha <= 2.0)) {
-    return "entmax alpha must be in (1, 2], got " + std::to_string(e.alpha) +
-           " (alpha -> 1 is softmax: use dilated attention)";
-  }
-  if (e.heads < 1 || e.attention.batch_heads % e.heads != 0) {
-    return "heads must divide batch * heads";
-  }
-  for (int64_t k = 0; k < e.attention.num_offsets; ++k) {
-    if (e.attention.offsets[k] != std::floor(e.attention.offsets[k])) {
-      return "entmax attention supports integer offsets only (offset " + std::to_string(k) + " = " +
-             std::to_string(e.attention.offsets[k]) + ")";
-    }
-  }
-  const int scaled = (e.delta != nullptr) + (e.beta != nullptr) + (e.gamma != nullptr);
-  if (scaled != 0 && scaled != 3) return "ASEntmax scaling needs delta, beta and gamma together";
-  return {};
-}
-
 namespace {
+
+constexpr double kNegInf = -std::numeric_limits<double>::infinity();
+
+// (x)^r for x > 0, with the common exponents done exactly and fast.
+inline double power(double x, double r) {
+  if (r == 1.0) return x;
+  if (r == 2.0) return x * x;
+  return std::pow(x, r);
+}
+
+void check(const EntmaxAttentionParams& p) {
+  if (auto message = validate_entmax_params(p); !message.empty()) {
+    throw std::invalid_argument("entmax attention: " + message);
+  }
+}
+
+template <typename T>
+void check_finite(const T* x, int64_t size, const char* name) {
+  bool finite = true;
+#pragma omp parallel for reduction(&& : finite) schedule(static)
+  for (int64_t t = 0; t < size; ++t) finite = finite && std::isfinite(x[t]);
+  if (!finite) {
+    throw std::invalid_argument(std::string("entmax attention: input ") + name +
+                                " contains NaN or infinity");
+  }
+}
+
+// Per-row state shared by forward and backward.
+struct Row {
+  std::vector<int64_t> key;  // key index per slot, -1 when invisible
+  std::vector<double> raw;   // scale * q . k per slot
+  std::vector<double> p;     // probabilities per slot (0 when invisible)
+  int64_t visible = 0;
+  double log_n = 0.0;       // log(visible + 1)
+  double multiplier = 1.0;  // c_i
+  explicit Row(int64_t slots)
+      : key(static_cast<size_t>(slots)),
+        raw(static_cast<size_t>(slots)),
+        p(static_cast<size_t>(slots)) {}
+};
 
 template <typename T>
 double dot(const T* a, const T* b, int64_t d) {
@@ -76,210 +58,283 @@ double dot(const T* a, const T* b, int64_t d) {
   return acc;
 }
 
-// Visible key rows of query i, in slot order: window slots then offsets. Returns the count
-// and fills rows[] (key row) and slots[] (slot index in the n x S buffers).
-int64_t visible_keys(const EntmaxParams& e, int64_t i, int64_t* rows, int64_t* slots) {
-  const auto& p = e.attention;
-  const int64_t ws = p.window_slots();
-  int64_t m = 0;
-  for (int64_t w = 0; w < std::min<int64_t>(ws, i + 1); ++w) {
-    rows[m] = i - w;
-    slots[m++] = w;
+void softmax_row(double* x, int64_t size) {
+  double m = kNegInf;
+  for (int64_t j = 0; j < size; ++j) m = std::max(m, x[j]);
+  double sum = 0;
+  for (int64_t j = 0; j < size; ++j) {
+    x[j] = x[j] == kNegInf ? 0.0 : std::exp(x[j] - m);
+    sum += x[j];
   }
-  for (int64_t k = 0; k < p.num_offsets; ++k) {
-    const auto d = static_cast<int64_t>(p.offsets[k]);
-    if (i - d >= 0) {
-      rows[m] = i - d;
-      slots[m++] = ws + k;
-    }
-  }
-  return m;
+  for (int64_t j = 0; j < size; ++j) x[j] /= sum;
 }
 
-// s(n) = delta + beta * (log n)^gamma for head h (1 when unscaled); also (log n)^gamma.
-double length_scale(const EntmaxParams& e, int64_t h, int64_t n, double* log_pow) {
-  *log_pow = 0;
-  if (!e.delta) return 1.0;
-  const double l = std::log(static_cast<double>(n));
-  *log_pow = l > 0 ? std::pow(l, e.gamma[h]) : 0.0;
-  return e.delta[h] + e.beta[h] * *log_pow;
+// Index of beta and gamma for row i of head bh.
+inline int64_t scale_index(const EntmaxAttentionParams& p, int64_t bh, int64_t i) {
+  return p.per_query_scale ? bh * p.base.seq_len + i : bh % p.num_heads;
 }
 
-void check(const EntmaxParams& e) {
-  if (auto m = validate_entmax_params(e); !m.empty()) {
-    throw std::invalid_argument("entmax attention: " + m);
-  }
-}
-
-// Scores z (scaled), raw scores, probabilities for row i; throws on non-finite scores.
+// Scores and probabilities of row i of head bh.
 template <typename T>
-int64_t row_probabilities(const EntmaxParams& e, const T* qi, const T* kh, int64_t h, int64_t i,
-                          int64_t* rows, int64_t* slots, double* raw, double* z, double* p,
-                          double* scale_out, double* log_pow) {
-  const int64_t d = e.attention.head_dim;
-  const int64_t m = visible_keys(e, i, rows, slots);
-  const double sc = length_scale(e, h, m, log_pow);
-  for (int64_t j = 0; j < m; ++j) {
-    raw[j] = e.attention.scale * dot(qi, kh + rows[j] * d, d);
-    z[j] = sc * raw[j];
-    if (!std::isfinite(z[j])) {
-      throw std::invalid_argument("entmax attention: non-finite score at query " +
-                                  std::to_string(i) + " (NaN or infinite input?)");
+void compute_row(const EntmaxAttentionParams& p, int64_t bh, int64_t i, const T* q, const T* k,
+                 Row& row) {
+  const auto& b = p.base;
+  const int64_t n = b.seq_len, d = b.head_dim, ws = b.window_slots(), S = b.slots();
+  const T* qi = q + (bh * n + i) * d;
+  const T* kh = k + bh * n * d;
+  row.visible = 0;
+  for (int64_t j = 0; j < S; ++j) {
+    const int64_t key = j < ws ? i - j : i - static_cast<int64_t>(b.offsets[j - ws]);
+    row.key[static_cast<size_t>(j)] = key >= 0 ? key : -1;
+    if (key >= 0) {
+      row.raw[static_cast<size_t>(j)] = b.scale * dot(qi, kh + key * d, d);
+      ++row.visible;
     }
   }
-  entmax_bisect(z, m, e.alpha, p);
-  *scale_out = sc;
-  return m;
+  const int64_t h = bh % p.num_heads;
+  row.log_n = std::log(static_cast<double>(row.visible + 1));
+  row.multiplier = 1.0;
+  if (p.log_n_scaling) {
+    const int64_t s = scale_index(p, bh, i);
+    row.multiplier = p.delta[h] + p.beta[s] * std::pow(row.log_n, p.gamma[s]);
+  }
+  for (int64_t j = 0; j < S; ++j) {
+    const auto u = static_cast<size_t>(j);
+    row.p[u] = row.key[u] >= 0 ? row.multiplier * row.raw[u] : kNegInf;
+  }
+  if (p.softmax) {
+    softmax_row(row.p.data(), S);
+  } else {
+    entmax_normalise_row(row.p.data(), S, p.alpha[h]);
+  }
 }
 
 }  // namespace
 
+void entmax_normalise_row(double* x, int64_t size, double alpha) {
+  if (!(alpha > 1.0 && alpha <= 2.0)) {
+    throw std::invalid_argument("entmax: alpha must be in (1, 2], got " + std::to_string(alpha));
+  }
+  const double am1 = alpha - 1.0, r = 1.0 / am1;
+  double xmax = kNegInf;
+  int64_t visible = 0;
+  for (int64_t j = 0; j < size; ++j) {
+    if (x[j] == kNegInf) continue;
+    if (std::isnan(x[j])) throw std::invalid_argument("entmax: score is NaN");
+    x[j] *= am1;
+    xmax = std::max(xmax, x[j]);
+    ++visible;
+  }
+  if (visible == 0) throw std::invalid_argument("entmax: empty key set (no visible key)");
+  // f(tau) = sum [x - tau]_+^r is decreasing; f(xmax - 1) >= 1 >= f(xmax - visible^-(a-1)).
+  double lo = xmax - 1.0, hi = xmax - std::pow(static_cast<double>(visible), -am1);
+  for (int iter = 0; iter < 200; ++iter) {
+    const double mid = 0.5 * (lo + hi);
+    if (mid <= lo || mid >= hi) break;  // interval at machine precision
+    double f = 0;
+    for (int64_t j = 0; j < size; ++j) {
+      if (x[j] > mid) f += power(x[j] - mid, r);
+    }
+    (f >= 1.0 ? lo : hi) = mid;
+  }
+  double sum = 0;
+  for (int64_t j = 0; j < size; ++j) {
+    x[j] = x[j] > lo ? power(x[j] - lo, r) : 0.0;
+    sum += x[j];
+  }
+  for (int64_t j = 0; j < size; ++j) x[j] /= sum;
+}
+
+std::string validate_entmax_params(const EntmaxAttentionParams& p) {
+  if (auto message = validate_params(p.base); !message.empty()) return message;
+  for (int64_t k = 0; k < p.base.num_offsets; ++k) {
+    if (p.base.offsets[k] != std::floor(p.base.offsets[k])) {
+      return "offset " + std::to_string(k) + " (" + std::to_string(p.base.offsets[k]) +
+             ") is fractional; entmax attention supports integer offsets only";
+    }
+  }
+  if (p.num_heads < 1 || p.base.batch_heads % p.num_heads != 0) {
+    return "num_heads (" + std::to_string(p.num_heads) + ") must be >= 1 and divide batch*heads (" +
+           std::to_string(p.base.batch_heads) + ")";
+  }
+  for (int64_t h = 0; h < p.num_heads; ++h) {
+    const std::string head = " of head " + std::to_string(h);
+    if (!p.softmax) {
+      if (p.alpha == nullptr) return "alpha pointer is null";
+      const double a = p.alpha[h];
+      if (!(a > 1.0 && a <= 2.0)) {
+        return "alpha" + head + " must be in (1, 2], got " + std::to_string(a);
+      }
+    }
+    if (p.log_n_scaling) {
+      if (!p.delta || !p.beta || !p.gamma) return "delta, beta or gamma pointer is null";
+      if (!std::isfinite(p.delta[h])) return "delta" + head + " must be finite";
+    }
+  }
+  if (p.log_n_scaling) {
+    const int64_t count = p.per_query_scale ? p.base.batch_heads * p.base.seq_len : p.num_heads;
+    const std::string unit = p.per_query_scale ? " of row " : " of head ";
+    for (int64_t t = 0; t < count; ++t) {
+      if (!std::isfinite(p.beta[t])) return "beta" + unit + std::to_string(t) + " must be finite";
+      if (!std::isfinite(p.gamma[t])) {
+        return "gamma" + unit + std::to_string(t) + " must be finite";
+      }
+    }
+  }
+  return {};
+}
+
 template <typename T>
-void entmax_attention_forward_cpu(const EntmaxParams& e, const T* q, const T* k, const T* v,
-                                  T* out) {
-  check(e);
-  const auto& p = e.attention;
-  const int64_t n = p.seq_len, d = p.head_dim, S = p.slots();
-  const int64_t rows_total = p.batch_heads * n;
-  bool failed = false;
-  std::string failure;
+void entmax_attention_forward_cpu(const EntmaxAttentionParams& p, const T* q, const T* k,
+                                  const T* v, T* out) {
+  check(p);
+  const auto& b = p.base;
+  const int64_t n = b.seq_len, d = b.head_dim, S = b.slots(), rows = b.batch_heads * n;
+  check_finite(q, rows * d, "q");
+  check_finite(k, rows * d, "k");
+  check_finite(v, rows * d, "v");
 #pragma omp parallel
   {
-    std::vector<int64_t> rows(S), slots(S);
-    std::vector<double> raw(S), z(S), prob(S), acc(d);
+    Row row(S);
+    std::vector<double> acc(static_cast<size_t>(d));
 #pragma omp for schedule(static)
-    for (int64_t r = 0; r < rows_total; ++r) {
+    for (int64_t r = 0; r < rows; ++r) {
       const int64_t bh = r / n, i = r % n;
-      double sc = 1, log_pow = 0;
-      int64_t m = 0;
-      try {
-        m = row_probabilities(e, q + r * d, k + bh * n * d, bh % e.heads, i, rows.data(),
-                              slots.data(), raw.data(), z.data(), prob.data(), &sc, &log_pow);
-      } catch (const std::invalid_argument& ex) {
-#pragma omp critical
-        {
-          failed = true;
-          failure = ex.what();
-        }
-        continue;
-      }
+      compute_row(p, bh, i, q, k, row);
       std::fill(acc.begin(), acc.end(), 0.0);
-      for (int64_t j = 0; j < m; ++j) {
-        if (prob[j] == 0) continue;  // exact zeros: skip the value row entirely
-        const T* vj = v + (bh * n + rows[j]) * d;
-        for (int64_t t = 0; t < d; ++t) acc[t] += prob[j] * static_cast<double>(vj[t]);
+      const T* vh = v + bh * n * d;
+      for (int64_t j = 0; j < S; ++j) {
+        const double pj = row.p[static_cast<size_t>(j)];
+        if (pj == 0.0) continue;  // exact zeros: skipped
+        const T* vj = vh + row.key[static_cast<size_t>(j)] * d;
+        for (int64_t t = 0; t < d; ++t) acc[static_cast<size_t>(t)] += pj * vj[t];
       }
-      for (int64_t t = 0; t < d; ++t) out[r * d + t] = static_cast<T>(acc[t]);
+      for (int64_t t = 0; t < d; ++t) out[r * d + t] = static_cast<T>(acc[static_cast<size_t>(t)]);
     }
   }
-  if (failed) throw std::invalid_argument(failure);
 }
 
+// Backward. On the support, with s_j = p_j^(2-a) (s = p for softmax) and g_j = dL/dp_j:
+//   dL/dz_j = s_j (g_j - sum(s g) / sum(s))        [the (a-1) of x = (a-1) z cancels
+//                                                    against the 1/(a-1) of the power]
+//   dp_j/da = (1/(a-1)) [s_j (z_j - tau') - p_j log p_j],
+//   tau'    = (sum(s z) - sum(p log p)) / sum(s)     [from sum_j dp_j/da = 0]
+//   dL/dc_i = sum_j dL/dz_j * raw_j, and c = delta + beta L^gamma with L = log n.
 template <typename T>
-void entmax_attention_backward_cpu(const EntmaxParams& e, const T* q, const T* k, const T* v,
-                                   const T* grad_out, T* grad_q, T* grad_k, T* grad_v,
-                                   double* grad_delta, double* grad_beta, double* grad_gamma) {
-  check(e);
-  const auto& p = e.attention;
-  const int64_t n = p.seq_len, d = p.head_dim, S = p.slots(), ws = p.window_slots();
-  const int64_t K = p.num_offsets;
-  for (double* g : {grad_delta, grad_beta, grad_gamma}) {
-    if (g) std::fill(g, g + e.heads, 0.0);
-  }
-  std::vector<double> prob_buf(static_cast<size_t>(n * S)), ds_buf(static_cast<size_t>(n * S));
-  for (int64_t bh = 0; bh < p.batch_heads; ++bh) {
-    const int64_t h = bh % e.heads;
-    const T* qh = q + bh * n * d;
-    const T* kh = k + bh * n * d;
-    const T* vh = v + bh * n * d;
-    const T* doh = grad_out + bh * n * d;
-    double g_scale = 0, g_scale_logpow = 0, g_scale_gamma = 0;
-    // Pass 1, query-centric: probabilities, score gradients, dq, scaling gradients.
-#pragma omp parallel reduction(+ : g_scale, g_scale_logpow, g_scale_gamma)
-    {
-      std::vector<int64_t> rows(S), slots(S);
-      std::vector<double> raw(S), z(S), prob(S), g(S), dq(d);
-#pragma omp for schedule(static)
-      for (int64_t i = 0; i < n; ++i) {
-        double sc = 1, log_pow = 0;
-        const int64_t m = row_probabilities(e, qh + i * d, kh, h, i, rows.data(), slots.data(),
-                                            raw.data(), z.data(), prob.data(), &sc, &log_pow);
-        double sum_s = 0, sum_sg = 0;
-        for (int64_t j = 0; j < m; ++j) {
-          g[j] = dot(doh + i * d, vh + rows[j] * d, d);
-          const double s = prob[j] > 0 ? std::pow(prob[j], 2.0 - e.alpha) : 0.0;
-          sum_s += s;
-          sum_sg += s * g[j];
-        }
-        double* pi = prob_buf.data() + i * S;
-        double* dsi = ds_buf.data() + i * S;
-        std::fill(pi, pi + S, 0.0);
-        std::fill(dsi, dsi + S, 0.0);
-        std::fill(dq.begin(), dq.end(), 0.0);
-        double dscale = 0;
-        for (int64_t j = 0; j < m; ++j) {
-          const double s = prob[j] > 0 ? std::pow(prob[j], 2.0 - e.alpha) : 0.0;
-          const double dz = s * (g[j] - sum_sg / sum_s);
-          dscale += dz * raw[j];
-          const double ds = dz * sc * p.scale;  // d loss / d (q . k_j)
-          pi[slots[j]] = prob[j];
-          dsi[slots[j]] = ds;
-          const T* kj = kh + rows[j] * d;
-          for (int64_t t = 0; t < d; ++t) dq[t] += ds * static_cast<double>(kj[t]);
-        }
-        for (int64_t t = 0; t < d; ++t) grad_q[(bh * n + i) * d + t] = static_cast<T>(dq[t]);
-        if (e.delta) {
-          const double l = std::log(static_cast<double>(m));
-          g_scale += dscale;
-          g_scale_logpow += dscale * log_pow;
-          if (l > 0) g_scale_gamma += dscale * e.beta[h] * log_pow * std::log(l);
-        }
-      }
-    }
-    if (grad_delta) grad_delta[h] += g_scale;
-    if (grad_beta) grad_beta[h] += g_scale_logpow;
-    if (grad_gamma) grad_gamma[h] += g_scale_gamma;
-
-      // Pass 2, key-centric: key j gathers the (query, slot) pairs that saw it.
+void entmax_attention_backward_cpu(const EntmaxAttentionParams& p, const T* q, const T* k,
+                                   const T* v, const T* grad_out, T* grad_q, T* grad_k, T* grad_v,
+                                   double* grad_alpha, double* grad_delta, double* grad_beta,
+                                   double* grad_gamma) {
+  check(p);
+  const auto& b = p.base;
+  const int64_t n = b.seq_len, d = b.head_dim, S = b.slots(), BH = b.batch_heads, H = p.num_heads;
+  check_finite(q, BH * n * d, "q");
+  check_finite(k, BH * n * d, "k");
+  check_finite(v, BH * n * d, "v");
+  check_finite(grad_out, BH * n * d, "grad_out");
+  // Per (batch*head) partial sums of the head parameters' gradients; reduced below.
+  std::vector<double> part(static_cast<size_t>(BH * 4), 0.0);
 #pragma omp parallel
-    {
-      std::vector<double> dk(d), dv(d);
-#pragma omp for schedule(static)
-      for (int64_t j = 0; j < n; ++j) {
-        std::fill(dk.begin(), dk.end(), 0.0);
-        std::fill(dv.begin(), dv.end(), 0.0);
-        auto gather = [&](int64_t i, int64_t slot) {
-          const double ds = ds_buf[i * S + slot], pr = prob_buf[i * S + slot];
-          if (ds == 0 && pr == 0) return;
-          for (int64_t t = 0; t < d; ++t) {
-            dk[t] += ds * static_cast<double>(qh[i * d + t]);
-            dv[t] += pr * static_cast<double>(doh[i * d + t]);
+  {
+    Row row(S);
+    std::vector<double> dz(static_cast<size_t>(S)), dq(static_cast<size_t>(d));
+    std::vector<double> dk(static_cast<size_t>(n * d)), dv(static_cast<size_t>(n * d));
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t bh = 0; bh < BH; ++bh) {
+      const int64_t h = bh % H;
+      const double a = p.softmax ? 1.0 : p.alpha[h];
+      std::fill(dk.begin(), dk.end(), 0.0);
+      std::fill(dv.begin(), dv.end(), 0.0);
+      const T* vh = v + bh * n * d;
+      const T* kh = k + bh * n * d;
+      double* acc = part.data() + bh * 4;
+      for (int64_t i = 0; i < n; ++i) {
+        compute_row(p, bh, i, q, k, row);
+        const T* go = grad_out + (bh * n + i) * d;
+        const T* qi = q + (bh * n + i) * d;
+        double ssum = 0, sg = 0, sz = 0, plogp = 0;
+        for (int64_t j = 0; j < S; ++j) {
+          const auto u = static_cast<size_t>(j);
+          const double pj = row.p[u];
+          dz[u] = 0;
+          if (pj == 0.0) continue;
+          const T* vj = vh + row.key[u] * d;
+          const double g = dot(go, vj, d);
+          for (int64_t t = 0; t < d; ++t) dv[static_cast<size_t>(row.key[u] * d + t)] += pj * go[t];
+          const double s = p.softmax ? pj : (a == 2.0 ? 1.0 : std::pow(pj, 2.0 - a));
+          dz[u] = g;  // keep g_j until the sums are known
+          ssum += s;
+          sg += s * g;
+          sz += s * row.multiplier * row.raw[u];
+          plogp += pj * std::log(pj);
+        }
+        const double mean_g = sg / ssum;
+        const double tau_prime = (sz - plogp) / ssum;
+        double dalpha = 0, dc = 0;
+        std::fill(dq.begin(), dq.end(), 0.0);
+        for (int64_t j = 0; j < S; ++j) {
+          const auto u = static_cast<size_t>(j);
+          const double pj = row.p[u];
+          if (pj == 0.0) continue;
+          const double s = p.softmax ? pj : (a == 2.0 ? 1.0 : std::pow(pj, 2.0 - a));
+          const double g = dz[u];
+          if (!p.softmax) {
+            const double z = row.multiplier * row.raw[u];
+            dalpha += g * (s * (z - tau_prime) - pj * std::log(pj)) / (a - 1.0);
           }
-        };
-        for (int64_t w = 0; w < std::min<int64_t>(ws, n - j); ++w) gather(j + w, w);
-        for (int64_t kk = 0; kk < K; ++kk) {
-          const int64_t i = j + static_cast<int64_t>(p.offsets[kk]);
-          if (i < n) gather(i, ws + kk);
+          const double dzj = s * (g - mean_g);
+          dc += dzj * row.raw[u];
+          const double coef = dzj * row.multiplier * b.scale;
+          const T* kj = kh + row.key[u] * d;
+          for (int64_t t = 0; t < d; ++t) {
+            dq[static_cast<size_t>(t)] += coef * kj[t];
+            dk[static_cast<size_t>(row.key[u] * d + t)] += coef * qi[t];
+          }
         }
         for (int64_t t = 0; t < d; ++t) {
-          grad_k[(bh * n + j) * d + t] = static_cast<T>(dk[t]);
-          grad_v[(bh * n + j) * d + t] = static_cast<T>(dv[t]);
+          grad_q[(bh * n + i) * d + t] = static_cast<T>(dq[static_cast<size_t>(t)]);
         }
+        acc[0] += dalpha;
+        acc[1] += dc;
+        if (p.log_n_scaling) {
+          const int64_t s = scale_index(p, bh, i);
+          const double lg = std::pow(row.log_n, p.gamma[s]);
+          const double d_beta = dc * lg, d_gamma = dc * p.beta[s] * lg * std::log(row.log_n);
+          if (p.per_query_scale) {
+            if (grad_beta) grad_beta[s] = d_beta;
+            if (grad_gamma) grad_gamma[s] = d_gamma;
+          } else {
+            acc[2] += d_beta;
+            acc[3] += d_gamma;
+          }
+        }
+      }
+      for (int64_t t = 0; t < n * d; ++t) {
+        grad_k[bh * n * d + t] = static_cast<T>(dk[static_cast<size_t>(t)]);
+        grad_v[bh * n * d + t] = static_cast<T>(dv[static_cast<size_t>(t)]);
       }
     }
   }
+  double* outs[4] = {grad_alpha, grad_delta, grad_beta, grad_gamma};
+  const int reduced = p.per_query_scale ? 2 : 4;  // per-query beta/gamma written above
+  for (int c = 0; c < reduced; ++c) {
+    if (!outs[c]) continue;
+    for (int64_t h = 0; h < H; ++h) outs[c][h] = 0;
+    for (int64_t bh = 0; bh < BH; ++bh) outs[c][bh % H] += part[static_cast<size_t>(bh * 4 + c)];
+  }
 }
 
-template void entmax_attention_forward_cpu<float>(const EntmaxParams&, const float*, const float*,
-                                                  const float*, float*);
-template void entmax_attention_forward_cpu<double>(const EntmaxParams&, const double*,
+template void entmax_attention_forward_cpu<float>(const EntmaxAttentionParams&, const float*,
+                                                  const float*, const float*, float*);
+template void entmax_attention_forward_cpu<double>(const EntmaxAttentionParams&, const double*,
                                                    const double*, const double*, double*);
-template void entmax_attention_backward_cpu<float>(const EntmaxParams&, const float*, const float*,
-                                                   const float*, const float*, float*, float*,
-                                                   float*, double*, double*, double*);
-template void entmax_attention_backward_cpu<double>(const EntmaxParams&, const double*,
+template void entmax_attention_backward_cpu<float>(const EntmaxAttentionParams&, const float*,
+                                                   const float*, const float*, const float*, float*,
+                                                   float*, float*, double*, double*, double*,
+                                                   double*);
+template void entmax_attention_backward_cpu<double>(const EntmaxAttentionParams&, const double*,
                                                     const double*, const double*, const double*,
                                                     double*, double*, double*, double*, double*,
-                                                    double*);
+                                                    double*, double*);
 
 }  // namespace reach::kernels

@@ -1,48 +1,67 @@
-// alpha-entmax attention (seed 003) over the same key sets as dilated attention: the local
-// window plus integer offsets (W >= n gives dense causal attention).
+// alpha-entmax attention over the key set of the dilated operator, on the CPU.
 //
-//   z_j = s_h(n_i) * scale * q_i . k_j      over the visible slots j of query i
-//   p   = alpha-entmax(z) = [(alpha - 1) z - tau]_+^(1 / (alpha - 1)),  tau: sum p = 1
-//   o_i = sum_j p_j v_j
-// s_h(n) = delta_h + beta_h * (log n)^gamma_h is ASEntmax's learned length scaling (n = the
-// number of keys query i sees; per head h); pass no scaling for plain alpha-entmax (s = 1).
+// Per query i with visible slots j (window + integer offsets, the slot layout of
+// dilated_attention_params.hpp; W >= n gives dense causal attention):
+//   z_j = c_i * scale * q_i . k_j,   c_i = delta_h + beta * (log(n_i + 1))^gamma  (ASEntmax),
+//   p_j = [(a_h - 1) z_j - tau]_+^(1/(a_h - 1)),  tau such that sum_j p_j = 1,
+//   out_i = sum_j p_j v_j,
+// where n_i is the number of visible keys of query i and h the head; beta and gamma are
+// per head, or per query (`per_query_scale`, as the authors' "adapt-softplus-tanh" variant
+// where they come from projections of the hidden state). log(n_i + 1) follows the
+// authors' code (deep-spin/asentmax: log of position + 2, i.e. log(n + 1) for dense causal
+// attention), which keeps the log > 0 so any real gamma is allowed. With `log_n_scaling`
+// off, c_i = 1. With `softmax` on, p = softmax(z) (alpha is ignored): scalable-softmax
+// (SSMax) is softmax with delta = 0, gamma = 1. See docs/entmax.md.
 //
-// tau is found by bisection to machine precision (see entmax_attention.cpp for why), p has
-// exact zeros outside its support, and the backward is the closed form
-// dz = s (g - sum(s g) / sum(s)) with s_j = p_j^(2 - alpha) on the support.
-// Work and memory are O(n (W + K) d); nothing n x n is formed.
+// tau is found by bisection in float64 to machine precision (the interval stops
+// shrinking), then p is renormalised. Why bisection: for general a there is no closed
+// form for tau even once the support is known (only a = 2 and a = 1.5 have one); a
+// sort-based method would still need a 1-D root solve per row. Bisection costs
+// ~60 passes over S = W + K slots, i.e. O(S) per pass, and is exact to rounding.
+//
+// Work and memory are O(n * (W + K) * d); nothing n x n is formed. Forward is
+// parallel over rows; backward recomputes p and is parallel over batch*heads
+// (dk, dv of one head are written by one thread: no atomics).
+// Fractional offsets are rejected (integer distances only).
 #pragma once
+
+#include <string>
 
 #include "kernels/dilated_attention_params.hpp"
 
 namespace reach::kernels {
 
-struct EntmaxParams {
-  DilatedAttentionParams attention;  // shape, window, integer offsets, scale
-  int64_t heads = 1;                 // batch_heads = batch * heads; head h = bh % heads
-  double alpha = 1.5;                // in (1, 2]
-  // ASEntmax length scaling per head (arrays of `heads` values), or all null for s = 1.
-  const double* delta = nullptr;
-  const double* beta = nullptr;
-  const double* gamma = nullptr;
+struct EntmaxAttentionParams {
+  DilatedAttentionParams base;    // shapes, window, offsets (integers), scale
+  int64_t num_heads = 1;          // batch_heads % num_heads == 0; head h = bh % num_heads
+  const double* alpha = nullptr;  // [num_heads], each in (1, 2]; unused when softmax
+  bool softmax = false;           // normalise by softmax instead of entmax
+  bool log_n_scaling = false;     // multiply scores by c_i (see above)
+  bool per_query_scale = false;   // beta, gamma are [batch_heads * n] instead of [num_heads]
+  const double* delta = nullptr;  // [num_heads], used when log_n_scaling
+  const double* beta = nullptr;   // [num_heads] or [batch_heads * n]
+  const double* gamma = nullptr;  // [num_heads] or [batch_heads * n]
 };
 
-// Empty when valid, else the problem (alpha outside (1, 2], fractional offsets, ...).
-std::string validate_entmax_params(const EntmaxParams& params);
+// Empty when valid, else a one-line message naming the problem.
+std::string validate_entmax_params(const EntmaxAttentionParams& params);
 
-// out [BH, n, d]. Throws std::invalid_argument for bad params or non-finite scores.
+// out: [BH, n, d]. Throws std::invalid_argument on invalid params or NaN/inf inputs.
 template <typename T>
-void entmax_attention_forward_cpu(const EntmaxParams& params, const T* q, const T* k, const T* v,
-                                  T* out);
+void entmax_attention_forward_cpu(const EntmaxAttentionParams& params, const T* q, const T* k,
+                                  const T* v, T* out);
 
-// Gradients for q, k, v; and, when the scaling arrays are given, d loss / d delta, beta,
-// gamma (arrays of `heads`, may be null to skip).
+// Gradients of a scalar loss L given grad_out = dL/dout. grad_alpha, grad_delta,
+// grad_beta, grad_gamma (float64, overwritten; shaped like alpha, delta, beta, gamma) may
+// each be null.
 template <typename T>
-void entmax_attention_backward_cpu(const EntmaxParams& params, const T* q, const T* k, const T* v,
-                                   const T* grad_out, T* grad_q, T* grad_k, T* grad_v,
-                                   double* grad_delta, double* grad_beta, double* grad_gamma);
+void entmax_attention_backward_cpu(const EntmaxAttentionParams& params, const T* q, const T* k,
+                                   const T* v, const T* grad_out, T* grad_q, T* grad_k, T* grad_v,
+                                   double* grad_alpha, double* grad_delta, double* grad_beta,
+                                   double* grad_gamma);
 
-// alpha-entmax of one score vector (exposed for tests): p[i] = [(a-1) z_i - tau]_+^(1/(a-1)).
-void entmax_bisect(const double* z, int64_t n, double alpha, double* p);
+// Normalises one row in place: x[0..S) scores (-inf = invisible) -> probabilities.
+// Exposed for tests. alpha in (1, 2].
+void entmax_normalise_row(double* x, int64_t size, double alpha);
 
 }  // namespace reach::kernels

@@ -1,257 +1,401 @@
-// alpha-entmax attention against a float64 reference built from the definition (explicit
-// mask; threshold found per candidate support size on sorted scores in long double), the
-// sparsemax closed form at alpha = 2, the softmax limit, exact zeros, and finite differences.
+// alpha-entmax attention (CPU kernel) against the dense float64 reference built from
+// the definition, the closed forms at a = 2 (sparsemax) and a -> 1 (softmax), and
+// finite differences for every gradient, on random inputs.
 //
-// Tolerances: the float64 kernel and the reference solve the same threshold equation to
-// ~1e-16 with different algorithms, so outputs agree to 1e-10 relative; float32 inputs are
-// accumulated in double inside the kernel, so only input/output rounding (~6e-8) remains: 1e-5.
+// Tolerances: the float64 kernel finds tau by bisection to machine precision and the
+// reference by 400 long-double bisection steps, so they agree to rounding amplified by
+// the power 1/(a-1) <= 4 here: 1e-10 is generous yet far below any indexing or masking
+// error (those are O(1e-2) or more). float32 inputs are read into float64 accumulators
+// and rounded once on output: 1e-5 relative. Finite differences use central steps of
+// 1e-6 (truncation ~1e-12, rounding ~1e-10): 1e-6 relative + absolute.
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
+#include <limits>
+#include <numeric>
 #include <random>
 
 #include "kernels/cpu/entmax_attention.hpp"
+#include "kernels/cpu/reference_entmax_attention.hpp"
 
 namespace reach::kernels {
 namespace {
 
-// Reference entmax: for each support size k (largest scores first) solve
-// sum_{i<=k} ((a-1) z_i - tau)^(1/(a-1)) = 1 by bisection in long double and keep the k whose
-// tau lies in [(a-1) z_(k+1), (a-1) z_k).
-std::vector<double> reference_entmax(const std::vector<double>& z, double alpha) {
-  const long double am1 = alpha - 1.0L;
-  std::vector<long double> x(z.size());
-  for (size_t i = 0; i < z.size(); ++i) x[i] = am1 * z[i];
-  std::vector<long double> sorted = x;
-  std::sort(sorted.rbegin(), sorted.rend());
-  long double tau = 0;
-  for (size_t k = 1; k <= sorted.size(); ++k) {
-    long double lo = sorted[0] - 1, hi = sorted[k - 1];
-    for (int it = 0; it < 200; ++it) {
-      const long double mid = (lo + hi) / 2;
-      long double mass = 0;
-      for (size_t i = 0; i < k; ++i) mass += std::pow(sorted[i] - mid, 1 / am1);
-      (mass >= 1 ? lo : hi) = mid;
-    }
-    tau = lo;
-    if (k == sorted.size() || sorted[k] <= tau) break;
-  }
-  std::vector<double> p(z.size());
-  for (size_t i = 0; i < z.size(); ++i) {
-    p[i] = x[i] > tau ? static_cast<double>(std::pow(x[i] - tau, 1 / am1)) : 0.0;
-  }
-  return p;
-}
+constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 
-std::vector<double> random_vector(size_t n, std::mt19937_64& rng, double sd = 1.0) {
-  std::normal_distribution<double> normal(0, sd);
-  std::vector<double> x(n);
+std::vector<double> random_vector(size_t size, std::mt19937_64& rng, double scale = 1.0) {
+  std::normal_distribution<double> normal(0.0, scale);
+  std::vector<double> x(size);
   for (auto& e : x) e = normal(rng);
   return x;
 }
 
-TEST(Entmax, BisectionMatchesDefinitionSparsemaxAndSoftmaxLimit) {
-  std::mt19937_64 rng(5);
-  for (double alpha : {1.1, 1.5, 1.8, 2.0}) {
-    for (int trial = 0; trial < 12; ++trial) {
-      const auto z = random_vector(1 + trial * 4, rng, 2.0);
-      std::vector<double> p(z.size());
-      entmax_bisect(z.data(), static_cast<int64_t>(z.size()), alpha, p.data());
-      const auto want = reference_entmax(z, alpha);
-      double sum = 0;
-      for (size_t i = 0; i < z.size(); ++i) {
-        EXPECT_NEAR(p[i], want[i], 1e-10) << "alpha " << alpha;
-        EXPECT_GE(p[i], 0.0);
-        EXPECT_EQ(p[i] == 0.0, want[i] == 0.0) << "support differs, alpha " << alpha;
-        sum += p[i];
-      }
-      EXPECT_NEAR(sum, 1.0, 1e-12);
-    }
-  }
-  // alpha = 2 is sparsemax: tau = (sum of the top k - 1) / k, closed form.
-  const std::vector<double> z{1.5, 0.2, 1.1, -0.7, 0.9};
-  std::vector<double> p(5);
-  entmax_bisect(z.data(), 5, 2.0, p.data());
-  const double tau = (1.5 + 1.1 + 0.9 - 1.0) / 3.0;
-  EXPECT_NEAR(p[0], 1.5 - tau, 1e-12);
-  EXPECT_NEAR(p[2], 1.1 - tau, 1e-12);
-  EXPECT_NEAR(p[4], 0.9 - tau, 1e-12);
-  EXPECT_EQ(p[1], 0.0);  // exact zeros, not tiny numbers
-  EXPECT_EQ(p[3], 0.0);
-  // alpha -> 1 approaches softmax.
-  const auto w = random_vector(12, rng);
-  std::vector<double> q(12), soft(12);
-  entmax_bisect(w.data(), 12, 1.0001, q.data());
-  double zsum = 0;
-  for (int i = 0; i < 12; ++i) zsum += (soft[i] = std::exp(w[i]));
-  for (int i = 0; i < 12; ++i) EXPECT_NEAR(q[i], soft[i] / zsum, 2e-3);
-}
-
+// One problem: shapes, key set, head parameters and inputs.
 struct Problem {
-  int64_t bh, heads, n, d, window;
-  std::vector<double> offsets;
-  double alpha;
-  bool scaled;
+  int64_t bh = 0, n = 0, d = 0, window = 1, heads = 1;
+  std::vector<double> offsets, alpha, delta, beta, gamma;
+  bool softmax = false, log_n_scaling = false, per_query_scale = false;
+  std::vector<double> q, k, v;
+
+  EntmaxAttentionParams params() const {
+    EntmaxAttentionParams p;
+    p.base.batch_heads = bh;
+    p.base.seq_len = n;
+    p.base.head_dim = d;
+    p.base.window = window;
+    p.base.offsets = offsets.data();
+    p.base.num_offsets = static_cast<int64_t>(offsets.size());
+    p.base.scale = 1.0 / std::sqrt(static_cast<double>(d));
+    p.num_heads = heads;
+    p.alpha = alpha.data();
+    p.softmax = softmax;
+    p.log_n_scaling = log_n_scaling;
+    p.per_query_scale = per_query_scale;
+    p.delta = delta.data();
+    p.beta = beta.data();
+    p.gamma = gamma.data();
+    return p;
+  }
+  void randomise(uint64_t seed, double qk_scale) {
+    std::mt19937_64 rng(seed);
+    const auto size = static_cast<size_t>(bh * n * d);
+    q = random_vector(size, rng, qk_scale);
+    k = random_vector(size, rng, qk_scale);
+    v = random_vector(size, rng);
+  }
 };
 
-EntmaxParams params_of(const Problem& c, const std::vector<double>& delta,
-                       const std::vector<double>& beta, const std::vector<double>& gamma) {
-  EntmaxParams e;
-  e.attention = {c.bh,
-                 c.n,
-                 c.d,
-                 c.window,
-                 c.offsets.data(),
-                 static_cast<int64_t>(c.offsets.size()),
-                 1.0 / std::sqrt(double(c.d))};
-  e.heads = c.heads;
-  e.alpha = c.alpha;
-  if (c.scaled) {
-    e.delta = delta.data();
-    e.beta = beta.data();
-    e.gamma = gamma.data();
-  }
-  return e;
+Problem make_problem(int64_t n, int64_t window, std::vector<double> offsets, bool scaling,
+                     uint64_t seed) {
+  Problem pr;
+  pr.bh = 2 * 2;
+  pr.n = n;
+  pr.d = 8;
+  pr.window = window;
+  pr.heads = 2;
+  pr.offsets = std::move(offsets);
+  pr.alpha = {1.5, 1.25};
+  pr.delta = {0.7, 1.1};
+  pr.beta = {0.4, 0.3};
+  pr.gamma = {1.3, 0.8};
+  pr.log_n_scaling = scaling;
+  pr.randomise(seed, 1.5);  // large enough scores that entmax has many exact zeros
+  return pr;
 }
 
-// Dense reference attention: explicit mask, reference entmax per row.
-std::vector<double> reference_attention(const EntmaxParams& e, const std::vector<double>& q,
-                                        const std::vector<double>& k,
-                                        const std::vector<double>& v) {
-  const auto& p = e.attention;
-  const int64_t n = p.seq_len, d = p.head_dim;
-  std::vector<double> out(q.size(), 0.0);
-  for (int64_t bh = 0; bh < p.batch_heads; ++bh) {
-    for (int64_t i = 0; i < n; ++i) {
-      std::vector<int64_t> keys;
-      for (int64_t j = 0; j <= i; ++j) {
-        bool seen = i - j < p.window;
-        for (int64_t o = 0; o < p.num_offsets; ++o) seen = seen || i - j == p.offsets[o];
-        if (seen) keys.push_back(j);
-      }
-      double s = 1.0;
-      if (e.delta) {
-        const int64_t h = bh % e.heads;
-        s = e.delta[h] + e.beta[h] * std::pow(std::log(double(keys.size())), e.gamma[h]);
-      }
-      std::vector<double> z;
-      for (int64_t j : keys) {
-        double acc = 0;
-        for (int64_t t = 0; t < d; ++t) acc += q[(bh * n + i) * d + t] * k[(bh * n + j) * d + t];
-        z.push_back(s * p.scale * acc);
-      }
-      const auto prob = reference_entmax(z, e.alpha);
-      for (size_t a = 0; a < keys.size(); ++a) {
-        for (int64_t t = 0; t < d; ++t) {
-          out[(bh * n + i) * d + t] += prob[a] * v[(bh * n + keys[a]) * d + t];
-        }
-      }
+double max_abs(const std::vector<double>& x) {
+  double m = 0;
+  for (double e : x) m = std::max(m, std::abs(e));
+  return m;
+}
+
+void expect_forward_matches_reference(const Problem& pr) {
+  const auto p = pr.params();
+  std::vector<double> out(pr.q.size());
+  entmax_attention_forward_cpu<double>(p, pr.q.data(), pr.k.data(), pr.v.data(), out.data());
+  const auto ref = reference::entmax_forward(p, pr.q, pr.k, pr.v);
+  const double tol = 1e-10 * std::max(1.0, max_abs(ref));
+  for (size_t t = 0; t < out.size(); ++t) ASSERT_NEAR(out[t], ref[t], tol) << "at " << t;
+
+  std::vector<float> qf(pr.q.begin(), pr.q.end()), kf(pr.k.begin(), pr.k.end()),
+      vf(pr.v.begin(), pr.v.end()), outf(pr.q.size());
+  entmax_attention_forward_cpu<float>(p, qf.data(), kf.data(), vf.data(), outf.data());
+  // Reference on the float-rounded inputs, so only the kernel's float32 error remains.
+  const auto reff = reference::entmax_forward(p, std::vector<double>(qf.begin(), qf.end()),
+                                              std::vector<double>(kf.begin(), kf.end()),
+                                              std::vector<double>(vf.begin(), vf.end()));
+  for (size_t t = 0; t < outf.size(); ++t) {
+    ASSERT_NEAR(outf[t], reff[t], 1e-5 * std::max(1.0, max_abs(reff))) << "float at " << t;
+  }
+}
+
+TEST(EntmaxAttentionCpu, SparseKeySetMatchesReference) {
+  expect_forward_matches_reference(make_problem(40, 4, {6, 11, 19, 30}, false, 1));
+}
+
+TEST(EntmaxAttentionCpu, DenseCausalMatchesReference) {
+  expect_forward_matches_reference(make_problem(33, 64, {}, false, 2));
+}
+
+TEST(EntmaxAttentionCpu, ASEntmaxScalingMatchesReference) {
+  expect_forward_matches_reference(make_problem(40, 5, {7, 13, 21}, true, 3));
+  expect_forward_matches_reference(make_problem(30, 30, {}, true, 4));
+}
+
+TEST(EntmaxAttentionCpu, SparsemaxAndSSMaxMatchReference) {
+  auto sparsemax = make_problem(40, 4, {6, 11, 19}, false, 5);
+  sparsemax.alpha = {2.0, 2.0};
+  expect_forward_matches_reference(sparsemax);
+  auto ssmax = make_problem(40, 4, {6, 11, 19}, true, 6);
+  ssmax.softmax = true;
+  ssmax.delta = {0.0, 0.0};
+  ssmax.gamma = {1.0, 1.0};
+  expect_forward_matches_reference(ssmax);
+}
+
+// Sparsemax by its sort-based closed form (Martins & Astudillo 2016).
+std::vector<double> sparsemax(std::vector<double> z) {
+  std::vector<double> sorted = z;
+  std::sort(sorted.rbegin(), sorted.rend());
+  double cumulative = 0, tau = 0;
+  for (size_t k = 0; k < sorted.size(); ++k) {
+    cumulative += sorted[k];
+    const double candidate = (cumulative - 1) / static_cast<double>(k + 1);
+    if (sorted[k] > candidate) tau = candidate;
+  }
+  for (auto& e : z) e = std::max(0.0, e - tau);
+  return z;
+}
+
+TEST(EntmaxNormalise, AlphaTwoEqualsSparsemaxWithExactZeros) {
+  std::mt19937_64 rng(7);
+  int zeros = 0;
+  for (int trial = 0; trial < 50; ++trial) {
+    auto z = random_vector(24, rng, 1.0);
+    auto p = z;
+    entmax_normalise_row(p.data(), 24, 2.0);
+    const auto expected = sparsemax(z);
+    for (size_t j = 0; j < z.size(); ++j) {
+      EXPECT_NEAR(p[j], expected[j], 1e-14);
+      EXPECT_EQ(p[j] == 0.0, expected[j] == 0.0) << "support differs at " << j;
+      zeros += p[j] == 0.0;
     }
   }
-  return out;
+  EXPECT_GT(zeros, 100);  // the test exercises exact zeros
 }
 
-std::vector<Problem> problems() {
-  return {{1, 1, 1, 16, 4, {}, 1.5, false},
-          {2, 2, 9, 16, 64, {}, 1.5, true},
-          {3, 3, 60, 32, 6, {6, 10, 16, 26, 42}, 1.5, true},
-          {2, 1, 77, 64, 8, {8, 13, 21, 34, 55}, 2.0, false},
-          {1, 1, 50, 24, 3, {3, 5, 8, 13, 21, 34}, 1.25, true}};
-}
-
-TEST(EntmaxAttention, ForwardMatchesReference) {
-  std::mt19937_64 rng(11);
-  for (const auto& c : problems()) {
-    const std::vector<double> delta{0.9, 1.1, 0.8}, beta{0.3, 0.2, 0.5}, gamma{1.2, 0.8, 1.0};
-    const auto e = params_of(c, delta, beta, gamma);
-    const size_t size = static_cast<size_t>(c.bh * c.n * c.d);
-    const auto q = random_vector(size, rng, 1.5), k = random_vector(size, rng, 1.5),
-               v = random_vector(size, rng);
-    const auto want = reference_attention(e, q, k, v);
-    std::vector<double> out(size, NAN);
-    entmax_attention_forward_cpu<double>(e, q.data(), k.data(), v.data(), out.data());
-    for (size_t i = 0; i < size; ++i) ASSERT_NEAR(out[i], want[i], 1e-10) << "n=" << c.n;
-    std::vector<float> qf(q.begin(), q.end()), kf(k.begin(), k.end()), vf(v.begin(), v.end()),
-        outf(size, NAN);
-    entmax_attention_forward_cpu<float>(e, qf.data(), kf.data(), vf.data(), outf.data());
-    for (size_t i = 0; i < size; ++i) ASSERT_NEAR(outf[i], want[i], 1e-5) << "float n=" << c.n;
+TEST(EntmaxNormalise, ZerosExactlyBelowThreshold) {
+  // For a = 1.5 the support is {j : (a-1) z_j > tau}; everything else must be exactly 0
+  // and everything inside strictly positive. Check against the reference's support.
+  std::mt19937_64 rng(8);
+  for (int trial = 0; trial < 20; ++trial) {
+    auto z = random_vector(16, rng, 2.0);
+    auto p = z;
+    entmax_normalise_row(p.data(), 16, 1.5);
+    // tau from the kernel's own output: on the support (a-1) z_j - p_j^(a-1) is constant.
+    std::vector<size_t> support;
+    for (size_t j = 0; j < z.size(); ++j) {
+      if (p[j] > 0) support.push_back(j);
+    }
+    ASSERT_FALSE(support.empty());
+    const double tau = 0.5 * z[support[0]] - std::sqrt(p[support[0]]);
+    for (size_t j : support) EXPECT_NEAR(0.5 * z[j] - std::sqrt(p[j]), tau, 1e-12);
+    for (size_t j = 0; j < z.size(); ++j) {
+      if (p[j] == 0) {
+        EXPECT_LE(0.5 * z[j], tau + 1e-12);
+      }
+    }
+    EXPECT_LT(support.size(), z.size());
   }
 }
 
-TEST(EntmaxAttention, GradientsMatchFiniteDifferences) {
-  std::mt19937_64 rng(3);
-  Problem c{2, 2, 30, 8, 4, {4, 7, 11, 18}, 1.5, true};
-  std::vector<double> delta{0.9, 1.2}, beta{0.4, 0.3}, gamma{1.1, 0.9};
-  const size_t size = static_cast<size_t>(c.bh * c.n * c.d);
-  auto q = random_vector(size, rng), k = random_vector(size, rng), v = random_vector(size, rng);
-  const auto g = random_vector(size, rng);
-  auto loss = [&] {
-    const auto e = params_of(c, delta, beta, gamma);
-    std::vector<double> out(size);
-    entmax_attention_forward_cpu<double>(e, q.data(), k.data(), v.data(), out.data());
-    double l = 0;
-    for (size_t i = 0; i < size; ++i) l += out[i] * g[i];
-    return l;
+TEST(EntmaxNormalise, RowsSumToOneAndInvisibleSlotsAreZero) {
+  std::mt19937_64 rng(9);
+  for (double a : {1.01, 1.25, 1.5, 1.75, 2.0}) {
+    auto z = random_vector(30, rng, 3.0);
+    z[3] = z[17] = kNegInf;
+    entmax_normalise_row(z.data(), 30, a);
+    EXPECT_NEAR(std::accumulate(z.begin(), z.end(), 0.0), 1.0, 1e-14) << "alpha " << a;
+    EXPECT_EQ(z[3], 0.0);
+    EXPECT_EQ(z[17], 0.0);
+  }
+}
+
+TEST(EntmaxNormalise, ApproachesSoftmaxAsAlphaGoesToOne) {
+  std::mt19937_64 rng(10);
+  const auto z = random_vector(20, rng, 1.0);
+  std::vector<double> soft(z.size());
+  const double m = *std::max_element(z.begin(), z.end());
+  double sum = 0;
+  for (size_t j = 0; j < z.size(); ++j) sum += soft[j] = std::exp(z[j] - m);
+  for (auto& e : soft) e /= sum;
+  double previous = 1.0;
+  for (double eps : {1e-1, 1e-2, 1e-3, 1e-4}) {
+    auto p = z;
+    entmax_normalise_row(p.data(), 20, 1.0 + eps);
+    double error = 0;
+    for (size_t j = 0; j < z.size(); ++j) error = std::max(error, std::abs(p[j] - soft[j]));
+    EXPECT_LT(error, previous);   // converges monotonically here
+    EXPECT_LT(error, 2.0 * eps);  // the gap is O(a - 1)
+    previous = error;
+  }
+}
+
+// Finite-difference check of every gradient of L = sum(w * out).
+void expect_gradients_match_finite_differences(Problem pr, uint64_t seed, bool check_alpha = true) {
+  pr.bh = 2;  // small, so the O(size^2) finite-difference sweep takes seconds
+  pr.d = 4;
+  pr.randomise(seed + 1000, 1.5);
+  // Thousands of tiny forward calls: one thread avoids OpenMP start-up and spin-wait
+  // costs on a loaded machine (the threaded path is covered by the reference tests).
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  std::mt19937_64 rng(seed);
+  const auto w = random_vector(pr.q.size(), rng);
+  auto loss = [&](const Problem& x) {
+    std::vector<double> out(x.q.size());
+    const auto p = x.params();
+    entmax_attention_forward_cpu<double>(p, x.q.data(), x.k.data(), x.v.data(), out.data());
+    return std::inner_product(out.begin(), out.end(), w.begin(), 0.0);
   };
-  const auto e = params_of(c, delta, beta, gamma);
-  std::vector<double> dq(size), dk(size), dv(size), dd(2), db(2), dg(2);
-  entmax_attention_backward_cpu<double>(e, q.data(), k.data(), v.data(), g.data(), dq.data(),
-                                        dk.data(), dv.data(), dd.data(), db.data(), dg.data());
+  const auto p = pr.params();
+  std::vector<double> gq(pr.q.size()), gk(pr.q.size()), gv(pr.q.size());
+  const auto H = static_cast<size_t>(pr.heads);
+  std::vector<double> ga(H), gd(H), gb(pr.beta.size()), gg(pr.gamma.size());
+  entmax_attention_backward_cpu<double>(p, pr.q.data(), pr.k.data(), pr.v.data(), w.data(),
+                                        gq.data(), gk.data(), gv.data(), ga.data(), gd.data(),
+                                        gb.data(), gg.data());
   const double h = 1e-6;
-  auto check = [&](std::vector<double>& x, const std::vector<double>& grad, size_t i,
-                   const char* what) {
-    const double saved = x[i];
-    x[i] = saved + h;
-    const double up = loss();
-    x[i] = saved - h;
-    const double down = loss();
-    x[i] = saved;
-    EXPECT_NEAR(grad[i], (up - down) / (2 * h), 2e-6 * std::max(1.0, std::abs(grad[i])))
-        << what << " " << i;
+  auto check = [&](std::vector<double>& x, const std::vector<double>& analytic, const char* name) {
+    for (size_t t = 0; t < x.size(); ++t) {
+      const double saved = x[t];
+      x[t] = saved + h;
+      const double plus = loss(pr);
+      x[t] = saved - h;
+      const double minus = loss(pr);
+      x[t] = saved;
+      const double fd = (plus - minus) / (2 * h);
+      ASSERT_NEAR(analytic[t], fd, 1e-6 * (1 + std::abs(fd))) << name << "[" << t << "]";
+    }
   };
-  std::uniform_int_distribution<size_t> pick(0, size - 1);
-  for (int t = 0; t < 20; ++t) {
-    check(q, dq, pick(rng), "q");
-    check(k, dk, pick(rng), "k");
-    check(v, dv, pick(rng), "v");
+  check(pr.q, gq, "q");
+  check(pr.k, gk, "k");
+  check(pr.v, gv, "v");
+  if (!pr.softmax && check_alpha) check(pr.alpha, ga, "alpha");
+  if (pr.log_n_scaling) {
+    check(pr.delta, gd, "delta");
+    check(pr.beta, gb, "beta");
+    check(pr.gamma, gg, "gamma");
   }
-  for (size_t hd = 0; hd < 2; ++hd) {
-    check(delta, dd, hd, "delta");
-    check(beta, db, hd, "beta");
-    check(gamma, dg, hd, "gamma");
+  omp_set_num_threads(threads);
+}
+
+TEST(EntmaxAttentionCpu, GradientsMatchFiniteDifferences) {
+  auto sparse = make_problem(14, 3, {4, 7, 11}, true, 11);
+  sparse.alpha = {1.4, 1.7};
+  expect_gradients_match_finite_differences(sparse, 12);
+  auto dense = make_problem(10, 16, {}, false, 13);
+  expect_gradients_match_finite_differences(dense, 14);
+}
+
+// Per-query beta and gamma (the authors' adapt-softplus-tanh variant feeds them from
+// projections of the hidden state); gamma of both signs.
+Problem with_per_query_scale(Problem pr, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> uniform(0.1, 1.0), sign(-1.0, 1.0);
+  pr.per_query_scale = true;
+  pr.beta.resize(static_cast<size_t>(pr.bh * pr.n));
+  pr.gamma.resize(pr.beta.size());
+  for (auto& e : pr.beta) e = uniform(rng);
+  for (auto& e : pr.gamma) e = 2.0 * sign(rng);
+  return pr;
+}
+
+TEST(EntmaxAttentionCpu, PerQueryScaleMatchesReferenceAndFiniteDifferences) {
+  expect_forward_matches_reference(
+      with_per_query_scale(make_problem(36, 4, {6, 11, 19}, true, 21), 22));
+  auto small = make_problem(12, 3, {4, 9}, true, 23);
+  small.bh = 2;  // the helper shrinks to bh = 2, so size beta/gamma for that
+  expect_gradients_match_finite_differences(with_per_query_scale(small, 24), 25);
+}
+
+TEST(EntmaxAttentionCpu, SparsemaxAndSSMaxGradientsMatchFiniteDifferences) {
+  auto sparsemax = make_problem(12, 3, {4, 9}, true, 15);
+  sparsemax.alpha = {2.0, 2.0};
+  // alpha = 2 is the edge of the domain (a central difference would step outside it):
+  // check q, k, v and the scale parameters only.
+  expect_gradients_match_finite_differences(sparsemax, 16, false);
+  auto ssmax = make_problem(12, 3, {4, 9}, true, 17);
+  ssmax.softmax = true;
+  ssmax.delta = {0.0, 0.0};
+  ssmax.gamma = {1.0, 1.0};
+  expect_gradients_match_finite_differences(ssmax, 18);
+}
+
+// Published values from the entmax package README (deep-spin/entmax): for x = [-1, 0, 0.5]
+// and alpha = 1.33, entmax_bisect gives p = [0.0460, 0.3276, 0.6264] and dp_0/dalpha =
+// -0.2562 (4 printed digits, hence 1e-4). Here the last query of a 3-token dense head
+// sees keys 0, 1, 2 with scores x (d = 3, q = e_0, k_j = x_j e_0) and values v_j = e_j,
+// so its output is p and grad_out = e_0 on that row makes grad_alpha = dp_0/dalpha.
+TEST(EntmaxAttentionCpu, MatchesPublishedAlphaGradient) {
+  Problem pr;
+  pr.bh = 1;
+  pr.n = 3;
+  pr.d = 3;
+  pr.window = 3;
+  pr.heads = 1;
+  pr.alpha = {1.33};
+  pr.q = {1, 0, 0, 1, 0, 0, 1, 0, 0};
+  // scale = 1/sqrt(3): undo it in k so that the scores are exactly x.
+  const double r3 = std::sqrt(3.0);
+  pr.k = {-1 * r3, 0, 0, 0, 0, 0, 0.5 * r3, 0, 0};
+  pr.v = {1, 0, 0, 0, 1, 0, 0, 0, 1};
+  const auto p = pr.params();
+  std::vector<double> out(9), grad_out = {0, 0, 0, 0, 0, 0, 1, 0, 0};
+  entmax_attention_forward_cpu<double>(p, pr.q.data(), pr.k.data(), pr.v.data(), out.data());
+  EXPECT_NEAR(out[6], 0.0460, 1e-4);
+  EXPECT_NEAR(out[7], 0.3276, 1e-4);
+  EXPECT_NEAR(out[8], 0.6264, 1e-4);
+  std::vector<double> gq(9), gk(9), gv(9);
+  double ga = 0;
+  entmax_attention_backward_cpu<double>(p, pr.q.data(), pr.k.data(), pr.v.data(), grad_out.data(),
+                                        gq.data(), gk.data(), gv.data(), &ga, nullptr, nullptr,
+                                        nullptr);
+  EXPECT_NEAR(ga, -0.2562, 1e-4);
+}
+
+void expect_error(const Problem& pr, const std::string& fragment) {
+  const auto p = pr.params();
+  std::vector<double> out(pr.q.size());
+  try {
+    entmax_attention_forward_cpu<double>(p, pr.q.data(), pr.k.data(), pr.v.data(), out.data());
+    FAIL() << "expected an error containing '" << fragment << "'";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
   }
 }
 
-TEST(EntmaxAttention, BadInputGivesClearErrors) {
-  std::vector<double> x(64, 0.5), out(64);
-  std::vector<double> frac{4.5};
-  auto run = [&](EntmaxParams e) {
-    entmax_attention_forward_cpu<double>(e, x.data(), x.data(), x.data(), out.data());
-  };
-  EntmaxParams e;
-  e.attention = {1, 4, 16, 4, nullptr, 0, 0.25};
-  EXPECT_NO_THROW(run(e));
-  for (double bad : {1.0, 0.5, 2.5, std::nan("")}) {
-    auto b = e;
-    b.alpha = bad;
-    EXPECT_THROW(run(b), std::invalid_argument) << bad;
+TEST(EntmaxAttentionCpu, BadInputsGetClearErrors) {
+  const auto good = make_problem(12, 3, {4, 9}, true, 19);
+  for (double a : {1.0, 0.5, 2.5, std::nan("")}) {
+    auto bad = good;
+    bad.alpha = {1.5, a};
+    expect_error(bad, "alpha of head 1 must be in (1, 2]");
   }
-  auto b = e;
-  b.attention.offsets = frac.data();
-  b.attention.num_offsets = 1;
-  EXPECT_THROW(run(b), std::invalid_argument);
-  std::vector<double> one{1.0};
-  b = e;
-  b.delta = one.data();  // beta, gamma missing
-  EXPECT_THROW(run(b), std::invalid_argument);
-  x[3] = NAN;
-  try {
-    run(e);
-    ADD_FAILURE();
-  } catch (const std::invalid_argument& ex) {
-    EXPECT_NE(std::string(ex.what()).find("non-finite"), std::string::npos);
-  }
+  auto nan_q = good;
+  nan_q.q[5] = std::nan("");
+  expect_error(nan_q, "input q contains NaN");
+  auto inf_v = good;
+  inf_v.v[7] = std::numeric_limits<double>::infinity();
+  expect_error(inf_v, "input v contains NaN");
+  auto fractional = good;
+  fractional.offsets = {4.5, 9};
+  expect_error(fractional, "fractional");
+  auto bad_gamma = good;
+  bad_gamma.gamma = {std::nan(""), 1.0};
+  expect_error(bad_gamma, "gamma of head 0 must be finite");
+  auto bad_heads = good;
+  bad_heads.heads = 3;
+  expect_error(bad_heads, "num_heads");
+
+  std::vector<double> empty(5, kNegInf);
+  EXPECT_THROW(
+      {
+        try {
+          entmax_normalise_row(empty.data(), 5, 1.5);
+        } catch (const std::invalid_argument& e) {
+          EXPECT_NE(std::string(e.what()).find("empty key set"), std::string::npos);
+          throw;
+        }
+      },
+      std::invalid_argument);
+  std::vector<double> nan_row = {0.1, std::nan(""), 0.3};
+  EXPECT_THROW(entmax_normalise_row(nan_row.data(), 3, 1.5), std::invalid_argument);
+  std::vector<double> row = {0.1, 0.2};
+  EXPECT_THROW(entmax_normalise_row(row.data(), 2, 1.0), std::invalid_argument);
 }
 
 }  // namespace

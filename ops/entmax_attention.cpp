@@ -1,0 +1,207 @@
+#include "ops/entmax_attention.hpp"
+
+#include <torch/library.h>
+
+#include <cmath>
+
+#include "kernels/cpu/entmax_attention.hpp"
+
+namespace reach::ops {
+
+using torch::Tensor;
+
+namespace {
+
+constexpr const char* kName = "entmax_attention";
+
+void check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& offsets) {
+  TORCH_CHECK(q.defined() && k.defined() && v.defined(), kName,
+              ": q, k and v must be defined tensors");
+  TORCH_CHECK(q.dim() == 4, kName, ": q must have rank 4 [batch, heads, n, head_dim], got rank ",
+              q.dim());
+  TORCH_CHECK(k.sizes() == q.sizes() && v.sizes() == q.sizes(), kName,
+              ": q, k and v must have the same shape, got q ", q.sizes(), ", k ", k.sizes(), ", v ",
+              v.sizes());
+  TORCH_CHECK(q.scalar_type() == torch::kFloat32 || q.scalar_type() == torch::kFloat64, kName,
+              ": dtype must be float32 or float64, got ", q.scalar_type());
+  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), kName,
+              ": q, k and v must share one dtype");
+  TORCH_CHECK(q.device().is_cpu() && k.device().is_cpu() && v.device().is_cpu(), kName,
+              ": only the CPU kernel exists so far; got a ", q.device(), " tensor");
+  TORCH_CHECK(q.numel() > 0, kName, ": empty input (shape ", q.sizes(), ")");
+  TORCH_CHECK(offsets.defined() && offsets.dim() == 1, kName, ": offsets must be a 1-D tensor");
+}
+
+// Host float64 copy of a head parameter; shape checked against [heads] (or, when
+// per_query_ok, [batch, heads, n]).
+Tensor host_param(const Tensor& t, const Tensor& q, const char* what, bool per_query_ok) {
+  TORCH_CHECK(t.defined(), kName, ": ", what, " is undefined");
+  const bool per_head = t.dim() == 1 && t.size(0) == q.size(1);
+  const bool per_query = per_query_ok && t.dim() == 3 && t.size(0) == q.size(0) &&
+                         t.size(1) == q.size(1) && t.size(2) == q.size(2);
+  TORCH_CHECK(per_head || per_query, kName, ": ", what, " must have shape [heads] = [", q.size(1),
+              "]", per_query_ok ? " or [batch, heads, n]" : "", ", got ", t.sizes());
+  return t.detach().to(torch::kCPU, torch::kFloat64).contiguous();
+}
+
+// Optional parameters travel through autograd as empty tensors (undefined ones have no
+// device, which autograd needs); an empty tensor means "not given".
+bool given(const Tensor& t) { return t.defined() && t.numel() > 0; }
+
+Tensor or_empty(const c10::optional<Tensor>& t) {
+  return t.has_value() && t->defined() ? *t : torch::empty({0}, torch::kFloat64);
+}
+
+struct HostParams {
+  Tensor offsets, alpha, delta, beta, gamma;
+  kernels::EntmaxAttentionParams params;
+};
+
+HostParams make_params(const Tensor& q, int64_t window, const Tensor& offsets, const Tensor& alpha,
+                       const Tensor& delta, const Tensor& beta, const Tensor& gamma, bool softmax,
+                       double scale) {
+  HostParams h;
+  h.offsets = offsets.detach().to(torch::kCPU, torch::kFloat64).contiguous();
+  auto& p = h.params;
+  p.base.batch_heads = q.size(0) * q.size(1);
+  p.base.seq_len = q.size(2);
+  p.base.head_dim = q.size(3);
+  p.base.window = window;
+  p.base.offsets = h.offsets.data_ptr<double>();
+  p.base.num_offsets = h.offsets.numel();
+  p.base.scale = scale;
+  p.num_heads = q.size(1);
+  p.softmax = softmax;
+  if (!softmax) {
+    TORCH_CHECK(given(alpha), kName, ": alpha is required unless softmax=True");
+    h.alpha = host_param(alpha, q, "alpha", false);
+    p.alpha = h.alpha.data_ptr<double>();
+  }
+  const int count = given(delta) + given(beta) + given(gamma);
+  TORCH_CHECK(count == 0 || count == 3, kName,
+              ": give all of delta, beta, gamma (log-n scaling) or none");
+  if (count == 3) {
+    h.delta = host_param(delta, q, "delta", false);
+    h.beta = host_param(beta, q, "beta", true);
+    h.gamma = host_param(gamma, q, "gamma", true);
+    TORCH_CHECK(h.beta.dim() == h.gamma.dim(), kName,
+                ": beta and gamma must both be per head or both per query");
+    p.log_n_scaling = true;
+    p.per_query_scale = h.beta.dim() == 3;
+    p.delta = h.delta.data_ptr<double>();
+    p.beta = h.beta.data_ptr<double>();
+    p.gamma = h.gamma.data_ptr<double>();
+  }
+  const std::string problem = kernels::validate_entmax_params(p);
+  TORCH_CHECK(problem.empty(), kName, ": ", problem);
+  return h;
+}
+
+double resolve_scale(c10::optional<double> scale, int64_t head_dim) {
+  const double s = scale.value_or(1.0 / std::sqrt(static_cast<double>(head_dim)));
+  TORCH_CHECK(std::isfinite(s) && s > 0, kName, ": scale must be positive, got ", s);
+  return s;
+}
+
+// The kernel throws std::invalid_argument; surface it as a torch error with its message.
+template <typename F>
+void run_kernel(F&& f) {
+  try {
+    f();
+  } catch (const std::invalid_argument& e) {
+    TORCH_CHECK(false, e.what());
+  }
+}
+
+class EntmaxAttentionFunction : public torch::autograd::Function<EntmaxAttentionFunction> {
+ public:
+  static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& q_in,
+                        const Tensor& k_in, const Tensor& v_in, const Tensor& offsets,
+                        const Tensor& alpha, const Tensor& delta, const Tensor& beta,
+                        const Tensor& gamma, int64_t window, bool softmax, double scale) {
+    const Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
+    const auto h = make_params(q, window, offsets, alpha, delta, beta, gamma, softmax, scale);
+    Tensor out = torch::empty_like(q);
+    AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "entmax_attention_forward", [&] {
+      run_kernel([&] {
+        kernels::entmax_attention_forward_cpu<scalar_t>(
+            h.params, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
+            out.data_ptr<scalar_t>());
+      });
+    });
+    ctx->save_for_backward({q, k, v, offsets, alpha, delta, beta, gamma});
+    ctx->saved_data["window"] = window;
+    ctx->saved_data["softmax"] = softmax;
+    ctx->saved_data["scale"] = scale;
+    return out;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto s = ctx->get_saved_variables();
+    const Tensor &q = s[0], &k = s[1], &v = s[2], &alpha = s[4], &delta = s[5], &beta = s[6],
+                 &gamma = s[7];
+    const auto h =
+        make_params(q, ctx->saved_data["window"].toInt(), s[3], alpha, delta, beta, gamma,
+                    ctx->saved_data["softmax"].toBool(), ctx->saved_data["scale"].toDouble());
+    const Tensor grad_out = grads[0].to(q.scalar_type()).contiguous();
+    Tensor dq = torch::empty_like(q), dk = torch::empty_like(k), dv = torch::empty_like(v);
+    auto host_grad = [](const Tensor& like) {
+      return like.defined() ? torch::zeros_like(like) : Tensor();
+    };
+    // Tensor inputs: q0 k1 v2 offsets3 alpha4 delta5 beta6 gamma7.
+    Tensor da = ctx->needs_input_grad(4) ? host_grad(h.alpha) : Tensor();
+    Tensor dd = ctx->needs_input_grad(5) ? host_grad(h.delta) : Tensor();
+    Tensor db = ctx->needs_input_grad(6) ? host_grad(h.beta) : Tensor();
+    Tensor dg = ctx->needs_input_grad(7) ? host_grad(h.gamma) : Tensor();
+    auto ptr = [](Tensor& t) { return t.defined() ? t.data_ptr<double>() : nullptr; };
+    AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "entmax_attention_backward", [&] {
+      run_kernel([&] {
+        kernels::entmax_attention_backward_cpu<scalar_t>(
+            h.params, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
+            grad_out.data_ptr<scalar_t>(), dq.data_ptr<scalar_t>(), dk.data_ptr<scalar_t>(),
+            dv.data_ptr<scalar_t>(), ptr(da), ptr(dd), ptr(db), ptr(dg));
+      });
+    });
+    auto back = [](const Tensor& g, const Tensor& like) {
+      return g.defined() && g.numel() > 0 ? g.to(like.options()).reshape(like.sizes()) : Tensor();
+    };
+    return {dq,
+            dk,
+            dv,
+            Tensor(),
+            back(da, alpha),
+            back(dd, delta),
+            back(db, beta),
+            back(dg, gamma),
+            Tensor(),
+            Tensor(),
+            Tensor()};
+  }
+};
+
+}  // namespace
+
+Tensor entmax_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t window,
+                        const Tensor& offsets, const c10::optional<Tensor>& alpha,
+                        const c10::optional<Tensor>& delta, const c10::optional<Tensor>& beta,
+                        const c10::optional<Tensor>& gamma, bool softmax,
+                        c10::optional<double> scale) {
+  check_inputs(q, k, v, offsets);
+  return EntmaxAttentionFunction::apply(q, k, v, offsets, or_empty(alpha), or_empty(delta),
+                                        or_empty(beta), or_empty(gamma), window, softmax,
+                                        resolve_scale(scale, q.size(3)));
+}
+
+}  // namespace reach::ops
+
+TORCH_LIBRARY_FRAGMENT(reach, m) {
+  m.def(
+      "entmax_attention(Tensor q, Tensor k, Tensor v, int window, Tensor offsets, "
+      "Tensor? alpha, Tensor? delta=None, Tensor? beta=None, Tensor? gamma=None, "
+      "bool softmax=False, float? scale=None) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(reach, CompositeImplicitAutograd, m) {
+  m.impl("entmax_attention", &reach::ops::entmax_attention);
+}

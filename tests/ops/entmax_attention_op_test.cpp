@@ -1,0 +1,160 @@
+// The entmax attention torch op: SSMax (softmax with log-n scaling) against a dense torch
+// autograd composite (explicit mask, forward and every gradient), the entmax alpha, beta
+// and gamma gradients through the op by finite differences, the registered op, and errors.
+// The kernel itself is tested against the float64 reference in tests/kernels.
+//
+// Tolerances: float64 throughout; the op and the composite differ only in summation
+// order (1e-10). Finite differences: central, step 1e-6 (1e-6 relative + absolute).
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "ops/entmax_attention.hpp"
+
+namespace reach::ops {
+namespace {
+
+const auto kF64 = torch::TensorOptions().dtype(torch::kFloat64);
+
+// Dense SSMax attention, c = delta + beta * log(n_visible + 1)^gamma per head.
+torch::Tensor composite_ssmax(const torch::Tensor& q, const torch::Tensor& k,
+                              const torch::Tensor& v, int64_t window,
+                              const std::vector<int64_t>& offsets, const torch::Tensor& delta,
+                              const torch::Tensor& beta, const torch::Tensor& gamma) {
+  const int64_t n = q.size(2);
+  auto i = torch::arange(n, torch::kLong).unsqueeze(1);
+  auto j = torch::arange(n, torch::kLong).unsqueeze(0);
+  auto dist = i - j;
+  auto mask = (dist >= 0) & (dist < window);
+  for (int64_t d : offsets) mask = mask | (dist == d);
+  auto log_n = torch::log(mask.sum(1).to(torch::kFloat64) + 1).view({1, 1, n, 1});
+  auto c = delta.view({1, -1, 1, 1}) +
+           beta.view({1, -1, 1, 1}) * torch::pow(log_n, gamma.view({1, -1, 1, 1}));
+  auto scores = torch::matmul(q, k.transpose(-2, -1)) / std::sqrt(double(q.size(3))) * c;
+  scores = scores.masked_fill(mask.logical_not(), -std::numeric_limits<double>::infinity());
+  return torch::matmul(torch::softmax(scores, -1), v);
+}
+
+double max_diff(const torch::Tensor& a, const torch::Tensor& b) {
+  return (a - b).abs().max().item<double>();
+}
+
+TEST(EntmaxAttentionOp, SSMaxMatchesTorchCompositeForwardAndBackward) {
+  torch::manual_seed(1);
+  const int64_t window = 3;
+  const std::vector<int64_t> offs = {5, 8, 13};
+  auto make = [](torch::IntArrayRef shape) { return torch::randn(shape, kF64).requires_grad_(); };
+  auto q = make({2, 2, 20, 4}), k = make({2, 2, 20, 4}), v = make({2, 2, 20, 4});
+  auto delta = torch::tensor({0.3, 0.5}, kF64).requires_grad_();
+  auto beta = torch::tensor({0.7, 1.2}, kF64).requires_grad_();
+  auto gamma = torch::tensor({1.3, 0.6}, kF64).requires_grad_();
+  const auto offsets = torch::tensor({5.0, 8.0, 13.0}, kF64);
+  const auto w = torch::randn({2, 2, 20, 4}, kF64);
+  auto out = entmax_attention(q, k, v, window, offsets, c10::nullopt, delta, beta, gamma, true);
+  (out * w).sum().backward();
+  std::vector<torch::Tensor> ours = {q.grad(),     k.grad(),    v.grad(),
+                                     delta.grad(), beta.grad(), gamma.grad()};
+  for (auto* t : {&q, &k, &v, &delta, &beta, &gamma}) t->mutable_grad() = torch::Tensor();
+  auto expected = composite_ssmax(q, k, v, window, offs, delta, beta, gamma);
+  (expected * w).sum().backward();
+  EXPECT_LT(max_diff(out, expected), 1e-10);
+  std::vector<torch::Tensor> theirs = {q.grad(),     k.grad(),    v.grad(),
+                                       delta.grad(), beta.grad(), gamma.grad()};
+  for (size_t t = 0; t < ours.size(); ++t) {
+    EXPECT_LT(max_diff(ours[t], theirs[t]), 1e-10) << "gradient " << t;
+  }
+}
+
+TEST(EntmaxAttentionOp, EntmaxParameterGradientsMatchFiniteDifferences) {
+  torch::manual_seed(2);
+  const auto q = torch::randn({1, 2, 16, 4}, kF64) * 1.5, k = torch::randn({1, 2, 16, 4}, kF64),
+             v = torch::randn({1, 2, 16, 4}, kF64), w = torch::randn({1, 2, 16, 4}, kF64);
+  const auto offsets = torch::tensor({4.0, 7.0, 11.0}, kF64);
+  auto alpha = torch::tensor({1.3, 1.6}, kF64).requires_grad_();
+  auto delta = torch::tensor({0.8, 1.0}, kF64).requires_grad_();
+  // Per-query beta and gamma, [batch, heads, n].
+  auto beta = (torch::rand({1, 2, 16}, kF64) + 0.1).requires_grad_();
+  auto gamma = (torch::rand({1, 2, 16}, kF64) * 2 - 1).requires_grad_();
+  auto loss = [&] {
+    return (entmax_attention(q, k, v, 3, offsets, alpha, delta, beta, gamma) * w).sum();
+  };
+  loss().backward();
+  torch::NoGradGuard no_grad;
+  for (auto* p : {&alpha, &delta, &beta, &gamma}) {
+    const auto analytic = p->grad().clone();
+    auto flat = p->view({-1});
+    for (int64_t t = 0; t < flat.numel(); ++t) {
+      const double saved = flat[t].item<double>(), h = 1e-6;
+      flat[t] = saved + h;
+      const double plus = loss().item<double>();
+      flat[t] = saved - h;
+      const double minus = loss().item<double>();
+      flat[t] = saved;
+      const double fd = (plus - minus) / (2 * h);
+      EXPECT_NEAR(analytic.view({-1})[t].item<double>(), fd, 1e-6 * (1 + std::abs(fd)));
+    }
+  }
+}
+
+TEST(EntmaxAttentionOp, RegisteredOpRuns) {
+  auto op = c10::Dispatcher::singleton().findSchemaOrThrow("reach::entmax_attention", "");
+  EXPECT_EQ(op.schema().arguments().size(), 11u);
+  const auto q = torch::randn({1, 2, 8, 4});
+  const auto out = op.typed<torch::Tensor(
+      const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, int64_t,
+      const torch::Tensor&, const c10::optional<torch::Tensor>&,
+      const c10::optional<torch::Tensor>&, const c10::optional<torch::Tensor>&,
+      const c10::optional<torch::Tensor>&, bool, c10::optional<double>)>()
+                       .call(q, q, q, 8, torch::empty({0}, kF64), torch::tensor({1.5, 2.0}),
+                             c10::nullopt, c10::nullopt, c10::nullopt, false, c10::nullopt);
+  EXPECT_EQ(out.sizes(), q.sizes());
+  EXPECT_TRUE(torch::isfinite(out).all().item<bool>());
+}
+
+void expect_error(const std::function<void()>& f, const std::string& fragment) {
+  try {
+    f();
+    FAIL() << "expected an error containing '" << fragment << "'";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
+  }
+}
+
+TEST(EntmaxAttentionOp, BadInputsGetClearErrors) {
+  const auto q = torch::randn({1, 2, 8, 4});
+  const auto none = torch::empty({0}, kF64);
+  expect_error(
+      [&] {
+        entmax_attention(q, q, q, 2, none, torch::tensor({1.5, 2.5}));
+      },
+      "alpha of head 1 must be in (1, 2]");
+  expect_error([&] { entmax_attention(q, q, q, 2, none, torch::tensor({1.5})); },
+               "alpha must have shape [heads]");
+  expect_error([&] { entmax_attention(q, q, q, 2, none, c10::nullopt); },
+               "alpha is required unless softmax=True");
+  expect_error(
+      [&] {
+        entmax_attention(q, q, q, 2, none, torch::tensor({1.5, 1.5}), torch::ones({2}));
+      },
+      "give all of delta, beta, gamma");
+  auto nan_q = q.clone();
+  nan_q[0][0][3][1] = std::nan("");
+  expect_error(
+      [&] {
+        entmax_attention(nan_q, q, q, 2, none, torch::tensor({1.5, 1.5}));
+      },
+      "input q contains NaN");
+  expect_error(
+      [&] {
+        entmax_attention(q, q, q, 2, torch::tensor({2.5}), torch::tensor({1.5, 1.5}));
+      },
+      "fractional");
+  expect_error(
+      [&] {
+        entmax_attention(q.view({2, 8, 4}), q, q, 2, none, torch::tensor({1.5}));
+      },
+      "rank 4");
+}
+
+}  // namespace
+}  // namespace reach::ops
