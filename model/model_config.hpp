@@ -29,8 +29,9 @@ struct ModelConfig {
 // Throws std::invalid_argument naming the first bad field.
 void validate(const ModelConfig& config);
 
-// Named presets: "paper" (16 layers, 512 hidden, 8 heads: the main paper's ~60M recipe with
-// its 32k-token vocabulary), "tiny" (4 x 128, trains in minutes on 2 cores), "micro" (tests).
+// Named presets: "paper" (16 layers, 512 hidden, 8 heads, W 64: the main paper's recipe; with a
+// 16,384-token vocabulary it has 58.8M parameters, the paper's ~60M, which does not state its
+// vocabulary), "tiny" (4 x 128, trains in minutes on 2 cores), "micro" (tests).
 ModelConfig preset(const std::string& name);
 
 }  // namespace reach::model

@@ -52,3 +52,19 @@ TEST(Gpt, AlibiAndNopeWithDense) {
 
 }  // namespace
 }  // namespace reach::model
+
+namespace reach::model {
+namespace {
+
+TEST(Gpt, PaperPresetHasAboutSixtyMillionParameters) {
+  auto c = preset("paper");
+  c.reach = 1024;
+  Gpt net(c);
+  EXPECT_EQ(c.layers, 16);
+  EXPECT_EQ(c.d_model, 512);
+  EXPECT_EQ(c.heads, 8);
+  EXPECT_EQ(parameter_count(*net), 58795008);  // 16384 x 512 + 16 x 3,150,336 + 1,024
+}
+
+}  // namespace
+}  // namespace reach::model
