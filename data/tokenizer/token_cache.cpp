@@ -76,7 +76,12 @@ void build(const Corpus& corpus, const Tokenizer& tokenizer, const fs::path& tok
 TokenizedCorpus TokenizedCorpus::open_or_build(const Corpus& corpus, const Tokenizer& tokenizer,
                                                const std::string& cache_dir_in) {
   const fs::path dir = cache_dir_in.empty() ? default_cache_dir() : cache_dir_in;
-  fs::create_directories(dir);
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) {
+    throw std::runtime_error("cannot create token cache directory '" + dir.string() +
+                             "' (data.cache_dir / REACH_CACHE_DIR): " + ec.message());
+  }
   const std::string key = std::to_string(corpus_key(corpus)) + "-" + tokenizer.fingerprint();
   const fs::path tokens_path = dir / (key + ".tokens"), index_path = dir / (key + ".json");
   TokenizedCorpus result;
