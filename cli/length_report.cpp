@@ -9,6 +9,8 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "cli/gnuplot.hpp"
+
 namespace reach::cli {
 
 std::vector<int64_t> parse_lengths(const std::string& text, int64_t train_length) {
@@ -109,12 +111,13 @@ void write_reports(const std::vector<ModelLengths>& models, const std::string& j
       "set title 'loss vs position (longest length)'\nset xlabel 'position'\n"
       "set ylabel 'NLL (nats)'\nplot {}\nunset multiplot\n",
       png_path, plot_ppl, plot_pos);
-  FILE* gnuplot = popen("gnuplot 2>&1", "w");
-  if (!gnuplot) throw std::runtime_error("cannot run gnuplot (install gnuplot-nox)");
-  fputs(script.c_str(), gnuplot);
-  const int status = pclose(gnuplot);
+  try {
+    run_gnuplot(script, png_path);
+  } catch (...) {
+    std::filesystem::remove_all(dir);
+    throw;
+  }
   std::filesystem::remove_all(dir);
-  if (status != 0) throw std::runtime_error("gnuplot failed writing '" + png_path + "'");
 }
 
 }  // namespace reach::cli

@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
   reach::cli::add_eval_command(app);
   reach::cli::add_demo_command(app);
   reach::cli::add_tokenizer_command(app);
+  reach::cli::add_tasks_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "ops/dilated_attention.hpp"
+#include "ops/entmax_attention.hpp"
 #include "pattern/alpha_schedule.hpp"
 #include "pattern/dilated_offsets.hpp"
 
@@ -21,9 +22,19 @@ torch::Tensor apply_rope(const torch::Tensor& x, double base) {
 }
 
 // ALiBi slopes for h heads: 2^(-8 i / h), i = 1..h.
-torch::Tensor alibi_slopes(int64_t heads, const torch::TensorOptions& options) {
-  auto i = torch::arange(1, heads + 1, options);
+torch::Tensor alibi_slopes(int64_t heads) {
+  auto i = torch::arange(1, heads + 1, torch::kFloat64);
   return torch::pow(2.0, -8.0 * i / static_cast<double>(heads));
+}
+
+// Per-head slopes for the positions scheme; undefined when there is no distance bias.
+// NAPE: the first half of the heads NoPE (slope 0), the rest ALiBi with the slopes of a
+// model of that many heads.
+torch::Tensor position_slopes(const ModelConfig& c) {
+  if (c.positions == "alibi") return alibi_slopes(c.heads);
+  if (c.positions != "nape") return {};
+  const int64_t nope = c.heads / 2;
+  return torch::cat({torch::zeros({nope}, torch::kFloat64), alibi_slopes(c.heads - nope)});
 }
 
 double inverse_softplus(double y) { return y > 20 ? y : std::log(std::expm1(y)); }
@@ -59,6 +70,23 @@ CausalSelfAttentionImpl::CausalSelfAttentionImpl(const ModelConfig& config, int6
       offsets_ = torch::tensor(std::vector<double>(ints.begin(), ints.end()), torch::kFloat64);
     }
   }
+  if (!offsets_.defined()) offsets_ = torch::empty({0}, torch::kFloat64);
+  alibi_slopes_ = position_slopes(config);
+  const int64_t h = config.heads;
+  if (config.normalizer == "entmax" || config.normalizer == "asentmax") {
+    entmax_alpha_ = torch::full({h}, config.entmax_alpha, torch::kFloat64);
+  }
+  if (config.normalizer == "asentmax") {
+    // Starts as plain entmax (c = 1); training moves beta and gamma.
+    delta_ = register_parameter("delta", torch::ones({h}));
+    beta_ = register_parameter("beta", torch::zeros({h}));
+    gamma_ = register_parameter("gamma", torch::ones({h}));
+  } else if (config.normalizer == "ssmax") {
+    // c = beta * log(n + 1); beta starts near 1 / log(65), i.e. c ~ 1 at 64 keys.
+    delta_ = torch::zeros({h});
+    beta_ = register_parameter("beta", torch::full({h}, 0.25));
+    gamma_ = torch::ones({h});
+  }
 }
 
 double CausalSelfAttentionImpl::alpha() const {
@@ -74,28 +102,66 @@ std::vector<int64_t> CausalSelfAttentionImpl::integer_offsets() const {
 
 torch::Tensor CausalSelfAttentionImpl::attend(const torch::Tensor& q, const torch::Tensor& k,
                                               const torch::Tensor& v) {
-  if (config_.attention == "window") {
-    return ops::dilated_attention(q, k, v, config_.window, torch::empty({0}, torch::kFloat64));
+  const bool dense = config_.attention == "dense";
+  if (config_.normalizer != "softmax" || (alibi_slopes_.defined() && !dense)) {
+    return normalizer_op(q, k, v);
   }
-  if (is_sparse(config_)) {
-    if (theta_.defined()) {
-      return ops::dilated_attention_learned(q, k, v, torch::softplus(theta_),
-                                            pattern::parse_offset_base(config_.attention),
-                                            config_.window, config_.reach);
-    }
-    return ops::dilated_attention(q, k, v, config_.window, offsets_);
+  if (dense) return dense_softmax(q, k, v);
+  if (theta_.defined()) {
+    return ops::dilated_attention_learned(q, k, v, torch::softplus(theta_),
+                                          pattern::parse_offset_base(config_.attention),
+                                          config_.window, config_.reach);
   }
-  // Dense: matmul + mask (+ ALiBi bias) + softmax.
+  return ops::dilated_attention(q, k, v, config_.window, offsets_);
+}
+
+torch::Tensor CausalSelfAttentionImpl::normalizer_op(const torch::Tensor& q, const torch::Tensor& k,
+                                                     const torch::Tensor& v) {
+  // Dense causal attention is the window that covers every key.
+  const int64_t window = config_.attention == "dense" ? q.size(2) : config_.window;
+  auto optional = [](const torch::Tensor& t) {
+    return t.defined() ? c10::optional<torch::Tensor>(t) : c10::nullopt;
+  };
+  torch::Tensor delta = delta_, beta = beta_;
+  if (delta.defined() && config_.positions == "nape") {
+    // As in the authors' code, NAPE scales only its NoPE heads: the ALiBi heads get c = 1.
+    const auto nope = (alibi_slopes_ == 0).to(delta.dtype());
+    delta = delta * nope + (1 - nope);
+    beta = beta * nope;
+  }
+  return ops::entmax_attention(q, k, v, window, offsets_, optional(entmax_alpha_), optional(delta),
+                               optional(beta), optional(gamma_),
+                               config_.normalizer == "ssmax" || config_.normalizer == "softmax",
+                               c10::nullopt, optional(alibi_slopes_));
+}
+
+torch::Tensor CausalSelfAttentionImpl::dense_softmax(const torch::Tensor& q, const torch::Tensor& k,
+                                                     const torch::Tensor& v) {
   const int64_t t = q.size(2);
-  auto scores = torch::matmul(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(head_dim_));
-  if (config_.positions == "alibi") {
-    auto pos = torch::arange(t, q.options());
-    auto distance = (pos.unsqueeze(1) - pos.unsqueeze(0)).clamp_min(0);  // [T, T]
-    scores = scores - alibi_slopes(config_.heads, q.options()).view({1, -1, 1, 1}) * distance;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));
+  // Queries [start, start + len) against keys [0, start + len).
+  auto block = [&](int64_t start, int64_t len) {
+    const int64_t keys = start + len;
+    auto qb = q.narrow(2, start, len), kb = k.narrow(2, 0, keys), vb = v.narrow(2, 0, keys);
+    auto scores = torch::matmul(qb, kb.transpose(-2, -1)) * scale;
+    auto i = torch::arange(start, keys, torch::kLong).unsqueeze(1);
+    auto j = torch::arange(keys, torch::kLong).unsqueeze(0);
+    auto distance = i - j;  // [len, keys]
+    if (alibi_slopes_.defined()) {
+      auto bias =
+          alibi_slopes_.to(q.options()).view({1, -1, 1, 1}) * distance.clamp_min(0).to(q.options());
+      scores = scores - bias;
+    }
+    scores = scores.masked_fill(distance < 0, -std::numeric_limits<float>::infinity());
+    return torch::matmul(torch::softmax(scores, -1), vb);
+  };
+  constexpr int64_t kEvalBlock = 1024;
+  if (torch::GradMode::is_enabled() || t <= kEvalBlock) return block(0, t);
+  std::vector<torch::Tensor> parts;
+  for (int64_t start = 0; start < t; start += kEvalBlock) {
+    parts.push_back(block(start, std::min(kEvalBlock, t - start)));
   }
-  auto future = torch::ones({t, t}, torch::TensorOptions().dtype(torch::kBool)).triu(1);
-  scores = scores.masked_fill(future, -std::numeric_limits<float>::infinity());
-  return torch::matmul(torch::softmax(scores, -1), v);
+  return torch::cat(parts, 2);
 }
 
 torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x) {
@@ -140,7 +206,11 @@ GptImpl::GptImpl(const ModelConfig& config) : config_(config) {
   torch::NoGradGuard no_grad;
   for (auto& p : named_parameters()) {
     const auto& name = p.key();
-    if (name.find("theta") != std::string::npos) continue;
+    // Schedule and normaliser parameters keep their own initial values.
+    if (name.ends_with("theta") || name.ends_with("attn.delta") || name.ends_with("attn.beta") ||
+        name.ends_with("attn.gamma")) {
+      continue;
+    }
     if (name.ends_with(".bias")) {
       p.value().zero_();
     } else if (name.find("ln") != std::string::npos) {

@@ -1,6 +1,8 @@
 // GPT-style decoder: token embedding, pre-norm blocks (attention + GELU MLP), final norm,
 // output head tied to the embedding. Attention per layer is dense, local window, or
-// window + dilated offsets (Fibonacci or power-of-2) with the layer's alpha from the schedule.
+// window + dilated offsets (Fibonacci or power-of-2) with the layer's alpha from the schedule;
+// the normaliser over that key set is softmax, alpha-entmax, ASEntmax or SSMax; positions are
+// RoPE, ALiBi, NoPE or NAPE.
 #pragma once
 
 #include <torch/torch.h>
@@ -21,13 +23,24 @@ class CausalSelfAttentionImpl : public torch::nn::Module {
 
  private:
   torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v);
+  // Dense causal softmax by matmul, with the ALiBi bias when there is one; without autograd
+  // (evaluation) it runs in query blocks so long sequences need no T x T score matrix.
+  torch::Tensor dense_softmax(const torch::Tensor& q, const torch::Tensor& k,
+                              const torch::Tensor& v);
+  // Any key set through the entmax operator (entmax, ASEntmax, SSMax, or softmax with ALiBi
+  // over a sparse key set).
+  torch::Tensor normalizer_op(const torch::Tensor& q, const torch::Tensor& k,
+                              const torch::Tensor& v);
 
   ModelConfig config_;
   int64_t head_dim_;
   double static_alpha_ = 0;
   torch::nn::Linear qkv_{nullptr}, proj_{nullptr};
-  torch::Tensor offsets_;  // float64 distances for static schedules
-  torch::Tensor theta_;    // learned schedule: alpha = softplus(theta)
+  torch::Tensor offsets_;               // float64 distances for static schedules
+  torch::Tensor theta_;                 // learned schedule: alpha = softplus(theta)
+  torch::Tensor alibi_slopes_;          // [heads] float64 (0 for NoPE heads); undefined: no bias
+  torch::Tensor entmax_alpha_;          // [heads] float64, entmax / asentmax
+  torch::Tensor delta_, beta_, gamma_;  // [heads] log-n scaling (asentmax, ssmax)
 };
 TORCH_MODULE(CausalSelfAttention);
 

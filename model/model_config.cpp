@@ -29,14 +29,34 @@ void validate(const ModelConfig& c) {
         "power_of_two, got '" +
         c.attention + "'");
   }
-  if (c.positions != "rope" && c.positions != "alibi" && c.positions != "nope") {
-    throw std::invalid_argument("model.positions must be rope, alibi or nope, got '" + c.positions +
-                                "'");
+  if (c.positions != "rope" && c.positions != "alibi" && c.positions != "nope" &&
+      c.positions != "nape") {
+    throw std::invalid_argument("model.positions must be rope, alibi, nope or nape, got '" +
+                                c.positions + "'");
   }
-  if (c.positions == "alibi" && c.attention != "dense") {
+  if (c.positions == "nape" && c.heads < 2) {
     throw std::invalid_argument(
-        "model.positions = 'alibi' is supported with dense attention only (the sparse "
-        "operator has no bias input yet)");
+        "model.positions = 'nape' needs at least 2 heads (half NoPE, "
+        "half ALiBi)");
+  }
+  if (c.normalizer != "softmax" && c.normalizer != "entmax" && c.normalizer != "asentmax" &&
+      c.normalizer != "ssmax") {
+    throw std::invalid_argument(
+        "model.normalizer must be softmax, entmax, asentmax or ssmax, got '" + c.normalizer + "'");
+  }
+  if (!(c.entmax_alpha > 1.0 && c.entmax_alpha <= 2.0)) {
+    throw std::invalid_argument("model.entmax_alpha must be in (1, 2], got " +
+                                std::to_string(c.entmax_alpha));
+  }
+  const bool bias_or_normalizer =
+      c.positions == "alibi" || c.positions == "nape" || c.normalizer != "softmax";
+  if (bias_or_normalizer && c.schedule == "learned" &&
+      (c.attention == "fibonacci" || c.attention == "power_of_two")) {
+    throw std::invalid_argument(
+        "model.schedule = 'learned' (fractional offsets) works with softmax and rope/nope only; "
+        "model.normalizer = '" +
+        c.normalizer + "' and model.positions = '" + c.positions +
+        "' need integer offsets (a static schedule)");
   }
   if (c.reach < 0) throw std::invalid_argument("model.reach must be >= 0 (0 = seq_len)");
 }

@@ -21,9 +21,17 @@ struct ModelConfig {
   double alpha_max = 3.0;
   int64_t window = 32;
   int64_t reach = 0;  // maximum offset R; 0 = the training sequence length
-  // "rope", "alibi" (dense attention only) or "nope".
+  // "rope", "alibi", "nope" or "nape" (NoPE + ALiBi: the first half of the heads NoPE, the
+  // second half ALiBi with the slopes of a model with that many heads).
   std::string positions = "rope";
   double rope_base = 10000.0;
+  // How scores become attention weights, over whichever key set `attention` gives:
+  // "softmax"; "entmax" (alpha-entmax, alpha = entmax_alpha); "asentmax" (entmax of
+  // scores times delta_h + beta_h * log(n + 1)^gamma_h, all three learned per head);
+  // "ssmax" (scalable softmax: softmax of scores times beta_h * log(n + 1), beta_h learned).
+  // n is the number of keys the query sees. See docs/entmax.md.
+  std::string normalizer = "softmax";
+  double entmax_alpha = 1.5;  // in (1, 2]
 };
 
 // Throws std::invalid_argument naming the first bad field.

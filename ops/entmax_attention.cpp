@@ -53,13 +53,13 @@ Tensor or_empty(const c10::optional<Tensor>& t) {
 }
 
 struct HostParams {
-  Tensor offsets, alpha, delta, beta, gamma;
+  Tensor offsets, alpha, delta, beta, gamma, alibi;
   kernels::EntmaxAttentionParams params;
 };
 
 HostParams make_params(const Tensor& q, int64_t window, const Tensor& offsets, const Tensor& alpha,
-                       const Tensor& delta, const Tensor& beta, const Tensor& gamma, bool softmax,
-                       double scale) {
+                       const Tensor& delta, const Tensor& beta, const Tensor& gamma,
+                       const Tensor& alibi, bool softmax, double scale) {
   HostParams h;
   h.offsets = offsets.detach().to(torch::kCPU, torch::kFloat64).contiguous();
   auto& p = h.params;
@@ -92,6 +92,11 @@ HostParams make_params(const Tensor& q, int64_t window, const Tensor& offsets, c
     p.beta = h.beta.data_ptr<double>();
     p.gamma = h.gamma.data_ptr<double>();
   }
+  if (given(alibi)) {
+    TORCH_CHECK(!alibi.requires_grad(), kName, ": alibi slopes are fixed (no gradient)");
+    h.alibi = host_param(alibi, q, "alibi", false);
+    p.alibi_slopes = h.alibi.data_ptr<double>();
+  }
   const std::string problem = kernels::validate_entmax_params(p);
   TORCH_CHECK(problem.empty(), kName, ": ", problem);
   return h;
@@ -118,9 +123,11 @@ class EntmaxAttentionFunction : public torch::autograd::Function<EntmaxAttention
   static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& q_in,
                         const Tensor& k_in, const Tensor& v_in, const Tensor& offsets,
                         const Tensor& alpha, const Tensor& delta, const Tensor& beta,
-                        const Tensor& gamma, int64_t window, bool softmax, double scale) {
+                        const Tensor& gamma, const Tensor& alibi, int64_t window, bool softmax,
+                        double scale) {
     const Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
-    const auto h = make_params(q, window, offsets, alpha, delta, beta, gamma, softmax, scale);
+    const auto h =
+        make_params(q, window, offsets, alpha, delta, beta, gamma, alibi, softmax, scale);
     Tensor out = torch::empty_like(q);
     AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "entmax_attention_forward", [&] {
       run_kernel([&] {
@@ -129,7 +136,7 @@ class EntmaxAttentionFunction : public torch::autograd::Function<EntmaxAttention
             out.data_ptr<scalar_t>());
       });
     });
-    ctx->save_for_backward({q, k, v, offsets, alpha, delta, beta, gamma});
+    ctx->save_for_backward({q, k, v, offsets, alpha, delta, beta, gamma, alibi});
     ctx->saved_data["window"] = window;
     ctx->saved_data["softmax"] = softmax;
     ctx->saved_data["scale"] = scale;
@@ -142,14 +149,14 @@ class EntmaxAttentionFunction : public torch::autograd::Function<EntmaxAttention
     const Tensor &q = s[0], &k = s[1], &v = s[2], &alpha = s[4], &delta = s[5], &beta = s[6],
                  &gamma = s[7];
     const auto h =
-        make_params(q, ctx->saved_data["window"].toInt(), s[3], alpha, delta, beta, gamma,
+        make_params(q, ctx->saved_data["window"].toInt(), s[3], alpha, delta, beta, gamma, s[8],
                     ctx->saved_data["softmax"].toBool(), ctx->saved_data["scale"].toDouble());
     const Tensor grad_out = grads[0].to(q.scalar_type()).contiguous();
     Tensor dq = torch::empty_like(q), dk = torch::empty_like(k), dv = torch::empty_like(v);
     auto host_grad = [](const Tensor& like) {
       return like.defined() ? torch::zeros_like(like) : Tensor();
     };
-    // Tensor inputs: q0 k1 v2 offsets3 alpha4 delta5 beta6 gamma7.
+    // Tensor inputs: q0 k1 v2 offsets3 alpha4 delta5 beta6 gamma7 alibi8.
     Tensor da = ctx->needs_input_grad(4) ? host_grad(h.alpha) : Tensor();
     Tensor dd = ctx->needs_input_grad(5) ? host_grad(h.delta) : Tensor();
     Tensor db = ctx->needs_input_grad(6) ? host_grad(h.beta) : Tensor();
@@ -174,6 +181,7 @@ class EntmaxAttentionFunction : public torch::autograd::Function<EntmaxAttention
             back(dd, delta),
             back(db, beta),
             back(dg, gamma),
+            Tensor(),  // alibi (fixed)
             Tensor(),
             Tensor(),
             Tensor()};
@@ -186,11 +194,11 @@ Tensor entmax_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64
                         const Tensor& offsets, const c10::optional<Tensor>& alpha,
                         const c10::optional<Tensor>& delta, const c10::optional<Tensor>& beta,
                         const c10::optional<Tensor>& gamma, bool softmax,
-                        c10::optional<double> scale) {
+                        c10::optional<double> scale, const c10::optional<Tensor>& alibi) {
   check_inputs(q, k, v, offsets);
   return EntmaxAttentionFunction::apply(q, k, v, offsets, or_empty(alpha), or_empty(delta),
-                                        or_empty(beta), or_empty(gamma), window, softmax,
-                                        resolve_scale(scale, q.size(3)));
+                                        or_empty(beta), or_empty(gamma), or_empty(alibi), window,
+                                        softmax, resolve_scale(scale, q.size(3)));
 }
 
 }  // namespace reach::ops
@@ -199,7 +207,7 @@ TORCH_LIBRARY_FRAGMENT(reach, m) {
   m.def(
       "entmax_attention(Tensor q, Tensor k, Tensor v, int window, Tensor offsets, "
       "Tensor? alpha, Tensor? delta=None, Tensor? beta=None, Tensor? gamma=None, "
-      "bool softmax=False, float? scale=None) -> Tensor");
+      "bool softmax=False, float? scale=None, Tensor? alibi=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(reach, CompositeImplicitAutograd, m) {

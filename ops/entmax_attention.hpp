@@ -9,6 +9,8 @@
 // turn on the log-n scaling c = delta + beta * log(n_visible + 1)^gamma; delta is
 // [heads]; beta and gamma are [heads] or [batch, heads, n] (per query). Every one of
 // alpha, delta, beta, gamma may require grad. SSMax: softmax=True, delta = 0, gamma = 1.
+// alibi: [heads] slopes >= 0 (no grad): the score of a key at distance t gets -slope * t
+// added after the log-n multiplier (NAPE: zeros for the NoPE heads).
 #pragma once
 
 #include <c10/util/Optional.h>
@@ -22,6 +24,7 @@ torch::Tensor entmax_attention(const torch::Tensor& q, const torch::Tensor& k,
                                const c10::optional<torch::Tensor>& delta = c10::nullopt,
                                const c10::optional<torch::Tensor>& beta = c10::nullopt,
                                const c10::optional<torch::Tensor>& gamma = c10::nullopt,
-                               bool softmax = false, c10::optional<double> scale = c10::nullopt);
+                               bool softmax = false, c10::optional<double> scale = c10::nullopt,
+                               const c10::optional<torch::Tensor>& alibi = c10::nullopt);
 
 }  // namespace reach::ops

@@ -85,6 +85,37 @@ std::string state_key(const torch::Tensor& p) {
 
 }  // namespace
 
+void save_model_weights(const std::string& path, const torch::nn::Module& model) {
+  io::SafetensorsFile weights;
+  weights.metadata["format"] = "reach";
+  for (const auto& p : model.named_parameters()) weights.tensors[p.key()] = to_raw(p.value());
+  io::write_safetensors(path, weights);
+}
+
+void load_model_weights(const std::string& path, torch::nn::Module& model,
+                        const std::string& where) {
+  const auto weights = io::read_safetensors(path);
+  torch::NoGradGuard no_grad;
+  for (auto& p : model.named_parameters()) {
+    auto it = weights.tensors.find(p.key());
+    if (it == weights.tensors.end()) {
+      throw std::runtime_error(where + ": model.safetensors has no tensor '" + p.key() +
+                               "' (not a checkpoint of this model)");
+    }
+    auto t = from_raw(it->second, where);
+    if (t.sizes() != p.value().sizes() || t.scalar_type() != p.value().scalar_type()) {
+      throw std::runtime_error(
+          fmt::format("{}: tensor '{}' has shape {} {}, the model expects {} {}", where, p.key(),
+                      c10::str(t.sizes()), c10::toString(t.scalar_type()),
+                      c10::str(p.value().sizes()), c10::toString(p.value().scalar_type())));
+    }
+    p.value().copy_(t);
+  }
+  if (weights.tensors.size() != model.named_parameters().size()) {
+    throw std::runtime_error(where + ": model.safetensors has extra tensors");
+  }
+}
+
 void save_checkpoint(const std::string& out_dir, int64_t step, model::Gpt& model,
                      torch::optim::AdamW& optimizer, const TrainConfig& config,
                      const data::Tokenizer& tokenizer) {
@@ -166,27 +197,8 @@ Checkpoint load_checkpoint(const std::string& dir) {
                              std::to_string(tokenizer->vocab_size()) + ")");
   }
   ckpt.model = model::Gpt(ckpt.config.model);
-  const auto weights = io::read_safetensors((path / "model.safetensors").string());
-  torch::NoGradGuard no_grad;
-  for (auto& p : ckpt.model->named_parameters()) {
-    auto it = weights.tensors.find(p.key());
-    if (it == weights.tensors.end()) {
-      throw std::runtime_error("checkpoint '" + dir + "': model.safetensors has no tensor '" +
-                               p.key() + "' (not a checkpoint of this model)");
-    }
-    auto t = from_raw(it->second, dir);
-    if (t.sizes() != p.value().sizes() || t.scalar_type() != p.value().scalar_type()) {
-      throw std::runtime_error(
-          fmt::format("checkpoint '{}': tensor '{}' has shape {} {}, the "
-                      "model expects {} {}",
-                      dir, p.key(), c10::str(t.sizes()), c10::toString(t.scalar_type()),
-                      c10::str(p.value().sizes()), c10::toString(p.value().scalar_type())));
-    }
-    p.value().copy_(t);
-  }
-  if (weights.tensors.size() != ckpt.model->named_parameters().size()) {
-    throw std::runtime_error("checkpoint '" + dir + "': model.safetensors has extra tensors");
-  }
+  load_model_weights((path / "model.safetensors").string(), *ckpt.model,
+                     "checkpoint '" + dir + "'");
   return ckpt;
 }
 

@@ -22,6 +22,13 @@ void save_checkpoint(const std::string& out_dir, int64_t step, model::Gpt& model
                      torch::optim::AdamW& optimizer, const TrainConfig& config,
                      const data::Tokenizer& tokenizer);
 
+// Model weights alone as safetensors (names = the module's parameter names), and back:
+// loading checks every name, shape and dtype and throws std::runtime_error prefixed by
+// `where` on any mismatch (missing, extra or mis-shaped tensors, a corrupt file).
+void save_model_weights(const std::string& path, const torch::nn::Module& model);
+void load_model_weights(const std::string& path, torch::nn::Module& model,
+                        const std::string& where);
+
 // The newest complete checkpoint directory under out_dir, if any.
 std::optional<std::string> latest_checkpoint(const std::string& out_dir);
 

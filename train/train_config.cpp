@@ -1,22 +1,15 @@
 #include "train/train_config.hpp"
 
-#include <fmt/core.h>
-#include <toml++/toml.h>
-
-#include <fstream>
-#include <functional>
-#include <map>
-#include <sstream>
+#include <algorithm>
 #include <stdexcept>
-#include <variant>
+
+#include "train/config_fields.hpp"
 
 namespace reach::train {
 namespace {
 
-using Field = std::variant<int64_t*, uint64_t*, int*, double*, std::string*>;
-
-std::map<std::string, Field> fields(TrainConfig& c) {
-  return {
+ConfigFields fields(TrainConfig& c) {
+  ConfigFields f = {
       {"run.out_dir", &c.out_dir},
       {"run.seed", &c.seed},
       {"run.threads", &c.threads},
@@ -25,20 +18,6 @@ std::map<std::string, Field> fields(TrainConfig& c) {
       {"data.cache_dir", &c.cache_dir},
       {"data.seq_len", &c.seq_len},
       {"data.batch", &c.batch},
-      {"model.vocab_size", &c.model.vocab_size},
-      {"model.layers", &c.model.layers},
-      {"model.d_model", &c.model.d_model},
-      {"model.heads", &c.model.heads},
-      {"model.mlp_ratio", &c.model.mlp_ratio},
-      {"model.attention", &c.model.attention},
-      {"model.schedule", &c.model.schedule},
-      {"model.alpha", &c.model.alpha},
-      {"model.alpha_min", &c.model.alpha_min},
-      {"model.alpha_max", &c.model.alpha_max},
-      {"model.window", &c.model.window},
-      {"model.reach", &c.model.reach},
-      {"model.positions", &c.model.positions},
-      {"model.rope_base", &c.model.rope_base},
       {"train.steps", &c.steps},
       {"train.lr", &c.lr},
       {"train.min_lr", &c.min_lr},
@@ -50,31 +29,8 @@ std::map<std::string, Field> fields(TrainConfig& c) {
       {"train.eval_tokens", &c.eval_tokens},
       {"train.checkpoint_every", &c.checkpoint_every},
   };
-}
-
-void assign(const std::string& key, Field field, const toml::node& node) {
-  auto type_error = [&](const char* expected) {
-    throw std::invalid_argument("config key '" + key + "' must be " + expected);
-  };
-  std::visit(
-      [&](auto* target) {
-        using T = std::remove_pointer_t<decltype(target)>;
-        if constexpr (std::is_same_v<T, std::string>) {
-          if (!node.is_string()) type_error("a string");
-          *target = node.value<std::string>().value();
-        } else if constexpr (std::is_same_v<T, double>) {
-          if (!node.is_number()) type_error("a number");
-          *target = node.value<double>().value();
-        } else {
-          if (!node.is_integer()) type_error("an integer");
-          const int64_t v = node.value<int64_t>().value();
-          if constexpr (std::is_unsigned_v<T>) {
-            if (v < 0) type_error("a non-negative integer");
-          }
-          *target = static_cast<T>(v);
-        }
-      },
-      field);
+  add_model_fields(f, c.model);
+  return f;
 }
 
 void validate(const TrainConfig& c) {
@@ -103,100 +59,25 @@ void validate(const TrainConfig& c) {
 
 TrainConfig parse_train_config(const std::string& toml_text,
                                const std::vector<std::string>& overrides) {
-  toml::table table;
-  try {
-    table = toml::parse(toml_text);
-  } catch (const toml::parse_error& e) {
-    std::ostringstream where;
-    where << e.source().begin;
-    throw std::invalid_argument(
-        fmt::format("config is not valid TOML: {} (at {})", e.description(), where.str()));
-  }
-  // Overrides are TOML values too: key=value parsed as "key = value" (bare words as strings).
-  for (const auto& o : overrides) {
-    const auto eq = o.find('=');
-    if (eq == std::string::npos || eq == 0) {
-      throw std::invalid_argument("--set expects key=value, got '" + o + "'");
-    }
-    const std::string key = o.substr(0, eq), value = o.substr(eq + 1);
-    toml::table parsed;
-    try {
-      parsed = toml::parse("v = " + value);
-    } catch (const toml::parse_error&) {
-      parsed = toml::parse("v = \"" + value + "\"");
-    }
-    const auto dot = key.find('.');
-    if (dot == std::string::npos) {
-      throw std::invalid_argument("--set key '" + key + "' must be section.key");
-    }
-    const std::string section = key.substr(0, dot), name = key.substr(dot + 1);
-    if (!table.contains(section)) table.insert(section, toml::table{});
-    auto* sub = table[section].as_table();
-    if (!sub) throw std::invalid_argument("config section '" + section + "' is not a table");
-    sub->insert_or_assign(name, *parsed["v"].node());
-  }
-
   TrainConfig config;
-  // The preset first, so model.* keys override it.
-  if (auto preset = table["model"]["preset"].value<std::string>()) {
-    config.preset = *preset;
-  } else if (table["model"]["preset"]) {
-    throw std::invalid_argument("config key 'model.preset' must be a string");
-  }
-  config.model = model::preset(config.preset);
-  config.model.vocab_size = 0;
-  auto known = fields(config);
-  for (const auto& [section, node] : table) {
-    const auto* sub = node.as_table();
-    if (!sub) {
-      throw std::invalid_argument("config key '" + std::string(section.str()) +
-                                  "' must be a [section]");
-    }
-    for (const auto& [name, value] : *sub) {
-      const std::string key = std::string(section.str()) + "." + std::string(name.str());
-      if (key == "model.preset") continue;
-      auto it = known.find(key);
-      if (it == known.end()) throw std::invalid_argument("unknown config key '" + key + "'");
-      assign(key, it->second, value);
-    }
-  }
+  apply_config(toml_text, overrides, [&](const std::optional<std::string>& preset) {
+    if (preset) config.preset = *preset;
+    config.model = model::preset(config.preset);
+    config.model.vocab_size = 0;
+    return fields(config);
+  });
   validate(config);
   if (config.model.reach == 0) config.model.reach = std::max(config.seq_len, config.model.window);
   return config;
 }
 
 TrainConfig load_train_config(const std::string& path, const std::vector<std::string>& overrides) {
-  std::ifstream in(path);
-  if (!in) throw std::invalid_argument("cannot read config file '" + path + "'");
-  std::ostringstream text;
-  text << in.rdbuf();
-  return parse_train_config(text.str(), overrides);
+  return parse_train_config(read_config_file(path), overrides);
 }
 
 std::string to_toml(const TrainConfig& config) {
   TrainConfig copy = config;
-  std::map<std::string, toml::table> sections;
-  for (const auto& [key, field] : fields(copy)) {
-    const auto dot = key.find('.');
-    auto& section = sections[key.substr(0, dot)];
-    const std::string name = key.substr(dot + 1);
-    std::visit(
-        [&](auto* v) {
-          using T = std::remove_pointer_t<decltype(v)>;
-          if constexpr (std::is_same_v<T, std::string> || std::is_same_v<T, double>) {
-            section.insert(name, *v);
-          } else {
-            section.insert(name, static_cast<int64_t>(*v));
-          }
-        },
-        field);
-  }
-  sections["model"].insert("preset", copy.preset);
-  toml::table root;
-  for (auto& [name, table] : sections) root.insert(name, table);
-  std::ostringstream out;
-  out << root << "\n";
-  return out.str();
+  return fields_to_toml(fields(copy), copy.preset);
 }
 
 }  // namespace reach::train

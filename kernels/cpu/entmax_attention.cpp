@@ -41,6 +41,7 @@ void check_finite(const T* x, int64_t size, const char* name) {
 struct Row {
   std::vector<int64_t> key;  // key index per slot, -1 when invisible
   std::vector<double> raw;   // scale * q . k per slot
+  std::vector<double> z;     // c * raw - slope * distance: the logit the normaliser sees
   std::vector<double> p;     // probabilities per slot (0 when invisible)
   int64_t visible = 0;
   double log_n = 0.0;       // log(visible + 1)
@@ -48,12 +49,16 @@ struct Row {
   explicit Row(int64_t slots)
       : key(static_cast<size_t>(slots)),
         raw(static_cast<size_t>(slots)),
+        z(static_cast<size_t>(slots)),
         p(static_cast<size_t>(slots)) {}
 };
 
 template <typename T>
 double dot(const T* a, const T* b, int64_t d) {
   double acc = 0;
+  // simd reduction: lets the compiler vectorise the float64 accumulation (the order of the
+  // partial sums changes, which is within the float64 rounding the tests allow).
+#pragma omp simd reduction(+ : acc)
   for (int64_t t = 0; t < d; ++t) acc += static_cast<double>(a[t]) * static_cast<double>(b[t]);
   return acc;
 }
@@ -82,6 +87,8 @@ void compute_row(const EntmaxAttentionParams& p, int64_t bh, int64_t i, const T*
   const int64_t n = b.seq_len, d = b.head_dim, ws = b.window_slots(), S = b.slots();
   const T* qi = q + (bh * n + i) * d;
   const T* kh = k + bh * n * d;
+  const int64_t h = bh % p.num_heads;
+  const double slope = p.alibi_slopes ? p.alibi_slopes[h] : 0.0;
   row.visible = 0;
   for (int64_t j = 0; j < S; ++j) {
     const int64_t key = j < ws ? i - j : i - static_cast<int64_t>(b.offsets[j - ws]);
@@ -91,7 +98,6 @@ void compute_row(const EntmaxAttentionParams& p, int64_t bh, int64_t i, const T*
       ++row.visible;
     }
   }
-  const int64_t h = bh % p.num_heads;
   row.log_n = std::log(static_cast<double>(row.visible + 1));
   row.multiplier = 1.0;
   if (p.log_n_scaling) {
@@ -100,7 +106,9 @@ void compute_row(const EntmaxAttentionParams& p, int64_t bh, int64_t i, const T*
   }
   for (int64_t j = 0; j < S; ++j) {
     const auto u = static_cast<size_t>(j);
-    row.p[u] = row.key[u] >= 0 ? row.multiplier * row.raw[u] : kNegInf;
+    const auto distance = static_cast<double>(i - row.key[u]);
+    row.z[u] = row.key[u] >= 0 ? row.multiplier * row.raw[u] - slope * distance : kNegInf;
+    row.p[u] = row.z[u];
   }
   if (p.softmax) {
     softmax_row(row.p.data(), S);
@@ -127,13 +135,20 @@ void entmax_normalise_row(double* x, int64_t size, double alpha) {
   }
   if (visible == 0) throw std::invalid_argument("entmax: empty key set (no visible key)");
   // f(tau) = sum [x - tau]_+^r is decreasing; f(xmax - 1) >= 1 >= f(xmax - visible^-(a-1)).
+  // Entries at or below xmax - 1 never enter the support, so only candidates above it are
+  // summed (thread-local scratch: no allocation per row once warm).
   double lo = xmax - 1.0, hi = xmax - std::pow(static_cast<double>(visible), -am1);
+  thread_local std::vector<double> candidates;
+  candidates.clear();
+  for (int64_t j = 0; j < size; ++j) {
+    if (x[j] > lo) candidates.push_back(x[j]);
+  }
   for (int iter = 0; iter < 200; ++iter) {
     const double mid = 0.5 * (lo + hi);
     if (mid <= lo || mid >= hi) break;  // interval at machine precision
     double f = 0;
-    for (int64_t j = 0; j < size; ++j) {
-      if (x[j] > mid) f += power(x[j] - mid, r);
+    for (double c : candidates) {
+      if (c > mid) f += power(c - mid, r);
     }
     (f >= 1.0 ? lo : hi) = mid;
   }
@@ -165,6 +180,9 @@ std::string validate_entmax_params(const EntmaxAttentionParams& p) {
       if (!(a > 1.0 && a <= 2.0)) {
         return "alpha" + head + " must be in (1, 2], got " + std::to_string(a);
       }
+    }
+    if (p.alibi_slopes && !(p.alibi_slopes[h] >= 0.0 && std::isfinite(p.alibi_slopes[h]))) {
+      return "ALiBi slope" + head + " must be finite and >= 0";
     }
     if (p.log_n_scaling) {
       if (!p.delta || !p.beta || !p.gamma) return "delta, beta or gamma pointer is null";
@@ -265,7 +283,7 @@ void entmax_attention_backward_cpu(const EntmaxAttentionParams& p, const T* q, c
           dz[u] = g;  // keep g_j until the sums are known
           ssum += s;
           sg += s * g;
-          sz += s * row.multiplier * row.raw[u];
+          sz += s * row.z[u];
           plogp += pj * std::log(pj);
         }
         const double mean_g = sg / ssum;
@@ -279,8 +297,7 @@ void entmax_attention_backward_cpu(const EntmaxAttentionParams& p, const T* q, c
           const double s = p.softmax ? pj : (a == 2.0 ? 1.0 : std::pow(pj, 2.0 - a));
           const double g = dz[u];
           if (!p.softmax) {
-            const double z = row.multiplier * row.raw[u];
-            dalpha += g * (s * (z - tau_prime) - pj * std::log(pj)) / (a - 1.0);
+            dalpha += g * (s * (row.z[u] - tau_prime) - pj * std::log(pj)) / (a - 1.0);
           }
           const double dzj = s * (g - mean_g);
           dc += dzj * row.raw[u];

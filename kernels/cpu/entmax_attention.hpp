@@ -2,7 +2,8 @@
 //
 // Per query i with visible slots j (window + integer offsets, the slot layout of
 // dilated_attention_params.hpp; W >= n gives dense causal attention):
-//   z_j = c_i * scale * q_i . k_j,   c_i = delta_h + beta * (log(n_i + 1))^gamma  (ASEntmax),
+//   z_j = c_i * scale * q_i . k_j - m_h * (i - key_j),
+//   c_i = delta_h + beta * (log(n_i + 1))^gamma  (ASEntmax),
 //   p_j = [(a_h - 1) z_j - tau]_+^(1/(a_h - 1)),  tau such that sum_j p_j = 1,
 //   out_i = sum_j p_j v_j,
 // where n_i is the number of visible keys of query i and h the head; beta and gamma are
@@ -11,13 +12,18 @@
 // authors' code (deep-spin/asentmax: log of position + 2, i.e. log(n + 1) for dense causal
 // attention), which keeps the log > 0 so any real gamma is allowed. With `log_n_scaling`
 // off, c_i = 1. With `softmax` on, p = softmax(z) (alpha is ignored): scalable-softmax
-// (SSMax) is softmax with delta = 0, gamma = 1. See docs/entmax.md.
+// (SSMax) is softmax with delta = 0, gamma = 1. m_h is the head's ALiBi slope (0 when
+// `alibi_slopes` is null; NAPE = NoPE heads with m = 0 and ALiBi heads with m > 0). The
+// multiplier c_i scales the content score only, as the authors' code scales the queries
+// and adds the ALiBi bias after. See docs/entmax.md.
 //
 // tau is found by bisection in float64 to machine precision (the interval stops
-// shrinking), then p is renormalised. Why bisection: for general a there is no closed
-// form for tau even once the support is known (only a = 2 and a = 1.5 have one); a
-// sort-based method would still need a 1-D root solve per row. Bisection costs
-// ~60 passes over S = W + K slots, i.e. O(S) per pass, and is exact to rounding.
+// shrinking), then p is renormalised. Only scores above max - 1 can be in the support
+// (tau >= max - 1), so the bisection runs over those candidates alone: long rows with
+// sparse attention cost one pass plus ~60 passes over a handful of candidates. Why bisection: for
+// general a there is no closed form for tau even once the support is known (only a = 2 and a = 1.5
+// have one); a sort-based method would still need a 1-D root solve per row. Bisection costs ~60
+// passes over S = W + K slots, i.e. O(S) per pass, and is exact to rounding.
 //
 // Work and memory are O(n * (W + K) * d); nothing n x n is formed. Forward is
 // parallel over rows; backward recomputes p and is parallel over batch*heads
@@ -32,15 +38,16 @@
 namespace reach::kernels {
 
 struct EntmaxAttentionParams {
-  DilatedAttentionParams base;    // shapes, window, offsets (integers), scale
-  int64_t num_heads = 1;          // batch_heads % num_heads == 0; head h = bh % num_heads
-  const double* alpha = nullptr;  // [num_heads], each in (1, 2]; unused when softmax
-  bool softmax = false;           // normalise by softmax instead of entmax
-  bool log_n_scaling = false;     // multiply scores by c_i (see above)
-  bool per_query_scale = false;   // beta, gamma are [batch_heads * n] instead of [num_heads]
-  const double* delta = nullptr;  // [num_heads], used when log_n_scaling
-  const double* beta = nullptr;   // [num_heads] or [batch_heads * n]
-  const double* gamma = nullptr;  // [num_heads] or [batch_heads * n]
+  DilatedAttentionParams base;           // shapes, window, offsets (integers), scale
+  int64_t num_heads = 1;                 // batch_heads % num_heads == 0; head h = bh % num_heads
+  const double* alpha = nullptr;         // [num_heads], each in (1, 2]; unused when softmax
+  bool softmax = false;                  // normalise by softmax instead of entmax
+  bool log_n_scaling = false;            // multiply scores by c_i (see above)
+  bool per_query_scale = false;          // beta, gamma are [batch_heads * n] instead of [num_heads]
+  const double* delta = nullptr;         // [num_heads], used when log_n_scaling
+  const double* beta = nullptr;          // [num_heads] or [batch_heads * n]
+  const double* gamma = nullptr;         // [num_heads] or [batch_heads * n]
+  const double* alibi_slopes = nullptr;  // [num_heads], each >= 0; null: no distance bias
 };
 
 // Empty when valid, else a one-line message naming the problem.

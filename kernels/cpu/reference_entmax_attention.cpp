@@ -48,7 +48,11 @@ std::vector<double> entmax_probabilities(const EntmaxAttentionParams& p,
         c = p.delta[h] + p.beta[s] * std::pow(std::log(static_cast<long double>(z.size() + 1)),
                                               static_cast<long double>(p.gamma[s]));
       }
-      for (auto& e : z) e *= c;
+      // The multiplier scales the content score; the ALiBi bias comes after it.
+      const long double slope = p.alibi_slopes ? p.alibi_slopes[h] : 0.0;
+      for (size_t t = 0; t < z.size(); ++t) {
+        z[t] = z[t] * c - slope * static_cast<long double>(i - keys[t]);
+      }
       std::vector<long double> prob(z.size());
       if (p.softmax) {
         long double m = z[0], sum = 0;

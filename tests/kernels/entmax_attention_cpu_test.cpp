@@ -37,6 +37,7 @@ std::vector<double> random_vector(size_t size, std::mt19937_64& rng, double scal
 struct Problem {
   int64_t bh = 0, n = 0, d = 0, window = 1, heads = 1;
   std::vector<double> offsets, alpha, delta, beta, gamma;
+  std::vector<double> alibi;  // per-head ALiBi slopes; empty: none
   bool softmax = false, log_n_scaling = false, per_query_scale = false;
   std::vector<double> q, k, v;
 
@@ -57,6 +58,7 @@ struct Problem {
     p.delta = delta.data();
     p.beta = beta.data();
     p.gamma = gamma.data();
+    p.alibi_slopes = alibi.empty() ? nullptr : alibi.data();
     return p;
   }
   void randomise(uint64_t seed, double qk_scale) {
@@ -134,6 +136,19 @@ TEST(EntmaxAttentionCpu, SparsemaxAndSSMaxMatchReference) {
   ssmax.delta = {0.0, 0.0};
   ssmax.gamma = {1.0, 1.0};
   expect_forward_matches_reference(ssmax);
+}
+
+// NAPE: head 0 NoPE (slope 0), head 1 ALiBi; with and without the log-n scaling, over the
+// sparse key set and dense causal keys, entmax and softmax.
+TEST(EntmaxAttentionCpu, AlibiBiasMatchesReference) {
+  auto sparse = make_problem(40, 4, {6, 11, 19, 30}, true, 31);
+  sparse.alibi = {0.0, 0.25};
+  expect_forward_matches_reference(sparse);
+  auto dense = make_problem(33, 64, {}, false, 32);
+  dense.alibi = {0.0, 0.5};
+  expect_forward_matches_reference(dense);
+  dense.softmax = true;
+  expect_forward_matches_reference(dense);
 }
 
 // Sparsemax by its sort-based closed form (Martins & Astudillo 2016).
@@ -279,6 +294,9 @@ TEST(EntmaxAttentionCpu, GradientsMatchFiniteDifferences) {
   expect_gradients_match_finite_differences(sparse, 12);
   auto dense = make_problem(10, 16, {}, false, 13);
   expect_gradients_match_finite_differences(dense, 14);
+  auto nape = make_problem(12, 3, {4, 9}, true, 17);
+  nape.alibi = {0.0, 0.3};
+  expect_gradients_match_finite_differences(nape, 18);
 }
 
 // Per-query beta and gamma (the authors' adapt-softplus-tanh variant feeds them from
@@ -377,6 +395,9 @@ TEST(EntmaxAttentionCpu, BadInputsGetClearErrors) {
   auto bad_gamma = good;
   bad_gamma.gamma = {std::nan(""), 1.0};
   expect_error(bad_gamma, "gamma of head 0 must be finite");
+  auto bad_slope = good;
+  bad_slope.alibi = {0.1, -0.5};
+  expect_error(bad_slope, "ALiBi slope of head 1 must be finite and >= 0");
   auto bad_heads = good;
   bad_heads.heads = 3;
   expect_error(bad_heads, "num_heads");

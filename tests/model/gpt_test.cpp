@@ -50,6 +50,85 @@ TEST(Gpt, AlibiAndNopeWithDense) {
   }
 }
 
+// Every normaliser over every key set, with every position scheme: forward and backward
+// run, and the log-n scaling parameters get gradients.
+TEST(Gpt, EveryNormalizerAndPositionSchemeTrains) {
+  for (const std::string normalizer : {"softmax", "entmax", "asentmax", "ssmax"}) {
+    for (const std::string attention : {"dense", "window", "fibonacci"}) {
+      for (const std::string positions : {"rope", "alibi", "nope", "nape"}) {
+        auto c = preset("micro");
+        c.attention = attention;
+        c.normalizer = normalizer;
+        c.positions = positions;
+        c.reach = 24;
+        Gpt net(c);
+        auto logits = net(torch::randint(0, 256, {2, 30}, torch::kInt64));
+        ASSERT_TRUE(torch::isfinite(logits).all().item<bool>());
+        logits.logsumexp(-1).mean().backward();
+        const std::string what = normalizer + "/" + attention + "/" + positions;
+        for (const auto& p : net->named_parameters()) {
+          ASSERT_TRUE(p.value().grad().defined()) << what << " " << p.key();
+        }
+        if (normalizer == "asentmax" || normalizer == "ssmax") {
+          EXPECT_GT(
+              net->blocks[0]->attn->named_parameters()["beta"].grad().abs().sum().item<double>(), 0)
+              << what;
+        }
+      }
+    }
+  }
+}
+
+// The same NAPE softmax attention by two routes: the dense matmul path (attention =
+// dense) and the entmax operator's softmax over a window covering every key (attention =
+// window, W >= T). Same seed, same parameters, so the logits agree to float32 rounding.
+TEST(Gpt, NapeDenseMatmulEqualsOperatorPath) {
+  auto c = preset("micro");
+  c.positions = "nape";
+  c.attention = "dense";
+  torch::manual_seed(5);
+  Gpt dense(c);
+  c.attention = "window";
+  c.window = 64;
+  torch::manual_seed(5);
+  Gpt windowed(c);
+  auto x = torch::randint(0, 256, {2, 37}, torch::kInt64);
+  EXPECT_LT((dense(x) - windowed(x)).abs().max().item<double>(), 1e-4);
+}
+
+// Evaluation (no autograd) runs dense attention in query blocks; same result as one block.
+TEST(Gpt, BlockedDenseEvaluationMatchesTraining) {
+  auto c = preset("micro");
+  c.attention = "dense";
+  c.positions = "alibi";
+  Gpt net(c);
+  auto x = torch::randint(0, 256, {1, 1500}, torch::kInt64);
+  auto full = net(x).detach();
+  torch::NoGradGuard no_grad;
+  EXPECT_LT((net(x) - full).abs().max().item<double>(), 1e-4);
+}
+
+TEST(Gpt, NormalizerConfigErrorsNameTheKey) {
+  auto expect_error = [](ModelConfig c, const std::string& fragment) {
+    try {
+      validate(c);
+      FAIL() << "expected an error with '" << fragment << "'";
+    } catch (const std::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
+    }
+  };
+  auto c = preset("micro");
+  c.normalizer = "sparsemax";
+  expect_error(c, "model.normalizer");
+  c = preset("micro");
+  c.entmax_alpha = 1.0;
+  expect_error(c, "model.entmax_alpha");
+  c = preset("micro");
+  c.schedule = "learned";
+  c.normalizer = "entmax";
+  expect_error(c, "integer offsets");
+}
+
 }  // namespace
 }  // namespace reach::model
 

@@ -20,7 +20,8 @@ const auto kF64 = torch::TensorOptions().dtype(torch::kFloat64);
 torch::Tensor composite_ssmax(const torch::Tensor& q, const torch::Tensor& k,
                               const torch::Tensor& v, int64_t window,
                               const std::vector<int64_t>& offsets, const torch::Tensor& delta,
-                              const torch::Tensor& beta, const torch::Tensor& gamma) {
+                              const torch::Tensor& beta, const torch::Tensor& gamma,
+                              const torch::Tensor& alibi = torch::Tensor()) {
   const int64_t n = q.size(2);
   auto i = torch::arange(n, torch::kLong).unsqueeze(1);
   auto j = torch::arange(n, torch::kLong).unsqueeze(0);
@@ -31,6 +32,7 @@ torch::Tensor composite_ssmax(const torch::Tensor& q, const torch::Tensor& k,
   auto c = delta.view({1, -1, 1, 1}) +
            beta.view({1, -1, 1, 1}) * torch::pow(log_n, gamma.view({1, -1, 1, 1}));
   auto scores = torch::matmul(q, k.transpose(-2, -1)) / std::sqrt(double(q.size(3))) * c;
+  if (alibi.defined()) scores = scores - alibi.view({1, -1, 1, 1}) * dist.to(torch::kFloat64);
   scores = scores.masked_fill(mask.logical_not(), -std::numeric_limits<double>::infinity());
   return torch::matmul(torch::softmax(scores, -1), v);
 }
@@ -63,6 +65,33 @@ TEST(EntmaxAttentionOp, SSMaxMatchesTorchCompositeForwardAndBackward) {
   for (size_t t = 0; t < ours.size(); ++t) {
     EXPECT_LT(max_diff(ours[t], theirs[t]), 1e-10) << "gradient " << t;
   }
+}
+
+// NAPE through the op: head 0 NoPE, head 1 ALiBi; the bias is added after the multiplier.
+TEST(EntmaxAttentionOp, AlibiSlopesMatchTorchComposite) {
+  torch::manual_seed(3);
+  auto make = [](torch::IntArrayRef shape) { return torch::randn(shape, kF64).requires_grad_(); };
+  auto q = make({1, 2, 17, 4}), k = make({1, 2, 17, 4}), v = make({1, 2, 17, 4});
+  auto delta = torch::tensor({0.2, 0.4}, kF64), beta = torch::tensor({0.9, 0.6}, kF64),
+       gamma = torch::tensor({1.0, 1.0}, kF64);
+  const auto alibi = torch::tensor({0.0, 0.35}, kF64);
+  const auto w = torch::randn({1, 2, 17, 4}, kF64);
+  auto out = entmax_attention(q, k, v, 1000, torch::empty({0}, kF64), c10::nullopt, delta, beta,
+                              gamma, true, c10::nullopt, alibi);
+  (out * w).sum().backward();
+  const auto dq = q.grad().clone(), dk = k.grad().clone();
+  q.mutable_grad() = torch::Tensor();
+  k.mutable_grad() = torch::Tensor();
+  auto expected = composite_ssmax(q, k, v, 1000, {}, delta, beta, gamma, alibi);
+  (expected * w).sum().backward();
+  EXPECT_LT(max_diff(out, expected), 1e-10);
+  EXPECT_LT(max_diff(dq, q.grad()), 1e-10);
+  EXPECT_LT(max_diff(dk, k.grad()), 1e-10);
+  EXPECT_THROW(
+      entmax_attention(q, k, v, 4, torch::empty({0}, kF64), torch::tensor({1.5, 1.5}, kF64),
+                       c10::nullopt, c10::nullopt, c10::nullopt, false, c10::nullopt,
+                       torch::tensor({0.1, 0.2, 0.3}, kF64)),
+      c10::Error);
 }
 
 TEST(EntmaxAttentionOp, EntmaxParameterGradientsMatchFiniteDifferences) {
@@ -98,15 +127,17 @@ TEST(EntmaxAttentionOp, EntmaxParameterGradientsMatchFiniteDifferences) {
 
 TEST(EntmaxAttentionOp, RegisteredOpRuns) {
   auto op = c10::Dispatcher::singleton().findSchemaOrThrow("reach::entmax_attention", "");
-  EXPECT_EQ(op.schema().arguments().size(), 11u);
+  EXPECT_EQ(op.schema().arguments().size(), 12u);
   const auto q = torch::randn({1, 2, 8, 4});
-  const auto out = op.typed<torch::Tensor(
-      const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, int64_t,
-      const torch::Tensor&, const c10::optional<torch::Tensor>&,
-      const c10::optional<torch::Tensor>&, const c10::optional<torch::Tensor>&,
-      const c10::optional<torch::Tensor>&, bool, c10::optional<double>)>()
-                       .call(q, q, q, 8, torch::empty({0}, kF64), torch::tensor({1.5, 2.0}),
-                             c10::nullopt, c10::nullopt, c10::nullopt, false, c10::nullopt);
+  const auto out =
+      op.typed<torch::Tensor(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
+                             int64_t, const torch::Tensor&, const c10::optional<torch::Tensor>&,
+                             const c10::optional<torch::Tensor>&,
+                             const c10::optional<torch::Tensor>&,
+                             const c10::optional<torch::Tensor>&, bool, c10::optional<double>,
+                             const c10::optional<torch::Tensor>&)>()
+          .call(q, q, q, 8, torch::empty({0}, kF64), torch::tensor({1.5, 2.0}), c10::nullopt,
+                c10::nullopt, c10::nullopt, false, c10::nullopt, torch::tensor({0.0, 0.5}, kF64));
   EXPECT_EQ(out.sizes(), q.sizes());
   EXPECT_TRUE(torch::isfinite(out).all().item<bool>());
 }

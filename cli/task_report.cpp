@@ -1,0 +1,124 @@
+#include "cli/task_report.hpp"
+
+#include <fmt/core.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <stdexcept>
+
+#include "cli/gnuplot.hpp"
+
+namespace reach::cli {
+
+std::string task_run_label(const train::TaskRunConfig& c) {
+  return fmt::format("{} + {} ({})", c.model.normalizer, c.model.positions, c.model.attention);
+}
+
+std::string task_markdown_table(const std::vector<TaskRunResults>& runs) {
+  if (runs.empty()) return {};
+  // Columns: every multiplier any run has, in order of first appearance.
+  std::vector<int64_t> multipliers;
+  for (const auto& run : runs) {
+    for (const auto& r : run.results) {
+      if (std::find(multipliers.begin(), multipliers.end(), r.multiplier) == multipliers.end()) {
+        multipliers.push_back(r.multiplier);
+      }
+    }
+  }
+  std::string out = "| model | task | trained at |";
+  std::string rule = "|---|---|---:|";
+  for (int64_t m : multipliers) {
+    out += fmt::format(" {}x |", m);
+    rule += "---:|";
+  }
+  out += "\n" + rule + "\n";
+  for (const auto& run : runs) {
+    out += fmt::format("| {} | {} | {} |", run.label, run.config.task, run.config.train_length);
+    for (int64_t m : multipliers) {
+      auto it = std::find_if(run.results.begin(), run.results.end(),
+                             [&](const auto& r) { return r.multiplier == m; });
+      if (it == run.results.end() || !it->skipped.empty()) {
+        out += " — |";
+      } else {
+        out += fmt::format(" {:.1f}% |", 100.0 * it->accuracy);
+      }
+    }
+    out += "\n";
+  }
+  return out;
+}
+
+void write_task_reports(const std::vector<TaskRunResults>& runs, const std::string& json_path,
+                        const std::string& markdown_path, const std::string& png_path) {
+  if (!json_path.empty()) {
+    nlohmann::json j = nlohmann::json::array();
+    for (const auto& run : runs) {
+      nlohmann::json results = nlohmann::json::array();
+      for (const auto& r : run.results) {
+        nlohmann::json e{{"multiplier", r.multiplier},
+                         {"length", r.length},
+                         {"examples", r.examples},
+                         {"accuracy", r.accuracy},
+                         {"seconds", r.seconds}};
+        if (!r.skipped.empty()) e["skipped"] = r.skipped;
+        results.push_back(e);
+      }
+      const auto& m = run.config.model;
+      j.push_back({{"label", run.label},
+                   {"run", run.dir},
+                   {"task", run.config.task},
+                   {"train_length", run.config.train_length},
+                   {"model",
+                    {{"attention", m.attention},
+                     {"normalizer", m.normalizer},
+                     {"positions", m.positions},
+                     {"entmax_alpha", m.entmax_alpha},
+                     {"layers", m.layers},
+                     {"d_model", m.d_model},
+                     {"heads", m.heads}}},
+                   {"results", results}});
+    }
+    std::ofstream out(json_path);
+    if (!(out << j.dump(2) << "\n")) throw std::runtime_error("cannot write '" + json_path + "'");
+  }
+  if (!markdown_path.empty()) {
+    std::ofstream out(markdown_path);
+    if (!(out << task_markdown_table(runs))) {
+      throw std::runtime_error("cannot write '" + markdown_path + "'");
+    }
+  }
+  if (png_path.empty()) return;
+  const auto dir =
+      std::filesystem::temp_directory_path() / fmt::format("reach-task-plot-{}", ::getpid());
+  std::filesystem::create_directories(dir);
+  std::string plots;
+  for (size_t i = 0; i < runs.size(); ++i) {
+    const auto file = dir / fmt::format("run{}.dat", i);
+    std::ofstream data(file);
+    for (const auto& r : runs[i].results) {
+      if (r.skipped.empty()) data << r.multiplier << " " << 100.0 * r.accuracy << "\n";
+    }
+    plots += fmt::format("{}'{}' using 1:2 with linespoints lw 2 title '{}'", i ? ", " : "",
+                         file.string(), runs[i].label);
+  }
+  const std::string script = fmt::format(
+      "set terminal png size 900,500 noenhanced\nset output '{}'\n"
+      "set title 'answer accuracy vs length ({} trained at {})'\n"
+      "set xlabel 'length / training length'\nset ylabel 'accuracy (%)'\n"
+      "set logscale x 2\nset yrange [0:105]\nset grid\nset key bottom left\nplot {}\n",
+      png_path, runs.empty() ? "" : runs[0].config.task,
+      runs.empty() ? 0 : runs[0].config.train_length, plots);
+  try {
+    run_gnuplot(script, png_path);
+  } catch (...) {
+    std::filesystem::remove_all(dir);
+    throw;
+  }
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace reach::cli

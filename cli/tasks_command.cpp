@@ -1,0 +1,129 @@
+// `reach tasks train` and `reach tasks eval`: synthetic length-generalisation tasks
+// (max retrieval, multi-query associative recall, passkey) trained at a short length and
+// evaluated at many times that length.
+#include <fmt/core.h>
+
+#include <filesystem>
+#include <memory>
+
+#include "cli/commands.hpp"
+#include "cli/task_report.hpp"
+#include "train/task_config.hpp"
+#include "train/task_trainer.hpp"
+
+namespace reach::cli {
+namespace {
+
+struct TasksTrainOptions {
+  std::string config;
+  std::vector<std::string> overrides;
+  std::string out;
+  bool no_eval = false;
+  bool quiet = false;
+};
+
+struct TasksEvalOptions {
+  std::vector<std::string> runs;
+  std::string multipliers;
+  int64_t examples = 0;
+  int64_t max_length = 0;
+  std::string json, markdown, png;
+};
+
+void print_progress(const std::string& label, const train::LengthAccuracy& r) {
+  if (!r.skipped.empty()) {
+    fmt::print(stderr, "[tasks] {}: {}x ({} tokens) skipped: {}\n", label, r.multiplier, r.length,
+               r.skipped);
+  } else {
+    fmt::print(stderr, "[tasks] {}: {}x ({} tokens) accuracy {:.1f}% on {} examples ({:.1f}s)\n",
+               label, r.multiplier, r.length, 100.0 * r.accuracy, r.examples, r.seconds);
+  }
+}
+
+TaskRunResults evaluate_run(const std::string& dir, model::Gpt& model,
+                            const train::TaskRunConfig& config) {
+  TaskRunResults run{task_run_label(config), dir, config, {}};
+  run.results = train::evaluate_task_model(
+      model, config, train::parse_multipliers(config.multipliers),
+      [&](const train::LengthAccuracy& r) { print_progress(run.label, r); });
+  return run;
+}
+
+}  // namespace
+
+void add_tasks_command(CLI::App& app) {
+  auto* tasks = app.add_subcommand(
+      "tasks",
+      "Synthetic length-generalisation tasks: train at a short length, measure accuracy far "
+      "beyond it");
+  tasks->require_subcommand(1);
+
+  auto t = std::make_shared<TasksTrainOptions>();
+  auto* train_cmd = tasks->add_subcommand(
+      "train",
+      "Train a model on a task (config [task], [model], [train], [eval] sections), then "
+      "evaluate it at eval.multipliers x train.length; writes the run directory with "
+      "config.toml, model.safetensors, metrics.jsonl and accuracy.{json,md,png}");
+  train_cmd->add_option("--config", t->config, "TOML config file (defaults when omitted)")
+      ->check(CLI::ExistingFile);
+  train_cmd->add_option("--set", t->overrides,
+                        "Override a config key, e.g. --set model.normalizer=asentmax "
+                        "(repeatable)");
+  train_cmd->add_option("--out", t->out, "Run directory (overrides run.out_dir)");
+  train_cmd->add_flag("--no-eval", t->no_eval, "Train only");
+  train_cmd->add_flag("--quiet", t->quiet, "No progress lines");
+  train_cmd->callback([t] {
+    auto overrides = t->overrides;
+    if (!t->out.empty()) overrides.push_back("run.out_dir=\"" + t->out + "\"");
+    const auto config = t->config.empty() ? train::parse_task_config("", overrides)
+                                          : train::load_task_config(t->config, overrides);
+    model::Gpt model{nullptr};
+    const auto result = train::train_task_model(config, t->quiet, &model);
+    fmt::print(stderr,
+               "[tasks] trained {} steps in {:.0f}s: loss {:.4f}, batch accuracy {:.3f}{}\n",
+               result.steps, result.seconds, result.final_loss, result.final_batch_accuracy,
+               result.interrupted ? " (interrupted; weights saved)" : "");
+    if (t->no_eval || result.interrupted) return;
+    std::vector<TaskRunResults> runs{evaluate_run(config.out_dir, model, config)};
+    const std::filesystem::path dir(config.out_dir);
+    write_task_reports(runs, (dir / "accuracy.json").string(), (dir / "accuracy.md").string(),
+                       (dir / "accuracy.png").string());
+    fmt::print("{}", task_markdown_table(runs));
+  });
+
+  auto e = std::make_shared<TasksEvalOptions>();
+  auto* eval_cmd = tasks->add_subcommand(
+      "eval",
+      "Evaluate one or more trained task runs at multiples of their training length and "
+      "write one combined table and plot");
+  eval_cmd->add_option("runs", e->runs, "Run directories from `reach tasks train`")->required();
+  eval_cmd->add_option("--multipliers", e->multipliers,
+                       "Lengths as multiples of train.length, e.g. 1,4,16,64,256 (default: "
+                       "each run's eval.multipliers)");
+  eval_cmd->add_option("--examples", e->examples, "Examples per length (default: the run's)")
+      ->check(CLI::PositiveNumber);
+  eval_cmd
+      ->add_option("--max-length", e->max_length,
+                   "Skip lengths above this many tokens (default: the run's)")
+      ->check(CLI::PositiveNumber);
+  eval_cmd->add_option("--json", e->json, "Write results as JSON");
+  eval_cmd->add_option("--markdown", e->markdown, "Write a Markdown table");
+  eval_cmd->add_option("--png", e->png, "Plot accuracy vs length (gnuplot)");
+  eval_cmd->callback([e] {
+    std::vector<std::string> overrides;
+    if (!e->multipliers.empty()) overrides.push_back("eval.multipliers=\"" + e->multipliers + "\"");
+    if (e->examples > 0) overrides.push_back(fmt::format("eval.examples={}", e->examples));
+    if (e->max_length > 0) overrides.push_back(fmt::format("eval.max_length={}", e->max_length));
+    std::vector<TaskRunResults> runs;
+    for (const auto& dir : e->runs) {
+      auto run = train::load_task_run(dir);
+      // Re-parse with the overrides so they are validated like any config key.
+      auto config = train::parse_task_config(train::to_toml(run.config), overrides);
+      runs.push_back(evaluate_run(dir, run.model, config));
+    }
+    fmt::print("{}", task_markdown_table(runs));
+    write_task_reports(runs, e->json, e->markdown, e->png);
+  });
+}
+
+}  // namespace reach::cli

@@ -1,0 +1,70 @@
+// Configuration of a synthetic-task run (`reach tasks train`): which task and its
+// parameters, the model, training at a short length, and the lengths to evaluate at.
+// TOML with [run], [task], [model], [train], [eval] sections plus `--set key=value`
+// overrides; every key is known and typed, and a bad one is an error naming it.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "data/tasks/synthetic_task.hpp"
+#include "model/model_config.hpp"
+
+namespace reach::train {
+
+struct TaskRunConfig {
+  std::string out_dir = "runs/task";
+  uint64_t seed = 1;
+  int threads = 0;  // 0 = all cores
+
+  // "max_retrieval", "associative_recall" (alias "mqar") or "passkey", with the
+  // parameters of data/tasks/synthetic_task.hpp (each used by the tasks that have it).
+  std::string task = "max_retrieval";
+  int64_t num_values = 64;      // max_retrieval, associative_recall
+  int64_t items = 16;           // max_retrieval
+  int64_t num_keys = 64;        // associative_recall
+  int64_t pairs = 8;            // associative_recall
+  int64_t queries = 4;          // associative_recall
+  int64_t tokens_per_item = 2;  // associative_recall
+  int64_t digits = 5;           // passkey
+  double depth = -1.0;          // passkey: < 0 random
+
+  std::string preset = "micro";  // applied before any model.* key; vocab = the task's
+  model::ModelConfig model = model::preset("micro");
+
+  int64_t train_length = 64;
+  int64_t batch = 32;
+  int64_t steps = 1000;
+  double lr = 3e-3;
+  double min_lr = 3e-4;
+  int64_t warmup = 50;
+  double weight_decay = 0.0;
+  double grad_clip = 1.0;
+  int64_t log_every = 50;
+
+  // Evaluation lengths as multiples of train_length ("1,4,16,64,256"); lengths above
+  // max_length are skipped (and reported as skipped).
+  std::string multipliers = "1,4,16,64,256";
+  int64_t examples = 64;  // per length
+  int64_t eval_batch = 8;
+  int64_t max_length = 16384;
+};
+
+// Parses TOML text (empty for defaults), applies overrides, sets model.vocab_size from the
+// task, resolves model.reach = 0 to train_length, and validates. Throws
+// std::invalid_argument naming the key.
+TaskRunConfig parse_task_config(const std::string& toml_text,
+                                const std::vector<std::string>& overrides);
+TaskRunConfig load_task_config(const std::string& path, const std::vector<std::string>& overrides);
+
+// TOML text that parse_task_config reads back to the same config (saved with the run).
+std::string to_toml(const TaskRunConfig& config);
+
+std::unique_ptr<data::tasks::SyntheticTask> make_task(const TaskRunConfig& config);
+
+// The evaluation multipliers, parsed ("1,4,16"); throws std::invalid_argument on bad input.
+std::vector<int64_t> parse_multipliers(const std::string& text);
+
+}  // namespace reach::train
