@@ -66,22 +66,23 @@ def rel(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
-def check_op():
-    """bf16 CUDA op vs float64 CPU op, through autograd, fractional learned offsets."""
-    torch.manual_seed(0)
+def check_op_case(offsets, learn_offsets, seed):
+    """bf16 CUDA op vs float64 CPU op through autograd on the same (bf16-rounded) inputs."""
+    torch.manual_seed(seed)
     B, H, n, d, W = 2, 3, 777, 64, 16
     q, k, v, g = (torch.randn(B, H, n, d, dtype=torch.float64) for _ in range(4))
     q, k, v, g = (t.bfloat16().double() for t in (q, k, v, g))  # same inputs both sides
-    offs = torch.tensor([21.5, 34.0, 55.25, 89.75, 144.0, 233.5], dtype=torch.float64)
+    offs = torch.tensor(offsets, dtype=torch.float64)
     res = {}
     outs = {}
     for dev, dt in (("cpu", torch.float64), ("cuda", torch.bfloat16)):
         qq, kk, vv = (t.detach().clone().to(dev, dt).requires_grad_() for t in (q, k, v))
-        oo = offs.clone().requires_grad_()
+        oo = offs.clone().requires_grad_(learn_offsets)
         o = torch.ops.reach.dilated_attention(qq, kk, vv, W, oo, None)
         o.backward(g.to(dev, dt))
         outs[dev] = (o.detach(), qq.grad, kk.grad, vv.grad, oo.grad)
-    for name, a, b in zip(("out", "dq", "dk", "dv", "doffsets"), outs["cuda"], outs["cpu"]):
+    names = ("out", "dq", "dk", "dv", "doffsets") if learn_offsets else ("out", "dq", "dk", "dv")
+    for name, a, b in zip(names, outs["cuda"], outs["cpu"]):
         res[name] = rel(a, b)
     # FlashAttention-style rule: within 2x the error of bf16 rounding of the float64 result
     # (offsets gradient: 1e-2; see tests/kernels/dilated_attention_cuda_cases.hpp).
@@ -89,9 +90,19 @@ def check_op():
     for name, b in zip(("out", "dq", "dk", "dv"), outs["cpu"][:4]):
         bound = 2 * rel(b.bfloat16(), b) + 1e-4
         ok &= res[name] <= bound
-    ok &= res["doffsets"] <= 1e-2
+    if learn_offsets:
+        ok &= res["doffsets"] <= 1e-2
     res["passed"] = bool(ok)
     return res
+
+
+def check_op():
+    """Both CUDA paths through the torch op: learned fractional offsets (CUDA cores, with
+    the offset gradient) and integer Fibonacci offsets (tensor cores)."""
+    learned = check_op_case([21.5, 34.0, 55.25, 89.75, 144.0, 233.5], True, 0)
+    fixed = check_op_case([21, 34, 55, 89, 144, 233, 377, 610], False, 1)
+    return {"learned_fractional": learned, "integer_tensor_cores": fixed,
+            "passed": learned["passed"] and fixed["passed"]}
 
 
 def copy_bandwidth():
