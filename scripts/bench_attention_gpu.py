@@ -130,6 +130,34 @@ def flex_fn(n, window, offsets, device):
     return lambda q, k, v: compiled(q, k, v, block_mask=block_mask), block_mask
 
 
+def profile_kernels(n, tokens, H=8, d=64, W=64, iters=5):
+    """Per-kernel device time of reach's forward + backward at (n, reach = n)."""
+    from torch.profiler import ProfilerActivity, profile
+    B = max(1, tokens // n)
+    offs = torch.tensor(fibonacci_offsets(W, n), dtype=torch.float64)
+    q, k, v, g = (torch.randn(B, H, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(4))
+    qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
+
+    def step():
+        torch.ops.reach.dilated_attention(qg, kg, vg, W, offs, None).backward(g)
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            step()
+        torch.cuda.synchronize()
+    out = {}
+    for e in prof.key_averages():
+        t = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        if t > 0:
+            out[e.key[:90]] = t / iters / 1e3  # ms per step
+    print(f"per-kernel ms per fwd+bwd step (n={n}, reach=n):", flush=True)
+    for key, ms in sorted(out.items(), key=lambda kv: -kv[1])[:12]:
+        print(f"  {ms:8.3f}  {key}", flush=True)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", required=True)
@@ -138,6 +166,8 @@ def main():
     ap.add_argument("--build-dir", default=os.path.join(ROOT, "build-gpu", "ops"))
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--flex-budget-s", type=float, default=200)
+    ap.add_argument("--profile", action="store_true",
+                    help="also print per-kernel CUDA times (torch.profiler) for the largest n")
     args = ap.parse_args()
 
     t0 = time.time()
@@ -206,6 +236,8 @@ def main():
             del q, k, v, g, qg, kg, vg
             torch.cuda.empty_cache()
     results["rows"] = rows
+    if args.profile:
+        results["profile"] = profile_kernels(max(int(x) for x in args.ns.split(",")), args.tokens)
     with open(args.json, "w") as f:
         json.dump(results, f, indent=1)
 
