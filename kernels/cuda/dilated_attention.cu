@@ -611,8 +611,8 @@ void dilated_attention_forward_cuda(const DilatedAttentionParams& p, ScalarType 
   }
 }
 
-size_t dilated_attention_backward_workspace_bytes(const DilatedAttentionParams& p,
-                                                  ScalarType type, bool offsets_grad) {
+size_t dilated_attention_backward_workspace_bytes(const DilatedAttentionParams& p, ScalarType type,
+                                                  bool offsets_grad) {
   return tensor_core_path(p, type, offsets_grad) ? sizeof(float) * tc_workspace_floats(p)
                                                  : cuda_core_workspace_bytes(p);
 }

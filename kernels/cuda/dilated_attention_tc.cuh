@@ -31,9 +31,9 @@ namespace reach::kernels::gpu::tc {
 
 using bf16 = __nv_bfloat16;
 
-constexpr int kTile = 64;       // rows per block
-constexpr int kThreads = 128;   // 4 warps x 16 rows
-constexpr bool kSplit = true;   // P and dS as bf16 hi + lo (see above)
+constexpr int kTile = 64;      // rows per block
+constexpr int kThreads = 128;  // 4 warps x 16 rows
+constexpr bool kSplit = true;  // P and dS as bf16 hi + lo (see above)
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
@@ -189,8 +189,8 @@ __device__ __forceinline__ void load_tile(bf16* dst, const bf16* src, int row0, 
     const int r = idx / S::kChunks, ch = idx % S::kChunks;
     const int row = row0 + r;
     const bool valid = row >= 0 && row < n;
-    cp_async16(dst + r * S::kStride + ch * 8, src + static_cast<size_t>(valid ? row : 0) * D + ch * 8,
-               valid);
+    cp_async16(dst + r * S::kStride + ch * 8,
+               src + static_cast<size_t>(valid ? row : 0) * D + ch * 8, valid);
   }
 }
 
@@ -578,8 +578,8 @@ __global__ void __launch_bounds__(kThreads)
       float st[2][4] = {}, dp[2][4] = {};
 #pragma unroll
       for (int ks = 0; ks < S::kKSteps; ++ks) {
-        const int at = (16 * kb + (lane & 7) + (lane >> 4) * 8) * S::kStride + ks * 16 +
-                       ((lane >> 3) & 1) * 8;
+        const int at =
+            (16 * kb + (lane & 7) + (lane >> 4) * 8) * S::kStride + ks * 16 + ((lane >> 3) & 1) * 8;
         uint32_t a[4], b[4];
         a_fragment<D>(a, qa, sQ, wrow, ks, lane);
         ldmatrix_x4(b, cK + at);
@@ -663,7 +663,8 @@ __global__ void __launch_bounds__(kThreads)
 
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    if (rows[r] < n) store_row<RC>(grad_q + head + static_cast<size_t>(rows[r]) * D, c, acc[r], scale);
+    if (rows[r] < n)
+      store_row<RC>(grad_q + head + static_cast<size_t>(rows[r]) * D, c, acc[r], scale);
   }
 }
 
@@ -694,7 +695,7 @@ __global__ void __launch_bounds__(kThreads)
   bf16* sQ = sV + S::kTileElems;
   bf16* sdO = sQ + 2 * S::kTileElems;
   float* sL = reinterpret_cast<float*>(sdO + 2 * S::kTileElems);  // [2][64] lse
-  float* sDl = sL + 2 * kTile;                                     // [2][64] delta
+  float* sDl = sL + 2 * kTile;                                    // [2][64] delta
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
   const int j0 = blockIdx.x * kTile;
   const int wrow = 16 * warp;
@@ -757,8 +758,8 @@ __global__ void __launch_bounds__(kThreads)
       float st[2][4] = {}, dpt[2][4] = {};  // S^T and dP^T: rows = keys, columns = queries
 #pragma unroll
       for (int ks = 0; ks < S::kKSteps; ++ks) {
-        const int at = (16 * qb + (lane & 7) + (lane >> 4) * 8) * S::kStride + ks * 16 +
-                       ((lane >> 3) & 1) * 8;
+        const int at =
+            (16 * qb + (lane & 7) + (lane >> 4) * 8) * S::kStride + ks * 16 + ((lane >> 3) & 1) * 8;
         uint32_t a[4], b[4];
         a_fragment<D>(a, ka, sK, wrow, ks, lane);
         ldmatrix_x4(b, cQ + at);
@@ -787,8 +788,8 @@ __global__ void __launch_bounds__(kThreads)
       to_a_fragment(dpt[0], dpt[1], s_hi, s_lo);
 #pragma unroll
       for (int nd = 0; nd < D / 16; ++nd) {
-        const int at = (16 * qb + (lane & 7) + ((lane >> 3) & 1) * 8) * S::kStride + nd * 16 +
-                       (lane >> 4) * 8;
+        const int at =
+            (16 * qb + (lane & 7) + ((lane >> 3) & 1) * 8) * S::kStride + nd * 16 + (lane >> 4) * 8;
         uint32_t b[4];
         ldmatrix_x4_trans(b, cdO + at);
         mma(dv[2 * nd], p_hi, b[0], b[1]);
