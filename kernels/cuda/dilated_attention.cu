@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
@@ -514,17 +515,38 @@ TcLaunch tc_launch(const DilatedAttentionParams& p) {
   return t;
 }
 
+// Offsets whose rows one warp loads before using any (memory-level parallelism versus
+// registers): 2 or 4 at d = 64, 1 at d = 128 (more spills). REACH_TC_GROUP=4 selects 4
+// at d = 64, for tuning runs (scripts/gpu-check --variants).
 template <int D>
-void tc_forward(const DilatedAttentionParams& p, const void* q, const void* k, const void* v,
-                void* out, float* lse, cudaStream_t stream) {
+int tc_group() {
+  if (D != 64) return 1;
+  const char* env = std::getenv("REACH_TC_GROUP");
+  return env != nullptr && std::atoi(env) == 4 ? 4 : 2;
+}
+
+template <int D, int G>
+void tc_forward_group(const DilatedAttentionParams& p, const void* q, const void* k, const void* v,
+                      void* out, float* lse, cudaStream_t stream) {
   using T = __nv_bfloat16;
   const TcLaunch t = tc_launch(p);
   constexpr size_t smem = tc::forward_smem_bytes<D>();
-  allow_smem(tc::forward_kernel<D>, smem);
-  tc::forward_kernel<D><<<t.grid, tc::kThreads, smem, stream>>>(
+  allow_smem(tc::forward_kernel<D, G>, smem);
+  tc::forward_kernel<D, G><<<t.grid, tc::kThreads, smem, stream>>>(
       static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
       static_cast<T*>(out), lse, t.n, t.window, t.scale_log2, t.offs);
   check_cuda(cudaGetLastError(), "forward launch (tensor cores)");
+}
+
+template <int D>
+void tc_forward(const DilatedAttentionParams& p, const void* q, const void* k, const void* v,
+                void* out, float* lse, cudaStream_t stream) {
+  if constexpr (D == 64) {
+    if (tc_group<D>() == 4) return tc_forward_group<D, 4>(p, q, k, v, out, lse, stream);
+    return tc_forward_group<D, 2>(p, q, k, v, out, lse, stream);
+  } else {
+    return tc_forward_group<D, 1>(p, q, k, v, out, lse, stream);
+  }
 }
 
 size_t tc_workspace_floats(const DilatedAttentionParams& p) {
@@ -532,10 +554,10 @@ size_t tc_workspace_floats(const DilatedAttentionParams& p) {
   return rows * (1 + 2 * static_cast<size_t>(p.num_offsets));  // delta, P and dS per offset
 }
 
-template <int D>
-void tc_backward(const DilatedAttentionParams& p, const void* q, const void* k, const void* v,
-                 const void* out, const float* lse, const void* grad_out, void* grad_q,
-                 void* grad_k, void* grad_v, void* workspace, cudaStream_t stream) {
+template <int D, int G>
+void tc_backward_group(const DilatedAttentionParams& p, const void* q, const void* k, const void* v,
+                       const void* out, const float* lse, const void* grad_out, void* grad_q,
+                       void* grad_k, void* grad_v, void* workspace, cudaStream_t stream) {
   using T = __nv_bfloat16;
   const TcLaunch t = tc_launch(p);
   const size_t rows = static_cast<size_t>(p.batch_heads) * p.seq_len;
@@ -543,19 +565,36 @@ void tc_backward(const DilatedAttentionParams& p, const void* q, const void* k, 
   float* prob = delta + rows;
   float* dscore = prob + rows * static_cast<size_t>(p.num_offsets);
   constexpr size_t smem_q = tc::backward_query_smem_bytes<D>();
-  allow_smem(tc::backward_query_kernel<D>, smem_q);
-  tc::backward_query_kernel<D><<<t.grid, tc::kThreads, smem_q, stream>>>(
+  allow_smem(tc::backward_query_kernel<D, G>, smem_q);
+  tc::backward_query_kernel<D, G><<<t.grid, tc::kThreads, smem_q, stream>>>(
       static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
       static_cast<const T*>(out), lse, static_cast<const T*>(grad_out), static_cast<T*>(grad_q),
       delta, prob, dscore, t.n, t.window, t.scale, t.scale_log2, t.offs);
   check_cuda(cudaGetLastError(), "backward query-pass launch (tensor cores)");
   constexpr size_t smem_k = tc::backward_key_smem_bytes<D>();
-  allow_smem(tc::backward_key_kernel<D>, smem_k);
-  tc::backward_key_kernel<D><<<t.grid, tc::kThreads, smem_k, stream>>>(
+  allow_smem(tc::backward_key_kernel<D, G>, smem_k);
+  tc::backward_key_kernel<D, G><<<t.grid, tc::kThreads, smem_k, stream>>>(
       static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), lse,
       static_cast<const T*>(grad_out), delta, prob, dscore, static_cast<T*>(grad_k),
       static_cast<T*>(grad_v), t.n, t.window, t.scale, t.scale_log2, t.offs);
   check_cuda(cudaGetLastError(), "backward key-pass launch (tensor cores)");
+}
+
+template <int D>
+void tc_backward(const DilatedAttentionParams& p, const void* q, const void* k, const void* v,
+                 const void* out, const float* lse, const void* grad_out, void* grad_q,
+                 void* grad_k, void* grad_v, void* workspace, cudaStream_t stream) {
+  if constexpr (D == 64) {
+    if (tc_group<D>() == 4) {
+      return tc_backward_group<D, 4>(p, q, k, v, out, lse, grad_out, grad_q, grad_k, grad_v,
+                                     workspace, stream);
+    }
+    return tc_backward_group<D, 2>(p, q, k, v, out, lse, grad_out, grad_q, grad_k, grad_v,
+                                   workspace, stream);
+  } else {
+    return tc_backward_group<D, 1>(p, q, k, v, out, lse, grad_out, grad_q, grad_k, grad_v,
+                                   workspace, stream);
+  }
 }
 
 size_t cuda_core_workspace_bytes(const DilatedAttentionParams& p) {
