@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
@@ -515,15 +514,10 @@ TcLaunch tc_launch(const DilatedAttentionParams& p) {
   return t;
 }
 
-// Offsets whose rows one warp loads before using any (memory-level parallelism versus
-// registers): 2 or 4 at d = 64, 1 at d = 128 (more spills). REACH_TC_GROUP=4 selects 4
-// at d = 64, for tuning runs (scripts/gpu-check --variants).
+// Offsets whose rows one warp loads before using any: 2 at d = 64 (4 measured slower:
+// fewer resident blocks), 1 at d = 128 (2 spills).
 template <int D>
-int tc_group() {
-  if (D != 64) return 1;
-  const char* env = std::getenv("REACH_TC_GROUP");
-  return env != nullptr && std::atoi(env) == 4 ? 4 : 2;
-}
+constexpr int kTcGroup = D == 64 ? 2 : 1;
 
 template <int D, int G>
 void tc_forward_group(const DilatedAttentionParams& p, const void* q, const void* k, const void* v,
@@ -541,12 +535,7 @@ void tc_forward_group(const DilatedAttentionParams& p, const void* q, const void
 template <int D>
 void tc_forward(const DilatedAttentionParams& p, const void* q, const void* k, const void* v,
                 void* out, float* lse, cudaStream_t stream) {
-  if constexpr (D == 64) {
-    if (tc_group<D>() == 4) return tc_forward_group<D, 4>(p, q, k, v, out, lse, stream);
-    return tc_forward_group<D, 2>(p, q, k, v, out, lse, stream);
-  } else {
-    return tc_forward_group<D, 1>(p, q, k, v, out, lse, stream);
-  }
+  tc_forward_group<D, kTcGroup<D>>(p, q, k, v, out, lse, stream);
 }
 
 size_t tc_workspace_floats(const DilatedAttentionParams& p) {
@@ -584,17 +573,8 @@ template <int D>
 void tc_backward(const DilatedAttentionParams& p, const void* q, const void* k, const void* v,
                  const void* out, const float* lse, const void* grad_out, void* grad_q,
                  void* grad_k, void* grad_v, void* workspace, cudaStream_t stream) {
-  if constexpr (D == 64) {
-    if (tc_group<D>() == 4) {
-      return tc_backward_group<D, 4>(p, q, k, v, out, lse, grad_out, grad_q, grad_k, grad_v,
-                                     workspace, stream);
-    }
-    return tc_backward_group<D, 2>(p, q, k, v, out, lse, grad_out, grad_q, grad_k, grad_v,
-                                   workspace, stream);
-  } else {
-    return tc_backward_group<D, 1>(p, q, k, v, out, lse, grad_out, grad_q, grad_k, grad_v,
-                                   workspace, stream);
-  }
+  tc_backward_group<D, kTcGroup<D>>(p, q, k, v, out, lse, grad_out, grad_q, grad_k, grad_v,
+                                    workspace, stream);
 }
 
 size_t cuda_core_workspace_bytes(const DilatedAttentionParams& p) {
