@@ -94,7 +94,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> backward_cuda(
   const auto p = cuda_params(q, window, off, scale);
   Tensor dq = torch::empty_like(q), dk = torch::empty_like(k), dv = torch::empty_like(v);
   Tensor doff = torch::zeros({off.numel()}, q.options().dtype(torch::kFloat64));
-  const auto bytes = kernels::gpu::dilated_attention_backward_workspace_bytes(p);
+  const auto bytes =
+      kernels::gpu::dilated_attention_backward_workspace_bytes(p, type, need_offsets_grad);
   Tensor workspace =
       torch::empty({static_cast<int64_t>(bytes / 4 + 4)}, q.options().dtype(torch::kFloat));
   kernels::gpu::dilated_attention_backward_cuda(

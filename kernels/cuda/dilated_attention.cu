@@ -1,14 +1,18 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 #include <string>
 
 #include "kernels/cuda/dilated_attention.hpp"
+#include "kernels/cuda/dilated_attention_tc.cuh"
 
 namespace reach::kernels::gpu {
 namespace {
+
+// ---- CUDA-core path: fp32 inputs, fractional offsets, the offset gradient -----------
 
 // Each thread owns kDims consecutive dims of one row: 32 bytes of bf16 (two 16-byte
 // loads), so a query's D/kDims threads read one row in one coalesced sweep.
@@ -460,7 +464,130 @@ void launch_backward(const DilatedAttentionParams& p, const void* q, const void*
   }
 }
 
+// ---- tensor-core path (dilated_attention_tc.cuh) -----------------------------------
+
+bool integer_offsets(const DilatedAttentionParams& p) {
+  for (int64_t kk = 0; kk < p.num_offsets; ++kk) {
+    if (p.offsets[kk] != std::floor(p.offsets[kk])) return false;
+  }
+  return true;
+}
+
+bool tensor_core_path(const DilatedAttentionParams& p, ScalarType type, bool offsets_grad) {
+  return type == ScalarType::kBFloat16 && (p.head_dim == 64 || p.head_dim == 128) &&
+         integer_offsets(p) && !(offsets_grad && p.num_offsets > 0);
+}
+
+tc::IntOffsets make_int_offsets(const DilatedAttentionParams& p) {
+  tc::IntOffsets offs{};
+  offs.count = static_cast<int>(p.num_offsets);
+  for (int64_t kk = 0; kk < p.num_offsets; ++kk) offs.d[kk] = static_cast<int>(p.offsets[kk]);
+  return offs;
+}
+
+// Kernels using more than 48 KB of dynamic shared memory must opt in.
+template <typename Kernel>
+void allow_smem(Kernel kernel, size_t bytes) {
+  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  static_cast<int>(bytes)),
+             "shared-memory opt-in");
+}
+
+struct TcLaunch {
+  int n;
+  int window;  // min(W, n): the same mask, and no overflow in j + W
+  float scale;
+  float scale_log2;
+  dim3 grid;
+  tc::IntOffsets offs;
+};
+
+TcLaunch tc_launch(const DilatedAttentionParams& p) {
+  TcLaunch t;
+  t.n = static_cast<int>(p.seq_len);
+  t.window = static_cast<int>(p.window_slots());
+  t.scale = static_cast<float>(p.scale);
+  t.scale_log2 = static_cast<float>(p.scale * 1.4426950408889634);
+  t.grid = dim3(static_cast<unsigned>((p.seq_len + tc::kTile - 1) / tc::kTile),
+                static_cast<unsigned>(p.batch_heads));
+  t.offs = make_int_offsets(p);
+  return t;
+}
+
+// Offsets whose rows one warp loads before using any: 2 at d = 64 (4 measured slower:
+// fewer resident blocks), 1 at d = 128 (2 spills).
+template <int D>
+constexpr int kTcGroup = D == 64 ? 2 : 1;
+
+template <int D, int G>
+void tc_forward_group(const DilatedAttentionParams& p, const void* q, const void* k, const void* v,
+                      void* out, float* lse, cudaStream_t stream) {
+  using T = __nv_bfloat16;
+  const TcLaunch t = tc_launch(p);
+  constexpr size_t smem = tc::forward_smem_bytes<D>();
+  allow_smem(tc::forward_kernel<D, G>, smem);
+  tc::forward_kernel<D, G><<<t.grid, tc::kThreads, smem, stream>>>(
+      static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
+      static_cast<T*>(out), lse, t.n, t.window, t.scale_log2, t.offs);
+  check_cuda(cudaGetLastError(), "forward launch (tensor cores)");
+}
+
+template <int D>
+void tc_forward(const DilatedAttentionParams& p, const void* q, const void* k, const void* v,
+                void* out, float* lse, cudaStream_t stream) {
+  tc_forward_group<D, kTcGroup<D>>(p, q, k, v, out, lse, stream);
+}
+
+size_t tc_workspace_floats(const DilatedAttentionParams& p) {
+  const size_t rows = static_cast<size_t>(p.batch_heads) * p.seq_len;
+  return rows * (1 + 2 * static_cast<size_t>(p.num_offsets));  // delta, P and dS per offset
+}
+
+template <int D, int G>
+void tc_backward_group(const DilatedAttentionParams& p, const void* q, const void* k, const void* v,
+                       const void* out, const float* lse, const void* grad_out, void* grad_q,
+                       void* grad_k, void* grad_v, void* workspace, cudaStream_t stream) {
+  using T = __nv_bfloat16;
+  const TcLaunch t = tc_launch(p);
+  const size_t rows = static_cast<size_t>(p.batch_heads) * p.seq_len;
+  float* delta = static_cast<float*>(workspace);
+  float* prob = delta + rows;
+  float* dscore = prob + rows * static_cast<size_t>(p.num_offsets);
+  constexpr size_t smem_q = tc::backward_query_smem_bytes<D>();
+  allow_smem(tc::backward_query_kernel<D, G>, smem_q);
+  tc::backward_query_kernel<D, G><<<t.grid, tc::kThreads, smem_q, stream>>>(
+      static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
+      static_cast<const T*>(out), lse, static_cast<const T*>(grad_out), static_cast<T*>(grad_q),
+      delta, prob, dscore, t.n, t.window, t.scale, t.scale_log2, t.offs);
+  check_cuda(cudaGetLastError(), "backward query-pass launch (tensor cores)");
+  constexpr size_t smem_k = tc::backward_key_smem_bytes<D>();
+  allow_smem(tc::backward_key_kernel<D, G>, smem_k);
+  tc::backward_key_kernel<D, G><<<t.grid, tc::kThreads, smem_k, stream>>>(
+      static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), lse,
+      static_cast<const T*>(grad_out), delta, prob, dscore, static_cast<T*>(grad_k),
+      static_cast<T*>(grad_v), t.n, t.window, t.scale, t.scale_log2, t.offs);
+  check_cuda(cudaGetLastError(), "backward key-pass launch (tensor cores)");
+}
+
+template <int D>
+void tc_backward(const DilatedAttentionParams& p, const void* q, const void* k, const void* v,
+                 const void* out, const float* lse, const void* grad_out, void* grad_q,
+                 void* grad_k, void* grad_v, void* workspace, cudaStream_t stream) {
+  tc_backward_group<D, kTcGroup<D>>(p, q, k, v, out, lse, grad_out, grad_q, grad_k, grad_v,
+                                    workspace, stream);
+}
+
+size_t cuda_core_workspace_bytes(const DilatedAttentionParams& p) {
+  const size_t per = static_cast<size_t>(p.batch_heads) * p.slots() * p.seq_len;
+  return sizeof(float) * (2 * per + query_blocks(p) * static_cast<size_t>(p.num_offsets));
+}
+
 }  // namespace
+
+bool dilated_attention_uses_tensor_cores(const DilatedAttentionParams& params, ScalarType type,
+                                         bool offsets_grad) {
+  return tensor_core_path(params, type, offsets_grad);
+}
 
 std::string cuda_support_problem(const DilatedAttentionParams& p) {
   if (p.head_dim != 64 && p.head_dim != 128) {
@@ -485,7 +612,12 @@ void dilated_attention_forward_cuda(const DilatedAttentionParams& p, ScalarType 
                                     void* stream_ptr) {
   check_params(p);
   const auto stream = static_cast<cudaStream_t>(stream_ptr);
-  if (type == ScalarType::kBFloat16) {
+  if (tensor_core_path(p, type, false)) {
+    if (p.head_dim == 64)
+      tc_forward<64>(p, q, k, v, out, lse, stream);
+    else
+      tc_forward<128>(p, q, k, v, out, lse, stream);
+  } else if (type == ScalarType::kBFloat16) {
     if (p.head_dim == 64)
       launch_forward<__nv_bfloat16, 64>(p, q, k, v, out, lse, stream);
     else
@@ -498,9 +630,14 @@ void dilated_attention_forward_cuda(const DilatedAttentionParams& p, ScalarType 
   }
 }
 
+size_t dilated_attention_backward_workspace_bytes(const DilatedAttentionParams& p, ScalarType type,
+                                                  bool offsets_grad) {
+  return tensor_core_path(p, type, offsets_grad) ? sizeof(float) * tc_workspace_floats(p)
+                                                 : cuda_core_workspace_bytes(p);
+}
+
 size_t dilated_attention_backward_workspace_bytes(const DilatedAttentionParams& p) {
-  const size_t per = static_cast<size_t>(p.batch_heads) * p.slots() * p.seq_len;
-  return sizeof(float) * (2 * per + query_blocks(p) * static_cast<size_t>(p.num_offsets));
+  return std::max(sizeof(float) * tc_workspace_floats(p), cuda_core_workspace_bytes(p));
 }
 
 void dilated_attention_backward_cuda(const DilatedAttentionParams& p, ScalarType type,
@@ -510,6 +647,13 @@ void dilated_attention_backward_cuda(const DilatedAttentionParams& p, ScalarType
                                      void* workspace, void* stream_ptr) {
   check_params(p);
   const auto stream = static_cast<cudaStream_t>(stream_ptr);
+  if (tensor_core_path(p, type, grad_offsets != nullptr)) {
+    if (p.head_dim == 64)
+      tc_backward<64>(p, q, k, v, out, lse, grad_out, grad_q, grad_k, grad_v, workspace, stream);
+    else
+      tc_backward<128>(p, q, k, v, out, lse, grad_out, grad_q, grad_k, grad_v, workspace, stream);
+    return;
+  }
 #define REACH_LAUNCH_BACKWARD(T, D)                                                           \
   launch_backward<T, D>(p, q, k, v, out, lse, grad_out, grad_q, grad_k, grad_v, grad_offsets, \
                         workspace, stream)

@@ -2,18 +2,23 @@
 //
 // Same contract as the CPU kernel (kernels/dilated_attention_params.hpp); raw
 // device pointers, no torch and no CUDA headers here so C++ callers and tests can
-// include it. A group of D/32 threads owns one query (32 dims each); a block owns
-// a tile of consecutive queries, so at every slot the block reads consecutive key
-// rows (coalesced). Window and offset scores share one online softmax; the
-// forward saves the log-sum-exp (float32, natural log).
+// include it. A block owns a tile of consecutive queries, so at every offset slot
+// the block reads consecutive key rows (coalesced). Window and offset scores share
+// one online softmax; the forward saves the log-sum-exp (float32, natural log).
+// Backward without atomics: a query-centric pass (dq) then a key-centric pass
+// (dk, dv) that gathers, for each key, the (query, slot) pairs that saw it.
 //
-// Backward, with no atomics: a query-centric pass (dq, and per slot the
-// probability P and score gradient dS, stored slot-major in the workspace), then
-// a key-centric pass (dk, dv) that gathers, for each key, the (query, slot) pairs
-// that saw it. The offset gradient is reduced per block and then across blocks.
+// Two implementations behind one interface:
+//  * tensor cores (kernels/cuda/dilated_attention_tc.cuh): bf16, head_dim 64 or 128,
+//    integer offsets, no offset gradient. The window band runs as dense 64-row blocks
+//    on mma.sync, the offsets as 16-byte row loads; the backward recomputes P from the
+//    log-sum-exp and keeps only P and dS of the offset slots in the workspace.
+//  * CUDA cores (everything else: fp32, fractional offsets, the offset gradient): a
+//    group of D/16 threads per query; the backward stores P and dS for every slot.
 #pragma once
 
 #include <cstddef>
+#include <string>
 
 #include "kernels/dilated_attention_params.hpp"
 
@@ -35,12 +40,21 @@ void dilated_attention_forward_cuda(const DilatedAttentionParams& params, Scalar
                                     const void* q, const void* k, const void* v, void* out,
                                     float* lse, void* stream);
 
-// Device bytes the backward needs as scratch.
+// True when forward/backward with these arguments take the tensor-core path
+// (offsets_grad: the backward is asked for the offset gradient).
+bool dilated_attention_uses_tensor_cores(const DilatedAttentionParams& params, ScalarType type,
+                                         bool offsets_grad);
+
+// Device bytes the backward needs as scratch for this type and offsets_grad
+// (grad_offsets != nullptr); the one-argument form is enough for any of them.
+size_t dilated_attention_backward_workspace_bytes(const DilatedAttentionParams& params,
+                                                  ScalarType type, bool offsets_grad);
 size_t dilated_attention_backward_workspace_bytes(const DilatedAttentionParams& params);
 
 // grad_offsets: null, or K doubles on the device (dLoss/d offset distance, summed
 // over batch, heads and queries). workspace: at least
-// dilated_attention_backward_workspace_bytes(params) device bytes, 16-byte aligned.
+// dilated_attention_backward_workspace_bytes(params, type, grad_offsets != nullptr)
+// device bytes, 16-byte aligned.
 void dilated_attention_backward_cuda(const DilatedAttentionParams& params, ScalarType type,
                                      const void* q, const void* k, const void* v, const void* out,
                                      const float* lse, const void* grad_out, void* grad_q,

@@ -2,6 +2,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -140,6 +141,13 @@ std::vector<CudaCase> cuda_cases() {
     cases.push_back({bf16, 1, 1001, 64, 64, fibonacci_offsets(64, 1001)});
     cases.push_back({bf16, 2, 513, 128, 32, {34.5, 55, 89.3, 144, 233.75}});
     cases.push_back({bf16, 1, 4099, 128, 64, fibonacci_offsets(64, 4096)});
+    // Band shapes for the tensor-core path: W = 1, W not a multiple of 64 spanning
+    // several key chunks, dense causal over many chunks, n below one tile.
+    cases.push_back({bf16, 3, 63, 64, 1, {1, 2, 3, 5, 8, 13, 21, 34, 55}});
+    cases.push_back({bf16, 2, 1003, 64, 200, {233, 377, 610, 987}});
+    cases.push_back({bf16, 1, 700, 64, 1024, {}});
+    cases.push_back({bf16, 2, 1000, 128, 100, {144, 233, 377, 610, 987}});
+    cases.push_back({bf16, 40, 130, 64, 64, fibonacci_offsets(64, 130)});
   }
   // Long sequences: the reference is the CPU fast kernel in float64 (itself tested
   // against the dense reference), so every row is still checked.
@@ -161,6 +169,11 @@ CudaCaseResult run_cuda_case(const CudaCase& c, unsigned seed) {
     p.offsets = c.offsets.data();
     p.num_offsets = static_cast<int64_t>(c.offsets.size());
     p.scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
+    if (kernels::gpu::dilated_attention_uses_tensor_cores(
+            p, c.bf16 ? kernels::gpu::ScalarType::kBFloat16 : kernels::gpu::ScalarType::kFloat32,
+            false)) {
+      r.name += " tc";
+    }
     const size_t count = static_cast<size_t>(c.batch_heads) * c.seq_len * c.head_dim;
     const size_t rows = static_cast<size_t>(c.batch_heads) * c.seq_len;
     const size_t K = c.offsets.size();
@@ -216,25 +229,39 @@ CudaCaseResult run_cuda_case(const CudaCase& c, unsigned seed) {
         c.bf16 ? kernels::gpu::ScalarType::kBFloat16 : kernels::gpu::ScalarType::kFloat32;
     kernels::gpu::dilated_attention_forward_cuda(p, type, dq_in.ptr, dk_in.ptr, dv_in.ptr,
                                                  d_out.ptr, lse, nullptr);
-    kernels::gpu::dilated_attention_backward_cuda(p, type, dq_in.ptr, dk_in.ptr, dv_in.ptr,
-                                                  d_out.ptr, lse, d_do.ptr, d_gq.ptr, d_gk.ptr,
-                                                  d_gv.ptr, K ? doff : nullptr, workspace, nullptr);
-    check(cudaDeviceSynchronize(), "kernels");
-    const auto out = d_out.download(), gq = d_gq.download(), gk = d_gk.download(),
-               gv = d_gv.download();
-    std::vector<double> goff(K);
-    check(cudaMemcpy(goff.data(), doff, K * sizeof(double), cudaMemcpyDeviceToHost), "download");
+    check(cudaDeviceSynchronize(), "forward");
+    const auto out = d_out.download();
+    r.all_written = all_finite(out);
+    r.err_out = rel_l2(out, ref_out);
+    // The backward twice: without the offset gradient (the tensor-core path where it
+    // applies) and, when there are offsets, with it (always the CUDA-core path). The
+    // outputs are poisoned again before each run; errors are the larger of the two.
+    for (const bool offsets_grad : {false, true}) {
+      if (offsets_grad && K == 0) break;
+      for (DeviceTensor* t : {&d_gq, &d_gk, &d_gv}) {
+        check(cudaMemset(t->ptr, 0xFF, t->count * (t->bf16 ? 2 : 4)), "cudaMemset");
+      }
+      kernels::gpu::dilated_attention_backward_cuda(
+          p, type, dq_in.ptr, dk_in.ptr, dv_in.ptr, d_out.ptr, lse, d_do.ptr, d_gq.ptr, d_gk.ptr,
+          d_gv.ptr, offsets_grad ? doff : nullptr, workspace, nullptr);
+      check(cudaDeviceSynchronize(), "backward");
+      const auto gq = d_gq.download(), gk = d_gk.download(), gv = d_gv.download();
+      r.all_written = r.all_written && all_finite(gq) && all_finite(gk) && all_finite(gv);
+      r.err_dq = std::max(r.err_dq, rel_l2(gq, ref_dq));
+      r.err_dk = std::max(r.err_dk, rel_l2(gk, ref_dk));
+      r.err_dv = std::max(r.err_dv, rel_l2(gv, ref_dv));
+      if (offsets_grad) {
+        std::vector<double> goff(K);
+        check(cudaMemcpy(goff.data(), doff, K * sizeof(double), cudaMemcpyDeviceToHost),
+              "download");
+        r.all_written = r.all_written && all_finite(goff);
+        r.err_doff = rel_l2(goff, ref_doff);
+      }
+    }
     cudaFree(lse);
     cudaFree(doff);
     cudaFree(workspace);
 
-    r.all_written =
-        all_finite(out) && all_finite(gq) && all_finite(gk) && all_finite(gv) && all_finite(goff);
-    r.err_out = rel_l2(out, ref_out);
-    r.err_dq = rel_l2(gq, ref_dq);
-    r.err_dk = rel_l2(gk, ref_dk);
-    r.err_dv = rel_l2(gv, ref_dv);
-    r.err_doff = K ? rel_l2(goff, ref_doff) : 0.0;
     if (c.bf16) {
       r.bound_out = 2 * bf16_rounding_error(ref_out) + 1e-4;
       r.bound_dq = 2 * bf16_rounding_error(ref_dq) + 1e-4;

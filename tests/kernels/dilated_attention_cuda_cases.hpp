@@ -42,7 +42,10 @@ struct CudaCaseResult {
 bool cuda_device_available();
 
 // The shapes tested: n from 1 to 70,000, odd sizes, bf16 and float32, d 64 and 128,
-// integer and fractional offsets, W >= n (dense causal).
+// integer and fractional offsets, W >= n (dense causal), W = 1 and W spanning several
+// 64-row chunks. bf16 cases with integer offsets run the tensor-core path (names end
+// in "tc") for the forward and the backward without the offset gradient; the backward
+// with the offset gradient always runs the CUDA-core path. Both backwards are checked.
 std::vector<CudaCase> cuda_cases();
 
 // Runs one case on random inputs (seeded by `seed`).

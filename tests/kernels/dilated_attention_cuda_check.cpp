@@ -13,19 +13,19 @@ int main() {
   }
   int failures = 0;
   unsigned seed = 1234;
-  std::printf("%-44s %9s %9s %9s %9s %9s  %s\n", "case", "out", "dq", "dk", "dv", "doff",
+  std::printf("%-50s %9s %9s %9s %9s %9s  %s\n", "case", "out", "dq", "dk", "dv", "doff",
               "(rel. L2 error / bound)");
   for (const auto& c : cuda_cases()) {
     const auto r = run_cuda_case(c, seed++);
     if (!r.error.empty()) {
-      std::printf("%-44s ERROR %s\nFAIL\n", r.name.c_str(), r.error.c_str());
+      std::printf("%-50s ERROR %s\nFAIL\n", r.name.c_str(), r.error.c_str());
       ++failures;
       continue;
     }
-    std::printf("%-44s %9.2e %9.2e %9.2e %9.2e %9.2e  %s%s\n", r.name.c_str(), r.err_out, r.err_dq,
+    std::printf("%-50s %9.2e %9.2e %9.2e %9.2e %9.2e  %s%s\n", r.name.c_str(), r.err_out, r.err_dq,
                 r.err_dk, r.err_dv, r.err_doff, r.passed ? "PASS" : "FAIL",
                 r.all_written ? "" : " (unwritten/NaN output)");
-    std::printf("%-44s %9.2e %9.2e %9.2e %9.2e %9.2e  bound\n", "", r.bound_out, r.bound_dq,
+    std::printf("%-50s %9.2e %9.2e %9.2e %9.2e %9.2e  bound\n", "", r.bound_out, r.bound_dq,
                 r.bound_dk, r.bound_dv, r.bound_doff);
     failures += r.passed ? 0 : 1;
   }

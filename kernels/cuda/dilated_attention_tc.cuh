@@ -1,0 +1,857 @@
+// Tensor-core path of the CUDA dilated attention (included by dilated_attention.cu only):
+// bf16 inputs, head_dim 64 or 128, integer offsets, no offset gradient.
+//
+// A block owns a tile of 64 consecutive queries (forward, dq pass) or keys (dk/dv pass);
+// each of its 4 warps owns 16 rows. Two phases share one online softmax:
+//  * the window band: the tile against the 64-row chunks covering its band, as small
+//    dense blocks on the tensor cores (mma.sync m16n8k16 bf16, fp32 accumulation),
+//    FlashAttention-2 style, skipping 16-column blocks a warp's rows cannot see;
+//  * the dilated offsets: for offset d the tile reads one contiguous block of rows
+//    (rows i - d), a diagonal, so a quad of 4 lanes owns one row and reads it with
+//    16-byte loads straight from global memory (L2), dot products reduced in the quad.
+// The mma accumulators are moved to this "row layout" through shared memory between
+// the phases (the quad owning a row in the row layout is the quad holding it in the
+// mma layout, so the running max and sum carry over unchanged).
+//
+// Backward without atomics: a query pass (dq) that recomputes P from the forward's
+// log-sum-exp, computes delta_i = dO_i . O_i and stores P and dS for the offset slots
+// only (8 bytes per query and offset), then a key pass (dk, dv) that recomputes the
+// band blocks transposed and reads P and dS for its offset slots.
+//
+// Probabilities and score gradients enter the mma as bf16 hi + lo pairs (two mmas), so
+// rounding P or dS to bf16 costs no accuracy: the results keep fp32-like error and only
+// the final outputs are rounded to bf16.
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+namespace reach::kernels::gpu::tc {
+
+using bf16 = __nv_bfloat16;
+
+constexpr int kTile = 64;      // rows per block
+constexpr int kThreads = 128;  // 4 warps x 16 rows
+constexpr bool kSplit = true;  // P and dS as bf16 hi + lo (see above)
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+struct IntOffsets {
+  int count;
+  int d[kMaxOffsets];
+};
+
+template <int D>
+struct Shape {
+  static constexpr int kStride = D + 8;  // bf16 per smem row: +16 B keeps ldmatrix conflict-free
+  static constexpr int kTileElems = kTile * kStride;
+  static constexpr int kChunks = D / 8;      // 16-byte chunks per row
+  static constexpr int kRowChunks = D / 32;  // chunks per lane in the row layout (quad per row)
+  static constexpr int kKSteps = D / 16;     // k16 steps over head_dim
+  static constexpr int kNTiles = D / 8;      // n8 tiles over head_dim
+  static constexpr int kStage = D + 4;       // fp32 per row of the mma -> row layout staging
+  // Keep the warp's A fragments (its 16 rows of Q, dO, K or V) in registers across the
+  // band loop for d = 64; d = 128 reloads them from shared memory (registers).
+  static constexpr bool kHold = D == 64;
+  static constexpr int kHeld = kHold ? kKSteps : 1;
+};
+
+// A fragment ks of a warp's 16 rows of a padded smem tile: held (ldmatrix'd once at
+// `held`) or loaded now.
+template <int D>
+__device__ __forceinline__ void a_fragment(uint32_t (&dst)[4],
+                                           const uint32_t (&held)[Shape<D>::kHeld][4],
+                                           const __nv_bfloat16* tile, int wrow, int ks, int lane);
+
+// ---- PTX wrappers -------------------------------------------------------------------
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte global -> shared copy; zero-fills when !valid (src must still be a valid address).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
+               "r"(valid ? 16 : 0));
+}
+
+__device__ __forceinline__ void cp_async4(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
+               "r"(valid ? 4 : 0));
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const bf16* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p)));
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const bf16* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p)));
+}
+
+// c += a (16x16, row) * b (16x8, col), bf16 in, fp32 accumulate.
+__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                    uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+      "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Address of A fragment ks (16 rows from wrow, 16 columns from 16 * ks) for ldmatrix_x4.
+template <int D>
+__device__ __forceinline__ const __nv_bfloat16* a_address(const __nv_bfloat16* tile, int wrow,
+                                                          int ks, int lane) {
+  return tile + (wrow + (lane & 7) + ((lane >> 3) & 1) * 8) * Shape<D>::kStride + ks * 16 +
+         (lane >> 4) * 8;
+}
+
+template <int D>
+__device__ __forceinline__ void hold_fragments(uint32_t (&held)[Shape<D>::kHeld][4],
+                                               const __nv_bfloat16* tile, int wrow, int lane) {
+  if constexpr (Shape<D>::kHold) {
+#pragma unroll
+    for (int ks = 0; ks < Shape<D>::kKSteps; ++ks) {
+      ldmatrix_x4(held[ks], a_address<D>(tile, wrow, ks, lane));
+    }
+  }
+}
+
+template <int D>
+__device__ __forceinline__ void a_fragment(uint32_t (&dst)[4],
+                                           const uint32_t (&held)[Shape<D>::kHeld][4],
+                                           const __nv_bfloat16* tile, int wrow, int ks, int lane) {
+  if constexpr (Shape<D>::kHold) {
+#pragma unroll
+    for (int t = 0; t < 4; ++t) dst[t] = held[ks][t];
+  } else {
+    ldmatrix_x4(dst, a_address<D>(tile, wrow, ks, lane));
+  }
+}
+
+// ---- small helpers ------------------------------------------------------------------
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+  uint32_t u;
+  memcpy(&u, &h, sizeof(u));
+  return u;
+}
+
+__device__ __forceinline__ float bf16_lo(uint32_t w) { return __uint_as_float(w << 16); }
+__device__ __forceinline__ float bf16_hi(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
+
+// Two mma accumulator n8 tiles (16 rows x 16 columns, fp32) as an A fragment, split into
+// bf16 hi and lo parts (hi + lo equals x to ~2^-16 relative).
+__device__ __forceinline__ void to_a_fragment(const float (&x0)[4], const float (&x1)[4],
+                                              uint32_t (&hi)[4], uint32_t (&lo)[4]) {
+  const float v[8] = {x0[0], x0[1], x0[2], x0[3], x1[0], x1[1], x1[2], x1[3]};
+#pragma unroll
+  for (int t = 0; t < 4; ++t) {
+    hi[t] = pack_bf16(v[2 * t], v[2 * t + 1]);
+    lo[t] = pack_bf16(v[2 * t] - bf16_lo(hi[t]), v[2 * t + 1] - bf16_hi(hi[t]));
+  }
+}
+
+__device__ __forceinline__ float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+__device__ __forceinline__ float quad_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+
+// Copies rows [row0, row0 + 64) of a [n, D] matrix into a padded smem tile; rows
+// outside [0, n) become zeros.
+template <int D>
+__device__ __forceinline__ void load_tile(bf16* dst, const bf16* src, int row0, int n) {
+  using S = Shape<D>;
+#pragma unroll
+  for (int it = 0; it < kTile * S::kChunks / kThreads; ++it) {
+    const int idx = it * kThreads + static_cast<int>(threadIdx.x);
+    const int r = idx / S::kChunks, ch = idx % S::kChunks;
+    const int row = row0 + r;
+    const bool valid = row >= 0 && row < n;
+    cp_async16(dst + r * S::kStride + ch * 8,
+               src + static_cast<size_t>(valid ? row : 0) * D + ch * 8, valid);
+  }
+}
+
+// Row layout: lane c of a quad owns the 16-byte chunks c, c + 4, ... of its row.
+template <int D>
+__device__ __forceinline__ void load_row(const bf16* row, int c, uint4 (&r)[Shape<D>::kRowChunks]) {
+#pragma unroll
+  for (int t = 0; t < Shape<D>::kRowChunks; ++t) {
+    r[t] = __ldg(reinterpret_cast<const uint4*>(row) + c + 4 * t);
+  }
+}
+
+template <int D>
+__device__ __forceinline__ void load_smem_row(const bf16* row, int c,
+                                              uint4 (&r)[Shape<D>::kRowChunks]) {
+#pragma unroll
+  for (int t = 0; t < Shape<D>::kRowChunks; ++t) {
+    r[t] = *reinterpret_cast<const uint4*>(row + 8 * (c + 4 * t));
+  }
+}
+
+// This lane's share of a . b over a row (the quad sums the shares).
+template <int RC>
+__device__ __forceinline__ float dot_part(const uint4 (&a)[RC], const uint4 (&b)[RC]) {
+  float s0 = 0.f, s1 = 0.f;
+#pragma unroll
+  for (int t = 0; t < RC; ++t) {
+    const uint32_t wa[4] = {a[t].x, a[t].y, a[t].z, a[t].w};
+    const uint32_t wb[4] = {b[t].x, b[t].y, b[t].z, b[t].w};
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      s0 = fmaf(bf16_lo(wa[u]), bf16_lo(wb[u]), s0);
+      s1 = fmaf(bf16_hi(wa[u]), bf16_hi(wb[u]), s1);
+    }
+  }
+  return s0 + s1;
+}
+
+// acc += w * x over this lane's share of a row.
+template <int RC>
+__device__ __forceinline__ void axpy(float w, const uint4 (&x)[RC], float (&acc)[RC * 8]) {
+#pragma unroll
+  for (int t = 0; t < RC; ++t) {
+    const uint32_t wx[4] = {x[t].x, x[t].y, x[t].z, x[t].w};
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      acc[8 * t + 2 * u] = fmaf(w, bf16_lo(wx[u]), acc[8 * t + 2 * u]);
+      acc[8 * t + 2 * u + 1] = fmaf(w, bf16_hi(wx[u]), acc[8 * t + 2 * u + 1]);
+    }
+  }
+}
+
+template <int RC>
+__device__ __forceinline__ void store_row(bf16* row, int c, const float (&acc)[RC * 8],
+                                          float factor) {
+#pragma unroll
+  for (int t = 0; t < RC; ++t) {
+    uint4 x;
+    x.x = pack_bf16(acc[8 * t] * factor, acc[8 * t + 1] * factor);
+    x.y = pack_bf16(acc[8 * t + 2] * factor, acc[8 * t + 3] * factor);
+    x.z = pack_bf16(acc[8 * t + 4] * factor, acc[8 * t + 5] * factor);
+    x.w = pack_bf16(acc[8 * t + 6] * factor, acc[8 * t + 7] * factor);
+    reinterpret_cast<uint4*>(row)[c + 4 * t] = x;
+  }
+}
+
+// Moves a warp's 16 x D mma accumulator (rows g, g + 8 of lane 4g + c) into the row
+// layout (rows g and g + 8, this lane's chunks) through `stage` (16 x kStage floats).
+template <int D>
+__device__ __forceinline__ void mma_to_rows(const float (&acc)[Shape<D>::kNTiles][4], float* stage,
+                                            int g, int c,
+                                            float (&rows)[2][Shape<D>::kRowChunks * 8]) {
+  using S = Shape<D>;
+#pragma unroll
+  for (int nt = 0; nt < S::kNTiles; ++nt) {
+    *reinterpret_cast<float2*>(stage + g * S::kStage + 8 * nt + 2 * c) =
+        make_float2(acc[nt][0], acc[nt][1]);
+    *reinterpret_cast<float2*>(stage + (g + 8) * S::kStage + 8 * nt + 2 * c) =
+        make_float2(acc[nt][2], acc[nt][3]);
+  }
+  __syncwarp();
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+#pragma unroll
+    for (int t = 0; t < S::kRowChunks; ++t) {
+      const float* src = stage + (g + 8 * r) * S::kStage + 8 * (c + 4 * t);
+      const float4 a = *reinterpret_cast<const float4*>(src);
+      const float4 b = *reinterpret_cast<const float4*>(src + 4);
+      float* dst = rows[r] + 8 * t;
+      dst[0] = a.x, dst[1] = a.y, dst[2] = a.z, dst[3] = a.w;
+      dst[4] = b.x, dst[5] = b.y, dst[6] = b.z, dst[7] = b.w;
+    }
+  }
+}
+
+__device__ __forceinline__ void load_offsets(const IntOffsets& offs, int* s_off) {
+  for (int t = threadIdx.x; t < offs.count; t += kThreads) s_off[t] = offs.d[t];
+}
+
+// ---- forward ------------------------------------------------------------------------
+
+template <int D>
+constexpr size_t forward_smem_bytes() {
+  return 5 * Shape<D>::kTileElems * sizeof(bf16);  // Q + 2 stages of K and V
+}
+
+// out[i] = softmax over the window keys i - W + 1 .. i and keys i - d_k of scale q.k,
+// times v; lse[i] = log-sum-exp of the scaled scores (natural log).
+template <int D, int G>
+__global__ void __launch_bounds__(kThreads)
+    forward_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
+                   const bf16* __restrict__ v, bf16* __restrict__ out, float* __restrict__ lse,
+                   int n, int window, float scale_log2, IntOffsets offs) {
+  using S = Shape<D>;
+  constexpr int RC = S::kRowChunks;
+  extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ int s_off[kMaxOffsets];
+  bf16* sQ = reinterpret_cast<bf16*>(smem);
+  bf16* sK = sQ + S::kTileElems;
+  bf16* sV = sK + 2 * S::kTileElems;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+  const int t0 = blockIdx.x * kTile;
+  const int wrow = 16 * warp;
+  const int rows[2] = {t0 + wrow + g, t0 + wrow + g + 8};
+  const size_t head = static_cast<size_t>(blockIdx.y) * n * D;
+  const bf16* qh = q + head;
+  const bf16* kh = k + head;
+  const bf16* vh = v + head;
+  load_offsets(offs, s_off);
+
+  // Key chunks t0 - 64 * (chunks - 1), ..., t0 cover keys max(0, t0 - W + 1) .. t0 + 63.
+  const int lowest = max(0, t0 - window + 1);
+  const int chunks = (t0 - lowest + kTile - 1) / kTile + 1;
+  const int first = t0 - (chunks - 1) * kTile;
+  load_tile<D>(sQ, qh, t0, n);
+  load_tile<D>(sK, kh, first, n);
+  load_tile<D>(sV, vh, first, n);
+  cp_async_commit();
+
+  uint32_t qa[S::kHeld][4];
+  float o[S::kNTiles][4];
+#pragma unroll
+  for (int nt = 0; nt < S::kNTiles; ++nt) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};  // log2 units
+
+  for (int ci = 0; ci < chunks; ++ci) {
+    const int kc = first + ci * kTile;
+    const int stage = ci & 1;
+    if (ci + 1 < chunks) {
+      load_tile<D>(sK + (stage ^ 1) * S::kTileElems, kh, kc + kTile, n);
+      load_tile<D>(sV + (stage ^ 1) * S::kTileElems, vh, kc + kTile, n);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    if (ci == 0) hold_fragments<D>(qa, sQ, wrow, lane);
+    const bf16* cK = sK + stage * S::kTileElems;
+    const bf16* cV = sV + stage * S::kTileElems;
+    bool need[4];  // 16-key blocks that some row of this warp can see
+#pragma unroll
+    for (int kb = 0; kb < 4; ++kb) {
+      const int j_lo = kc + 16 * kb;
+      need[kb] = j_lo <= t0 + wrow + 15 && t0 + wrow - (j_lo + 15) < window && j_lo + 15 >= 0;
+    }
+    float s[8][4];
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+    for (int kb = 0; kb < 4; ++kb) {
+      if (!need[kb]) continue;
+#pragma unroll
+      for (int ks = 0; ks < S::kKSteps; ++ks) {
+        uint32_t a[4], b[4];
+        a_fragment<D>(a, qa, sQ, wrow, ks, lane);
+        ldmatrix_x4(b, cK + (16 * kb + (lane & 7) + (lane >> 4) * 8) * S::kStride + ks * 16 +
+                           ((lane >> 3) & 1) * 8);
+        mma(s[2 * kb], a, b[0], b[1]);
+        mma(s[2 * kb + 1], a, b[2], b[3]);
+      }
+    }
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int j = kc + 8 * nt + 2 * c + (e & 1);
+        const int i = rows[e >> 1];
+        const bool ok = need[nt / 2] && j <= i && i - j < window && j >= 0;
+        s[nt][e] = ok ? s[nt][e] * scale_log2 : -INFINITY;
+        mx[e >> 1] = fmaxf(mx[e >> 1], s[nt][e]);
+      }
+    }
+    float mu[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const float m_new = fmaxf(m[r], quad_max(mx[r]));
+      mu[r] = m_new == -INFINITY ? 0.f : m_new;  // no visible key yet: keep exp2 finite
+      const float alpha = exp2f(m[r] - mu[r]);
+      m[r] = m_new;
+      l[r] *= alpha;
+#pragma unroll
+      for (int nt = 0; nt < S::kNTiles; ++nt) {
+        o[nt][2 * r] *= alpha;
+        o[nt][2 * r + 1] *= alpha;
+      }
+    }
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s[nt][e] = exp2f(s[nt][e] - mu[e >> 1]);
+        l[e >> 1] += s[nt][e];
+      }
+    }
+#pragma unroll
+    for (int kb = 0; kb < 4; ++kb) {
+      if (!need[kb]) continue;
+      uint32_t a_hi[4], a_lo[4];
+      to_a_fragment(s[2 * kb], s[2 * kb + 1], a_hi, a_lo);
+#pragma unroll
+      for (int nd = 0; nd < D / 16; ++nd) {
+        uint32_t b[4];
+        ldmatrix_x4_trans(b, cV + (16 * kb + (lane & 7) + ((lane >> 3) & 1) * 8) * S::kStride +
+                                 nd * 16 + (lane >> 4) * 8);
+        mma(o[2 * nd], a_hi, b[0], b[1]);
+        mma(o[2 * nd + 1], a_hi, b[2], b[3]);
+        if (kSplit) {
+          mma(o[2 * nd], a_lo, b[0], b[1]);
+          mma(o[2 * nd + 1], a_lo, b[2], b[3]);
+        }
+      }
+    }
+    __syncthreads();  // the next prefetch overwrites this stage
+  }
+
+  // Window phase -> row layout; the K stages are free now.
+  float acc[2][RC * 8];
+  mma_to_rows<D>(o, reinterpret_cast<float*>(sK) + warp * 16 * S::kStage, g, c, acc);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) l[r] = quad_sum(l[r]);
+
+  // Offsets, G at a time: all their key and value rows are loaded before any is used.
+  for (int k0 = 0; k0 < offs.count; k0 += G) {
+    uint4 kr[G][2][RC], vr[G][2][RC];
+    bool ok[G][2];
+#pragma unroll
+    for (int u = 0; u < G; ++u) {
+      const bool exists = k0 + u < offs.count;
+      const int d = exists ? s_off[k0 + u] : 0;
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int row = rows[r] - d;
+        ok[u][r] = exists && row >= 0 && rows[r] < n;
+        const size_t at = static_cast<size_t>(ok[u][r] ? row : 0) * D;
+        load_row<D>(kh + at, c, kr[u][r]);
+        load_row<D>(vh + at, c, vr[u][r]);
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float sc[G];
+      float mx = -INFINITY;
+      uint4 qr[RC];  // read from shared memory at each use (registers)
+      load_smem_row<D>(sQ + (wrow + g + 8 * r) * S::kStride, c, qr);
+#pragma unroll
+      for (int u = 0; u < G; ++u) {
+        sc[u] = quad_sum(dot_part<RC>(qr, kr[u][r]));
+        sc[u] = ok[u][r] ? sc[u] * scale_log2 : -INFINITY;
+        mx = fmaxf(mx, sc[u]);
+      }
+      // Rescale only when some row's maximum grows (rare after the window band).
+      if (__any_sync(0xffffffffu, mx > m[r])) {
+        const float m_new = fmaxf(m[r], mx);
+        const float alpha = exp2f(m[r] - (m_new == -INFINITY ? 0.f : m_new));
+        m[r] = m_new;
+        l[r] *= alpha;
+#pragma unroll
+        for (int t = 0; t < RC * 8; ++t) acc[r][t] *= alpha;
+      }
+      const float mu = m[r] == -INFINITY ? 0.f : m[r];
+#pragma unroll
+      for (int u = 0; u < G; ++u) {
+        const float p = exp2f(sc[u] - mu);
+        l[r] += p;
+        axpy<RC>(p, vr[u][r], acc[r]);
+      }
+    }
+  }
+
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int i = rows[r];
+    if (i >= n) continue;
+    store_row<RC>(out + head + static_cast<size_t>(i) * D, c, acc[r], 1.f / l[r]);
+    if (c == 0) lse[static_cast<size_t>(blockIdx.y) * n + i] = (m[r] + log2f(l[r])) * kLn2;
+  }
+}
+
+// ---- backward, query pass -----------------------------------------------------------
+
+template <int D>
+constexpr size_t backward_query_smem_bytes() {
+  return 6 * Shape<D>::kTileElems * sizeof(bf16);  // Q, dO + 2 stages of K and V
+}
+
+// dq; delta[i] = dO_i . O_i; for offset slot kk: prob[kk, i] = P and dscore[kk, i] = dS
+// (the key pass reads them). Workspace rows are [BH, K, n].
+template <int D, int G>
+__global__ void __launch_bounds__(kThreads)
+    backward_query_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
+                          const bf16* __restrict__ v, const bf16* __restrict__ out,
+                          const float* __restrict__ lse, const bf16* __restrict__ grad_out,
+                          bf16* __restrict__ grad_q, float* __restrict__ delta,
+                          float* __restrict__ prob, float* __restrict__ dscore, int n, int window,
+                          float scale, float scale_log2, IntOffsets offs) {
+  using S = Shape<D>;
+  constexpr int RC = S::kRowChunks;
+  extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ int s_off[kMaxOffsets];
+  bf16* sQ = reinterpret_cast<bf16*>(smem);
+  bf16* sdO = sQ + S::kTileElems;
+  bf16* sK = sdO + S::kTileElems;
+  bf16* sV = sK + 2 * S::kTileElems;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+  const int t0 = blockIdx.x * kTile;
+  const int wrow = 16 * warp;
+  const int rows[2] = {t0 + wrow + g, t0 + wrow + g + 8};
+  const size_t head = static_cast<size_t>(blockIdx.y) * n * D;
+  const bf16* qh = q + head;
+  const bf16* kh = k + head;
+  const bf16* vh = v + head;
+  const size_t row_base = static_cast<size_t>(blockIdx.y) * n;  // into [BH, n] arrays
+  load_offsets(offs, s_off);
+
+  const int lowest = max(0, t0 - window + 1);
+  const int chunks = (t0 - lowest + kTile - 1) / kTile + 1;
+  const int first = t0 - (chunks - 1) * kTile;
+  load_tile<D>(sQ, qh, t0, n);
+  load_tile<D>(sdO, grad_out + head, t0, n);
+  load_tile<D>(sK, kh, first, n);
+  load_tile<D>(sV, vh, first, n);
+  cp_async_commit();
+
+  // Row terms, in the row layout straight from global memory.
+  float lse2[2], dlt[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int i = rows[r] < n ? rows[r] : n - 1;
+    uint4 dorow[RC], orow[RC];
+    load_row<D>(grad_out + head + static_cast<size_t>(i) * D, c, dorow);
+    load_row<D>(out + head + static_cast<size_t>(i) * D, c, orow);
+    dlt[r] = quad_sum(dot_part<RC>(dorow, orow));
+    lse2[r] = lse[row_base + i] * kLog2e;
+    if (c == r && rows[r] < n) delta[row_base + rows[r]] = dlt[r];
+  }
+
+  uint32_t qa[S::kHeld][4], da[S::kHeld][4];
+  float dq[S::kNTiles][4];
+#pragma unroll
+  for (int nt = 0; nt < S::kNTiles; ++nt) dq[nt][0] = dq[nt][1] = dq[nt][2] = dq[nt][3] = 0.f;
+
+  for (int ci = 0; ci < chunks; ++ci) {
+    const int kc = first + ci * kTile;
+    const int stage = ci & 1;
+    if (ci + 1 < chunks) {
+      load_tile<D>(sK + (stage ^ 1) * S::kTileElems, kh, kc + kTile, n);
+      load_tile<D>(sV + (stage ^ 1) * S::kTileElems, vh, kc + kTile, n);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    if (ci == 0) {
+      hold_fragments<D>(qa, sQ, wrow, lane);
+      hold_fragments<D>(da, sdO, wrow, lane);
+    }
+    const bf16* cK = sK + stage * S::kTileElems;
+    const bf16* cV = sV + stage * S::kTileElems;
+#pragma unroll
+    for (int kb = 0; kb < 4; ++kb) {
+      const int j_lo = kc + 16 * kb;
+      if (!(j_lo <= t0 + wrow + 15 && t0 + wrow - (j_lo + 15) < window && j_lo + 15 >= 0)) {
+        continue;
+      }
+      float st[2][4] = {}, dp[2][4] = {};
+#pragma unroll
+      for (int ks = 0; ks < S::kKSteps; ++ks) {
+        const int at =
+            (16 * kb + (lane & 7) + (lane >> 4) * 8) * S::kStride + ks * 16 + ((lane >> 3) & 1) * 8;
+        uint32_t a[4], b[4];
+        a_fragment<D>(a, qa, sQ, wrow, ks, lane);
+        ldmatrix_x4(b, cK + at);
+        mma(st[0], a, b[0], b[1]);
+        mma(st[1], a, b[2], b[3]);
+        a_fragment<D>(a, da, sdO, wrow, ks, lane);
+        ldmatrix_x4(b, cV + at);
+        mma(dp[0], a, b[0], b[1]);
+        mma(dp[1], a, b[2], b[3]);
+      }
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int j = j_lo + 8 * nt + 2 * c + (e & 1);
+          const int i = rows[e >> 1];
+          const bool ok = j <= i && i - j < window && j >= 0 && i < n;
+          const float p = ok ? exp2f(fmaf(st[nt][e], scale_log2, -lse2[e >> 1])) : 0.f;
+          st[nt][e] = p * (dp[nt][e] - dlt[e >> 1]);  // dS
+        }
+      }
+      uint32_t a_hi[4], a_lo[4];
+      to_a_fragment(st[0], st[1], a_hi, a_lo);
+#pragma unroll
+      for (int nd = 0; nd < D / 16; ++nd) {
+        uint32_t b[4];
+        ldmatrix_x4_trans(b, cK + (16 * kb + (lane & 7) + ((lane >> 3) & 1) * 8) * S::kStride +
+                                 nd * 16 + (lane >> 4) * 8);
+        mma(dq[2 * nd], a_hi, b[0], b[1]);
+        mma(dq[2 * nd + 1], a_hi, b[2], b[3]);
+        if (kSplit) {
+          mma(dq[2 * nd], a_lo, b[0], b[1]);
+          mma(dq[2 * nd + 1], a_lo, b[2], b[3]);
+        }
+      }
+    }
+    __syncthreads();
+  }
+
+  float acc[2][RC * 8];
+  mma_to_rows<D>(dq, reinterpret_cast<float*>(sK) + warp * 16 * S::kStage, g, c, acc);
+  // The tile's own q and dO rows are read from shared memory at each use (registers).
+
+  const int count = offs.count;
+  for (int k0 = 0; k0 < count; k0 += G) {
+    uint4 kr[G][2][RC], vr[G][2][RC];
+    bool ok[G][2];
+#pragma unroll
+    for (int u = 0; u < G; ++u) {
+      const bool exists = k0 + u < count;
+      const int d = exists ? s_off[k0 + u] : 0;
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int row = rows[r] - d;
+        ok[u][r] = exists && row >= 0 && rows[r] < n;
+        const size_t at = static_cast<size_t>(ok[u][r] ? row : 0) * D;
+        load_row<D>(kh + at, c, kr[u][r]);
+        load_row<D>(vh + at, c, vr[u][r]);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < G; ++u) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        uint4 mine[RC];
+        load_smem_row<D>(sQ + (wrow + g + 8 * r) * S::kStride, c, mine);
+        const float s = quad_sum(dot_part<RC>(mine, kr[u][r]));
+        load_smem_row<D>(sdO + (wrow + g + 8 * r) * S::kStride, c, mine);
+        const float dpv = quad_sum(dot_part<RC>(mine, vr[u][r]));
+        const float p = ok[u][r] ? exp2f(fmaf(s, scale_log2, -lse2[r])) : 0.f;
+        const float ds = p * (dpv - dlt[r]);
+        axpy<RC>(ds, kr[u][r], acc[r]);
+        if (c == r && k0 + u < count && rows[r] < n) {
+          const size_t at = (row_base * count) + static_cast<size_t>(k0 + u) * n + rows[r];
+          prob[at] = p;
+          dscore[at] = ds;
+        }
+      }
+    }
+  }
+
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    if (rows[r] < n)
+      store_row<RC>(grad_q + head + static_cast<size_t>(rows[r]) * D, c, acc[r], scale);
+  }
+}
+
+// ---- backward, key pass -------------------------------------------------------------
+
+template <int D>
+constexpr size_t backward_key_smem_bytes() {
+  // K, V + 2 stages of Q and dO, + 2 stages of 64 lse and 64 delta values.
+  return 6 * Shape<D>::kTileElems * sizeof(bf16) + 2 * 2 * kTile * sizeof(float);
+}
+
+// dk, dv for a tile of 64 keys: the band (queries j .. j + W - 1) on the tensor cores,
+// then the offset slots (queries j + d_k) from the stored P and dS.
+template <int D, int G>
+__global__ void __launch_bounds__(kThreads)
+    backward_key_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
+                        const bf16* __restrict__ v, const float* __restrict__ lse,
+                        const bf16* __restrict__ grad_out, const float* __restrict__ delta,
+                        const float* __restrict__ prob, const float* __restrict__ dscore,
+                        bf16* __restrict__ grad_k, bf16* __restrict__ grad_v, int n, int window,
+                        float scale, float scale_log2, IntOffsets offs) {
+  using S = Shape<D>;
+  constexpr int RC = S::kRowChunks;
+  extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ int s_off[kMaxOffsets];
+  bf16* sK = reinterpret_cast<bf16*>(smem);
+  bf16* sV = sK + S::kTileElems;
+  bf16* sQ = sV + S::kTileElems;
+  bf16* sdO = sQ + 2 * S::kTileElems;
+  float* sL = reinterpret_cast<float*>(sdO + 2 * S::kTileElems);  // [2][64] lse
+  float* sDl = sL + 2 * kTile;                                    // [2][64] delta
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+  const int j0 = blockIdx.x * kTile;
+  const int wrow = 16 * warp;
+  const int jb = j0 + wrow;  // this warp's first key
+  const int rows[2] = {jb + g, jb + g + 8};
+  const size_t head = static_cast<size_t>(blockIdx.y) * n * D;
+  const bf16* qh = q + head;
+  const bf16* doh = grad_out + head;
+  const size_t row_base = static_cast<size_t>(blockIdx.y) * n;
+  load_offsets(offs, s_off);
+
+  // Query chunks j0, j0 + 64, ... cover queries j0 .. min(n - 1, j0 + 63 + W - 1).
+  const int highest = min(n - 1, j0 + kTile - 1 + window - 1);
+  const int chunks = (highest - j0) / kTile + 1;
+  auto load_chunk = [&](int stage, int qc) {
+    load_tile<D>(sQ + stage * S::kTileElems, qh, qc, n);
+    load_tile<D>(sdO + stage * S::kTileElems, doh, qc, n);
+    const int t = threadIdx.x;  // 128 threads: 64 lse + 64 delta values
+    const int i = qc + (t & 63);
+    const bool valid = i < n;
+    const float* src = (t < 64 ? lse : delta) + row_base + (valid ? i : 0);
+    cp_async4((t < 64 ? sL : sDl) + stage * kTile + (t & 63), src, valid);
+  };
+  load_tile<D>(sK, k + head, j0, n);
+  load_tile<D>(sV, v + head, j0, n);
+  load_chunk(0, j0);
+  cp_async_commit();
+
+  uint32_t ka[S::kHeld][4], va[S::kHeld][4];
+  float dk[S::kNTiles][4], dv[S::kNTiles][4];
+#pragma unroll
+  for (int nt = 0; nt < S::kNTiles; ++nt) {
+    dk[nt][0] = dk[nt][1] = dk[nt][2] = dk[nt][3] = 0.f;
+    dv[nt][0] = dv[nt][1] = dv[nt][2] = dv[nt][3] = 0.f;
+  }
+
+  for (int ci = 0; ci < chunks; ++ci) {
+    const int qc = j0 + ci * kTile;
+    const int stage = ci & 1;
+    if (ci + 1 < chunks) {
+      load_chunk(stage ^ 1, qc + kTile);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    if (ci == 0) {
+      hold_fragments<D>(ka, sK, wrow, lane);
+      hold_fragments<D>(va, sV, wrow, lane);
+    }
+    const bf16* cQ = sQ + stage * S::kTileElems;
+    const bf16* cdO = sdO + stage * S::kTileElems;
+    const float* cL = sL + stage * kTile;
+    const float* cDl = sDl + stage * kTile;
+#pragma unroll
+    for (int qb = 0; qb < 4; ++qb) {
+      const int i_lo = qc + 16 * qb;
+      if (!(i_lo + 15 >= jb && i_lo - (jb + 15) < window && i_lo < n)) continue;
+      float st[2][4] = {}, dpt[2][4] = {};  // S^T and dP^T: rows = keys, columns = queries
+#pragma unroll
+      for (int ks = 0; ks < S::kKSteps; ++ks) {
+        const int at =
+            (16 * qb + (lane & 7) + (lane >> 4) * 8) * S::kStride + ks * 16 + ((lane >> 3) & 1) * 8;
+        uint32_t a[4], b[4];
+        a_fragment<D>(a, ka, sK, wrow, ks, lane);
+        ldmatrix_x4(b, cQ + at);
+        mma(st[0], a, b[0], b[1]);
+        mma(st[1], a, b[2], b[3]);
+        a_fragment<D>(a, va, sV, wrow, ks, lane);
+        ldmatrix_x4(b, cdO + at);
+        mma(dpt[0], a, b[0], b[1]);
+        mma(dpt[1], a, b[2], b[3]);
+      }
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int col = 16 * qb + 8 * nt + 2 * c + (e & 1);
+          const int i = qc + col;
+          const int j = rows[e >> 1];
+          const bool ok = i >= j && i - j < window && i < n;
+          const float p = ok ? exp2f(fmaf(st[nt][e], scale_log2, -cL[col] * kLog2e)) : 0.f;
+          st[nt][e] = p;
+          dpt[nt][e] = p * (dpt[nt][e] - cDl[col]);  // dS^T
+        }
+      }
+      uint32_t p_hi[4], p_lo[4], s_hi[4], s_lo[4];
+      to_a_fragment(st[0], st[1], p_hi, p_lo);
+      to_a_fragment(dpt[0], dpt[1], s_hi, s_lo);
+#pragma unroll
+      for (int nd = 0; nd < D / 16; ++nd) {
+        const int at =
+            (16 * qb + (lane & 7) + ((lane >> 3) & 1) * 8) * S::kStride + nd * 16 + (lane >> 4) * 8;
+        uint32_t b[4];
+        ldmatrix_x4_trans(b, cdO + at);
+        mma(dv[2 * nd], p_hi, b[0], b[1]);
+        mma(dv[2 * nd + 1], p_hi, b[2], b[3]);
+        if (kSplit) {
+          mma(dv[2 * nd], p_lo, b[0], b[1]);
+          mma(dv[2 * nd + 1], p_lo, b[2], b[3]);
+        }
+        ldmatrix_x4_trans(b, cQ + at);
+        mma(dk[2 * nd], s_hi, b[0], b[1]);
+        mma(dk[2 * nd + 1], s_hi, b[2], b[3]);
+        if (kSplit) {
+          mma(dk[2 * nd], s_lo, b[0], b[1]);
+          mma(dk[2 * nd + 1], s_lo, b[2], b[3]);
+        }
+      }
+    }
+    __syncthreads();
+  }
+
+  // Band -> row layout (Q/dO stages are free now), then the offset slots.
+  float dkr[2][RC * 8], dvr[2][RC * 8];
+  float* stage_k = reinterpret_cast<float*>(sQ) + warp * 16 * S::kStage;
+  mma_to_rows<D>(dk, stage_k, g, c, dkr);
+  mma_to_rows<D>(dv, stage_k + kThreads / 32 * 16 * S::kStage, g, c, dvr);
+
+  const int count = offs.count;
+  for (int k0 = 0; k0 < count; k0 += G) {
+    uint4 qr[G][2][RC], dor[G][2][RC];
+    float p[G][2], ds[G][2];
+#pragma unroll
+    for (int u = 0; u < G; ++u) {
+      const bool exists = k0 + u < count;
+      const int d = exists ? s_off[k0 + u] : 0;
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int i = rows[r] + d;
+        const bool ok = exists && i < n && rows[r] < n;
+        const size_t at = static_cast<size_t>(ok ? i : 0);
+        load_row<D>(qh + at * D, c, qr[u][r]);
+        load_row<D>(doh + at * D, c, dor[u][r]);
+        const size_t w = row_base * count + static_cast<size_t>(ok ? k0 + u : 0) * n + at;
+        p[u][r] = ok ? __ldg(prob + w) : 0.f;
+        ds[u][r] = ok ? __ldg(dscore + w) : 0.f;
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < G; ++u) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        axpy<RC>(ds[u][r], qr[u][r], dkr[r]);
+        axpy<RC>(p[u][r], dor[u][r], dvr[r]);
+      }
+    }
+  }
+
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    if (rows[r] >= n) continue;
+    store_row<RC>(grad_k + head + static_cast<size_t>(rows[r]) * D, c, dkr[r], scale);
+    store_row<RC>(grad_v + head + static_cast<size_t>(rows[r]) * D, c, dvr[r], 1.f);
+  }
+}
+
+}  // namespace reach::kernels::gpu::tc
