@@ -39,11 +39,17 @@ void run_bench(BenchOptions o) {
   nlohmann::json out;
   {
     const auto& c = o.config;
-    out["config"] = {{"batch", c.batch},       {"heads", c.heads},
-                     {"head_dim", c.head_dim}, {"window", c.window},
-                     {"reach", c.reach},       {"alpha", c.alpha},
-                     {"base", c.base},         {"dtype", c.dtype},
-                     {"repeats", c.repeats},   {"threads", torch::get_num_threads()}};
+    out["config"] = {{"batch", c.batch},
+                     {"heads", c.heads},
+                     {"head_dim", c.head_dim},
+                     {"window", c.window},
+                     {"reach", c.reach},
+                     {"alpha", c.alpha},
+                     {"base", c.base},
+                     {"dtype", c.dtype},
+                     {"device", c.device},
+                     {"repeats", c.repeats},
+                     {"threads", torch::get_num_threads()}};
     for (const auto& r : rows) {
       out["rows"].push_back({{"impl", r.impl},
                              {"seq_len", r.seq_len},
@@ -67,8 +73,9 @@ void run_bench(BenchOptions o) {
     return;
   }
   fmt::print(
-      "attention on CPU: batch {} heads {} head_dim {} {} W={} base={} alpha={} "
+      "attention on {}: batch {} heads {} head_dim {} {} W={} base={} alpha={} "
       "threads={}\n",
+      o.config.device == "cuda" ? "CUDA (dense = scaled_dot_product_attention)" : "CPU",
       o.config.batch, o.config.heads, o.config.head_dim, o.config.dtype, o.config.window,
       o.config.base, o.config.alpha, torch::get_num_threads());
   fmt::print("{:>7}  {:>7}  {:>7}  {:>11}  {:>13}  {:>12}  {:>9}  {}\n", "n", "impl", "keys/q",
@@ -88,7 +95,8 @@ void run_bench(BenchOptions o) {
   }
   fmt::print(
       "speedup = dense time / this row's time (forward / forward+backward); peak MiB = "
-      "resident memory above the inputs during forward+backward\n");
+      "resident memory above the inputs during forward+backward{}\n",
+      o.config.device == "cuda" ? " (not measured on cuda: 0)" : "");
 }
 
 }  // namespace
@@ -98,7 +106,9 @@ void add_bench_command(CLI::App& app) {
   bench->require_subcommand(1);
   auto o = std::make_shared<BenchOptions>();
   auto* cmd = bench->add_subcommand(
-      "attention", "Time sparse dilated attention against dense causal attention (CPU)");
+      "attention",
+      "Time sparse dilated attention against dense causal attention (CPU, or a CUDA GPU with "
+      "--device cuda)");
   cmd->add_option("--lengths", o->config.lengths, "Sequence lengths (comma separated)")
       ->delimiter(',')
       ->check(positive());
@@ -110,8 +120,11 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--alpha", o->config.alpha, "Dilation scale alpha")->check(positive());
   cmd->add_option("--base", o->config.base, "Offset base")
       ->check(CLI::IsMember({"fibonacci", "power_of_two"}));
-  cmd->add_option("--dtype", o->config.dtype, "float32 or float64")
-      ->check(CLI::IsMember({"float32", "float64"}));
+  cmd->add_option("--dtype", o->config.dtype, "float32, float64, or bfloat16 (cuda only)")
+      ->check(CLI::IsMember({"float32", "float64", "bfloat16"}));
+  cmd->add_option("--device", o->config.device,
+                  "cpu, or cuda (reach's CUDA kernels against fused SDPA; needs a CUDA LibTorch)")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_option("--repeats", o->config.repeats, "Timed repetitions (median reported)")
       ->check(positive());
   cmd->add_option("--dense-memory-gib", o->config.dense_memory_gib,

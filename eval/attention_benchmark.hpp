@@ -1,6 +1,8 @@
 // Latency and peak memory of sparse dilated attention against dense exact causal
-// attention (LibTorch matmul + mask + softmax), forward and forward+backward, measured
-// side by side in one process.
+// attention, forward and forward+backward, measured side by side in one process. On the
+// CPU dense is LibTorch matmul + mask + softmax; on a CUDA GPU it is LibTorch's fused
+// scaled_dot_product_attention (FlashAttention for bf16), every timing is bracketed by
+// device synchronisations, and peak memory is not measured (peak_mib = 0).
 #pragma once
 
 #include <cstdint>
@@ -19,7 +21,8 @@ struct AttentionBenchConfig {
   int64_t reach = 0;  // 0: reach = n (offsets span the whole sequence)
   double alpha = 1.0;
   std::string base = "fibonacci";
-  std::string dtype = "float32";
+  std::string dtype = "float32";  // float32, float64; bfloat16 on cuda
+  std::string device = "cpu";     // cpu or cuda
   int repeats = 3;
   double dense_memory_gib = 12.0;  // dense runs head-chunked to stay under this; else skipped
   bool dense = true;
