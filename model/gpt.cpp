@@ -1,5 +1,7 @@
 #include "model/gpt.hpp"
 
+#include <torch/version.h>
+
 #include <cmath>
 
 #include "ops/dilated_attention.hpp"
@@ -10,12 +12,10 @@ namespace reach::model {
 namespace {
 
 // GPT-NeoX-style rotary embedding on [B, H, T, hd]: rotate the two halves of each head.
-torch::Tensor apply_rope(const torch::Tensor& x, double base) {
-  const int64_t t = x.size(2), hd = x.size(3), half = hd / 2;
-  auto inv_freq =
-      torch::pow(base, -torch::arange(0, half, x.options()) / static_cast<double>(half));
-  auto angles = torch::outer(torch::arange(t, x.options()), inv_freq);  // [T, half]
-  auto cos = angles.cos(), sin = angles.sin();
+// cos and sin are [T, hd / 2] tables in x's dtype (see CausalSelfAttentionImpl::rope_tables).
+torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos,
+                         const torch::Tensor& sin) {
+  const int64_t half = x.size(3) / 2;
   auto x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
   return torch::cat({x1 * cos - x2 * sin, x1 * sin + x2 * cos}, -1);
 }
@@ -85,6 +85,13 @@ torch::Tensor CausalSelfAttentionImpl::attend(const torch::Tensor& q, const torc
     }
     return ops::dilated_attention(q, k, v, config_.window, offsets_);
   }
+#if TORCH_VERSION_MAJOR >= 2
+  // On a GPU, dense causal attention is LibTorch's fused scaled_dot_product_attention
+  // (FlashAttention for bf16); ALiBi needs the explicit bias below.
+  if (q.is_cuda() && config_.positions != "alibi") {
+    return at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true);
+  }
+#endif
   // Dense: matmul + mask (+ ALiBi bias) + softmax.
   const int64_t t = q.size(2);
   auto scores = torch::matmul(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(head_dim_));
@@ -93,9 +100,28 @@ torch::Tensor CausalSelfAttentionImpl::attend(const torch::Tensor& q, const torc
     auto distance = (pos.unsqueeze(1) - pos.unsqueeze(0)).clamp_min(0);  // [T, T]
     scores = scores - alibi_slopes(config_.heads, q.options()).view({1, -1, 1, 1}) * distance;
   }
-  auto future = torch::ones({t, t}, torch::TensorOptions().dtype(torch::kBool)).triu(1);
+  auto future =
+      torch::ones({t, t}, torch::TensorOptions().dtype(torch::kBool).device(q.device())).triu(1);
   scores = scores.masked_fill(future, -std::numeric_limits<float>::infinity());
   return torch::matmul(torch::softmax(scores, -1), v);
+}
+
+std::pair<torch::Tensor, torch::Tensor> CausalSelfAttentionImpl::rope_tables(
+    int64_t t, const torch::TensorOptions& options) {
+  if (!rope_cos_.defined() || rope_cos_.size(0) != t || rope_cos_.device() != options.device() ||
+      rope_cos_.scalar_type() != options.dtype().toScalarType()) {
+    // Angles in float32 (float64 for float64 inputs) whatever the compute dtype: in bf16 an
+    // angle near position 1000 would be off by several radians.
+    const auto exact = options.dtype(
+        options.dtype().toScalarType() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32);
+    const int64_t half = head_dim_ / 2;
+    auto inv_freq =
+        torch::pow(config_.rope_base, -torch::arange(0, half, exact) / static_cast<double>(half));
+    auto angles = torch::outer(torch::arange(t, exact), inv_freq);  // [T, half]
+    rope_cos_ = angles.cos().to(options.dtype());
+    rope_sin_ = angles.sin().to(options.dtype());
+  }
+  return {rope_cos_, rope_sin_};
 }
 
 torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x) {
@@ -103,8 +129,9 @@ torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x) {
   auto qkv = qkv_(x).view({b, t, 3, config_.heads, head_dim_}).permute({2, 0, 3, 1, 4});
   auto q = qkv[0], k = qkv[1], v = qkv[2];
   if (config_.positions == "rope") {
-    q = apply_rope(q, config_.rope_base);
-    k = apply_rope(k, config_.rope_base);
+    const auto [cos, sin] = rope_tables(t, q.options());
+    q = apply_rope(q, cos, sin);
+    k = apply_rope(k, cos, sin);
   }
   auto y = attend(q.contiguous(), k.contiguous(), v.contiguous());  // [B, H, T, hd]
   return proj_(y.transpose(1, 2).reshape({b, t, config_.d_model}));

@@ -21,6 +21,9 @@ class CausalSelfAttentionImpl : public torch::nn::Module {
 
  private:
   torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v);
+  // RoPE cos and sin for t positions, [t, head_dim / 2], cached per length, device and dtype.
+  std::pair<torch::Tensor, torch::Tensor> rope_tables(int64_t t,
+                                                      const torch::TensorOptions& options);
 
   ModelConfig config_;
   int64_t head_dim_;
@@ -28,6 +31,7 @@ class CausalSelfAttentionImpl : public torch::nn::Module {
   torch::nn::Linear qkv_{nullptr}, proj_{nullptr};
   torch::Tensor offsets_;  // float64 distances for static schedules
   torch::Tensor theta_;    // learned schedule: alpha = softplus(theta)
+  torch::Tensor rope_cos_, rope_sin_;
 };
 TORCH_MODULE(CausalSelfAttention);
 
