@@ -15,8 +15,10 @@ namespace {
 // cos and sin are [T, hd / 2] tables in x's dtype (see CausalSelfAttentionImpl::rope_tables).
 torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos,
                          const torch::Tensor& sin) {
-  const int64_t half = x.size(3) / 2;
-  auto x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
+  // chunk, not two narrows: its backward is one cat, where each narrow's would write a
+  // zero-filled full-size gradient and add the two.
+  const auto halves = x.chunk(2, -1);
+  const auto &x1 = halves[0], &x2 = halves[1];
   return torch::cat({x1 * cos - x2 * sin, x1 * sin + x2 * cos}, -1);
 }
 
@@ -127,7 +129,10 @@ std::pair<torch::Tensor, torch::Tensor> CausalSelfAttentionImpl::rope_tables(
 torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x) {
   const int64_t b = x.size(0), t = x.size(1);
   auto qkv = qkv_(x).view({b, t, 3, config_.heads, head_dim_}).permute({2, 0, 3, 1, 4});
-  auto q = qkv[0], k = qkv[1], v = qkv[2];
+  // unbind, not qkv[0], qkv[1], qkv[2]: its backward stacks the three gradients once, where
+  // each index's would write a zero-filled gradient of all of qkv and then sum the three.
+  const auto parts = qkv.unbind(0);
+  auto q = parts[0], k = parts[1], v = parts[2];
   if (config_.positions == "rope") {
     const auto [cos, sin] = rope_tables(t, q.options());
     q = apply_rope(q, cos, sin);
