@@ -113,7 +113,7 @@ std::pair<torch::Tensor, torch::Tensor> CausalSelfAttentionImpl::rope_tables(
   if (!rope_cos_.defined() || rope_cos_.size(0) != t || rope_cos_.device() != options.device() ||
       rope_cos_.scalar_type() != options.dtype().toScalarType()) {
     // Angles in float32 (float64 for float64 inputs) whatever the compute dtype: in bf16 an
-    // angle near position 1000 would be off by several radians.
+    // angle near position 1,000 is off by up to 2 radians (its spacing there is 4).
     const auto exact = options.dtype(
         options.dtype().toScalarType() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32);
     const int64_t half = head_dim_ / 2;
