@@ -47,8 +47,9 @@ std::vector<LengthResult> evaluate_lengths(const LogitsFn& logits,
       }
       auto input = batch.narrow(1, 0, length), target = batch.narrow(1, 1, length);
       auto logp = torch::log_softmax(logits(input).to(torch::kFloat64), -1);
-      auto nll = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1);  // [B, L]
-      position_sum += nll.sum(0);
+      // The logits may come from a GPU; the sums are kept on the CPU.
+      auto nll = -logp.gather(-1, target.to(logp.device()).unsqueeze(-1)).squeeze(-1);  // [B, L]
+      position_sum += nll.sum(0).cpu();
       total += nll.sum().item<double>();
     }
     r.tokens = r.windows * length;

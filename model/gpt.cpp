@@ -1,5 +1,7 @@
 #include "model/gpt.hpp"
 
+#include <torch/version.h>
+
 #include <cmath>
 
 #include "ops/dilated_attention.hpp"
@@ -11,13 +13,13 @@ namespace reach::model {
 namespace {
 
 // GPT-NeoX-style rotary embedding on [B, H, T, hd]: rotate the two halves of each head.
-torch::Tensor apply_rope(const torch::Tensor& x, double base) {
-  const int64_t t = x.size(2), hd = x.size(3), half = hd / 2;
-  auto inv_freq =
-      torch::pow(base, -torch::arange(0, half, x.options()) / static_cast<double>(half));
-  auto angles = torch::outer(torch::arange(t, x.options()), inv_freq);  // [T, half]
-  auto cos = angles.cos(), sin = angles.sin();
-  auto x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
+// cos and sin are [T, hd / 2] tables in x's dtype (see CausalSelfAttentionImpl::rope_tables).
+torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos,
+                         const torch::Tensor& sin) {
+  // chunk, not two narrows: its backward is one cat, where each narrow's would write a
+  // zero-filled full-size gradient and add the two.
+  const auto halves = x.chunk(2, -1);
+  const auto &x1 = halves[0], &x2 = halves[1];
   return torch::cat({x1 * cos - x2 * sin, x1 * sin + x2 * cos}, -1);
 }
 
@@ -137,6 +139,13 @@ torch::Tensor CausalSelfAttentionImpl::normalizer_op(const torch::Tensor& q, con
 
 torch::Tensor CausalSelfAttentionImpl::dense_softmax(const torch::Tensor& q, const torch::Tensor& k,
                                                      const torch::Tensor& v) {
+#if TORCH_VERSION_MAJOR >= 2
+  // On a GPU, dense causal softmax is LibTorch's fused scaled_dot_product_attention
+  // (FlashAttention for bf16); an ALiBi / NAPE bias takes the explicit path below.
+  if (q.is_cuda() && !alibi_slopes_.defined()) {
+    return at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true);
+  }
+#endif
   const int64_t t = q.size(2);
   const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));
   // Queries [start, start + len) against keys [0, start + len).
@@ -144,8 +153,9 @@ torch::Tensor CausalSelfAttentionImpl::dense_softmax(const torch::Tensor& q, con
     const int64_t keys = start + len;
     auto qb = q.narrow(2, start, len), kb = k.narrow(2, 0, keys), vb = v.narrow(2, 0, keys);
     auto scores = torch::matmul(qb, kb.transpose(-2, -1)) * scale;
-    auto i = torch::arange(start, keys, torch::kLong).unsqueeze(1);
-    auto j = torch::arange(keys, torch::kLong).unsqueeze(0);
+    const auto index = torch::TensorOptions().dtype(torch::kLong).device(q.device());
+    auto i = torch::arange(start, keys, index).unsqueeze(1);
+    auto j = torch::arange(keys, index).unsqueeze(0);
     auto distance = i - j;  // [len, keys]
     if (alibi_slopes_.defined()) {
       auto bias =
@@ -164,13 +174,35 @@ torch::Tensor CausalSelfAttentionImpl::dense_softmax(const torch::Tensor& q, con
   return torch::cat(parts, 2);
 }
 
+std::pair<torch::Tensor, torch::Tensor> CausalSelfAttentionImpl::rope_tables(
+    int64_t t, const torch::TensorOptions& options) {
+  if (!rope_cos_.defined() || rope_cos_.size(0) != t || rope_cos_.device() != options.device() ||
+      rope_cos_.scalar_type() != options.dtype().toScalarType()) {
+    // Angles in float32 (float64 for float64 inputs) whatever the compute dtype: in bf16 an
+    // angle near position 1,000 is off by up to 2 radians (its spacing there is 4).
+    const auto exact = options.dtype(
+        options.dtype().toScalarType() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32);
+    const int64_t half = head_dim_ / 2;
+    auto inv_freq =
+        torch::pow(config_.rope_base, -torch::arange(0, half, exact) / static_cast<double>(half));
+    auto angles = torch::outer(torch::arange(t, exact), inv_freq);  // [T, half]
+    rope_cos_ = angles.cos().to(options.dtype());
+    rope_sin_ = angles.sin().to(options.dtype());
+  }
+  return {rope_cos_, rope_sin_};
+}
+
 torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x) {
   const int64_t b = x.size(0), t = x.size(1);
   auto qkv = qkv_(x).view({b, t, 3, config_.heads, head_dim_}).permute({2, 0, 3, 1, 4});
-  auto q = qkv[0], k = qkv[1], v = qkv[2];
+  // unbind, not qkv[0], qkv[1], qkv[2]: its backward stacks the three gradients once, where
+  // each index's would write a zero-filled gradient of all of qkv and then sum the three.
+  const auto parts = qkv.unbind(0);
+  auto q = parts[0], k = parts[1], v = parts[2];
   if (config_.positions == "rope") {
-    q = apply_rope(q, config_.rope_base);
-    k = apply_rope(k, config_.rope_base);
+    const auto [cos, sin] = rope_tables(t, q.options());
+    q = apply_rope(q, cos, sin);
+    k = apply_rope(k, cos, sin);
   }
   auto y = attend(q.contiguous(), k.contiguous(), v.contiguous());  // [B, H, T, hd]
   return proj_(y.transpose(1, 2).reshape({b, t, config_.d_model}));

@@ -31,6 +31,9 @@ class CausalSelfAttentionImpl : public torch::nn::Module {
   // over a sparse key set).
   torch::Tensor normalizer_op(const torch::Tensor& q, const torch::Tensor& k,
                               const torch::Tensor& v);
+  // RoPE cos and sin for t positions, [t, head_dim / 2], cached per length, device and dtype.
+  std::pair<torch::Tensor, torch::Tensor> rope_tables(int64_t t,
+                                                      const torch::TensorOptions& options);
 
   ModelConfig config_;
   int64_t head_dim_;
@@ -41,6 +44,9 @@ class CausalSelfAttentionImpl : public torch::nn::Module {
   torch::Tensor alibi_slopes_;          // [heads] float64 (0 for NoPE heads); undefined: no bias
   torch::Tensor entmax_alpha_;          // [heads] float64, entmax / asentmax
   torch::Tensor delta_, beta_, gamma_;  // [heads] log-n scaling (asentmax, ssmax)
+  torch::Tensor offsets_;               // float64 distances for static schedules
+  torch::Tensor theta_;                 // learned schedule: alpha = softplus(theta)
+  torch::Tensor rope_cos_, rope_sin_;
 };
 TORCH_MODULE(CausalSelfAttention);
 

@@ -1,6 +1,8 @@
 #include "pattern/pattern_image.hpp"
 
+#ifdef REACH_HAVE_PNG
 #include <png.h>
+#endif
 
 #include <cstdio>
 #include <memory>
@@ -47,6 +49,10 @@ void write_pattern_png(const std::string& path, int64_t seq_len,
     }
   }
 
+#ifndef REACH_HAVE_PNG
+  // Built with REACH_OPTIONAL_DEPS on a machine without libpng.
+  throw std::runtime_error("cannot write '" + path + "': this reach was built without libpng");
+#else
   std::unique_ptr<FILE, int (*)(FILE*)> file(std::fopen(path.c_str(), "wb"), &std::fclose);
   if (!file) throw std::runtime_error("cannot open '" + path + "' for writing");
   png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
@@ -66,6 +72,7 @@ void write_pattern_png(const std::string& path, int64_t seq_len,
   }
   png_write_end(png, nullptr);
   png_destroy_write_struct(&png, &info);
+#endif
 }
 
 }  // namespace reach::pattern

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "io/safetensors.hpp"
+#include "train/device.hpp"
 
 namespace reach::train {
 namespace fs = std::filesystem;
@@ -79,10 +80,6 @@ std::string read_text(const fs::path& path) {
   return s.str();
 }
 
-std::string state_key(const torch::Tensor& p) {
-  return c10::guts::to_string(p.unsafeGetTensorImpl());
-}
-
 }  // namespace
 
 void save_model_weights(const std::string& path, const torch::nn::Module& model) {
@@ -130,7 +127,7 @@ void save_checkpoint(const std::string& out_dir, int64_t step, model::Gpt& model
   weights.metadata["format"] = "reach";
   for (const auto& p : model->named_parameters()) {
     weights.tensors[p.key()] = to_raw(p.value());
-    auto it = optimizer.state().find(state_key(p.value()));
+    auto it = optimizer.state().find(optimizer_state_key(p.value()));
     if (it != optimizer.state().end()) {
       auto& s = static_cast<torch::optim::AdamWParamState&>(*it->second);
       moments.tensors[p.key() + ".exp_avg"] = to_raw(s.exp_avg());
@@ -214,10 +211,12 @@ void load_optimizer_state(const std::string& dir, model::Gpt& model,
       continue;  // never stepped (no gradient yet)
     }
     auto state = std::make_unique<torch::optim::AdamWParamState>();
-    state->exp_avg(from_raw(avg->second, dir));
-    state->exp_avg_sq(from_raw(sq->second, dir));
+    // The moments live where their parameter does (the GPU when training there).
+    const auto device = p.value().device();
+    state->exp_avg(from_raw(avg->second, dir).to(device));
+    state->exp_avg_sq(from_raw(sq->second, dir).to(device));
     state->step(from_raw(st->second, dir).item<int64_t>());
-    optimizer.state()[state_key(p.value())] = std::move(state);
+    optimizer.state()[optimizer_state_key(p.value())] = std::move(state);
   }
 }
 

@@ -28,6 +28,10 @@ ConfigFields fields(TrainConfig& c) {
       {"train.eval_every", &c.eval_every},
       {"train.eval_tokens", &c.eval_tokens},
       {"train.checkpoint_every", &c.checkpoint_every},
+      {"train.device", &c.device},
+      {"train.precision", &c.precision},
+      {"train.peak_tflops", &c.peak_tflops},
+      {"train.profile_steps", &c.profile_steps},
   };
   add_model_fields(f, c.model);
   return f;
@@ -49,6 +53,23 @@ void validate(const TrainConfig& c) {
   if (c.eval_tokens < c.seq_len)
     throw std::invalid_argument("train.eval_tokens must be >= seq_len");
   if (c.threads < 0) throw std::invalid_argument("run.threads must be >= 0");
+  const bool cuda_index = c.device.starts_with("cuda:") && c.device.size() > 5 &&
+                          c.device.find_first_not_of("0123456789", 5) == std::string::npos;
+  if (c.device != "auto" && c.device != "cpu" && c.device != "cuda" && !cuda_index) {
+    throw std::invalid_argument("train.device must be auto, cpu, cuda or cuda:N, got '" + c.device +
+                                "'");
+  }
+  if (c.precision != "auto" && c.precision != "fp32" && c.precision != "bf16") {
+    throw std::invalid_argument("train.precision must be auto, fp32 or bf16, got '" + c.precision +
+                                "'");
+  }
+  if (c.precision == "bf16" && c.device == "cpu") {
+    throw std::invalid_argument(
+        "train.precision = 'bf16' needs a CUDA device (train.device = cuda or auto); the CPU "
+        "trains in fp32");
+  }
+  if (!(c.peak_tflops >= 0)) throw std::invalid_argument("train.peak_tflops must be >= 0");
+  if (c.profile_steps < 0) throw std::invalid_argument("train.profile_steps must be >= 0");
   if (c.model.vocab_size < 0) throw std::invalid_argument("model.vocab_size must be >= 0");
   auto resolved = c.model;
   if (resolved.vocab_size == 0) resolved.vocab_size = 1;  // resolved from the tokenizer later

@@ -34,6 +34,18 @@ struct TrainConfig {
   int64_t eval_every = 250;
   int64_t eval_tokens = 16384;
   int64_t checkpoint_every = 250;
+
+  // Where and how the model trains. device: "auto" (the first CUDA GPU when this LibTorch has
+  // one, else the CPU), "cpu", "cuda" or "cuda:N". precision: "auto" (bf16 on CUDA, fp32 on the
+  // CPU), "fp32", or "bf16" (CUDA only: bf16 autocast over fp32 weights and AdamW state).
+  std::string device = "auto";
+  std::string precision = "auto";
+  // Peak FLOP/s of the device in TFLOP/s for the model FLOPs utilisation (MFU); 0 = from the
+  // GPU's name (H100/H200 SXM bf16: 989), no MFU where unknown (the CPU).
+  double peak_tflops = 0;
+  // > 0: after a warm-up, time this many steps phase by phase (data, forward, backward,
+  // optimizer; synchronizing the device between phases) and print the breakdown.
+  int64_t profile_steps = 0;
 };
 
 // Parses TOML text (empty for defaults) then applies "key=value" overrides, validates, and

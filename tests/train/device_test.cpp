@@ -1,0 +1,160 @@
+#include "train/device.hpp"
+
+#include <gtest/gtest.h>
+
+#include "train/train_config.hpp"
+
+namespace reach::train {
+namespace {
+
+void expect_config_error(const std::vector<std::string>& sets, const std::string& needle) {
+  try {
+    parse_train_config("", sets);
+    ADD_FAILURE() << "expected an error mentioning " << needle;
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
+}
+
+bool have_gpu() { return resolve_device("auto").is_cuda(); }
+
+TEST(TrainDevice, ConfigKeysParseAndRoundTrip) {
+  const auto c =
+      parse_train_config("[train]\ndevice = \"cuda:1\"\nprecision = \"bf16\"\npeak_tflops = 500\n",
+                         {"train.profile_steps=3"});
+  EXPECT_EQ(c.device, "cuda:1");
+  EXPECT_EQ(c.precision, "bf16");
+  EXPECT_DOUBLE_EQ(c.peak_tflops, 500);
+  EXPECT_EQ(c.profile_steps, 3);
+  EXPECT_EQ(to_toml(parse_train_config(to_toml(c), {})), to_toml(c));
+  const auto defaults = parse_train_config("", {});
+  EXPECT_EQ(defaults.device, "auto");
+  EXPECT_EQ(defaults.precision, "auto");
+}
+
+TEST(TrainDevice, BadValuesNameTheKey) {
+  expect_config_error({"train.device=gpu"}, "train.device must be auto, cpu, cuda or cuda:N");
+  expect_config_error({"train.device=cuda:x"}, "train.device");
+  expect_config_error({"train.device=cuda:"}, "train.device");
+  expect_config_error({"train.precision=fp16"}, "train.precision must be auto, fp32 or bf16");
+  expect_config_error({"train.device=cpu", "train.precision=bf16"},
+                      "train.precision = 'bf16' needs a CUDA device");
+  expect_config_error({"train.peak_tflops=-1"}, "train.peak_tflops");
+  expect_config_error({"train.profile_steps=-2"}, "train.profile_steps");
+  expect_config_error({"train.device=3"}, "'train.device' must be a string");
+}
+
+TEST(TrainDevice, AutoIsTheCpuWithoutAGpuAndCudaIsAClearError) {
+  EXPECT_EQ(resolve_device("cpu"), torch::Device(torch::kCPU));
+  EXPECT_FALSE(resolve_bf16("auto", torch::kCPU));
+  EXPECT_FALSE(resolve_bf16("fp32", torch::kCPU));
+  EXPECT_THROW(resolve_bf16("bf16", torch::kCPU), std::invalid_argument);
+  if (have_gpu()) GTEST_SKIP() << "a GPU is visible: the no-GPU errors cannot happen";
+  EXPECT_EQ(resolve_device("auto"), torch::Device(torch::kCPU));
+  for (const std::string spec : {"cuda", "cuda:0"}) {
+    try {
+      resolve_device(spec);
+      ADD_FAILURE() << spec << " resolved without a GPU";
+    } catch (const std::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find("train.device = '" + spec + "'"), std::string::npos)
+          << e.what();
+    }
+  }
+}
+
+TEST(TrainDevice, PeakFlopsFromTheGpuName) {
+  EXPECT_DOUBLE_EQ(peak_flops_from_name("NVIDIA H100 80GB HBM3", true), 989.4e12);
+  EXPECT_DOUBLE_EQ(peak_flops_from_name("NVIDIA H100 PCIe", true), 756e12);
+  EXPECT_DOUBLE_EQ(peak_flops_from_name("NVIDIA H200", true), 989.4e12);
+  EXPECT_DOUBLE_EQ(peak_flops_from_name("NVIDIA H100 80GB HBM3", false), 66.9e12);
+  EXPECT_EQ(peak_flops_from_name("cpu", true), 0);
+  EXPECT_EQ(peak_flops_from_name("Some Future GPU", true), 0);
+}
+
+TEST(TrainDevice, KeysPerQueryCountWhatIsAttended) {
+  // Dense causal over 4 positions: 1 + 2 + 3 + 4 keys.
+  EXPECT_DOUBLE_EQ(mean_keys_per_query("dense", 2, {}, 4), 10.0 / 4);
+  // Window 2: 1, 2, 2, 2 keys; offset 3 adds a key for the last query only.
+  EXPECT_DOUBLE_EQ(mean_keys_per_query("window", 2, {}, 4), 7.0 / 4);
+  EXPECT_DOUBLE_EQ(mean_keys_per_query("fibonacci", 2, {3}, 4), 8.0 / 4);
+  EXPECT_DOUBLE_EQ(mean_keys_per_query("fibonacci", 2, {3, 5}, 4), 8.0 / 4);
+  // A window longer than the sequence is dense.
+  EXPECT_DOUBLE_EQ(mean_keys_per_query("window", 64, {}, 4), 10.0 / 4);
+}
+
+TEST(TrainDevice, ModelFlopsAreSixPerWeightPlusAttention) {
+  auto c = model::preset("micro");
+  c.attention = "dense";
+  model::Gpt net(c);
+  double weights = 0;
+  for (const auto& p : net->parameters()) {
+    if (p.dim() == 2) weights += static_cast<double>(p.numel());
+  }
+  const auto flops = training_flops_per_token(*net, 16);
+  EXPECT_DOUBLE_EQ(flops.matmul, 6 * weights);
+  EXPECT_DOUBLE_EQ(flops.attention, 12.0 * c.d_model * c.layers * 8.5);
+  EXPECT_DOUBLE_EQ(flops.total(), flops.matmul + flops.attention);
+}
+
+TEST(TrainDevice, OptimizerStateKeyFindsTheOptimizersState) {
+  auto p = torch::ones({3}, torch::requires_grad());
+  torch::optim::AdamW optimizer({p}, torch::optim::AdamWOptions(0.1));
+  p.sum().backward();
+  optimizer.step();
+  EXPECT_NE(optimizer.state().find(optimizer_state_key(p)), optimizer.state().end());
+}
+
+// GPU-only from here: each test skips without a CUDA device.
+
+TEST(TrainDeviceGpu, FusedAdamWMatchesAdamW) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA GPU";
+  if (!FusedAdamW::available(torch::kCUDA)) GTEST_SKIP() << "LibTorch < 2.1: no fused AdamW";
+  torch::manual_seed(3);
+  const auto init = torch::randn({64, 33}, torch::kFloat64);
+  auto reference = init.to(torch::kCUDA, torch::kFloat32).requires_grad_();
+  auto fused = init.to(torch::kCUDA, torch::kFloat32).requires_grad_();
+  const auto options = torch::optim::AdamWOptions(0.01).betas({0.9, 0.95}).weight_decay(0.1);
+  torch::optim::AdamW plain_optimizer({reference}, options);
+  torch::optim::AdamW fused_optimizer({fused}, options);
+  FusedAdamW fused_step(fused_optimizer);
+  for (int step = 0; step < 5; ++step) {
+    const auto target = torch::randn({64, 33}, torch::kCUDA);
+    for (auto* p : {&reference, &fused}) {
+      p->mutable_grad() = torch::Tensor();
+      (*p - target).square().sum().backward();
+    }
+    plain_optimizer.step();
+    fused_step.step();
+  }
+  EXPECT_LT((reference - fused).abs().max().item<double>(), 1e-5);
+  const auto& state = static_cast<torch::optim::AdamWParamState&>(
+      *fused_optimizer.state().find(optimizer_state_key(fused))->second);
+  EXPECT_EQ(state.step(), 5);
+}
+
+TEST(TrainDeviceGpu, Bf16AutocastRunsTheSparseModel) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA GPU";
+  for (const std::string attention : {"fibonacci", "dense"}) {
+    auto c = model::preset("micro");
+    c.attention = attention;
+    c.reach = 64;
+    model::Gpt net(c);
+    net->to(torch::kCUDA);
+    const auto tokens = torch::randint(0, 256, {2, 64}, torch::kCUDA);
+    torch::Tensor logits;
+    {
+      const Bf16Autocast autocast(true);
+      logits = net(tokens);
+    }
+    EXPECT_EQ(logits.scalar_type(), torch::kBFloat16) << attention;
+    logits.to(torch::kFloat32).logsumexp(-1).mean().backward();
+    for (const auto& p : net->parameters()) {
+      ASSERT_TRUE(p.grad().defined()) << attention;
+      EXPECT_EQ(p.grad().scalar_type(), torch::kFloat32) << attention;
+      EXPECT_TRUE(torch::isfinite(p.grad()).all().item<bool>()) << attention;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace reach::train
