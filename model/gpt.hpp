@@ -44,9 +44,7 @@ class CausalSelfAttentionImpl : public torch::nn::Module {
   torch::Tensor alibi_slopes_;          // [heads] float64 (0 for NoPE heads); undefined: no bias
   torch::Tensor entmax_alpha_;          // [heads] float64, entmax / asentmax
   torch::Tensor delta_, beta_, gamma_;  // [heads] log-n scaling (asentmax, ssmax)
-  torch::Tensor offsets_;               // float64 distances for static schedules
-  torch::Tensor theta_;                 // learned schedule: alpha = softplus(theta)
-  torch::Tensor rope_cos_, rope_sin_;
+  torch::Tensor rope_cos_, rope_sin_;   // rope_tables' cache
 };
 TORCH_MODULE(CausalSelfAttention);
 
