@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "train/checkpoint.hpp"
+#include "train/optimizer.hpp"
 
 namespace reach::train {
 namespace fs = std::filesystem;
@@ -24,13 +25,6 @@ extern "C" void on_task_stop(int signal) { g_task_stop = signal; }
 // Stream tags keep training and evaluation examples apart for one seed.
 constexpr uint64_t kTrainStream = 0x7261696e;  // "rain"
 constexpr uint64_t kEvalStream = 0x6576616c;   // "eval"
-
-double learning_rate(const TaskRunConfig& c, int64_t step) {
-  if (step < c.warmup) return c.lr * static_cast<double>(step + 1) / static_cast<double>(c.warmup);
-  const double progress = static_cast<double>(step - c.warmup) /
-                          static_cast<double>(std::max<int64_t>(1, c.steps - c.warmup));
-  return c.min_lr + 0.5 * (c.lr - c.min_lr) * (1.0 + std::cos(M_PI * std::min(1.0, progress)));
-}
 
 struct Batch {
   torch::Tensor tokens, targets;  // [B, T] int64; targets -1 where nothing is asked
@@ -101,15 +95,7 @@ TaskTrainResult train_task_model(const TaskRunConfig& c, bool quiet, model::Gpt*
 
   torch::manual_seed(c.seed);
   model::Gpt net(c.model);
-  std::vector<torch::Tensor> decay, no_decay;
-  for (auto& p : net->parameters()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
-  std::vector<torch::optim::OptimizerParamGroup> groups;
-  groups.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(
-                                 torch::optim::AdamWOptions(c.lr).weight_decay(c.weight_decay)));
-  groups.emplace_back(no_decay, std::make_unique<torch::optim::AdamWOptions>(
-                                    torch::optim::AdamWOptions(c.lr).weight_decay(0.0)));
-  torch::optim::AdamW optimizer(std::move(groups),
-                                torch::optim::AdamWOptions(c.lr).betas({0.9, 0.95}));
+  torch::optim::AdamW optimizer = make_adamw(*net, c.lr, c.weight_decay);
   if (!quiet) {
     fmt::print(stderr,
                "[tasks] {} at length {}: {} parameters, attention={} normalizer={} "
@@ -125,7 +111,7 @@ TaskTrainResult train_task_model(const TaskRunConfig& c, bool quiet, model::Gpt*
   TaskTrainResult result;
   const auto t0 = std::chrono::steady_clock::now();
   for (int64_t step = 0; step < c.steps; ++step) {
-    const double lr = learning_rate(c, step);
+    const double lr = warmup_cosine_lr(step, c.steps, c.warmup, c.lr, c.min_lr);
     for (auto& group : optimizer.param_groups()) {
       static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
     }

@@ -21,6 +21,7 @@
 #include "model/gpt.hpp"
 #include "train/checkpoint.hpp"
 #include "train/device.hpp"
+#include "train/optimizer.hpp"
 
 namespace reach::train {
 namespace fs = std::filesystem;
@@ -28,13 +29,6 @@ namespace {
 
 std::atomic<int> g_stop_signal{0};
 extern "C" void on_stop_signal(int signal) { g_stop_signal = signal; }
-
-double learning_rate(const TrainConfig& c, int64_t step) {
-  if (step < c.warmup) return c.lr * static_cast<double>(step + 1) / static_cast<double>(c.warmup);
-  const double progress = static_cast<double>(step - c.warmup) /
-                          static_cast<double>(std::max<int64_t>(1, c.steps - c.warmup));
-  return c.min_lr + 0.5 * (c.lr - c.min_lr) * (1.0 + std::cos(M_PI * std::min(1.0, progress)));
-}
 
 // Tokens for `step`, [batch, seq_len + 1] (inputs and targets overlap by all but one): starts
 // drawn from an RNG seeded by (seed, step) only. Pinned memory lets the copy to a GPU run
@@ -119,15 +113,7 @@ TrainResult run_training(const TrainConfig& config_in, const TrainOptions& optio
   }
   // Initialised (or loaded) on the CPU, so a seed gives the same weights on every device.
   net->to(device);
-  std::vector<torch::Tensor> decay, no_decay;
-  for (auto& p : net->parameters()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
-  std::vector<torch::optim::OptimizerParamGroup> groups;
-  groups.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(
-                                 torch::optim::AdamWOptions(c.lr).weight_decay(c.weight_decay)));
-  groups.emplace_back(no_decay, std::make_unique<torch::optim::AdamWOptions>(
-                                    torch::optim::AdamWOptions(c.lr).weight_decay(0.0)));
-  torch::optim::AdamW optimizer(std::move(groups),
-                                torch::optim::AdamWOptions(c.lr).betas({0.9, 0.95}));
+  torch::optim::AdamW optimizer = make_adamw(*net, c.lr, c.weight_decay);
   if (resume_from) load_optimizer_state(*resume_from, net, optimizer);
   std::optional<FusedAdamW> fused_adamw;
   if (FusedAdamW::available(device)) fused_adamw.emplace(optimizer);
@@ -214,7 +200,7 @@ TrainResult run_training(const TrainConfig& config_in, const TrainOptions& optio
       synchronize(device);
       phase_clock = Clock::now();
     }
-    const double lr = learning_rate(c, step);
+    const double lr = warmup_cosine_lr(step, c.steps, c.warmup, c.lr, c.min_lr);
     for (auto& group : optimizer.param_groups()) {
       static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
     }

@@ -41,7 +41,9 @@ TEST(TrainDevice, BadValuesNameTheKey) {
                       "train.precision = 'bf16' needs a CUDA device");
   expect_config_error({"train.peak_tflops=-1"}, "train.peak_tflops");
   expect_config_error({"train.profile_steps=-2"}, "train.profile_steps");
-  expect_config_error({"train.device=3"}, "'train.device' must be a string");
+  // A bare number is read as its text, then rejected by name.
+  expect_config_error({"train.device=3"},
+                      "train.device must be auto, cpu, cuda or cuda:N, got '3'");
 }
 
 TEST(TrainDevice, AutoIsTheCpuWithoutAGpuAndCudaIsAClearError) {

@@ -41,7 +41,8 @@ TEST(TrainConfig, BadInputNamesTheKey) {
   expect_error("[train]\nlearning_rate = 1\n", {}, "unknown config key 'train.learning_rate'");
   expect_error("", {"model.heads=3"}, "divisible");
   expect_error("", {"model.attention=ring"}, "model.attention");
-  expect_error("", {"model.positions=alibi"}, "dense attention only");
+  expect_error("", {"model.positions=sideways"},
+               "model.positions must be rope, alibi, nope or nape");
   expect_error("", {"nodot=1"}, "section.key");
   expect_error("", {"train.lr"}, "key=value");
   expect_error("[train\n", {}, "not valid TOML");
