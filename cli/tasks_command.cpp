@@ -72,6 +72,10 @@ void add_tasks_command(CLI::App& app) {
   train_cmd->add_option("--out", t->out, "Run directory (overrides run.out_dir)");
   train_cmd->add_flag("--no-eval", t->no_eval, "Train only");
   train_cmd->add_flag("--quiet", t->quiet, "No progress lines");
+  train_cmd->footer(
+      "\nEvery config key with its default (model.* as in `reach train`; model.vocab_size is "
+      "the task's):\n\n" +
+      train::to_toml(train::parse_task_config("", {})));
   train_cmd->callback([t] {
     auto overrides = t->overrides;
     if (!t->out.empty()) overrides.push_back("run.out_dir=\"" + t->out + "\"");
