@@ -18,6 +18,7 @@ ConfigFields fields(TaskRunConfig& c) {
       {"task.name", &c.task},
       {"task.num_values", &c.num_values},
       {"task.items", &c.items},
+      {"task.filler_tokens", &c.filler_tokens},
       {"task.num_keys", &c.num_keys},
       {"task.pairs", &c.pairs},
       {"task.queries", &c.queries},
@@ -110,8 +111,9 @@ std::vector<int64_t> parse_multipliers(const std::string& text) {
 std::unique_ptr<data::tasks::SyntheticTask> make_task(const TaskRunConfig& c) {
   using namespace data::tasks;
   if (c.task == "max_retrieval") {
-    return make_max_retrieval(
-        {narrow(c.num_values, "task.num_values"), narrow(c.items, "task.items")});
+    return make_max_retrieval({narrow(c.num_values, "task.num_values"),
+                               narrow(c.items, "task.items"),
+                               narrow(c.filler_tokens, "task.filler_tokens")});
   }
   if (c.task == "associative_recall" || c.task == "mqar") {
     return make_associative_recall(

@@ -24,6 +24,7 @@ struct TaskRunConfig {
   std::string task = "max_retrieval";
   int64_t num_values = 64;      // max_retrieval, associative_recall
   int64_t items = 16;           // max_retrieval
+  int64_t filler_tokens = 1;    // max_retrieval: distinct filler tokens
   int64_t num_keys = 64;        // associative_recall
   int64_t pairs = 8;            // associative_recall
   int64_t queries = 4;          // associative_recall

@@ -114,15 +114,16 @@ class AssociativeRecall final : public SyntheticTask {
   AssociativeRecallSpec spec_;
 };
 
-// Token ids: 0 filler, 1 query marker, 2.. numbers.
+// Token ids: 0 filler, 1 query marker, 2.. numbers, then the other filler tokens (if any).
 class MaxRetrieval final : public SyntheticTask {
  public:
   explicit MaxRetrieval(MaxRetrievalSpec spec) : spec_(spec) {
     require_positive(spec.num_values, "max_retrieval: num_values");
     require_positive(spec.items, "max_retrieval: items");
+    require_positive(spec.filler_tokens, "max_retrieval: filler_tokens");
   }
   std::string name() const override { return "max_retrieval"; }
-  int32_t vocab_size() const override { return 2 + spec_.num_values; }
+  int32_t vocab_size() const override { return 1 + spec_.num_values + spec_.filler_tokens; }
   int64_t min_length() const override { return spec_.items + 2; }
 
   TaskExample sample(int64_t length, std::mt19937_64& rng) const override {
@@ -130,6 +131,14 @@ class MaxRetrieval final : public SyntheticTask {
     TaskExample ex;
     ex.tokens.assign(static_cast<size_t>(length), 0);
     ex.targets.assign(static_cast<size_t>(length), kIgnore);
+    if (spec_.filler_tokens > 1) {
+      // Diverse filler: distinct distractor keys, so no single key can be pushed down once.
+      std::uniform_int_distribution<int32_t> filler(0, spec_.filler_tokens - 1);
+      for (auto& t : ex.tokens) {
+        const int32_t f = filler(rng);
+        t = f == 0 ? 0 : 1 + spec_.num_values + f;
+      }
+    }
     std::uniform_int_distribution<int32_t> number(0, spec_.num_values - 1);
     const int64_t context = length - 2;
     int32_t best = -1;

@@ -47,8 +47,9 @@ struct AssociativeRecallSpec {
 // Max retrieval: a sequence of numbers with filler; after the query marker the model must
 // emit the largest number seen.
 struct MaxRetrievalSpec {
-  int32_t num_values = 64;  // numbers 0..num_values-1
-  int32_t items = 16;       // how many numbers appear (spread over the sequence)
+  int32_t num_values = 64;    // numbers 0..num_values-1
+  int32_t items = 16;         // how many numbers appear (spread over the sequence)
+  int32_t filler_tokens = 1;  // distinct filler tokens, drawn uniformly (1: one repeated token)
 };
 
 // Passkey retrieval: a number of `digits` digits hidden at `depth` (0 = start, 1 = end of

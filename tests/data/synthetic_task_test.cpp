@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <map>
+#include <set>
 
 namespace reach::data::tasks {
 namespace {
@@ -82,6 +83,35 @@ TEST(SyntheticTasks, MaxRetrievalAnswerIsTheMaximum) {
     EXPECT_EQ(ex.targets[198], best);
     EXPECT_EQ(ex.tokens[198], 1);
   }
+}
+
+// Diverse filler: every filler token is one of the filler ids (never a number or a marker),
+// all of them occur, and the answer is still the largest number.
+TEST(SyntheticTasks, MaxRetrievalWithDiverseFiller) {
+  auto task = make_max_retrieval({8, 4, 5});
+  EXPECT_EQ(task->vocab_size(), 1 + 8 + 5);
+  std::mt19937_64 rng(4);
+  std::set<int32_t> fillers;
+  for (int trial = 0; trial < 20; ++trial) {
+    const auto ex = task->sample(300, rng);
+    int32_t best = -1;
+    int numbers = 0;
+    for (size_t p = 0; p + 2 < ex.tokens.size(); ++p) {
+      const int32_t t = ex.tokens[p];
+      ASSERT_NE(t, 1);
+      if (t >= 2 && t < 10) {
+        best = std::max(best, t);
+        ++numbers;
+      } else {
+        ASSERT_TRUE(t == 0 || (t >= 10 && t < 14)) << t;
+        fillers.insert(t);
+      }
+    }
+    EXPECT_EQ(numbers, 4);
+    EXPECT_EQ(ex.targets[298], best);
+  }
+  EXPECT_EQ(fillers.size(), 5u);
+  EXPECT_THROW(make_max_retrieval({8, 4, 0}), std::invalid_argument);
 }
 
 TEST(SyntheticTasks, PasskeyIsHiddenAtTheRequestedDepth) {
