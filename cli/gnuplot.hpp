@@ -1,11 +1,31 @@
-// Runs a gnuplot script (Debian gnuplot-nox) that writes `png_path`; throws
-// std::runtime_error when gnuplot is missing or fails.
+// Report plumbing shared by the CLI's reports: text files written or a clear error, a
+// temporary folder for gnuplot's data files, and running a gnuplot script (Debian
+// gnuplot-nox) that writes a PNG.
 #pragma once
 
+#include <filesystem>
 #include <string>
 
 namespace reach::cli {
 
+// Writes `text` to `path`; throws std::runtime_error("cannot write '<path>'") on failure.
+void write_text_file(const std::string& path, const std::string& text);
+
+// A fresh temporary folder (named by `tag` and the process id), removed with its files when
+// the object goes out of scope, also when plotting throws.
+class PlotDataDir {
+ public:
+  explicit PlotDataDir(const std::string& tag);
+  ~PlotDataDir();
+  PlotDataDir(const PlotDataDir&) = delete;
+  PlotDataDir& operator=(const PlotDataDir&) = delete;
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// Runs the script; throws std::runtime_error when gnuplot is missing or fails.
 void run_gnuplot(const std::string& script, const std::string& png_path);
 
 }  // namespace reach::cli

@@ -68,21 +68,16 @@ void write_reports(const std::vector<ModelLengths>& models, const std::string& j
                      {"bucket_nll", r.bucket_nll}});
       }
     }
-    std::ofstream out(json_path);
-    if (!(out << j.dump(2) << "\n")) throw std::runtime_error("cannot write '" + json_path + "'");
+    write_text_file(json_path, j.dump(2) + "\n");
   }
   if (!markdown_path.empty()) {
-    std::ofstream out(markdown_path);
-    if (!(out << markdown_table(models))) {
-      throw std::runtime_error("cannot write '" + markdown_path + "'");
-    }
+    write_text_file(markdown_path, markdown_table(models));
   }
   if (png_path.empty()) return;
   // Data files for gnuplot: perplexity vs length, and loss per position bucket at the
   // longest length.
-  const auto dir =
-      std::filesystem::temp_directory_path() / fmt::format("reach-plot-{}", ::getpid());
-  std::filesystem::create_directories(dir);
+  const PlotDataDir plot_dir("plot");
+  const auto& dir = plot_dir.path();
   std::string plot_ppl, plot_pos;
   for (size_t i = 0; i < models.size(); ++i) {
     const auto& m = models[i];
@@ -111,13 +106,7 @@ void write_reports(const std::vector<ModelLengths>& models, const std::string& j
       "set title 'loss vs position (longest length)'\nset xlabel 'position'\n"
       "set ylabel 'NLL (nats)'\nplot {}\nunset multiplot\n",
       png_path, plot_ppl, plot_pos);
-  try {
-    run_gnuplot(script, png_path);
-  } catch (...) {
-    std::filesystem::remove_all(dir);
-    throw;
-  }
-  std::filesystem::remove_all(dir);
+  run_gnuplot(script, png_path);
 }
 
 }  // namespace reach::cli

@@ -82,19 +82,14 @@ void write_task_reports(const std::vector<TaskRunResults>& runs, const std::stri
                      {"heads", m.heads}}},
                    {"results", results}});
     }
-    std::ofstream out(json_path);
-    if (!(out << j.dump(2) << "\n")) throw std::runtime_error("cannot write '" + json_path + "'");
+    write_text_file(json_path, j.dump(2) + "\n");
   }
   if (!markdown_path.empty()) {
-    std::ofstream out(markdown_path);
-    if (!(out << task_markdown_table(runs))) {
-      throw std::runtime_error("cannot write '" + markdown_path + "'");
-    }
+    write_text_file(markdown_path, task_markdown_table(runs));
   }
   if (png_path.empty()) return;
-  const auto dir =
-      std::filesystem::temp_directory_path() / fmt::format("reach-task-plot-{}", ::getpid());
-  std::filesystem::create_directories(dir);
+  const PlotDataDir plot_dir("task-plot");
+  const auto& dir = plot_dir.path();
   std::string plots;
   for (size_t i = 0; i < runs.size(); ++i) {
     const auto file = dir / fmt::format("run{}.dat", i);
@@ -112,13 +107,7 @@ void write_task_reports(const std::vector<TaskRunResults>& runs, const std::stri
       "set logscale x 2\nset yrange [0:105]\nset grid\nset key bottom left\nplot {}\n",
       png_path, runs.empty() ? "" : runs[0].config.task,
       runs.empty() ? 0 : runs[0].config.train_length, plots);
-  try {
-    run_gnuplot(script, png_path);
-  } catch (...) {
-    std::filesystem::remove_all(dir);
-    throw;
-  }
-  std::filesystem::remove_all(dir);
+  run_gnuplot(script, png_path);
 }
 
 }  // namespace reach::cli
