@@ -43,9 +43,17 @@ void print_progress(const std::string& label, const train::LengthAccuracy& r) {
 TaskRunResults evaluate_run(const std::string& dir, model::Gpt& model,
                             const train::TaskRunConfig& config) {
   TaskRunResults run{task_run_label(config), dir, config, {}};
+  // Long lengths take minutes on a CPU: say how far each is once it has run a while.
+  auto batches = [&](int64_t length, int64_t done, int64_t total, double seconds) {
+    if (seconds > 10 && done < total) {
+      fmt::print(stderr, "[tasks] {}: {} tokens, {}/{} examples ({:.0f}s, ETA {:.0f}s)\n",
+                 run.label, length, done, total, seconds,
+                 seconds / static_cast<double>(done) * static_cast<double>(total - done));
+    }
+  };
   run.results = train::evaluate_task_model(
       model, config, train::parse_multipliers(config.multipliers),
-      [&](const train::LengthAccuracy& r) { print_progress(run.label, r); });
+      [&](const train::LengthAccuracy& r) { print_progress(run.label, r); }, batches);
   return run;
 }
 

@@ -182,7 +182,8 @@ TaskRun load_task_run(const std::string& dir) {
 
 std::vector<LengthAccuracy> evaluate_task_model(
     model::Gpt& model, const TaskRunConfig& c, const std::vector<int64_t>& multipliers,
-    const std::function<void(const LengthAccuracy&)>& progress) {
+    const std::function<void(const LengthAccuracy&)>& progress,
+    const BatchProgress& batch_progress) {
   set_threads(c);
   const auto task = make_task(c);
   torch::NoGradGuard no_grad;
@@ -204,6 +205,11 @@ std::vector<LengthAccuracy> evaluate_task_model(
         const Batch batch = make_batch(*task, r.length, size, rng);
         sum += batch_accuracy(batch, model->forward(batch.tokens)) * static_cast<double>(size);
         done += size;
+        if (batch_progress) {
+          batch_progress(
+              r.length, done, c.examples,
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+        }
       }
       r.examples = c.examples;
       r.accuracy = sum / static_cast<double>(c.examples);

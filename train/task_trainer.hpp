@@ -47,9 +47,12 @@ struct LengthAccuracy {
 
 // Accuracy at each multiple of config.train_length, on examples drawn from a stream seeded
 // by (seed, length) that training never sees. Lengths above config.max_length are
-// skipped. `progress` (may be empty) is told each finished length.
+// skipped. `progress` (may be empty) is told each finished length; `batch_progress` (may be
+// empty) each finished batch: (length, examples done, examples in all, seconds so far).
+using BatchProgress = std::function<void(int64_t, int64_t, int64_t, double)>;
 std::vector<LengthAccuracy> evaluate_task_model(
     model::Gpt& model, const TaskRunConfig& config, const std::vector<int64_t>& multipliers,
-    const std::function<void(const LengthAccuracy&)>& progress);
+    const std::function<void(const LengthAccuracy&)>& progress,
+    const BatchProgress& batch_progress = {});
 
 }  // namespace reach::train
