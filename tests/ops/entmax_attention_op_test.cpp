@@ -92,6 +92,11 @@ TEST(EntmaxAttentionOp, AlibiSlopesMatchTorchComposite) {
                        c10::nullopt, c10::nullopt, c10::nullopt, false, c10::nullopt,
                        torch::tensor({0.1, 0.2, 0.3}, kF64)),
       c10::Error);
+  // Slopes are fixed: asking for their gradient is an error, not a silently dropped one.
+  EXPECT_THROW(
+      entmax_attention(q, k, v, 4, torch::empty({0}, kF64), c10::nullopt, delta, beta, gamma, true,
+                       c10::nullopt, torch::tensor({0.0, 0.35}, kF64).requires_grad_()),
+      c10::Error);
 }
 
 TEST(EntmaxAttentionOp, EntmaxParameterGradientsMatchFiniteDifferences) {

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
 
 namespace reach::train {
 namespace {
@@ -70,6 +71,17 @@ TEST(TaskTrainer, MissingRunGivesAClearError) {
   } catch (const std::runtime_error& e) {
     EXPECT_NE(std::string(e.what()).find("config.toml"), std::string::npos) << e.what();
   }
+  // A config but no weights (training never finished), then weights that are not safetensors.
+  const auto c = parse_task_config("", {"run.out_dir=\"" + dir + "\""});
+  std::ofstream(fs::path(dir) / "config.toml") << to_toml(c);
+  try {
+    load_task_run(dir);
+    FAIL();
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("no model.safetensors"), std::string::npos) << e.what();
+  }
+  std::ofstream(fs::path(dir) / "model.safetensors") << "not a safetensors file";
+  EXPECT_THROW(load_task_run(dir), std::runtime_error);
   fs::remove_all(dir);
 }
 
