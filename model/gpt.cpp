@@ -256,6 +256,8 @@ GptImpl::GptImpl(const ModelConfig& config) : config_(config) {
 
 torch::Tensor GptImpl::forward(const torch::Tensor& tokens) {
   TORCH_CHECK(tokens.dim() == 2, "model input must be [batch, seq_len] token ids");
+  TORCH_CHECK(tokens.scalar_type() == torch::kLong || tokens.scalar_type() == torch::kInt,
+              "model input must be integer token ids (int64 or int32), got ", tokens.scalar_type());
   auto x = wte_(tokens);
   for (auto& block : blocks) x = block(x);
   return torch::matmul(ln_f_(x), wte_->weight.t());  // tied output head

@@ -25,6 +25,22 @@ TEST(Gpt, EveryAttentionKindRunsForwardAndBackward) {
   }
 }
 
+TEST(Gpt, NonIntegerTokensAreAClearError) {
+  auto c = preset("micro");
+  c.reach = 24;
+  Gpt net(c);
+  // torch::randint(..., torch::kCUDA) makes float ids: a common slip.
+  const auto tokens = torch::randint(0, 256, {2, 16}).to(torch::kFloat32);
+  try {
+    net(tokens);
+    FAIL() << "float token ids were accepted";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("integer token ids"), std::string::npos) << e.what();
+  }
+  EXPECT_NO_THROW(net(tokens.to(torch::kLong)));
+  EXPECT_NO_THROW(net(tokens.to(torch::kInt)));
+}
+
 TEST(Gpt, LayersGetTheirScheduleAlphas) {
   auto c = preset("micro");
   c.layers = 4;

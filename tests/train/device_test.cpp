@@ -140,9 +140,11 @@ TEST(TrainDeviceGpu, Bf16AutocastRunsTheSparseModel) {
     auto c = model::preset("micro");
     c.attention = attention;
     c.reach = 64;
+    c.d_model = 128;  // head_dim 64: the CUDA kernels take 64 or 128
     model::Gpt net(c);
     net->to(torch::kCUDA);
-    const auto tokens = torch::randint(0, 256, {2, 64}, torch::kCUDA);
+    const auto tokens =
+        torch::randint(0, 256, {2, 64}, torch::TensorOptions(torch::kLong).device(torch::kCUDA));
     torch::Tensor logits;
     {
       const Bf16Autocast autocast(true);
