@@ -95,8 +95,8 @@ void run_bench(BenchOptions o) {
   }
   fmt::print(
       "speedup = dense time / this row's time (forward / forward+backward); peak MiB = "
-      "resident memory above the inputs during forward+backward{}\n",
-      o.config.device == "cuda" ? " (not measured on cuda: 0)" : "");
+      "{} above the inputs during forward+backward\n",
+      o.config.device == "cuda" ? "GPU memory allocated by LibTorch" : "resident memory");
 }
 
 }  // namespace

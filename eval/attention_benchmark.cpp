@@ -69,7 +69,9 @@ std::vector<AttentionBenchRow> run_attention_benchmark(
   auto median = [&](const std::function<void()>& fn, int repeats) {
     return median_ms(fn, repeats, cuda);
   };
-  auto peak = [&](const std::function<void()>& fn) { return cuda ? 0.0 : peak_mib_of(fn); };
+  auto peak = [&](const std::function<void()>& fn) {
+    return cuda ? gpu_peak_mib_of(fn) : peak_mib_of(fn);
+  };
   // Dense causal attention: fused SDPA on a GPU where LibTorch has it, else matmul + mask.
   auto dense_attention = [&](const torch::Tensor& q, const torch::Tensor& k,
                              const torch::Tensor& v) {

@@ -2,7 +2,8 @@
 // attention, forward and forward+backward, measured side by side in one process. On the
 // CPU dense is LibTorch matmul + mask + softmax; on a CUDA GPU it is LibTorch's fused
 // scaled_dot_product_attention (FlashAttention for bf16), every timing is bracketed by
-// device synchronisations, and peak memory is not measured (peak_mib = 0).
+// device synchronisations, and peak memory is the GPU memory LibTorch's caching allocator
+// handed out above the inputs.
 #pragma once
 
 #include <cstdint>
@@ -35,9 +36,9 @@ struct AttentionBenchRow {
   int64_t keys_per_query = 0;  // sparse: W + K (dense: n, the maximum)
   bool ran = false;
   std::string note;
-  double forward_ms = 0;        // median
-  double fwd_bwd_ms = 0;        // median
-  double peak_mib = 0;          // peak RSS above the inputs during forward+backward
+  double forward_ms = 0;  // median
+  double fwd_bwd_ms = 0;  // median
+  double peak_mib = 0;    // peak RSS (CPU) or GPU allocation above the inputs, forward+backward
   int64_t heads_per_chunk = 0;  // dense only
 };
 

@@ -2,8 +2,15 @@
 
 #include <malloc.h>
 
+#include <algorithm>
 #include <fstream>
+#include <stdexcept>
 #include <string>
+
+#ifdef REACH_TORCH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
+#endif
 
 namespace reach::eval {
 namespace {
@@ -40,5 +47,22 @@ bool reset_peak_rss() {
 
 int64_t current_rss_bytes() { return status_field_kib("VmRSS") * 1024; }
 int64_t peak_rss_bytes() { return status_field_kib("VmHWM") * 1024; }
+
+double gpu_peak_mib_of(const std::function<void()>& fn) {
+#ifdef REACH_TORCH_CUDA
+  namespace alloc = c10::cuda::CUDACachingAllocator;
+  const c10::DeviceIndex device = c10::cuda::current_device();
+  c10::cuda::device_synchronize();
+  alloc::resetPeakStats(device);
+  const int64_t base = alloc::getDeviceStats(device).allocated_bytes[0].current;  // 0: all pools
+  fn();
+  c10::cuda::device_synchronize();
+  const int64_t peak = alloc::getDeviceStats(device).allocated_bytes[0].peak;
+  return static_cast<double>(std::max<int64_t>(0, peak - base)) / (1024.0 * 1024.0);
+#else
+  (void)fn;
+  throw std::runtime_error("gpu_peak_mib_of: this LibTorch has no CUDA");
+#endif
+}
 
 }  // namespace reach::eval

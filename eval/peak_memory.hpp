@@ -1,7 +1,9 @@
-// Process peak-memory probe (Linux): reset the resident high-water mark, run, read it.
+// Peak-memory probes: the process's resident high-water mark (Linux), and the GPU memory
+// LibTorch's CUDA caching allocator hands out.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 
 namespace reach::eval {
 
@@ -22,5 +24,10 @@ class RssFollowsAllocations {
 };
 int64_t current_rss_bytes();
 int64_t peak_rss_bytes();
+
+// Peak GPU memory allocated through LibTorch on the current CUDA device while fn runs, above
+// what was allocated before it, in MiB (fn's work is synchronized). Throws
+// std::runtime_error where this LibTorch has no CUDA.
+double gpu_peak_mib_of(const std::function<void()>& fn);
 
 }  // namespace reach::eval
