@@ -481,8 +481,18 @@ bool tensor_core_path(const DilatedAttentionParams& p, ScalarType type, bool off
 tc::IntOffsets make_int_offsets(const DilatedAttentionParams& p) {
   tc::IntOffsets offs{};
   offs.count = static_cast<int>(p.num_offsets);
-  for (int64_t kk = 0; kk < p.num_offsets; ++kk) offs.d[kk] = static_cast<int>(p.offsets[kk]);
+  for (int64_t kk = 0; kk < p.num_offsets; ++kk) {
+    const double lo = std::floor(p.offsets[kk]);
+    offs.d[kk] = static_cast<int>(lo);
+    offs.frac[kk] = static_cast<float>(p.offsets[kk] - lo);
+  }
   return offs;
+}
+
+// The forward takes the tensor cores for every bf16 head_dim 64/128 call, fractional
+// offsets included (the backward then runs on the CUDA cores from the same lse).
+bool tensor_core_forward(const DilatedAttentionParams& p, ScalarType type) {
+  return type == ScalarType::kBFloat16 && (p.head_dim == 64 || p.head_dim == 128);
 }
 
 // Kernels using more than 48 KB of dynamic shared memory must opt in.
@@ -519,14 +529,14 @@ TcLaunch tc_launch(const DilatedAttentionParams& p) {
 template <int D>
 constexpr int kTcGroup = D == 64 ? 2 : 1;
 
-template <int D, int G>
+template <int D, int G, bool Frac>
 void tc_forward_group(const DilatedAttentionParams& p, const void* q, const void* k, const void* v,
                       void* out, float* lse, cudaStream_t stream) {
   using T = __nv_bfloat16;
   const TcLaunch t = tc_launch(p);
   constexpr size_t smem = tc::forward_smem_bytes<D>();
-  allow_smem(tc::forward_kernel<D, G>, smem);
-  tc::forward_kernel<D, G><<<t.grid, tc::kThreads, smem, stream>>>(
+  allow_smem(tc::forward_kernel<D, G, Frac>, smem);
+  tc::forward_kernel<D, G, Frac><<<t.grid, tc::kThreads, smem, stream>>>(
       static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
       static_cast<T*>(out), lse, t.n, t.window, t.scale_log2, t.offs);
   check_cuda(cudaGetLastError(), "forward launch (tensor cores)");
@@ -535,7 +545,11 @@ void tc_forward_group(const DilatedAttentionParams& p, const void* q, const void
 template <int D>
 void tc_forward(const DilatedAttentionParams& p, const void* q, const void* k, const void* v,
                 void* out, float* lse, cudaStream_t stream) {
-  tc_forward_group<D, kTcGroup<D>>(p, q, k, v, out, lse, stream);
+  if (integer_offsets(p)) {
+    tc_forward_group<D, kTcGroup<D>, false>(p, q, k, v, out, lse, stream);
+  } else {
+    tc_forward_group<D, 1, true>(p, q, k, v, out, lse, stream);  // two rows per offset
+  }
 }
 
 size_t tc_workspace_floats(const DilatedAttentionParams& p) {
@@ -612,7 +626,7 @@ void dilated_attention_forward_cuda(const DilatedAttentionParams& p, ScalarType 
                                     void* stream_ptr) {
   check_params(p);
   const auto stream = static_cast<cudaStream_t>(stream_ptr);
-  if (tensor_core_path(p, type, false)) {
+  if (tensor_core_forward(p, type)) {
     if (p.head_dim == 64)
       tc_forward<64>(p, q, k, v, out, lse, stream);
     else

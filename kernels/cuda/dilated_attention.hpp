@@ -9,12 +9,15 @@
 // (dk, dv) that gathers, for each key, the (query, slot) pairs that saw it.
 //
 // Two implementations behind one interface:
-//  * tensor cores (kernels/cuda/dilated_attention_tc.cuh): bf16, head_dim 64 or 128,
-//    integer offsets, no offset gradient. The window band runs as dense 64-row blocks
-//    on mma.sync, the offsets as 16-byte row loads; the backward recomputes P from the
-//    log-sum-exp and keeps only P and dS of the offset slots in the workspace.
-//  * CUDA cores (everything else: fp32, fractional offsets, the offset gradient): a
-//    group of D/16 threads per query; the backward stores P and dS for every slot.
+//  * tensor cores (kernels/cuda/dilated_attention_tc.cuh): bf16, head_dim 64 or 128;
+//    the forward for any offsets (a fractional one reads two rows), the backward for
+//    integer offsets without the offset gradient. The window band runs as dense 64-row
+//    blocks on mma.sync, the offsets as 16-byte row loads; the backward recomputes P
+//    from the log-sum-exp and keeps only P and dS of the offset slots in the workspace.
+//  * CUDA cores (everything else: fp32, the backward of fractional offsets or with the
+//    offset gradient): a group of D/16 threads per query; the backward stores P and dS
+//    for every slot. Both backwards start from the same log-sum-exp, so they pair with
+//    either forward.
 #pragma once
 
 #include <cstddef>
@@ -40,8 +43,9 @@ void dilated_attention_forward_cuda(const DilatedAttentionParams& params, Scalar
                                     const void* q, const void* k, const void* v, void* out,
                                     float* lse, void* stream);
 
-// True when forward/backward with these arguments take the tensor-core path
-// (offsets_grad: the backward is asked for the offset gradient).
+// True when the backward with these arguments (offsets_grad: asked for the offset
+// gradient) takes the tensor-core path; the forward then takes it too (it also does for
+// fractional offsets: every bf16 head_dim 64/128 forward runs on the tensor cores).
 bool dilated_attention_uses_tensor_cores(const DilatedAttentionParams& params, ScalarType type,
                                          bool offsets_grad);
 

@@ -1,5 +1,6 @@
 // Tensor-core path of the CUDA dilated attention (included by dilated_attention.cu only):
-// bf16 inputs, head_dim 64 or 128, integer offsets, no offset gradient.
+// bf16 inputs, head_dim 64 or 128; the forward takes integer and fractional (learned)
+// offsets, the backward integer offsets without the offset gradient.
 //
 // A block owns a tile of 64 consecutive queries (forward, dq pass) or keys (dk/dv pass);
 // each of its 4 warps owns 16 rows. Two phases share one online softmax:
@@ -37,9 +38,13 @@ constexpr bool kSplit = true;  // P and dS as bf16 hi + lo (see above)
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
+// Offsets as floor d and fraction (frac = x - d; all zero for integer offsets). A
+// fractional offset x (the learned schedule) sees the key and value interpolated between
+// rows i - d and i - d - 1 (weights 1 - frac, frac), from query ceil(x) on.
 struct IntOffsets {
   int count;
   int d[kMaxOffsets];
+  float frac[kMaxOffsets];
 };
 
 template <int D>
@@ -296,7 +301,10 @@ constexpr size_t forward_smem_bytes() {
 
 // out[i] = softmax over the window keys i - W + 1 .. i and keys i - d_k of scale q.k,
 // times v; lse[i] = log-sum-exp of the scaled scores (natural log).
-template <int D, int G>
+// Frac: some offset is fractional; each offset then reads two key/value rows and scores
+// (1 - f) q.k[i - d] + f q.k[i - d - 1] (the score of the interpolated key, exactly), its
+// value entering as two weighted rows, so nothing interpolated is rounded to bf16.
+template <int D, int G, bool Frac>
 __global__ void __launch_bounds__(kThreads)
     forward_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
                    const bf16* __restrict__ v, bf16* __restrict__ out, float* __restrict__ lse,
@@ -305,6 +313,10 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int RC = S::kRowChunks;
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ int s_off[kMaxOffsets];
+  __shared__ float s_frac[kMaxOffsets];
+  if constexpr (Frac) {
+    for (int t = threadIdx.x; t < offs.count; t += kThreads) s_frac[t] = offs.frac[t];
+  }
   bf16* sQ = reinterpret_cast<bf16*>(smem);
   bf16* sK = sQ + S::kTileElems;
   bf16* sV = sK + 2 * S::kTileElems;
@@ -431,8 +443,55 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int r = 0; r < 2; ++r) l[r] = quad_sum(l[r]);
 
-  // Offsets, G at a time: all their key and value rows are loaded before any is used.
-  for (int k0 = 0; k0 < offs.count; k0 += G) {
+  if constexpr (Frac) {
+    // Fractional offsets, one at a time: rows i - d and (when f > 0) i - d - 1.
+    for (int kk = 0; kk < offs.count; ++kk) {
+      const int d = s_off[kk];
+      const float f = s_frac[kk];  // the same for the whole grid: no divergence
+      const bool two = f > 0.f;
+      uint4 kr[2][2][RC], vr[2][2][RC];  // [row r][i - d, i - d - 1]
+      bool ok[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int row = rows[r] - d;
+        ok[r] = row - (two ? 1 : 0) >= 0 && rows[r] < n;  // visible from query ceil(x)
+        const size_t at = static_cast<size_t>(ok[r] ? row : 0) * D;
+        load_row<D>(kh + at, c, kr[r][0]);
+        load_row<D>(vh + at, c, vr[r][0]);
+        if (two) {
+          const size_t at1 = static_cast<size_t>(ok[r] ? row - 1 : 0) * D;
+          load_row<D>(kh + at1, c, kr[r][1]);
+          load_row<D>(vh + at1, c, vr[r][1]);
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        uint4 qr[RC];
+        load_smem_row<D>(sQ + (wrow + g + 8 * r) * S::kStride, c, qr);
+        float sc = quad_sum(dot_part<RC>(qr, kr[r][0]));
+        if (two) sc = fmaf(f, quad_sum(dot_part<RC>(qr, kr[r][1])) - sc, sc);
+        sc = ok[r] ? sc * scale_log2 : -INFINITY;
+        if (__any_sync(0xffffffffu, sc > m[r])) {
+          const float m_new = fmaxf(m[r], sc);
+          const float alpha = exp2f(m[r] - (m_new == -INFINITY ? 0.f : m_new));
+          m[r] = m_new;
+          l[r] *= alpha;
+#pragma unroll
+          for (int t = 0; t < RC * 8; ++t) acc[r][t] *= alpha;
+        }
+        const float p = exp2f(sc - (m[r] == -INFINITY ? 0.f : m[r]));
+        l[r] += p;
+        if (two) {
+          axpy<RC>(p * (1.f - f), vr[r][0], acc[r]);
+          axpy<RC>(p * f, vr[r][1], acc[r]);
+        } else {
+          axpy<RC>(p, vr[r][0], acc[r]);
+        }
+      }
+    }
+  }
+  // Integer offsets, G at a time: all their key and value rows are loaded before any is used.
+  for (int k0 = 0; k0 < (Frac ? 0 : offs.count); k0 += G) {
     uint4 kr[G][2][RC], vr[G][2][RC];
     bool ok[G][2];
 #pragma unroll
