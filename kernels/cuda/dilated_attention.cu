@@ -473,9 +473,17 @@ bool integer_offsets(const DilatedAttentionParams& p) {
   return true;
 }
 
+// The backward on the tensor cores: bf16 at head_dim 64 for any offsets and the offset
+// gradient; at 128 for integer offsets without it (the fractional variant would spill).
 bool tensor_core_path(const DilatedAttentionParams& p, ScalarType type, bool offsets_grad) {
-  return type == ScalarType::kBFloat16 && (p.head_dim == 64 || p.head_dim == 128) &&
-         integer_offsets(p) && !(offsets_grad && p.num_offsets > 0);
+  if (type != ScalarType::kBFloat16) return false;
+  if (p.head_dim == 64) return true;
+  return p.head_dim == 128 && integer_offsets(p) && !(offsets_grad && p.num_offsets > 0);
+}
+
+// Fractional offsets or the offset gradient: the backward's two-row (Frac) variant.
+bool fractional_backward(const DilatedAttentionParams& p, bool offsets_grad) {
+  return !integer_offsets(p) || (offsets_grad && p.num_offsets > 0);
 }
 
 tc::IntOffsets make_int_offsets(const DilatedAttentionParams& p) {
@@ -552,43 +560,68 @@ void tc_forward(const DilatedAttentionParams& p, const void* q, const void* k, c
   }
 }
 
-size_t tc_workspace_floats(const DilatedAttentionParams& p) {
-  const size_t rows = static_cast<size_t>(p.batch_heads) * p.seq_len;
-  return rows * (1 + 2 * static_cast<size_t>(p.num_offsets));  // delta, P and dS per offset
+size_t tc_query_blocks(const DilatedAttentionParams& p) {
+  return static_cast<size_t>((p.seq_len + tc::kTile - 1) / tc::kTile) *
+         static_cast<size_t>(p.batch_heads);
 }
 
-template <int D, int G>
+// delta, P and dS per offset, then the per-block offset-gradient partials.
+size_t tc_workspace_floats(const DilatedAttentionParams& p) {
+  const size_t rows = static_cast<size_t>(p.batch_heads) * p.seq_len;
+  const size_t K = static_cast<size_t>(p.num_offsets);
+  return rows * (1 + 2 * K) + tc_query_blocks(p) * K;
+}
+
+template <int D, int G, bool Frac>
 void tc_backward_group(const DilatedAttentionParams& p, const void* q, const void* k, const void* v,
                        const void* out, const float* lse, const void* grad_out, void* grad_q,
-                       void* grad_k, void* grad_v, void* workspace, cudaStream_t stream) {
+                       void* grad_k, void* grad_v, double* grad_offsets, void* workspace,
+                       cudaStream_t stream) {
   using T = __nv_bfloat16;
   const TcLaunch t = tc_launch(p);
   const size_t rows = static_cast<size_t>(p.batch_heads) * p.seq_len;
   float* delta = static_cast<float*>(workspace);
   float* prob = delta + rows;
   float* dscore = prob + rows * static_cast<size_t>(p.num_offsets);
+  float* partials = dscore + rows * static_cast<size_t>(p.num_offsets);
+  const bool want_offsets = grad_offsets != nullptr && p.num_offsets > 0;
   constexpr size_t smem_q = tc::backward_query_smem_bytes<D>();
-  allow_smem(tc::backward_query_kernel<D, G>, smem_q);
-  tc::backward_query_kernel<D, G><<<t.grid, tc::kThreads, smem_q, stream>>>(
+  allow_smem(tc::backward_query_kernel<D, G, Frac>, smem_q);
+  tc::backward_query_kernel<D, G, Frac><<<t.grid, tc::kThreads, smem_q, stream>>>(
       static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
       static_cast<const T*>(out), lse, static_cast<const T*>(grad_out), static_cast<T*>(grad_q),
-      delta, prob, dscore, t.n, t.window, t.scale, t.scale_log2, t.offs);
+      delta, prob, dscore, want_offsets ? partials : nullptr, t.n, t.window, t.scale, t.scale_log2,
+      t.offs);
   check_cuda(cudaGetLastError(), "backward query-pass launch (tensor cores)");
   constexpr size_t smem_k = tc::backward_key_smem_bytes<D>();
-  allow_smem(tc::backward_key_kernel<D, G>, smem_k);
-  tc::backward_key_kernel<D, G><<<t.grid, tc::kThreads, smem_k, stream>>>(
+  allow_smem(tc::backward_key_kernel<D, G, Frac>, smem_k);
+  tc::backward_key_kernel<D, G, Frac><<<t.grid, tc::kThreads, smem_k, stream>>>(
       static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), lse,
       static_cast<const T*>(grad_out), delta, prob, dscore, static_cast<T*>(grad_k),
       static_cast<T*>(grad_v), t.n, t.window, t.scale, t.scale_log2, t.offs);
   check_cuda(cudaGetLastError(), "backward key-pass launch (tensor cores)");
+  if (want_offsets) {
+    reduce_offset_partials<<<static_cast<unsigned>(p.num_offsets), 256, 0, stream>>>(
+        partials, static_cast<int>(tc_query_blocks(p)), static_cast<int>(p.num_offsets),
+        grad_offsets);
+    check_cuda(cudaGetLastError(), "offset-gradient reduction launch (tensor cores)");
+  }
 }
 
 template <int D>
 void tc_backward(const DilatedAttentionParams& p, const void* q, const void* k, const void* v,
                  const void* out, const float* lse, const void* grad_out, void* grad_q,
-                 void* grad_k, void* grad_v, void* workspace, cudaStream_t stream) {
-  tc_backward_group<D, kTcGroup<D>>(p, q, k, v, out, lse, grad_out, grad_q, grad_k, grad_v,
-                                    workspace, stream);
+                 void* grad_k, void* grad_v, double* grad_offsets, void* workspace,
+                 cudaStream_t stream) {
+  if constexpr (D == 64) {
+    if (fractional_backward(p, grad_offsets != nullptr)) {
+      tc_backward_group<D, 1, true>(p, q, k, v, out, lse, grad_out, grad_q, grad_k, grad_v,
+                                    grad_offsets, workspace, stream);
+      return;
+    }
+  }
+  tc_backward_group<D, kTcGroup<D>, false>(p, q, k, v, out, lse, grad_out, grad_q, grad_k, grad_v,
+                                           nullptr, workspace, stream);
 }
 
 size_t cuda_core_workspace_bytes(const DilatedAttentionParams& p) {
@@ -663,9 +696,11 @@ void dilated_attention_backward_cuda(const DilatedAttentionParams& p, ScalarType
   const auto stream = static_cast<cudaStream_t>(stream_ptr);
   if (tensor_core_path(p, type, grad_offsets != nullptr)) {
     if (p.head_dim == 64)
-      tc_backward<64>(p, q, k, v, out, lse, grad_out, grad_q, grad_k, grad_v, workspace, stream);
+      tc_backward<64>(p, q, k, v, out, lse, grad_out, grad_q, grad_k, grad_v, grad_offsets,
+                      workspace, stream);
     else
-      tc_backward<128>(p, q, k, v, out, lse, grad_out, grad_q, grad_k, grad_v, workspace, stream);
+      tc_backward<128>(p, q, k, v, out, lse, grad_out, grad_q, grad_k, grad_v, grad_offsets,
+                       workspace, stream);
     return;
   }
 #define REACH_LAUNCH_BACKWARD(T, D)                                                           \

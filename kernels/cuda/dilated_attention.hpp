@@ -9,15 +9,16 @@
 // (dk, dv) that gathers, for each key, the (query, slot) pairs that saw it.
 //
 // Two implementations behind one interface:
-//  * tensor cores (kernels/cuda/dilated_attention_tc.cuh): bf16, head_dim 64 or 128;
-//    the forward for any offsets (a fractional one reads two rows), the backward for
-//    integer offsets without the offset gradient. The window band runs as dense 64-row
-//    blocks on mma.sync, the offsets as 16-byte row loads; the backward recomputes P
-//    from the log-sum-exp and keeps only P and dS of the offset slots in the workspace.
-//  * CUDA cores (everything else: fp32, the backward of fractional offsets or with the
-//    offset gradient): a group of D/16 threads per query; the backward stores P and dS
-//    for every slot. Both backwards start from the same log-sum-exp, so they pair with
-//    either forward.
+//  * tensor cores (kernels/cuda/dilated_attention_tc.cuh): bf16, head_dim 64 or 128,
+//    forward for any offsets (a fractional one reads two rows); backward for any offsets
+//    and the offset gradient at head_dim 64, for integer offsets without it at 128. The
+//    window band runs as dense 64-row blocks on mma.sync, the offsets as 16-byte row
+//    loads; the backward recomputes P from the log-sum-exp and keeps only P and dS of
+//    the offset slots in the workspace.
+//  * CUDA cores (everything else: fp32; at head_dim 128 the backward of fractional
+//    offsets or with the offset gradient): a group of D/16 threads per query; the
+//    backward stores P and dS for every slot. Both backwards start from the same
+//    log-sum-exp, so either pairs with either forward.
 #pragma once
 
 #include <cstddef>

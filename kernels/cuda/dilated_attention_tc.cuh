@@ -1,6 +1,7 @@
 // Tensor-core path of the CUDA dilated attention (included by dilated_attention.cu only):
 // bf16 inputs, head_dim 64 or 128; the forward takes integer and fractional (learned)
-// offsets, the backward integer offsets without the offset gradient.
+// offsets; the backward takes them too at d = 64, with the offset gradient, and integer
+// offsets without it at d = 128.
 //
 // A block owns a tile of 64 consecutive queries (forward, dq pass) or keys (dk/dv pass);
 // each of its 4 warps owns 16 rows. Two phases share one online softmax:
@@ -173,6 +174,12 @@ __device__ __forceinline__ void to_a_fragment(const float (&x0)[4], const float 
 __device__ __forceinline__ float quad_sum(float x) {
   x += __shfl_xor_sync(0xffffffffu, x, 1);
   return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+__device__ __forceinline__ float warp_sum(float x) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
 }
 
 __device__ __forceinline__ float quad_max(float x) {
@@ -556,18 +563,33 @@ constexpr size_t backward_query_smem_bytes() {
 
 // dq; delta[i] = dO_i . O_i; for offset slot kk: prob[kk, i] = P and dscore[kk, i] = dS
 // (the key pass reads them). Workspace rows are [BH, K, n].
-template <int D, int G>
+//
+// Frac (d = 64): fractional offsets and/or the offset gradient. Each offset reads rows
+// i - d (k0, v0) and i - d - 1 (k1, v1): score (1 - f) q.k0 + f q.k1, dP likewise, dq gets
+// both rows, and d loss / d x = dS scale q.(k1 - k0) + P dO.(v1 - v0) (the right
+// derivative at integer x, as the reference), summed per block into
+// offset_partials[block, K] when that is not null.
+template <int D, int G, bool Frac>
 __global__ void __launch_bounds__(kThreads)
     backward_query_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
                           const bf16* __restrict__ v, const bf16* __restrict__ out,
                           const float* __restrict__ lse, const bf16* __restrict__ grad_out,
                           bf16* __restrict__ grad_q, float* __restrict__ delta,
-                          float* __restrict__ prob, float* __restrict__ dscore, int n, int window,
-                          float scale, float scale_log2, IntOffsets offs) {
+                          float* __restrict__ prob, float* __restrict__ dscore,
+                          float* __restrict__ offset_partials, int n, int window, float scale,
+                          float scale_log2, IntOffsets offs) {
   using S = Shape<D>;
   constexpr int RC = S::kRowChunks;
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ int s_off[kMaxOffsets];
+  __shared__ float s_frac[kMaxOffsets];
+  __shared__ float block_goff[kThreads / 32][kMaxOffsets];
+  if constexpr (Frac) {
+    for (int t = threadIdx.x; t < offs.count; t += kThreads) s_frac[t] = offs.frac[t];
+    for (int t = threadIdx.x; t < (kThreads / 32) * kMaxOffsets; t += kThreads) {
+      block_goff[t / kMaxOffsets][t % kMaxOffsets] = 0.f;
+    }
+  }
   bf16* sQ = reinterpret_cast<bf16*>(smem);
   bf16* sdO = sQ + S::kTileElems;
   bf16* sK = sdO + S::kTileElems;
@@ -683,7 +705,59 @@ __global__ void __launch_bounds__(kThreads)
   // The tile's own q and dO rows are read from shared memory at each use (registers).
 
   const int count = offs.count;
-  for (int k0 = 0; k0 < count; k0 += G) {
+  if constexpr (Frac) {
+    for (int kk = 0; kk < count; ++kk) {
+      const int d = s_off[kk];
+      const float f = s_frac[kk];
+      float gsum = 0.f;  // this lane's share of d loss / d x (lane c = 0 of each quad)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {  // one row at a time: four key/value rows in registers
+        const int row = rows[r] - d;
+        const bool vis = row - (f > 0.f ? 1 : 0) >= 0 && rows[r] < n;  // from query ceil(x)
+        const bool hi_ok = row - 1 >= 0 && rows[r] < n;
+        const size_t at0 = static_cast<size_t>(row >= 0 && rows[r] < n ? row : 0) * D;
+        const size_t at1 = static_cast<size_t>(hi_ok ? row - 1 : 0) * D;
+        uint4 k0r[RC], k1r[RC], v0r[RC], v1r[RC];
+        load_row<D>(kh + at0, c, k0r);
+        load_row<D>(vh + at0, c, v0r);
+        load_row<D>(kh + at1, c, k1r);
+        load_row<D>(vh + at1, c, v1r);
+        uint4 mine[RC];
+        load_smem_row<D>(sQ + (wrow + g + 8 * r) * S::kStride, c, mine);
+        const float q_lo = quad_sum(dot_part<RC>(mine, k0r));
+        const float q_hi = quad_sum(dot_part<RC>(mine, k1r));
+        load_smem_row<D>(sdO + (wrow + g + 8 * r) * S::kStride, c, mine);
+        const float d_lo = quad_sum(dot_part<RC>(mine, v0r));
+        const float d_hi = quad_sum(dot_part<RC>(mine, v1r));
+        const float sc = fmaf(f, q_hi - q_lo, q_lo);  // (1 - f) q.k0 + f q.k1
+        const float p = vis ? exp2f(fmaf(sc, scale_log2, -lse2[r])) : 0.f;
+        const float ds = p * (fmaf(f, d_hi - d_lo, d_lo) - dlt[r]);
+        axpy<RC>(ds * (1.f - f), k0r, acc[r]);
+        if (f > 0.f) axpy<RC>(ds * f, k1r, acc[r]);
+        if (c == r && rows[r] < n) {
+          const size_t at = (row_base * count) + static_cast<size_t>(kk) * n + rows[r];
+          prob[at] = p;
+          dscore[at] = ds;
+        }
+        if (c == 0 && vis && hi_ok) gsum += ds * scale * (q_hi - q_lo) + p * (d_hi - d_lo);
+      }
+      if (offset_partials != nullptr) {
+        const float gw = warp_sum(gsum);
+        if (lane == 0) block_goff[warp][kk] += gw;
+      }
+    }
+    if (offset_partials != nullptr) {
+      __syncthreads();
+      if (static_cast<int>(threadIdx.x) < count) {
+        float sum = 0.f;
+#pragma unroll
+        for (int w = 0; w < kThreads / 32; ++w) sum += block_goff[w][threadIdx.x];
+        const size_t block = static_cast<size_t>(blockIdx.y) * gridDim.x + blockIdx.x;
+        offset_partials[block * count + threadIdx.x] = sum;
+      }
+    }
+  }
+  for (int k0 = 0; k0 < (Frac ? 0 : count); k0 += G) {
     uint4 kr[G][2][RC], vr[G][2][RC];
     bool ok[G][2];
 #pragma unroll
@@ -737,7 +811,9 @@ constexpr size_t backward_key_smem_bytes() {
 
 // dk, dv for a tile of 64 keys: the band (queries j .. j + W - 1) on the tensor cores,
 // then the offset slots (queries j + d_k) from the stored P and dS.
-template <int D, int G>
+// Frac: key j is row i - d of query i = j + d (weight 1 - f) and row i - d - 1 of query
+// j + d + 1 (weight f).
+template <int D, int G, bool Frac>
 __global__ void __launch_bounds__(kThreads)
     backward_key_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
                         const bf16* __restrict__ v, const float* __restrict__ lse,
@@ -749,6 +825,10 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int RC = S::kRowChunks;
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ int s_off[kMaxOffsets];
+  __shared__ float s_frac[kMaxOffsets];
+  if constexpr (Frac) {
+    for (int t = threadIdx.x; t < offs.count; t += kThreads) s_frac[t] = offs.frac[t];
+  }
   bf16* sK = reinterpret_cast<bf16*>(smem);
   bf16* sV = sK + S::kTileElems;
   bf16* sQ = sV + S::kTileElems;
@@ -876,7 +956,36 @@ __global__ void __launch_bounds__(kThreads)
   mma_to_rows<D>(dv, stage_k + kThreads / 32 * 16 * S::kStage, g, c, dvr);
 
   const int count = offs.count;
-  for (int k0 = 0; k0 < count; k0 += G) {
+  if constexpr (Frac) {
+    for (int kk = 0; kk < count; ++kk) {
+      const int d = s_off[kk];
+      const float f = s_frac[kk];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {  // h = 0: query j + d (weight 1 - f); 1: j + d + 1 (f)
+        if (h == 1 && !(f > 0.f)) break;
+        const float w = h == 0 ? 1.f - f : f;
+        uint4 qr[2][RC], dor[2][RC];
+        float p[2], ds[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int i = rows[r] + d + h;
+          const bool ok = i < n && rows[r] < n;
+          const size_t at = static_cast<size_t>(ok ? i : 0);
+          load_row<D>(qh + at * D, c, qr[r]);
+          load_row<D>(doh + at * D, c, dor[r]);
+          const size_t wi = row_base * count + static_cast<size_t>(kk) * n + at;
+          p[r] = ok ? w * __ldg(prob + wi) : 0.f;
+          ds[r] = ok ? w * __ldg(dscore + wi) : 0.f;
+        }
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          axpy<RC>(ds[r], qr[r], dkr[r]);
+          axpy<RC>(p[r], dor[r], dvr[r]);
+        }
+      }
+    }
+  }
+  for (int k0 = 0; k0 < (Frac ? 0 : count); k0 += G) {
     uint4 qr[G][2][RC], dor[G][2][RC];
     float p[G][2], ds[G][2];
 #pragma unroll

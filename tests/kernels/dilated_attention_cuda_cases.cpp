@@ -233,9 +233,10 @@ CudaCaseResult run_cuda_case(const CudaCase& c, unsigned seed) {
     const auto out = d_out.download();
     r.all_written = all_finite(out);
     r.err_out = rel_l2(out, ref_out);
-    // The backward twice: without the offset gradient (the tensor-core path where it
-    // applies) and, when there are offsets, with it (always the CUDA-core path). The
-    // outputs are poisoned again before each run; errors are the larger of the two.
+    // The backward twice: without the offset gradient and, when there are offsets, with
+    // it (bf16 at d = 64: the tensor cores' two-row variant; d = 128 and fp32: the CUDA
+    // cores). The outputs are poisoned again before each run; errors are the larger of
+    // the two.
     for (const bool offsets_grad : {false, true}) {
       if (offsets_grad && K == 0) break;
       for (DeviceTensor* t : {&d_gq, &d_gk, &d_gv}) {
