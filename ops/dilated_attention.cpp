@@ -173,9 +173,11 @@ Tensor dilated_attention_learned(const Tensor& q, const Tensor& k, const Tensor&
   const double alpha_value = alpha.item<double>();
   const auto fo = pattern::fractional_offsets({base, alpha_value, window, reach});
   std::vector<double> bases(fo.base_values.begin(), fo.base_values.end());
-  // offsets = alpha * b, so d loss / d alpha = sum_k b_k * d loss / d offset_k.
+  // offsets = alpha * b, so d loss / d alpha = sum_k b_k * d loss / d offset_k. On alpha's
+  // device (a model on the GPU holds alpha there; the op takes offsets on any device).
   const Tensor offsets =
-      alpha.reshape({}).to(torch::kFloat64) * torch::tensor(bases, torch::kFloat64);
+      alpha.reshape({}).to(torch::kFloat64) *
+      torch::tensor(bases, torch::TensorOptions().dtype(torch::kFloat64)).to(alpha.device());
   return dilated_attention(q, k, v, window, offsets);
 }
 

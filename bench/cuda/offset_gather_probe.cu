@@ -7,7 +7,12 @@
 //   (b) "math": also do the fp32 dot products, online softmax and value sums (q unpacked
 //       once), i.e. the forward's offset phase without the window band;
 //   (c) "octet": loads only, 8 lanes per row, so one warp load covers 4 whole 128-byte
-//       rows instead of 8 half rows ("cg": bypassing L1).
+//       rows instead of 8 half rows ("cg": bypassing L1);
+//   (d) "bulk" / (e) "cp.async": loads only, into per-warp shared-memory slots (S of them,
+//       4 KB each: a warp's 16 rows of k and v at one offset) by the bulk copy engine
+//       (1-D TMA, completion on an mbarrier) or by 16-byte cp.async, S - 1 in flight;
+//       no registers hold bytes in flight, so these test whether the register budget
+//       is what limits the gathers.
 // bf16, d 64, n 65,536 x 16 (batch x) heads, Fibonacci offsets 89, 144, ... (the first K).
 // Built by CMake where nvcc exists (bench/CMakeLists.txt); run it on the GPU machine:
 //   nvcc -O3 -arch=sm_90 -std=c++17 bench/cuda/offset_gather_probe.cu -o probe && ./probe
@@ -210,6 +215,134 @@ __global__ void __launch_bounds__(128)
   for (int r = 0; r < 4; ++r) out[head + static_cast<size_t>(base + 4 * r) * 8 + c] = f[r];
 }
 
+// ---- async copies into shared memory (no registers hold bytes in flight) -------------
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void mbar_init(uint64_t* bar) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(smem_u32(bar)) : "memory");
+}
+
+__device__ __forceinline__ void mbar_expect_tx(uint64_t* bar, uint32_t bytes) {
+  asm volatile(
+      "{\n .reg .b64 st;\n mbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1;\n}\n" ::"r"(
+          smem_u32(bar)),
+      "r"(bytes)
+      : "memory");
+}
+
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+  asm volatile(
+      "{\n .reg .pred p;\n WAIT_%=:\n mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+      " @!p bra WAIT_%=;\n}\n" ::"r"(smem_u32(bar)),
+      "r"(parity)
+      : "memory");
+}
+
+// Bulk copy engine (TMA, 1-D): global -> shared, completion counted on `bar`.
+__device__ __forceinline__ void bulk_copy(void* dst, const void* src, uint32_t bytes,
+                                          uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::
+          "r"(smem_u32(dst)),
+      "l"(src), "r"(bytes), "r"(smem_u32(bar))
+      : "memory");
+}
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_u32(dst)), "l"(src));
+}
+
+// Start row of a warp's 16 consecutive rows i - d (clamped into the sequence).
+__device__ __forceinline__ int block_start(int base, int d, int n) {
+  return min(max(base - d, 0), n - 16);
+}
+
+// (d) loads only, by the bulk copy engine: each warp keeps S slots of 4 KB (its 16 rows of
+// k and v at one offset, 2 KB contiguous each); lane 0 refills a slot as soon as the warp
+// has read it, so S - 1 offsets stay in flight while one is read (lane-contiguous reads).
+template <int S>
+__global__ void __launch_bounds__(128)
+    gather_bulk(const uint4* __restrict__ k, const uint4* __restrict__ v, uint4* __restrict__ out,
+                int n, Offsets offs) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ __align__(8) uint64_t bars[4][S];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  uint4* slots = reinterpret_cast<uint4*>(smem) + warp * S * 256;
+  const int base = static_cast<int>(blockIdx.x) * 64 + 16 * warp;
+  const size_t head = static_cast<size_t>(blockIdx.y) * n * (D / 8);
+  if (lane == 0) {
+    for (int s = 0; s < S; ++s) mbar_init(&bars[warp][s]);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncwarp();
+  auto issue = [&](int kk, int s) {
+    const int start = block_start(base, offs.d[kk], n);
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    mbar_expect_tx(&bars[warp][s], 4096);
+    bulk_copy(slots + s * 256, k + head + static_cast<size_t>(start) * 8, 2048, &bars[warp][s]);
+    bulk_copy(slots + s * 256 + 128, v + head + static_cast<size_t>(start) * 8, 2048,
+              &bars[warp][s]);
+  };
+  if (lane == 0) {
+    for (int s = 0; s < S && s < offs.count; ++s) issue(s, s);
+  }
+  uint4 f = {};
+  for (int kk = 0; kk < offs.count; ++kk) {
+    const int s = kk % S;
+    mbar_wait(&bars[warp][s], (kk / S) & 1);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const uint4 x = slots[s * 256 + lane + 32 * j];
+      f.x ^= x.x, f.y ^= x.y, f.z ^= x.z, f.w ^= x.w;
+    }
+    __syncwarp();
+    if (lane == 0 && kk + S < offs.count) issue(kk + S, s);
+  }
+  for (int j = 0; j < 4; ++j) out[head + static_cast<size_t>(base) * 8 + lane + 32 * j] = f;
+}
+
+// (e) loads only, cp.async 16-byte copies into the same per-warp slots (each lane copies
+// 8 of a slot's 256 chunks), S - 1 slots in flight.
+template <int S>
+__global__ void __launch_bounds__(128)
+    gather_cpasync(const uint4* __restrict__ k, const uint4* __restrict__ v,
+                   uint4* __restrict__ out, int n, Offsets offs) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  uint4* slots = reinterpret_cast<uint4*>(smem) + warp * S * 256;
+  const int base = static_cast<int>(blockIdx.x) * 64 + 16 * warp;
+  const size_t head = static_cast<size_t>(blockIdx.y) * n * (D / 8);
+  auto issue = [&](int kk, int s) {
+    if (kk < offs.count) {
+      const size_t at = head + static_cast<size_t>(block_start(base, offs.d[kk], n)) * 8;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        cp_async16(slots + s * 256 + lane + 32 * j, k + at + lane + 32 * j);
+        cp_async16(slots + s * 256 + 128 + lane + 32 * j, v + at + lane + 32 * j);
+      }
+    }
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+  };
+  for (int s = 0; s < S - 1; ++s) issue(s, s);
+  uint4 f = {};
+  for (int kk = 0; kk < offs.count; ++kk) {
+    issue(kk + S - 1, (kk + S - 1) % S);
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(S - 1) : "memory");
+    __syncwarp();
+    const int s = kk % S;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const uint4 x = slots[s * 256 + lane + 32 * j];
+      f.x ^= x.x, f.y ^= x.y, f.z ^= x.z, f.w ^= x.w;
+    }
+    __syncwarp();
+  }
+  for (int j = 0; j < 4; ++j) out[head + static_cast<size_t>(base) * 8 + lane + 32 * j] = f;
+}
+
 template <typename F>
 float median_ms(F fn) {
   cudaEvent_t a, b;
@@ -282,5 +415,33 @@ int main() {
                 c4, cg);
   }
   check(cudaDeviceSynchronize(), "kernels");
+
+  // Async copies into shared memory, same pattern, S slots of 4 KB per warp.
+  auto slots_bytes = [](int S) { return 4 * S * 4096; };
+#define REACH_RAISE(kern, S)                                                                     \
+  check(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, slots_bytes(S)), \
+        "cudaFuncSetAttribute")
+  REACH_RAISE((gather_bulk<2>), 2);
+  REACH_RAISE((gather_bulk<4>), 4);
+  REACH_RAISE((gather_bulk<8>), 8);
+  REACH_RAISE((gather_cpasync<4>), 4);
+  std::printf("\nasync copies into shared memory (loads only; per-warp slots of 4 KB)\n");
+  std::printf("%3s | %10s %10s %10s %10s\n", "K", "bulk S=2", "bulk S=4", "bulk S=8", "cp.async 4");
+  for (int K : {1, 4, 8, 14}) {
+    Offsets offs{};
+    offs.count = K;
+    for (int i = 0; i < K; ++i) offs.d[i] = fib[i];
+    const float b2 =
+        median_ms([&] { gather_bulk<2><<<grid, 128, slots_bytes(2)>>>(k, v, o, n, offs); });
+    const float b4 =
+        median_ms([&] { gather_bulk<4><<<grid, 128, slots_bytes(4)>>>(k, v, o, n, offs); });
+    const float b8 =
+        median_ms([&] { gather_bulk<8><<<grid, 128, slots_bytes(8)>>>(k, v, o, n, offs); });
+    const float c4 =
+        median_ms([&] { gather_cpasync<4><<<grid, 128, slots_bytes(4)>>>(k, v, o, n, offs); });
+    std::printf("%3d | %10.4f %10.4f %10.4f %10.4f\n", K, b2, b4, b8, c4);
+  }
+  check(cudaDeviceSynchronize(), "async kernels");
+
   return 0;
 }

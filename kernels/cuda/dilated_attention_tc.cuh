@@ -204,6 +204,7 @@ __device__ __forceinline__ void load_tile(bf16* dst, const bf16* src, int row0, 
 }
 
 // Row layout: lane c of a quad owns the 16-byte chunks c, c + 4, ... of its row.
+
 template <int D>
 __device__ __forceinline__ void load_row(const bf16* row, int c, uint4 (&r)[Shape<D>::kRowChunks]) {
 #pragma unroll
@@ -299,6 +300,126 @@ __device__ __forceinline__ void load_offsets(const IntOffsets& offs, int* s_off)
   for (int t = threadIdx.x; t < offs.count; t += kThreads) s_off[t] = offs.d[t];
 }
 
+// One 64-row key chunk (keys kc .. kc + 63, in cK / cV) of the window band for a warp's
+// 16 query rows (qrow0 .. qrow0 + 15, A fragments in qa or sQ at wrow): FlashAttention-2
+// step on the tensor cores, skipping 16-key blocks no row of the warp can see.
+template <int D>
+__device__ __forceinline__ void band_chunk(const uint32_t (&qa)[Shape<D>::kHeld][4], const bf16* sQ,
+                                           const bf16* cK, const bf16* cV, int kc, int qrow0,
+                                           const int (&rows)[2], int window, float scale_log2,
+                                           int wrow, int lane, int c,
+                                           float (&o)[Shape<D>::kNTiles][4], float (&m)[2],
+                                           float (&l)[2]) {
+  using S = Shape<D>;
+  bool need[4];  // 16-key blocks that some row of this warp can see
+#pragma unroll
+  for (int kb = 0; kb < 4; ++kb) {
+    const int j_lo = kc + 16 * kb;
+    need[kb] = j_lo <= qrow0 + 15 && qrow0 - (j_lo + 15) < window && j_lo + 15 >= 0;
+  }
+  float s[8][4];
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+  for (int kb = 0; kb < 4; ++kb) {
+    if (!need[kb]) continue;
+#pragma unroll
+    for (int ks = 0; ks < S::kKSteps; ++ks) {
+      uint32_t a[4], b[4];
+      a_fragment<D>(a, qa, sQ, wrow, ks, lane);
+      ldmatrix_x4(b, cK + (16 * kb + (lane & 7) + (lane >> 4) * 8) * S::kStride + ks * 16 +
+                         ((lane >> 3) & 1) * 8);
+      mma(s[2 * kb], a, b[0], b[1]);
+      mma(s[2 * kb + 1], a, b[2], b[3]);
+    }
+  }
+  float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int j = kc + 8 * nt + 2 * c + (e & 1);
+      const int i = rows[e >> 1];
+      const bool ok = need[nt / 2] && j <= i && i - j < window && j >= 0;
+      s[nt][e] = ok ? s[nt][e] * scale_log2 : -INFINITY;
+      mx[e >> 1] = fmaxf(mx[e >> 1], s[nt][e]);
+    }
+  }
+  float mu[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const float m_new = fmaxf(m[r], quad_max(mx[r]));
+    mu[r] = m_new == -INFINITY ? 0.f : m_new;  // no visible key yet: keep exp2 finite
+    const float alpha = exp2f(m[r] - mu[r]);
+    m[r] = m_new;
+    l[r] *= alpha;
+#pragma unroll
+    for (int nt = 0; nt < S::kNTiles; ++nt) {
+      o[nt][2 * r] *= alpha;
+      o[nt][2 * r + 1] *= alpha;
+    }
+  }
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      s[nt][e] = exp2f(s[nt][e] - mu[e >> 1]);
+      l[e >> 1] += s[nt][e];
+    }
+  }
+#pragma unroll
+  for (int kb = 0; kb < 4; ++kb) {
+    if (!need[kb]) continue;
+    uint32_t a_hi[4], a_lo[4];
+    to_a_fragment(s[2 * kb], s[2 * kb + 1], a_hi, a_lo);
+#pragma unroll
+    for (int nd = 0; nd < D / 16; ++nd) {
+      uint32_t b[4];
+      ldmatrix_x4_trans(b, cV + (16 * kb + (lane & 7) + ((lane >> 3) & 1) * 8) * S::kStride +
+                               nd * 16 + (lane >> 4) * 8);
+      mma(o[2 * nd], a_hi, b[0], b[1]);
+      mma(o[2 * nd + 1], a_hi, b[2], b[3]);
+      if (kSplit) {
+        mma(o[2 * nd], a_lo, b[0], b[1]);
+        mma(o[2 * nd + 1], a_lo, b[2], b[3]);
+      }
+    }
+  }
+}
+
+// Online-softmax update of one query row with G dilated keys in the row layout (this
+// lane's share of the q, k and v rows; the quad reduces the dot products). ok: key visible.
+template <int RC, int G>
+__device__ __forceinline__ void offsets_update(const uint4 (&qr)[RC], const uint4 (&kr)[G][RC],
+                                               const uint4 (&vr)[G][RC], const bool (&ok)[G],
+                                               float scale_log2, float& m, float& l,
+                                               float (&acc)[RC * 8]) {
+  float sc[G];
+  float mx = -INFINITY;
+#pragma unroll
+  for (int u = 0; u < G; ++u) {
+    sc[u] = quad_sum(dot_part<RC>(qr, kr[u]));
+    sc[u] = ok[u] ? sc[u] * scale_log2 : -INFINITY;
+    mx = fmaxf(mx, sc[u]);
+  }
+  // Rescale only when some row's maximum grows (rare after the window band).
+  if (__any_sync(0xffffffffu, mx > m)) {
+    const float m_new = fmaxf(m, mx);
+    const float alpha = exp2f(m - (m_new == -INFINITY ? 0.f : m_new));
+    m = m_new;
+    l *= alpha;
+#pragma unroll
+    for (int t = 0; t < RC * 8; ++t) acc[t] *= alpha;
+  }
+  const float mu = m == -INFINITY ? 0.f : m;
+#pragma unroll
+  for (int u = 0; u < G; ++u) {
+    const float p = exp2f(sc[u] - mu);
+    l += p;
+    axpy<RC>(p, vr[u], acc);
+  }
+}
+
 // ---- forward ------------------------------------------------------------------------
 
 template <int D>
@@ -365,82 +486,8 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();
     if (ci == 0) hold_fragments<D>(qa, sQ, wrow, lane);
-    const bf16* cK = sK + stage * S::kTileElems;
-    const bf16* cV = sV + stage * S::kTileElems;
-    bool need[4];  // 16-key blocks that some row of this warp can see
-#pragma unroll
-    for (int kb = 0; kb < 4; ++kb) {
-      const int j_lo = kc + 16 * kb;
-      need[kb] = j_lo <= t0 + wrow + 15 && t0 + wrow - (j_lo + 15) < window && j_lo + 15 >= 0;
-    }
-    float s[8][4];
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
-#pragma unroll
-    for (int kb = 0; kb < 4; ++kb) {
-      if (!need[kb]) continue;
-#pragma unroll
-      for (int ks = 0; ks < S::kKSteps; ++ks) {
-        uint32_t a[4], b[4];
-        a_fragment<D>(a, qa, sQ, wrow, ks, lane);
-        ldmatrix_x4(b, cK + (16 * kb + (lane & 7) + (lane >> 4) * 8) * S::kStride + ks * 16 +
-                           ((lane >> 3) & 1) * 8);
-        mma(s[2 * kb], a, b[0], b[1]);
-        mma(s[2 * kb + 1], a, b[2], b[3]);
-      }
-    }
-    float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int j = kc + 8 * nt + 2 * c + (e & 1);
-        const int i = rows[e >> 1];
-        const bool ok = need[nt / 2] && j <= i && i - j < window && j >= 0;
-        s[nt][e] = ok ? s[nt][e] * scale_log2 : -INFINITY;
-        mx[e >> 1] = fmaxf(mx[e >> 1], s[nt][e]);
-      }
-    }
-    float mu[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const float m_new = fmaxf(m[r], quad_max(mx[r]));
-      mu[r] = m_new == -INFINITY ? 0.f : m_new;  // no visible key yet: keep exp2 finite
-      const float alpha = exp2f(m[r] - mu[r]);
-      m[r] = m_new;
-      l[r] *= alpha;
-#pragma unroll
-      for (int nt = 0; nt < S::kNTiles; ++nt) {
-        o[nt][2 * r] *= alpha;
-        o[nt][2 * r + 1] *= alpha;
-      }
-    }
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        s[nt][e] = exp2f(s[nt][e] - mu[e >> 1]);
-        l[e >> 1] += s[nt][e];
-      }
-    }
-#pragma unroll
-    for (int kb = 0; kb < 4; ++kb) {
-      if (!need[kb]) continue;
-      uint32_t a_hi[4], a_lo[4];
-      to_a_fragment(s[2 * kb], s[2 * kb + 1], a_hi, a_lo);
-#pragma unroll
-      for (int nd = 0; nd < D / 16; ++nd) {
-        uint32_t b[4];
-        ldmatrix_x4_trans(b, cV + (16 * kb + (lane & 7) + ((lane >> 3) & 1) * 8) * S::kStride +
-                                 nd * 16 + (lane >> 4) * 8);
-        mma(o[2 * nd], a_hi, b[0], b[1]);
-        mma(o[2 * nd + 1], a_hi, b[2], b[3]);
-        if (kSplit) {
-          mma(o[2 * nd], a_lo, b[0], b[1]);
-          mma(o[2 * nd + 1], a_lo, b[2], b[3]);
-        }
-      }
-    }
+    band_chunk<D>(qa, sQ, sK + stage * S::kTileElems, sV + stage * S::kTileElems, kc, t0 + wrow,
+                  rows, window, scale_log2, wrow, lane, c, o, m, l);
     __syncthreads();  // the next prefetch overwrites this stage
   }
 
@@ -499,8 +546,8 @@ __global__ void __launch_bounds__(kThreads)
   }
   // Integer offsets, G at a time: all their key and value rows are loaded before any is used.
   for (int k0 = 0; k0 < (Frac ? 0 : offs.count); k0 += G) {
-    uint4 kr[G][2][RC], vr[G][2][RC];
-    bool ok[G][2];
+    uint4 kr[2][G][RC], vr[2][G][RC];
+    bool ok[2][G];
 #pragma unroll
     for (int u = 0; u < G; ++u) {
       const bool exists = k0 + u < offs.count;
@@ -508,40 +555,17 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         const int row = rows[r] - d;
-        ok[u][r] = exists && row >= 0 && rows[r] < n;
-        const size_t at = static_cast<size_t>(ok[u][r] ? row : 0) * D;
-        load_row<D>(kh + at, c, kr[u][r]);
-        load_row<D>(vh + at, c, vr[u][r]);
+        ok[r][u] = exists && row >= 0 && rows[r] < n;
+        const size_t at = static_cast<size_t>(ok[r][u] ? row : 0) * D;
+        load_row<D>(kh + at, c, kr[r][u]);
+        load_row<D>(vh + at, c, vr[r][u]);
       }
     }
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      float sc[G];
-      float mx = -INFINITY;
       uint4 qr[RC];  // read from shared memory at each use (registers)
       load_smem_row<D>(sQ + (wrow + g + 8 * r) * S::kStride, c, qr);
-#pragma unroll
-      for (int u = 0; u < G; ++u) {
-        sc[u] = quad_sum(dot_part<RC>(qr, kr[u][r]));
-        sc[u] = ok[u][r] ? sc[u] * scale_log2 : -INFINITY;
-        mx = fmaxf(mx, sc[u]);
-      }
-      // Rescale only when some row's maximum grows (rare after the window band).
-      if (__any_sync(0xffffffffu, mx > m[r])) {
-        const float m_new = fmaxf(m[r], mx);
-        const float alpha = exp2f(m[r] - (m_new == -INFINITY ? 0.f : m_new));
-        m[r] = m_new;
-        l[r] *= alpha;
-#pragma unroll
-        for (int t = 0; t < RC * 8; ++t) acc[r][t] *= alpha;
-      }
-      const float mu = m[r] == -INFINITY ? 0.f : m[r];
-#pragma unroll
-      for (int u = 0; u < G; ++u) {
-        const float p = exp2f(sc[u] - mu);
-        l[r] += p;
-        axpy<RC>(p, vr[u][r], acc[r]);
-      }
+      offsets_update<RC, G>(qr, kr[r], vr[r], ok[r], scale_log2, m[r], l[r], acc[r]);
     }
   }
 

@@ -1,9 +1,9 @@
 // Kernel-level timing of the CUDA dilated attention (run by scripts/gpu-check
 // --kernel-times): bf16, batch x n = 131,072 tokens, 8 heads, d 64, W 64, Fibonacci offsets
-// (none, reach 4096, reach n), forward and backward without the offset gradient (the
-// tensor-core path), straight through the kernels' C++ interface (no torch): how the
-// time splits between the window band (K = 0) and the offsets. Times are medians of
-// device-event timings over 20 runs after 3 warm-ups.
+// (none, reach 4096, reach n), forward and backward without the offset gradient (the tensor-core
+// path), straight through the kernels' C++ interface (no torch): how the time splits between the
+// window band (K = 0) and the offsets. Times are medians of device-event timings over 20 runs after
+// 3 warm-ups.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -107,8 +107,24 @@ int main() {
     const auto h = random_bf16(count, seed++);
     check(cudaMemcpy(p, h.data(), bytes, cudaMemcpyHostToDevice), "upload");
   }
-  std::printf("%7s %7s %3s | %9s %9s %9s\n", "n", "reach", "K", "fwd ms", "bwd ms", "total");
-  const int64_t configs[][2] = {{65536, 0}, {65536, 4096}, {65536, 65536}, {2048, 2048}};
+  std::printf("%7s %7s %3s | %9s %9s %9s | %9s\n", "n", "reach", "K", "fwd ms", "bwd ms", "total",
+              "fwd floor");
+  // The forward's bandwidth floor: q, k, v and o once over the device-to-device copy
+  // bandwidth measured here (a 1 GiB copy counts 2 GiB of traffic).
+  float floor_ms = 0;
+  {
+    void *src, *dst;
+    const size_t copy_bytes = size_t{1} << 30;
+    check(cudaMalloc(&src, copy_bytes), "cudaMalloc");
+    check(cudaMalloc(&dst, copy_bytes), "cudaMalloc");
+    const float copy_ms = median_ms(
+        [&] { check(cudaMemcpy(dst, src, copy_bytes, cudaMemcpyDeviceToDevice), "copy"); });
+    floor_ms = copy_ms * static_cast<float>(4.0 * bytes / (2.0 * copy_bytes));
+    cudaFree(src);
+    cudaFree(dst);
+  }
+  const int64_t configs[][2] = {{65536, 0},     {65536, 4096},    {65536, 65536},
+                                {131072, 4096}, {131072, 131072}, {2048, 2048}};
   for (const auto& cfg : configs) {
     const int64_t n = cfg[0], reach = cfg[1];
     const auto offsets = reach > 0 ? fibonacci_offsets(window, reach) : std::vector<double>{};
@@ -130,9 +146,9 @@ int main() {
     };
     const float f_ms = median_ms(fwd);
     const float b_ms = median_ms(bwd);
-    std::printf("%7lld %7lld %3lld | %9.3f %9.3f %9.3f\n", static_cast<long long>(n),
+    std::printf("%7lld %7lld %3lld | %9.3f %9.3f %9.3f | %9.3f\n", static_cast<long long>(n),
                 static_cast<long long>(reach), static_cast<long long>(p.num_offsets), f_ms, b_ms,
-                f_ms + b_ms);
+                f_ms + b_ms, floor_ms);
     std::fflush(stdout);
     cudaFree(ws);
   }

@@ -136,9 +136,12 @@ TEST(TrainDeviceGpu, FusedAdamWMatchesAdamW) {
 
 TEST(TrainDeviceGpu, Bf16AutocastRunsTheSparseModel) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA GPU";
-  for (const std::string attention : {"fibonacci", "dense"}) {
+  // attention/schedule; the learned schedule's alpha lives on the GPU with the model.
+  for (const std::string run : {"fibonacci/stagger", "fibonacci/learned", "dense/stagger"}) {
+    const std::string attention = run.substr(0, run.find('/'));
     auto c = model::preset("micro");
     c.attention = attention;
+    c.schedule = run.substr(run.find('/') + 1);
     c.reach = 64;
     c.d_model = 128;  // head_dim 64: the CUDA kernels take 64 or 128
     model::Gpt net(c);
@@ -150,12 +153,13 @@ TEST(TrainDeviceGpu, Bf16AutocastRunsTheSparseModel) {
       const Bf16Autocast autocast(true);
       logits = net(tokens);
     }
-    EXPECT_EQ(logits.scalar_type(), torch::kBFloat16) << attention;
+    EXPECT_EQ(logits.scalar_type(), torch::kBFloat16) << run;
     logits.to(torch::kFloat32).logsumexp(-1).mean().backward();
     for (const auto& p : net->parameters()) {
-      ASSERT_TRUE(p.grad().defined()) << attention;
-      EXPECT_EQ(p.grad().scalar_type(), torch::kFloat32) << attention;
-      EXPECT_TRUE(torch::isfinite(p.grad()).all().item<bool>()) << attention;
+      ASSERT_TRUE(p.grad().defined()) << run;
+      EXPECT_EQ(p.grad().scalar_type(), p.scalar_type()) << run;  // float32; theta float64
+      EXPECT_TRUE(p.grad().is_cuda()) << run;
+      EXPECT_TRUE(torch::isfinite(p.grad()).all().item<bool>()) << run;
     }
   }
 }
