@@ -5,8 +5,11 @@
 #include <torch/version.h>
 
 #include <algorithm>
+#include <map>
 #include <sstream>
 #include <stdexcept>
+#include <string>
+#include <utility>
 
 #ifdef REACH_TORCH_CUDA
 #include <ATen/cuda/CUDAContext.h>
@@ -164,9 +167,14 @@ bool FusedAdamW::available(const torch::Device& device) {
 void FusedAdamW::step() {
 #if REACH_TORCH_AT_LEAST(2, 1)
   torch::NoGradGuard no_grad;
+  // The kernel takes tensors of one dtype and device per call (a model may mix float32
+  // weights with a float64 learned alpha), so each group is split into such buckets.
+  struct Bucket {
+    std::vector<torch::Tensor> params, grads, exp_avgs, exp_avg_sqs, steps;
+  };
   for (auto& group : optimizer_.param_groups()) {
     const auto& options = static_cast<const torch::optim::AdamWOptions&>(group.options());
-    std::vector<torch::Tensor> params, grads, exp_avgs, exp_avg_sqs, steps;
+    std::map<std::pair<int, std::string>, Bucket> buckets;
     for (auto& p : group.params()) {
       if (!p.grad().defined()) continue;  // as optimizer.step(): no gradient, no update
       auto& slot = optimizer_.state()[optimizer_state_key(p)];
@@ -183,18 +191,20 @@ void FusedAdamW::step() {
             torch::full({}, static_cast<double>(state.step()), p.options().dtype(torch::kFloat32));
       }
       state.step(state.step() + 1);
-      params.push_back(p);
-      grads.push_back(p.grad());
-      exp_avgs.push_back(state.exp_avg());
-      exp_avg_sqs.push_back(state.exp_avg_sq());
-      steps.push_back(device_step);
+      auto& bucket = buckets[{static_cast<int>(p.scalar_type()), p.device().str()}];
+      bucket.params.push_back(p);
+      bucket.grads.push_back(p.grad());
+      bucket.exp_avgs.push_back(state.exp_avg());
+      bucket.exp_avg_sqs.push_back(state.exp_avg_sq());
+      bucket.steps.push_back(device_step);
     }
-    if (params.empty()) continue;
-    at::_foreach_add_(steps, 1.0);
-    at::_fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, {}, steps, options.lr(),
-                      std::get<0>(options.betas()), std::get<1>(options.betas()),
-                      options.weight_decay(), options.eps(), options.amsgrad(),
-                      /*maximize=*/false);
+    for (auto& [key, b] : buckets) {
+      at::_foreach_add_(b.steps, 1.0);
+      at::_fused_adamw_(b.params, b.grads, b.exp_avgs, b.exp_avg_sqs, {}, b.steps, options.lr(),
+                        std::get<0>(options.betas()), std::get<1>(options.betas()),
+                        options.weight_decay(), options.eps(), options.amsgrad(),
+                        /*maximize=*/false);
+    }
   }
 #else
   throw std::logic_error("FusedAdamW needs LibTorch >= 2.1 and a CUDA device");

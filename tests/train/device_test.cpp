@@ -112,26 +112,37 @@ TEST(TrainDeviceGpu, FusedAdamWMatchesAdamW) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA GPU";
   if (!FusedAdamW::available(torch::kCUDA)) GTEST_SKIP() << "LibTorch < 2.1: no fused AdamW";
   torch::manual_seed(3);
+  // A float32 weight and a float64 scalar (as a learned alpha) in one group.
   const auto init = torch::randn({64, 33}, torch::kFloat64);
-  auto reference = init.to(torch::kCUDA, torch::kFloat32).requires_grad_();
-  auto fused = init.to(torch::kCUDA, torch::kFloat32).requires_grad_();
+  const auto init_scalar = torch::randn({}, torch::kFloat64);
+  std::vector<torch::Tensor> reference = {init.to(torch::kCUDA, torch::kFloat32).requires_grad_(),
+                                          init_scalar.to(torch::kCUDA).requires_grad_()};
+  std::vector<torch::Tensor> fused = {init.to(torch::kCUDA, torch::kFloat32).requires_grad_(),
+                                      init_scalar.to(torch::kCUDA).requires_grad_()};
   const auto options = torch::optim::AdamWOptions(0.01).betas({0.9, 0.95}).weight_decay(0.1);
-  torch::optim::AdamW plain_optimizer({reference}, options);
-  torch::optim::AdamW fused_optimizer({fused}, options);
+  torch::optim::AdamW plain_optimizer(reference, options);
+  torch::optim::AdamW fused_optimizer(fused, options);
   FusedAdamW fused_step(fused_optimizer);
   for (int step = 0; step < 5; ++step) {
     const auto target = torch::randn({64, 33}, torch::kCUDA);
-    for (auto* p : {&reference, &fused}) {
-      p->mutable_grad() = torch::Tensor();
-      (*p - target).square().sum().backward();
+    const auto target_scalar =
+        torch::randn({}, torch::TensorOptions(torch::kCUDA).dtype(torch::kFloat64));
+    for (auto* ps : {&reference, &fused}) {
+      for (auto& p : *ps) p.mutable_grad() = torch::Tensor();
+      ((*ps)[0] - target).square().sum().backward();
+      ((*ps)[1] - target_scalar).square().backward();
     }
     plain_optimizer.step();
     fused_step.step();
   }
-  EXPECT_LT((reference - fused).abs().max().item<double>(), 1e-5);
-  const auto& state = static_cast<torch::optim::AdamWParamState&>(
-      *fused_optimizer.state().find(optimizer_state_key(fused))->second);
-  EXPECT_EQ(state.step(), 5);
+  EXPECT_LT((reference[0] - fused[0]).abs().max().item<double>(), 1e-5);
+  EXPECT_EQ(fused[1].scalar_type(), torch::kFloat64);
+  EXPECT_LT((reference[1] - fused[1]).abs().item<double>(), 1e-12);
+  for (const auto& p : fused) {
+    const auto& state = static_cast<torch::optim::AdamWParamState&>(
+        *fused_optimizer.state().find(optimizer_state_key(p))->second);
+    EXPECT_EQ(state.step(), 5);
+  }
 }
 
 TEST(TrainDeviceGpu, Bf16AutocastRunsTheSparseModel) {
