@@ -172,6 +172,16 @@ TEST(TrainDeviceGpu, Bf16AutocastRunsTheSparseModel) {
       EXPECT_TRUE(p.grad().is_cuda()) << run;
       EXPECT_TRUE(torch::isfinite(p.grad()).all().item<bool>()) << run;
     }
+    // One optimizer step as the trainer takes it, then the updated model runs again.
+    torch::optim::AdamW optimizer(net->parameters(), torch::optim::AdamWOptions(1e-3));
+    if (FusedAdamW::available(torch::kCUDA)) {
+      FusedAdamW(optimizer).step();
+    } else {
+      optimizer.step();
+    }
+    torch::NoGradGuard no_grad;
+    const Bf16Autocast autocast(true);
+    EXPECT_TRUE(torch::isfinite(net(tokens)).all().item<bool>()) << run;
   }
 }
 
