@@ -213,19 +213,27 @@ void FusedAdamW::step() {
 
 torch::Tensor clip_grad_norm_on_device(const std::vector<torch::Tensor>& parameters,
                                        double max_norm) {
-  std::vector<torch::Tensor> grads;
+  // Per dtype: the multi-tensor kernels take one dtype per call (a float64 learned alpha
+  // among float32 weights would otherwise send every tensor down the slow per-tensor path).
+  std::map<c10::ScalarType, std::vector<torch::Tensor>> grads;
   for (const auto& p : parameters) {
-    if (p.grad().defined()) grads.push_back(p.grad());
+    if (p.grad().defined()) grads[p.grad().scalar_type()].push_back(p.grad());
   }
   if (grads.empty()) return torch::zeros({});
   torch::NoGradGuard no_grad;
-  const auto total = torch::stack(at::_foreach_norm(grads, 2)).norm();
+  std::vector<torch::Tensor> norms;
+  for (const auto& [type, group] : grads) {
+    norms.push_back(torch::stack(at::_foreach_norm(group, 2)).to(torch::kFloat32));
+  }
+  const auto total = torch::cat(norms).norm();
   const auto scale = (max_norm / (total + 1e-6)).clamp_max(1.0);
+  for (auto& [type, group] : grads) {
 #if REACH_TORCH_AT_LEAST(2, 1)
-  at::_foreach_mul_(grads, scale);
+    at::_foreach_mul_(group, scale.to(type));
 #else
-  for (auto& g : grads) g.mul_(scale);
+    for (auto& g : group) g.mul_(scale.to(type));
 #endif
+  }
   return total;
 }
 

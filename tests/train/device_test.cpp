@@ -106,6 +106,29 @@ TEST(TrainDevice, OptimizerStateKeyFindsTheOptimizersState) {
   EXPECT_NE(optimizer.state().find(optimizer_state_key(p)), optimizer.state().end());
 }
 
+TEST(TrainDevice, ClipGradNormOnDeviceMatchesTorchsWithMixedDtypes) {
+  torch::manual_seed(5);
+  // float32 weights and a float64 scalar (a learned alpha), clipped (norm > 1) and not.
+  for (const double max_norm : {1.0, 1e6}) {
+    std::vector<torch::Tensor> mine = {torch::randn({7, 5}), torch::randn({3}),
+                                       torch::randn({}, torch::kFloat64)};
+    std::vector<torch::Tensor> theirs;
+    for (auto& p : mine) {
+      p.requires_grad_();
+      p.mutable_grad() = torch::randn_like(p) * 3;
+      theirs.push_back(p.detach().clone().requires_grad_());
+      theirs.back().mutable_grad() = p.grad().clone();
+    }
+    const double expected = torch::nn::utils::clip_grad_norm_(theirs, max_norm);
+    const auto total = clip_grad_norm_on_device(mine, max_norm);
+    EXPECT_NEAR(total.item<double>(), expected, 1e-5 * expected);
+    for (size_t t = 0; t < mine.size(); ++t) {
+      EXPECT_EQ(mine[t].grad().scalar_type(), theirs[t].grad().scalar_type());
+      EXPECT_TRUE(torch::allclose(mine[t].grad(), theirs[t].grad(), 1e-5, 1e-6)) << t;
+    }
+  }
+}
+
 // GPU-only from here: each test skips without a CUDA device.
 
 TEST(TrainDeviceGpu, FusedAdamWMatchesAdamW) {
