@@ -420,6 +420,64 @@ __device__ __forceinline__ void offsets_update(const uint4 (&qr)[RC], const uint
   }
 }
 
+// Key and value rows i - d (row layout) of the G offsets from k0 for this lane's two query
+// rows. ok: the offset exists and its key is visible; an invisible key reads row 0 (finite)
+// and is masked by the caller.
+template <int D, int G>
+__device__ __forceinline__ void load_offset_rows(const bf16* kh, const bf16* vh, const int* s_off,
+                                                 int k0, int count, const int (&rows)[2], int n,
+                                                 int c, uint4 (&kr)[2][G][Shape<D>::kRowChunks],
+                                                 uint4 (&vr)[2][G][Shape<D>::kRowChunks],
+                                                 bool (&ok)[2][G]) {
+#pragma unroll
+  for (int u = 0; u < G; ++u) {
+    const bool exists = k0 + u < count;
+    const int d = exists ? s_off[k0 + u] : 0;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = rows[r] - d;
+      ok[r][u] = exists && row >= 0 && rows[r] < n;
+      const size_t at = static_cast<size_t>(ok[r][u] ? row : 0) * D;
+      load_row<D>(kh + at, c, kr[r][u]);
+      load_row<D>(vh + at, c, vr[r][u]);
+    }
+  }
+}
+
+// Two 16 x 16 score blocks over head_dim for a warp's 16 rows: x += A1 B1^T and
+// y += A2 B2^T, A1 / A2 the warp's rows (held fragments or smem tiles at wrow), B1 / B2 the
+// 16 rows from `block` of two smem tiles (ldmatrix, not transposed). The backward passes
+// score S and dP (or their transposes) together this way.
+template <int D>
+__device__ __forceinline__ void two_score_blocks(float (&x)[2][4], float (&y)[2][4],
+                                                 const uint32_t (&a1_held)[Shape<D>::kHeld][4],
+                                                 const bf16* a1,
+                                                 const uint32_t (&a2_held)[Shape<D>::kHeld][4],
+                                                 const bf16* a2, int wrow, const bf16* b1,
+                                                 const bf16* b2, int block, int lane) {
+  using S = Shape<D>;
+#pragma unroll
+  for (int ks = 0; ks < S::kKSteps; ++ks) {
+    const int at =
+        (block + (lane & 7) + (lane >> 4) * 8) * S::kStride + ks * 16 + ((lane >> 3) & 1) * 8;
+    uint32_t a[4], b[4];
+    a_fragment<D>(a, a1_held, a1, wrow, ks, lane);
+    ldmatrix_x4(b, b1 + at);
+    mma(x[0], a, b[0], b[1]);
+    mma(x[1], a, b[2], b[3]);
+    a_fragment<D>(a, a2_held, a2, wrow, ks, lane);
+    ldmatrix_x4(b, b2 + at);
+    mma(y[0], a, b[0], b[1]);
+    mma(y[1], a, b[2], b[3]);
+  }
+}
+
+template <int N>
+__device__ __forceinline__ void zero_tiles(float (&x)[N][4]) {
+#pragma unroll
+  for (int t = 0; t < N; ++t) x[t][0] = x[t][1] = x[t][2] = x[t][3] = 0.f;
+}
+
 // ---- forward ------------------------------------------------------------------------
 
 template <int D>
@@ -469,8 +527,7 @@ __global__ void __launch_bounds__(kThreads)
 
   uint32_t qa[S::kHeld][4];
   float o[S::kNTiles][4];
-#pragma unroll
-  for (int nt = 0; nt < S::kNTiles; ++nt) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.f;
+  zero_tiles(o);
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};  // log2 units
 
   for (int ci = 0; ci < chunks; ++ci) {
@@ -548,19 +605,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int k0 = 0; k0 < (Frac ? 0 : offs.count); k0 += G) {
     uint4 kr[2][G][RC], vr[2][G][RC];
     bool ok[2][G];
-#pragma unroll
-    for (int u = 0; u < G; ++u) {
-      const bool exists = k0 + u < offs.count;
-      const int d = exists ? s_off[k0 + u] : 0;
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const int row = rows[r] - d;
-        ok[r][u] = exists && row >= 0 && rows[r] < n;
-        const size_t at = static_cast<size_t>(ok[r][u] ? row : 0) * D;
-        load_row<D>(kh + at, c, kr[r][u]);
-        load_row<D>(vh + at, c, vr[r][u]);
-      }
-    }
+    load_offset_rows<D, G>(kh, vh, s_off, k0, offs.count, rows, n, c, kr, vr, ok);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       uint4 qr[RC];  // read from shared memory at each use (registers)
@@ -653,8 +698,7 @@ __global__ void __launch_bounds__(kThreads)
 
   uint32_t qa[S::kHeld][4], da[S::kHeld][4];
   float dq[S::kNTiles][4];
-#pragma unroll
-  for (int nt = 0; nt < S::kNTiles; ++nt) dq[nt][0] = dq[nt][1] = dq[nt][2] = dq[nt][3] = 0.f;
+  zero_tiles(dq);
 
   for (int ci = 0; ci < chunks; ++ci) {
     const int kc = first + ci * kTile;
@@ -681,20 +725,7 @@ __global__ void __launch_bounds__(kThreads)
         continue;
       }
       float st[2][4] = {}, dp[2][4] = {};
-#pragma unroll
-      for (int ks = 0; ks < S::kKSteps; ++ks) {
-        const int at =
-            (16 * kb + (lane & 7) + (lane >> 4) * 8) * S::kStride + ks * 16 + ((lane >> 3) & 1) * 8;
-        uint32_t a[4], b[4];
-        a_fragment<D>(a, qa, sQ, wrow, ks, lane);
-        ldmatrix_x4(b, cK + at);
-        mma(st[0], a, b[0], b[1]);
-        mma(st[1], a, b[2], b[3]);
-        a_fragment<D>(a, da, sdO, wrow, ks, lane);
-        ldmatrix_x4(b, cV + at);
-        mma(dp[0], a, b[0], b[1]);
-        mma(dp[1], a, b[2], b[3]);
-      }
+      two_score_blocks<D>(st, dp, qa, sQ, da, sdO, wrow, cK, cV, 16 * kb, lane);
 #pragma unroll
       for (int nt = 0; nt < 2; ++nt) {
 #pragma unroll
@@ -782,33 +813,21 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
   for (int k0 = 0; k0 < (Frac ? 0 : count); k0 += G) {
-    uint4 kr[G][2][RC], vr[G][2][RC];
-    bool ok[G][2];
-#pragma unroll
-    for (int u = 0; u < G; ++u) {
-      const bool exists = k0 + u < count;
-      const int d = exists ? s_off[k0 + u] : 0;
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const int row = rows[r] - d;
-        ok[u][r] = exists && row >= 0 && rows[r] < n;
-        const size_t at = static_cast<size_t>(ok[u][r] ? row : 0) * D;
-        load_row<D>(kh + at, c, kr[u][r]);
-        load_row<D>(vh + at, c, vr[u][r]);
-      }
-    }
+    uint4 kr[2][G][RC], vr[2][G][RC];
+    bool ok[2][G];
+    load_offset_rows<D, G>(kh, vh, s_off, k0, count, rows, n, c, kr, vr, ok);
 #pragma unroll
     for (int u = 0; u < G; ++u) {
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         uint4 mine[RC];
         load_smem_row<D>(sQ + (wrow + g + 8 * r) * S::kStride, c, mine);
-        const float s = quad_sum(dot_part<RC>(mine, kr[u][r]));
+        const float s = quad_sum(dot_part<RC>(mine, kr[r][u]));
         load_smem_row<D>(sdO + (wrow + g + 8 * r) * S::kStride, c, mine);
-        const float dpv = quad_sum(dot_part<RC>(mine, vr[u][r]));
-        const float p = ok[u][r] ? exp2f(fmaf(s, scale_log2, -lse2[r])) : 0.f;
+        const float dpv = quad_sum(dot_part<RC>(mine, vr[r][u]));
+        const float p = ok[r][u] ? exp2f(fmaf(s, scale_log2, -lse2[r])) : 0.f;
         const float ds = p * (dpv - dlt[r]);
-        axpy<RC>(ds, kr[u][r], acc[r]);
+        axpy<RC>(ds, kr[r][u], acc[r]);
         if (c == r && k0 + u < count && rows[r] < n) {
           const size_t at = (row_base * count) + static_cast<size_t>(k0 + u) * n + rows[r];
           prob[at] = p;
@@ -889,11 +908,8 @@ __global__ void __launch_bounds__(kThreads)
 
   uint32_t ka[S::kHeld][4], va[S::kHeld][4];
   float dk[S::kNTiles][4], dv[S::kNTiles][4];
-#pragma unroll
-  for (int nt = 0; nt < S::kNTiles; ++nt) {
-    dk[nt][0] = dk[nt][1] = dk[nt][2] = dk[nt][3] = 0.f;
-    dv[nt][0] = dv[nt][1] = dv[nt][2] = dv[nt][3] = 0.f;
-  }
+  zero_tiles(dk);
+  zero_tiles(dv);
 
   for (int ci = 0; ci < chunks; ++ci) {
     const int qc = j0 + ci * kTile;
@@ -919,20 +935,7 @@ __global__ void __launch_bounds__(kThreads)
       const int i_lo = qc + 16 * qb;
       if (!(i_lo + 15 >= jb && i_lo - (jb + 15) < window && i_lo < n)) continue;
       float st[2][4] = {}, dpt[2][4] = {};  // S^T and dP^T: rows = keys, columns = queries
-#pragma unroll
-      for (int ks = 0; ks < S::kKSteps; ++ks) {
-        const int at =
-            (16 * qb + (lane & 7) + (lane >> 4) * 8) * S::kStride + ks * 16 + ((lane >> 3) & 1) * 8;
-        uint32_t a[4], b[4];
-        a_fragment<D>(a, ka, sK, wrow, ks, lane);
-        ldmatrix_x4(b, cQ + at);
-        mma(st[0], a, b[0], b[1]);
-        mma(st[1], a, b[2], b[3]);
-        a_fragment<D>(a, va, sV, wrow, ks, lane);
-        ldmatrix_x4(b, cdO + at);
-        mma(dpt[0], a, b[0], b[1]);
-        mma(dpt[1], a, b[2], b[3]);
-      }
+      two_score_blocks<D>(st, dpt, ka, sK, va, sV, wrow, cQ, cdO, 16 * qb, lane);
 #pragma unroll
       for (int nt = 0; nt < 2; ++nt) {
 #pragma unroll
