@@ -300,6 +300,27 @@ __device__ __forceinline__ void load_offsets(const IntOffsets& offs, int* s_off)
   for (int t = threadIdx.x; t < offs.count; t += kThreads) s_off[t] = offs.d[t];
 }
 
+// acc (16 x D) += X B for a warp: X a 16 x 16 fp32 block given as bf16 hi + lo A fragments
+// (kSplit: both parts, so X keeps fp32-like precision), B the 16 rows from `block` of an smem
+// tile (ldmatrix .trans). P V in the forward, dS K, P^T dO and dS^T Q in the backward.
+template <int D>
+__device__ __forceinline__ void accumulate_block(float (&acc)[Shape<D>::kNTiles][4],
+                                                 const uint32_t (&hi)[4], const uint32_t (&lo)[4],
+                                                 const bf16* tile, int block, int lane) {
+#pragma unroll
+  for (int nd = 0; nd < D / 16; ++nd) {
+    uint32_t b[4];
+    ldmatrix_x4_trans(b, tile + (block + (lane & 7) + ((lane >> 3) & 1) * 8) * Shape<D>::kStride +
+                             nd * 16 + (lane >> 4) * 8);
+    mma(acc[2 * nd], hi, b[0], b[1]);
+    mma(acc[2 * nd + 1], hi, b[2], b[3]);
+    if (kSplit) {
+      mma(acc[2 * nd], lo, b[0], b[1]);
+      mma(acc[2 * nd + 1], lo, b[2], b[3]);
+    }
+  }
+}
+
 // One 64-row key chunk (keys kc .. kc + 63, in cK / cV) of the window band for a warp's
 // 16 query rows (qrow0 .. qrow0 + 15, A fragments in qa or sQ at wrow): FlashAttention-2
 // step on the tensor cores, skipping 16-key blocks no row of the warp can see.
@@ -372,18 +393,7 @@ __device__ __forceinline__ void band_chunk(const uint32_t (&qa)[Shape<D>::kHeld]
     if (!need[kb]) continue;
     uint32_t a_hi[4], a_lo[4];
     to_a_fragment(s[2 * kb], s[2 * kb + 1], a_hi, a_lo);
-#pragma unroll
-    for (int nd = 0; nd < D / 16; ++nd) {
-      uint32_t b[4];
-      ldmatrix_x4_trans(b, cV + (16 * kb + (lane & 7) + ((lane >> 3) & 1) * 8) * S::kStride +
-                               nd * 16 + (lane >> 4) * 8);
-      mma(o[2 * nd], a_hi, b[0], b[1]);
-      mma(o[2 * nd + 1], a_hi, b[2], b[3]);
-      if (kSplit) {
-        mma(o[2 * nd], a_lo, b[0], b[1]);
-        mma(o[2 * nd + 1], a_lo, b[2], b[3]);
-      }
-    }
+    accumulate_block<D>(o, a_hi, a_lo, cV, 16 * kb, lane);
   }
 }
 
@@ -472,6 +482,29 @@ __device__ __forceinline__ void two_score_blocks(float (&x)[2][4], float (&y)[2]
   }
 }
 
+// First key of the 64-row chunks t0 - 64 * m, ..., t0 that cover a query tile's window
+// band, keys max(0, t0 - W + 1) .. t0 + 63 (t0: the tile's first query, a multiple of 64).
+__device__ __forceinline__ int first_band_chunk(int t0, int window) {
+  const int lowest = max(0, t0 - window + 1);
+  return t0 - (t0 - lowest + kTile - 1) / kTile * kTile;
+}
+
+// A step of the two-stage pipeline over key chunks: prefetches chunk kc + 64 into the other
+// stage when `more`, then waits for chunk kc (in `stage`) and makes it visible to the block.
+template <int D>
+__device__ __forceinline__ void key_chunk_ready(bf16* sK, bf16* sV, const bf16* kh, const bf16* vh,
+                                                int kc, int stage, bool more, int n) {
+  if (more) {
+    load_tile<D>(sK + (stage ^ 1) * Shape<D>::kTileElems, kh, kc + kTile, n);
+    load_tile<D>(sV + (stage ^ 1) * Shape<D>::kTileElems, vh, kc + kTile, n);
+    cp_async_commit();
+    cp_async_wait<1>();
+  } else {
+    cp_async_wait<0>();
+  }
+  __syncthreads();
+}
+
 template <int N>
 __device__ __forceinline__ void zero_tiles(float (&x)[N][4]) {
 #pragma unroll
@@ -516,10 +549,8 @@ __global__ void __launch_bounds__(kThreads)
   const bf16* vh = v + head;
   load_offsets(offs, s_off);
 
-  // Key chunks t0 - 64 * (chunks - 1), ..., t0 cover keys max(0, t0 - W + 1) .. t0 + 63.
-  const int lowest = max(0, t0 - window + 1);
-  const int chunks = (t0 - lowest + kTile - 1) / kTile + 1;
-  const int first = t0 - (chunks - 1) * kTile;
+  const int first = first_band_chunk(t0, window);
+  const int chunks = (t0 - first) / kTile + 1;
   load_tile<D>(sQ, qh, t0, n);
   load_tile<D>(sK, kh, first, n);
   load_tile<D>(sV, vh, first, n);
@@ -533,15 +564,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int ci = 0; ci < chunks; ++ci) {
     const int kc = first + ci * kTile;
     const int stage = ci & 1;
-    if (ci + 1 < chunks) {
-      load_tile<D>(sK + (stage ^ 1) * S::kTileElems, kh, kc + kTile, n);
-      load_tile<D>(sV + (stage ^ 1) * S::kTileElems, vh, kc + kTile, n);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
+    key_chunk_ready<D>(sK, sV, kh, vh, kc, stage, ci + 1 < chunks, n);
     if (ci == 0) hold_fragments<D>(qa, sQ, wrow, lane);
     band_chunk<D>(qa, sQ, sK + stage * S::kTileElems, sV + stage * S::kTileElems, kc, t0 + wrow,
                   rows, window, scale_log2, wrow, lane, c, o, m, l);
@@ -674,9 +697,8 @@ __global__ void __launch_bounds__(kThreads)
   const size_t row_base = static_cast<size_t>(blockIdx.y) * n;  // into [BH, n] arrays
   load_offsets(offs, s_off);
 
-  const int lowest = max(0, t0 - window + 1);
-  const int chunks = (t0 - lowest + kTile - 1) / kTile + 1;
-  const int first = t0 - (chunks - 1) * kTile;
+  const int first = first_band_chunk(t0, window);
+  const int chunks = (t0 - first) / kTile + 1;
   load_tile<D>(sQ, qh, t0, n);
   load_tile<D>(sdO, grad_out + head, t0, n);
   load_tile<D>(sK, kh, first, n);
@@ -703,15 +725,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int ci = 0; ci < chunks; ++ci) {
     const int kc = first + ci * kTile;
     const int stage = ci & 1;
-    if (ci + 1 < chunks) {
-      load_tile<D>(sK + (stage ^ 1) * S::kTileElems, kh, kc + kTile, n);
-      load_tile<D>(sV + (stage ^ 1) * S::kTileElems, vh, kc + kTile, n);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
+    key_chunk_ready<D>(sK, sV, kh, vh, kc, stage, ci + 1 < chunks, n);
     if (ci == 0) {
       hold_fragments<D>(qa, sQ, wrow, lane);
       hold_fragments<D>(da, sdO, wrow, lane);
@@ -739,18 +753,7 @@ __global__ void __launch_bounds__(kThreads)
       }
       uint32_t a_hi[4], a_lo[4];
       to_a_fragment(st[0], st[1], a_hi, a_lo);
-#pragma unroll
-      for (int nd = 0; nd < D / 16; ++nd) {
-        uint32_t b[4];
-        ldmatrix_x4_trans(b, cK + (16 * kb + (lane & 7) + ((lane >> 3) & 1) * 8) * S::kStride +
-                                 nd * 16 + (lane >> 4) * 8);
-        mma(dq[2 * nd], a_hi, b[0], b[1]);
-        mma(dq[2 * nd + 1], a_hi, b[2], b[3]);
-        if (kSplit) {
-          mma(dq[2 * nd], a_lo, b[0], b[1]);
-          mma(dq[2 * nd + 1], a_lo, b[2], b[3]);
-        }
-      }
+      accumulate_block<D>(dq, a_hi, a_lo, cK, 16 * kb, lane);
     }
     __syncthreads();
   }
@@ -952,26 +955,8 @@ __global__ void __launch_bounds__(kThreads)
       uint32_t p_hi[4], p_lo[4], s_hi[4], s_lo[4];
       to_a_fragment(st[0], st[1], p_hi, p_lo);
       to_a_fragment(dpt[0], dpt[1], s_hi, s_lo);
-#pragma unroll
-      for (int nd = 0; nd < D / 16; ++nd) {
-        const int at =
-            (16 * qb + (lane & 7) + ((lane >> 3) & 1) * 8) * S::kStride + nd * 16 + (lane >> 4) * 8;
-        uint32_t b[4];
-        ldmatrix_x4_trans(b, cdO + at);
-        mma(dv[2 * nd], p_hi, b[0], b[1]);
-        mma(dv[2 * nd + 1], p_hi, b[2], b[3]);
-        if (kSplit) {
-          mma(dv[2 * nd], p_lo, b[0], b[1]);
-          mma(dv[2 * nd + 1], p_lo, b[2], b[3]);
-        }
-        ldmatrix_x4_trans(b, cQ + at);
-        mma(dk[2 * nd], s_hi, b[0], b[1]);
-        mma(dk[2 * nd + 1], s_hi, b[2], b[3]);
-        if (kSplit) {
-          mma(dk[2 * nd], s_lo, b[0], b[1]);
-          mma(dk[2 * nd + 1], s_lo, b[2], b[3]);
-        }
-      }
+      accumulate_block<D>(dv, p_hi, p_lo, cdO, 16 * qb, lane);
+      accumulate_block<D>(dk, s_hi, s_lo, cQ, 16 * qb, lane);
     }
     __syncthreads();
   }
