@@ -3,6 +3,7 @@
 #include <torch/version.h>
 
 #include <cmath>
+#include <utility>
 
 #include "ops/dilated_attention.hpp"
 #include "ops/entmax_attention.hpp"
@@ -110,9 +111,11 @@ torch::Tensor CausalSelfAttentionImpl::attend(const torch::Tensor& q, const torc
   }
   if (dense) return dense_softmax(q, k, v);
   if (theta_.defined()) {
-    return ops::dilated_attention_learned(q, k, v, torch::softplus(theta_),
-                                          pattern::parse_offset_base(config_.attention),
-                                          config_.window, config_.reach);
+    const auto alpha_value = std::exchange(next_alpha_value_, std::nullopt);
+    return ops::dilated_attention_learned(
+        q, k, v, torch::softplus(theta_), pattern::parse_offset_base(config_.attention),
+        config_.window, config_.reach,
+        alpha_value ? c10::optional<double>(*alpha_value) : c10::nullopt);
   }
   return ops::dilated_attention(q, k, v, config_.window, offsets_);
 }
@@ -258,6 +261,22 @@ torch::Tensor GptImpl::forward(const torch::Tensor& tokens) {
   TORCH_CHECK(tokens.dim() == 2, "model input must be [batch, seq_len] token ids");
   TORCH_CHECK(tokens.scalar_type() == torch::kLong || tokens.scalar_type() == torch::kInt,
               "model input must be integer token ids (int64 or int32), got ", tokens.scalar_type());
+  // Learned schedules: every layer's alpha in one read from the device (each layer needs its
+  // value on the host to build its offsets; one read per layer would stall the GPU each time).
+  std::vector<torch::Tensor> thetas;
+  for (auto& block : blocks) {
+    if (block->attn->learned_theta().defined()) thetas.push_back(block->attn->learned_theta());
+  }
+  if (!thetas.empty()) {
+    torch::NoGradGuard no_grad;
+    const auto alphas = torch::softplus(torch::stack(thetas)).to(torch::kCPU, torch::kFloat64);
+    size_t next = 0;
+    for (auto& block : blocks) {
+      if (block->attn->learned_theta().defined()) {
+        block->attn->use_alpha_value_once(alphas[static_cast<int64_t>(next++)].item<double>());
+      }
+    }
+  }
   auto x = wte_(tokens);
   for (auto& block : blocks) x = block(x);
   return torch::matmul(ln_f_(x), wte_->weight.t());  // tied output head

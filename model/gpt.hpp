@@ -7,6 +7,8 @@
 
 #include <torch/torch.h>
 
+#include <optional>
+
 #include "model/model_config.hpp"
 
 namespace reach::model {
@@ -20,6 +22,12 @@ class CausalSelfAttentionImpl : public torch::nn::Module {
   double alpha() const;
   // The integer offsets this layer uses (learned: alpha * b rounded, i.e. frozen for inference).
   std::vector<int64_t> integer_offsets() const;
+  // Learned schedule: theta (alpha = softplus(theta)); undefined for other schedules.
+  const torch::Tensor& learned_theta() const { return theta_; }
+  // Learned schedule: the value of softplus(theta) for the next forward only, read by the
+  // caller together with other layers' (one device read for the whole model, not one per
+  // layer). It must be the current value; without it the layer reads alpha itself.
+  void use_alpha_value_once(double alpha) { next_alpha_value_ = alpha; }
 
  private:
   torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v);
@@ -39,8 +47,9 @@ class CausalSelfAttentionImpl : public torch::nn::Module {
   int64_t head_dim_;
   double static_alpha_ = 0;
   torch::nn::Linear qkv_{nullptr}, proj_{nullptr};
-  torch::Tensor offsets_;               // float64 distances for static schedules
-  torch::Tensor theta_;                 // learned schedule: alpha = softplus(theta)
+  torch::Tensor offsets_;                   // float64 distances for static schedules
+  torch::Tensor theta_;                     // learned schedule: alpha = softplus(theta)
+  std::optional<double> next_alpha_value_;  // use_alpha_value_once
   torch::Tensor alibi_slopes_;          // [heads] float64 (0 for NoPE heads); undefined: no bias
   torch::Tensor entmax_alpha_;          // [heads] float64, entmax / asentmax
   torch::Tensor delta_, beta_, gamma_;  // [heads] log-n scaling (asentmax, ssmax)

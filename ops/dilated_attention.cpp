@@ -144,8 +144,71 @@ class DilatedAttentionFunction : public torch::autograd::Function<DilatedAttenti
     auto [dq, dk, dv, doff] = op.call(grads[0], saved[0], saved[1], saved[2], saved[3], saved[4],
                                       ctx->saved_data["window"].toInt(), offsets,
                                       ctx->saved_data["scale"].toDouble(), need_offsets);
-    return {dq,      dk, dv, Tensor(), need_offsets ? doff.to(offsets.scalar_type()) : Tensor(),
+    // The op returns d offsets on q's device; the gradient goes where the offsets live.
+    return {dq,
+            dk,
+            dv,
+            Tensor(),
+            need_offsets ? doff.to(offsets.device(), offsets.scalar_type()) : Tensor(),
             Tensor()};
+  }
+};
+
+// The learned schedule: offsets = alpha * b. The offsets go to the op as a host tensor built
+// from alpha's value, and d alpha = sum_k b_k d loss / d offset_k is formed on the device, so
+// a model on the GPU reads nothing back per layer (the op takes its offsets by value, and a
+// device -> host read would stall the queue of GPU work at every layer).
+class LearnedDilatedAttentionFunction
+    : public torch::autograd::Function<LearnedDilatedAttentionFunction> {
+ public:
+  static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& q, const Tensor& k,
+                        const Tensor& v, const Tensor& alpha, int64_t window, const Tensor& bases,
+                        double alpha_value) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    const Tensor offsets = bases * alpha_value;  // on the host
+    static auto op =
+        c10::Dispatcher::singleton()
+            .findSchemaOrThrow("reach::dilated_attention_forward", "")
+            .typed<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, int64_t,
+                                              const Tensor&, c10::optional<double>)>();
+    auto [out, lse] = op.call(q, k, v, window, offsets, c10::nullopt);
+    ctx->save_for_backward({q, k, v, out, lse});
+    ctx->saved_data["window"] = window;
+    ctx->saved_data["offsets"] = offsets;
+    ctx->saved_data["bases"] = bases;
+    ctx->saved_data["alpha_device"] = alpha.device();
+    ctx->saved_data["alpha_dtype"] = alpha.scalar_type();
+    ctx->saved_data["alpha_sizes"] = alpha.sizes().vec();
+    return out;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const bool need_alpha = ctx->needs_input_grad(3);
+    static auto op =
+        c10::Dispatcher::singleton()
+            .findSchemaOrThrow("reach::dilated_attention_backward", "")
+            .typed<std::tuple<Tensor, Tensor, Tensor, Tensor>(
+                const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                const Tensor&, int64_t, const Tensor&, c10::optional<double>, bool)>();
+    const Tensor offsets = ctx->saved_data["offsets"].toTensor();
+    auto [dq, dk, dv, doff] =
+        op.call(grads[0], saved[0], saved[1], saved[2], saved[3], saved[4],
+                ctx->saved_data["window"].toInt(), offsets, c10::nullopt, need_alpha);
+    Tensor dalpha;
+    if (need_alpha) {
+      Tensor bases = ctx->saved_data["bases"].toTensor();
+      // Host -> device without waiting for the GPU: from pinned memory, asynchronously.
+      bases = doff.is_cuda() ? bases.pin_memory().to(doff.device(), /*non_blocking=*/true)
+                             : bases.to(doff.device());
+      dalpha = (doff * bases)
+                   .sum()
+                   .to(ctx->saved_data["alpha_device"].toDevice(),
+                       ctx->saved_data["alpha_dtype"].toScalarType())
+                   .reshape(ctx->saved_data["alpha_sizes"].toIntVector());
+    }
+    return {dq, dk, dv, dalpha, Tensor(), Tensor(), Tensor()};
   }
 };
 
@@ -167,18 +230,18 @@ Tensor dilated_attention_static(const Tensor& q, const Tensor& k, const Tensor& 
 
 Tensor dilated_attention_learned(const Tensor& q, const Tensor& k, const Tensor& v,
                                  const Tensor& alpha, pattern::OffsetBase base, int64_t window,
-                                 int64_t reach) {
+                                 int64_t reach, c10::optional<double> alpha_value) {
   TORCH_CHECK(alpha.defined() && alpha.numel() == 1,
               "dilated_attention_learned: alpha must be a single-element tensor");
-  const double alpha_value = alpha.item<double>();
-  const auto fo = pattern::fractional_offsets({base, alpha_value, window, reach});
-  std::vector<double> bases(fo.base_values.begin(), fo.base_values.end());
-  // offsets = alpha * b, so d loss / d alpha = sum_k b_k * d loss / d offset_k. On alpha's
-  // device (a model on the GPU holds alpha there; the op takes offsets on any device).
-  const Tensor offsets =
-      alpha.reshape({}).to(torch::kFloat64) *
-      torch::tensor(bases, torch::TensorOptions().dtype(torch::kFloat64)).to(alpha.device());
-  return dilated_attention(q, k, v, window, offsets);
+  TORCH_CHECK(alpha.is_floating_point(), "dilated_attention_learned: alpha must be floating point");
+  const double value = alpha_value ? *alpha_value : alpha.item<double>();
+  TORCH_CHECK(std::isfinite(value) && value > 0,
+              "dilated_attention_learned: alpha must be a positive finite number, got ", value);
+  const auto fo = pattern::fractional_offsets({base, value, window, reach});
+  const Tensor bases = torch::tensor(
+      std::vector<double>(fo.base_values.begin(), fo.base_values.end()), torch::kFloat64);
+  check_inputs(q, k, v, window, bases * value);  // before dispatch, which picks one device
+  return LearnedDilatedAttentionFunction::apply(q, k, v, alpha, window, bases, value);
 }
 
 Tensor dense_causal_attention(const Tensor& q, const Tensor& k, const Tensor& v,

@@ -5,6 +5,7 @@
 //                            float? scale=None) -> Tensor      (autograd-aware)
 //   reach::dilated_attention_forward(...)  -> (Tensor out, Tensor lse)
 //   reach::dilated_attention_backward(...) -> (Tensor dq, Tensor dk, Tensor dv, Tensor doffsets)
+//     (doffsets on q's device)
 // q, k, v: [batch, heads, n, head_dim], float32 or float64, same device.
 // offsets: 1-D float64 real distances (strictly increasing, each >= window); it may
 // require grad (the learned schedule), in which case d loss / d offsets is returned.
@@ -28,9 +29,14 @@ torch::Tensor dilated_attention_static(const torch::Tensor& q, const torch::Tens
 
 // Learned schedule: alpha is a 0-dim tensor (> 0) that receives a gradient through
 // the interpolated offsets alpha * b, b in the base sequence, W <= alpha * b <= R.
+// alpha_value: alpha's value when the caller already has it on the host (it must equal
+// alpha); without it alpha is read back, which for a GPU tensor waits for the GPU. Either
+// way nothing else is read back: the offsets go to the op from the host and d alpha is
+// formed on the device.
 torch::Tensor dilated_attention_learned(const torch::Tensor& q, const torch::Tensor& k,
                                         const torch::Tensor& v, const torch::Tensor& alpha,
-                                        pattern::OffsetBase base, int64_t window, int64_t reach);
+                                        pattern::OffsetBase base, int64_t window, int64_t reach,
+                                        c10::optional<double> alpha_value = c10::nullopt);
 
 // The CPU implementations behind reach::dilated_attention_forward / _backward.
 std::tuple<torch::Tensor, torch::Tensor> forward_cpu(const torch::Tensor& q, const torch::Tensor& k,

@@ -103,10 +103,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> backward_cuda(
       grad_out.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
       need_offsets_grad ? doff.data_ptr<double>() : nullptr, workspace.data_ptr(),
       at::cuda::getCurrentCUDAStream().stream());
-  // The offsets gradient lives where the offsets do (autograd checks the device). Static
-  // offsets are host tensors, and copying to the host waits for the GPU, so only when wanted:
-  // otherwise the caller discards it, and a wait per layer would starve the GPU of queued work.
-  return {dq, dk, dv, need_offsets_grad ? doff.to(offsets.device()) : doff};
+  // d offsets on q's device, like the other gradients: the autograd functions move it where
+  // the offsets live when that is wanted (a copy to the host would wait for the GPU).
+  return {dq, dk, dv, doff};
 }
 
 }  // namespace

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 namespace reach::model {
 namespace {
 
@@ -54,6 +56,33 @@ TEST(Gpt, LayersGetTheirScheduleAlphas) {
   c.schedule = "learned";
   Gpt learned(c);
   EXPECT_NEAR(learned->blocks[1]->attn->alpha(), 1.5, 1e-12);
+}
+
+// The learned layer takes a host value of alpha for one forward (the model reads every
+// layer's alpha in one go): the right value changes nothing, a given value is used once.
+TEST(Gpt, LearnedLayerUsesAHostAlphaValueOnce) {
+  auto c = preset("micro");
+  c.attention = "fibonacci";
+  c.schedule = "learned";
+  c.reach = 64;
+  torch::manual_seed(8);
+  CausalSelfAttention attn(c, 1);
+  const auto h = torch::randn({2, 48, c.d_model});
+  const auto plain = attn(h);
+  attn->use_alpha_value_once(attn->alpha());
+  EXPECT_TRUE(torch::equal(attn(h), plain));
+  attn->use_alpha_value_once(attn->alpha() * 1.5);
+  EXPECT_FALSE(torch::allclose(attn(h), plain));
+  EXPECT_TRUE(torch::equal(attn(h), plain));
+  // Through the model (which hands every layer its value): theta still gets its gradient.
+  Gpt net(c);
+  net(torch::randint(0, 256, {2, 40}, torch::kInt64)).logsumexp(-1).mean().backward();
+  for (const auto& block : net->blocks) {
+    const auto& grad = block->attn->learned_theta().grad();
+    ASSERT_TRUE(grad.defined());
+    EXPECT_TRUE(std::isfinite(grad.item<double>()));
+    EXPECT_NE(grad.item<double>(), 0.0);
+  }
 }
 
 TEST(Gpt, AlibiAndNopeWithDense) {

@@ -82,6 +82,28 @@ TEST(DilatedAttentionOp, LearnedAlphaGradientMatchesFiniteDifferences) {
     EXPECT_NEAR(alpha.grad().item<double>(), fd, 1e-6 * std::max(1.0, std::abs(fd)))
         << "alpha=" << a0;
     EXPECT_NE(alpha.grad().item<double>(), 0.0);
+    // Handing alpha's value in (as a model does, to spare a device read) changes nothing.
+    auto alpha2 = torch::tensor(a0, opts).requires_grad_();
+    const auto out =
+        dilated_attention_learned(q, k, v, alpha2, pattern::OffsetBase::fibonacci, 6, 80, a0);
+    (out * g).sum().backward();
+    EXPECT_EQ(alpha2.grad().item<double>(), alpha.grad().item<double>());
+  }
+}
+
+TEST(DilatedAttentionOp, LearnedAlphaGradientKeepsAlphasDtypeAndShape) {
+  torch::manual_seed(4);
+  auto q = torch::randn({1, 1, 40, 8}), k = torch::randn({1, 1, 40, 8}),
+       v = torch::randn({1, 1, 40, 8});
+  for (const auto& alpha : {torch::tensor(1.3, torch::kFloat64).requires_grad_(),
+                            torch::full({1}, 1.3f).requires_grad_()}) {
+    dilated_attention_learned(q, k, v, alpha, pattern::OffsetBase::fibonacci, 4, 30)
+        .sum()
+        .backward();
+    ASSERT_TRUE(alpha.grad().defined());
+    EXPECT_EQ(alpha.grad().scalar_type(), alpha.scalar_type());
+    EXPECT_EQ(alpha.grad().sizes(), alpha.sizes());
+    EXPECT_TRUE(std::isfinite(alpha.grad().sum().item<double>()));
   }
 }
 
