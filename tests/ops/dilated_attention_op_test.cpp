@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cmath>
+
 #include "ops/dilated_attention.hpp"
 
 namespace reach::ops {
@@ -160,6 +162,14 @@ TEST(DilatedAttentionOp, BadInputGivesClearErrors) {
                                   16);
       },
       "alpha must be a positive");
+  for (const double bad : {-1.0, 0.0, std::nan("")}) {  // a host value handed in is checked too
+    expect_error(
+        [&] {
+          dilated_attention_learned(q, q, q, torch::tensor(1.5), pattern::OffsetBase::fibonacci, 4,
+                                    16, bad);
+        },
+        "alpha must be a positive");
+  }
   expect_error([&] { dilated_attention(q, q, q, 4, torch::ones({2, 2}, torch::kFloat64)); }, "1-D");
 }
 
