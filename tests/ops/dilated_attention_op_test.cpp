@@ -89,7 +89,9 @@ TEST(DilatedAttentionOp, LearnedAlphaGradientMatchesFiniteDifferences) {
     const auto out =
         dilated_attention_learned(q, k, v, alpha2, pattern::OffsetBase::fibonacci, 6, 80, a0);
     (out * g).sum().backward();
-    EXPECT_EQ(alpha2.grad().item<double>(), alpha.grad().item<double>());
+    // (Not bit-equal: the CPU backward sums d offsets over threads in a varying order.)
+    EXPECT_NEAR(alpha2.grad().item<double>(), alpha.grad().item<double>(),
+                1e-12 * std::abs(alpha.grad().item<double>()));
   }
 }
 
