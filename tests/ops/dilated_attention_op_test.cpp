@@ -91,7 +91,7 @@ TEST(DilatedAttentionOp, LearnedAlphaGradientMatchesFiniteDifferences) {
     (out * g).sum().backward();
     // (Not bit-equal: the CPU backward sums d offsets over threads in a varying order.)
     EXPECT_NEAR(alpha2.grad().item<double>(), alpha.grad().item<double>(),
-                1e-12 * std::abs(alpha.grad().item<double>()));
+                1e-9 * std::abs(alpha.grad().item<double>()));
   }
 }
 
