@@ -110,18 +110,37 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> backward_cpu(
 
 namespace {
 
+using ForwardSignature = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                                    int64_t, const Tensor&, c10::optional<double>);
+using BackwardSignature = std::tuple<Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&,
+                                                                     const Tensor&, const Tensor&,
+                                                                     const Tensor&, const Tensor&,
+                                                                     int64_t, const Tensor&,
+                                                                     c10::optional<double>, bool);
+
+// The registered forward and backward ops, called through the dispatcher so that the kernel
+// of the tensors' device runs.
+const c10::TypedOperatorHandle<ForwardSignature>& forward_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("reach::dilated_attention_forward", "")
+                             .typed<ForwardSignature>();
+  return op;
+}
+
+const c10::TypedOperatorHandle<BackwardSignature>& backward_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("reach::dilated_attention_backward", "")
+                             .typed<BackwardSignature>();
+  return op;
+}
+
 class DilatedAttentionFunction : public torch::autograd::Function<DilatedAttentionFunction> {
  public:
   static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& q, const Tensor& k,
                         const Tensor& v, int64_t window, const Tensor& offsets,
                         c10::optional<double> scale) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    // Through the dispatcher, so the kernel of the tensors' device runs.
-    static auto op =
-        c10::Dispatcher::singleton()
-            .findSchemaOrThrow("reach::dilated_attention_forward", "")
-            .typed<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, int64_t,
-                                              const Tensor&, c10::optional<double>)>();
+    const auto& op = forward_op();
     auto [out, lse] = op.call(q, k, v, window, offsets, scale);
     ctx->save_for_backward({q, k, v, out, lse, offsets});
     ctx->saved_data["window"] = window;
@@ -135,12 +154,7 @@ class DilatedAttentionFunction : public torch::autograd::Function<DilatedAttenti
     const Tensor& offsets = saved[5];
     // Edges exist for tensor inputs only: q, k, v, offsets -> offsets is edge 3.
     const bool need_offsets = ctx->needs_input_grad(3);
-    static auto op =
-        c10::Dispatcher::singleton()
-            .findSchemaOrThrow("reach::dilated_attention_backward", "")
-            .typed<std::tuple<Tensor, Tensor, Tensor, Tensor>(
-                const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                const Tensor&, int64_t, const Tensor&, c10::optional<double>, bool)>();
+    const auto& op = backward_op();
     auto [dq, dk, dv, doff] = op.call(grads[0], saved[0], saved[1], saved[2], saved[3], saved[4],
                                       ctx->saved_data["window"].toInt(), offsets,
                                       ctx->saved_data["scale"].toDouble(), need_offsets);
@@ -166,11 +180,7 @@ class LearnedDilatedAttentionFunction
                         double alpha_value) {
     at::AutoDispatchBelowADInplaceOrView guard;
     const Tensor offsets = bases * alpha_value;  // on the host
-    static auto op =
-        c10::Dispatcher::singleton()
-            .findSchemaOrThrow("reach::dilated_attention_forward", "")
-            .typed<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, int64_t,
-                                              const Tensor&, c10::optional<double>)>();
+    const auto& op = forward_op();
     auto [out, lse] = op.call(q, k, v, window, offsets, c10::nullopt);
     ctx->save_for_backward({q, k, v, out, lse});
     ctx->saved_data["window"] = window;
@@ -186,12 +196,7 @@ class LearnedDilatedAttentionFunction
                                                  torch::autograd::variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const bool need_alpha = ctx->needs_input_grad(3);
-    static auto op =
-        c10::Dispatcher::singleton()
-            .findSchemaOrThrow("reach::dilated_attention_backward", "")
-            .typed<std::tuple<Tensor, Tensor, Tensor, Tensor>(
-                const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                const Tensor&, int64_t, const Tensor&, c10::optional<double>, bool)>();
+    const auto& op = backward_op();
     const Tensor offsets = ctx->saved_data["offsets"].toTensor();
     auto [dq, dk, dv, doff] =
         op.call(grads[0], saved[0], saved[1], saved[2], saved[3], saved[4],
