@@ -38,6 +38,28 @@ struct Offsets {
 __device__ __forceinline__ float lo(uint32_t w) { return __uint_as_float(w << 16); }
 __device__ __forceinline__ float hi(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
 
+// The forward's gathers: rows i - d of k and v for G offsets from k0, a quad of lanes per
+// row (lane c: 16-byte chunks c and c + 4), all issued before any is used.
+template <int G>
+__device__ __forceinline__ void load_rows(const uint4* __restrict__ k, const uint4* __restrict__ v,
+                                          size_t head, const int (&rows)[2], const Offsets& offs,
+                                          int k0, int c, uint4 (&kr)[G][2][2],
+                                          uint4 (&vr)[G][2][2]) {
+#pragma unroll
+  for (int u = 0; u < G; ++u) {
+    const int d = k0 + u < offs.count ? offs.d[k0 + u] : 0;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = max(rows[r] - d, 0);
+#pragma unroll
+      for (int t = 0; t < 2; ++t) {
+        kr[u][r][t] = __ldg(k + head + static_cast<size_t>(row) * 8 + c + 4 * t);
+        vr[u][r][t] = __ldg(v + head + static_cast<size_t>(row) * 8 + c + 4 * t);
+      }
+    }
+  }
+}
+
 // (a) loads only: every lane XOR-folds its 16-byte chunks of k and v rows.
 template <int G>
 __global__ void __launch_bounds__(128)
@@ -50,19 +72,7 @@ __global__ void __launch_bounds__(128)
   uint4 f[2] = {};
   for (int k0 = 0; k0 < offs.count; k0 += G) {
     uint4 kr[G][2][2], vr[G][2][2];
-#pragma unroll
-    for (int u = 0; u < G; ++u) {
-      const int d = k0 + u < offs.count ? offs.d[k0 + u] : 0;
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const int row = max(rows[r] - d, 0);
-#pragma unroll
-        for (int t = 0; t < 2; ++t) {
-          kr[u][r][t] = __ldg(k + head + static_cast<size_t>(row) * 8 + c + 4 * t);
-          vr[u][r][t] = __ldg(v + head + static_cast<size_t>(row) * 8 + c + 4 * t);
-        }
-      }
-    }
+    load_rows<G>(k, v, head, rows, offs, k0, c, kr, vr);
 #pragma unroll
     for (int u = 0; u < G; ++u)
 #pragma unroll
@@ -102,19 +112,7 @@ __global__ void __launch_bounds__(128)
     }
   for (int k0 = 0; k0 < offs.count; k0 += G) {
     uint4 kr[G][2][2], vr[G][2][2];
-#pragma unroll
-    for (int u = 0; u < G; ++u) {
-      const int d = k0 + u < offs.count ? offs.d[k0 + u] : 0;
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const int row = max(rows[r] - d, 0);
-#pragma unroll
-        for (int t = 0; t < 2; ++t) {
-          kr[u][r][t] = __ldg(k + head + static_cast<size_t>(row) * 8 + c + 4 * t);
-          vr[u][r][t] = __ldg(v + head + static_cast<size_t>(row) * 8 + c + 4 * t);
-        }
-      }
-    }
+    load_rows<G>(k, v, head, rows, offs, k0, c, kr, vr);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       float s[G];
