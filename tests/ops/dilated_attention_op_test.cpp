@@ -164,6 +164,17 @@ TEST(DilatedAttentionOp, BadInputGivesClearErrors) {
                                   16);
       },
       "alpha must be a positive");
+  expect_error(
+      [&] {
+        dilated_attention_learned(q, q, q, torch::tensor(2, torch::kInt64),
+                                  pattern::OffsetBase::fibonacci, 4, 16);
+      },
+      "alpha must be floating point");
+  expect_error(
+      [&] {
+        dilated_attention_learned(q, q, q, torch::ones({2}), pattern::OffsetBase::fibonacci, 4, 16);
+      },
+      "single-element");
   for (const double bad : {-1.0, 0.0, std::nan("")}) {  // a host value handed in is checked too
     expect_error(
         [&] {
