@@ -1,4 +1,4 @@
-// Perplexity versus context length on held-out documents (DESIGN.md section 3).
+// Perplexity versus context length on held-out documents (docs/definitions.md: evaluation).
 //
 // For each length L: non-overlapping windows of L+1 tokens taken in order from every held-out
 // document at least L+1 tokens long, up to max_tokens predicted tokens per length (so every

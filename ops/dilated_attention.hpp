@@ -23,7 +23,7 @@ torch::Tensor dilated_attention(const torch::Tensor& q, const torch::Tensor& k,
                                 const torch::Tensor& offsets,
                                 c10::optional<double> scale = c10::nullopt);
 
-// Static schedules: integer offsets from (base, alpha, window, reach) per DESIGN.md.
+// Static schedules: integer offsets from (base, alpha, window, reach) per docs/definitions.md.
 torch::Tensor dilated_attention_static(const torch::Tensor& q, const torch::Tensor& k,
                                        const torch::Tensor& v, const pattern::DilationSpec& spec);
 

@@ -1,4 +1,4 @@
-// Alpha across depth: how each layer's dilation scale is chosen (DESIGN.md section 2).
+// Alpha across depth: how each layer's dilation scale is chosen (docs/definitions.md).
 #pragma once
 
 #include <cstdint>

@@ -1,4 +1,4 @@
-// Which distant keys a query sees: the dilated offsets of DESIGN.md section 2.
+// Which distant keys a query sees: the dilated offsets of docs/definitions.md.
 //
 // A query at position i sees its local window (distances 0..W-1) plus keys at
 // distances d in D, where D is built from a base sequence (Fibonacci or powers
