@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <memory>
 
+#include "cli/chunk_pattern.hpp"
 #include "cli/commands.hpp"
 #include "cli/validators.hpp"
 #include "pattern/alpha_schedule.hpp"
@@ -104,7 +105,14 @@ void add_pattern_command(CLI::App& app) {
   cmd->add_option("--png-layers", options->png_layers,
                   "Layers drawn (default: first, middle, last)")
       ->delimiter(',');
-  cmd->callback([options] { run_pattern(*options); });
+  const auto chunk = add_chunk_pattern_options(*cmd);
+  cmd->callback([options, chunk] {
+    if (chunk->requested()) {
+      run_chunk_pattern(*chunk, options->seq_len > 0 ? options->seq_len : options->reach);
+    } else {
+      run_pattern(*options);
+    }
+  });
 }
 
 }  // namespace reach::cli

@@ -1,0 +1,61 @@
+#include "pattern/chunk_selection.hpp"
+
+#include <cstdio>
+#include <stdexcept>
+
+namespace reach::pattern {
+
+ChunkBudgetRule parse_chunk_budget_rule(const std::string& name) {
+  if (name == "fixed") return ChunkBudgetRule::fixed;
+  if (name == "fraction") return ChunkBudgetRule::fraction;
+  throw std::invalid_argument("unknown chunk budget rule '" + name +
+                              "' (expected fixed or fraction)");
+}
+
+std::string to_string(ChunkBudgetRule rule) {
+  return rule == ChunkBudgetRule::fixed ? "fixed" : "fraction";
+}
+
+void validate(const ChunkSelection& s) {
+  if (s.chunk_size < 1) {
+    throw std::invalid_argument("chunk size S must be >= 1, got " + std::to_string(s.chunk_size));
+  }
+  if (s.top_k < 1) {
+    throw std::invalid_argument("top-k must be >= 1, got " + std::to_string(s.top_k));
+  }
+  if (s.window < 0) {
+    throw std::invalid_argument("chunk selection window W must be >= 0, got " +
+                                std::to_string(s.window));
+  }
+  if (s.rule == ChunkBudgetRule::fraction) {
+    if (!(s.fraction > 0.0 && s.fraction <= 1.0)) {
+      throw std::invalid_argument("chunk budget fraction must be in (0, 1], got " +
+                                  std::to_string(s.fraction));
+    }
+    if (s.min_k < 1 || s.min_k > s.top_k) {
+      throw std::invalid_argument("chunk budget min_k must be in 1..top-k (" +
+                                  std::to_string(s.top_k) + "), got " + std::to_string(s.min_k));
+    }
+  }
+}
+
+int64_t retrieved_tokens(const ChunkSelection& s, int64_t seq_len) {
+  int64_t total = 0;
+  for (int64_t t = 0; t < seq_len; ++t) total += selected_chunks(s, candidate_chunks(s, t));
+  return total * s.chunk_size;
+}
+
+std::string describe(const ChunkSelection& s) {
+  std::string text = "chunk_size=" + std::to_string(s.chunk_size) +
+                     " top_k=" + std::to_string(s.top_k) + " window=" + std::to_string(s.window) +
+                     " budget=" + to_string(s.rule);
+  if (s.rule == ChunkBudgetRule::fraction) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, " fraction=%g min_k=%lld", s.fraction,
+                  static_cast<long long>(s.min_k));
+    text += buf;
+  }
+  return text;
+}
+
+}  // namespace reach::pattern
