@@ -1,0 +1,196 @@
+// The chunk attention torch op against a dense torch autograd composite built from the
+// definition (landmark scores, candidate mask, top-k, gathered chunks, two softmaxes; every
+// gradient by torch's autograd), the registered op, a shared retrieval query, and errors.
+// The kernel itself is tested against the float64 reference in tests/kernels.
+//
+// Tolerances: float64 throughout; the op and the composite differ in summation order only
+// (1e-10 relative to the largest magnitude).
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <limits>
+
+#include "ops/chunk_attention.hpp"
+
+namespace reach::ops {
+namespace {
+
+const auto kF64 = torch::TensorOptions().dtype(torch::kFloat64);
+
+// Composite from the definition; needs at least top_k complete chunks (torch::topk over C).
+torch::Tensor composite(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                        const torch::Tensor& r, const torch::Tensor& landmarks,
+                        const ChunkAttentionOptions& o) {
+  const auto& sel = o.selection;
+  const int64_t b = q.size(0), hq = q.size(1), n = q.size(2), d = q.size(3);
+  const int64_t hkv = k.size(1), s = sel.chunk_size, c = n / s, kk = sel.top_k, g = hq / hkv;
+  const double scale = 1.0 / std::sqrt(double(d)), rscale = 1.0 / std::sqrt(double(r.size(3)));
+  auto scores = torch::matmul(r, landmarks.transpose(-2, -1)) * rscale;  // [B, Hkv, n, C]
+  auto candidate = torch::zeros({n, c}, torch::kBool);
+  auto valid = torch::zeros({n, kk}, torch::kBool);
+  for (int64_t t = 0; t < n; ++t) {
+    const int64_t count = pattern::candidate_chunks(sel, t);
+    for (int64_t i = 0; i < count; ++i) candidate[t][i] = true;
+    for (int64_t j = 0; j < pattern::selected_chunks(sel, count); ++j) valid[t][j] = true;
+  }
+  const double inf = std::numeric_limits<double>::infinity();
+  auto [top, idx] = torch::topk(scores.masked_fill(candidate.logical_not(), -inf), kk, -1);
+  // Softmax over the valid slots; a row without one gets zero weights (and no NaN gradient).
+  auto finite = top.masked_fill(valid.logical_not(), 0.0);
+  auto e = torch::exp(finite - std::get<0>(finite.max(-1, true)).detach()) * valid;
+  auto w = e / e.sum(-1, true).clamp_min(1e-300);
+  auto chunks = k.narrow(2, 0, c * s).reshape({b, hkv, c, s * d});
+  auto vchunks = v.narrow(2, 0, c * s).reshape({b, hkv, c, s * d});
+  auto gather_index = idx.reshape({b, hkv, n * kk, 1}).expand({b, hkv, n * kk, s * d});
+  auto kc = torch::gather(chunks, 2, gather_index).reshape({b, hkv, n, kk, s, d});
+  auto vc = torch::gather(vchunks, 2, gather_index).reshape({b, hkv, n, kk, s, d});
+  auto qg = q.reshape({b, hkv, g, n, d});
+  auto z = torch::einsum("bghtd,bgtksd->bghtks", {qg, kc}) * scale;
+  auto o_c = torch::einsum("bghtks,bgtksd->bghtkd", {torch::softmax(z, -1), vc});
+  return torch::einsum("bgtk,bghtkd->bghtd", {w, o_c}).reshape({b, hq, n, d});
+}
+
+double rel_diff(const torch::Tensor& a, const torch::Tensor& b) {
+  return (a - b).abs().max().item<double>() / std::max(1.0, b.abs().max().item<double>());
+}
+
+struct Leaves {
+  torch::Tensor q, k, v, r, l;
+  std::vector<torch::Tensor*> all() { return {&q, &k, &v, &r, &l}; }
+};
+
+Leaves make_leaves(int64_t b, int64_t hq, int64_t hkv, int64_t n, int64_t d, int64_t dr,
+                   int64_t s) {
+  auto make = [](torch::IntArrayRef shape, double sd) {
+    return (torch::randn(shape, kF64) * sd).requires_grad_();
+  };
+  return {make({b, hq, n, d}, 1), make({b, hkv, n, d}, 1), make({b, hkv, n, d}, 1),
+          make({b, hkv, n, dr}, 2), make({b, hkv, n / s, dr}, 1)};
+}
+
+TEST(ChunkAttentionOp, MatchesTorchCompositeForwardAndBackward) {
+  torch::manual_seed(3);
+  ChunkAttentionOptions o;
+  o.selection = {4, 3, 6};
+  Leaves x = make_leaves(2, 4, 2, 38, 8, 6, 4);  // GQA, n not a multiple of S
+  const auto w = torch::randn({2, 4, 38, 8}, kF64);
+  auto out = chunk_attention(x.q, x.k, x.v, x.r, x.l, o);
+  (out * w).sum().backward();
+  std::vector<torch::Tensor> ours;
+  for (auto* t : x.all()) ours.push_back(t->grad().clone()), t->mutable_grad() = torch::Tensor();
+  auto want = composite(x.q, x.k, x.v, x.r, x.l, o);
+  (want * w).sum().backward();
+  EXPECT_LT(rel_diff(out, want), 1e-10);
+  const char* names[] = {"q", "k", "v", "r", "landmarks"};
+  for (size_t i = 0; i < ours.size(); ++i) {
+    EXPECT_LT(rel_diff(ours[i], x.all()[i]->grad()), 1e-10) << names[i];
+    EXPECT_GT(ours[i].abs().max().item<double>(), 1e-3) << names[i];
+  }
+}
+
+TEST(ChunkAttentionOp, RegisteredOpMatchesCppApi) {
+  torch::manual_seed(4);
+  Leaves x = make_leaves(1, 2, 1, 32, 4, 4, 4);
+  ChunkAttentionOptions o;
+  o.selection = {4, 2, 0, pattern::ChunkBudgetRule::fraction, 0.5, 1};
+  o.weighting = kernels::ChunkWeighting::stick_breaking;
+  const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("reach::chunk_attention", "");
+  auto stack = torch::jit::Stack{x.q,           x.k,          x.v,
+                                 x.r,           x.l,          int64_t{4},
+                                 int64_t{2},    int64_t{0},   std::string("fraction"),
+                                 0.5,           int64_t{1},   std::string("stick_breaking"),
+                                 c10::IValue(), c10::IValue()};
+  op.callBoxed(&stack);
+  const auto via_op = stack[0].toTensor();
+  EXPECT_EQ(rel_diff(via_op, chunk_attention(x.q, x.k, x.v, x.r, x.l, o)), 0.0);
+  auto [out, indices, weights, lse] = chunk_attention_forward(x.q, x.k, x.v, x.r, x.l, o);
+  EXPECT_EQ(indices.sizes(), torch::IntArrayRef({1, 1, 32, 2}));
+  EXPECT_EQ(lse.sizes(), torch::IntArrayRef({1, 2, 32, 2}));
+  EXPECT_EQ(indices[0][0][3][0].item<int64_t>(), -1);  // t < S: no candidate
+  EXPECT_EQ(out[0][0][3].abs().sum().item<double>(), 0.0);
+}
+
+TEST(ChunkAttentionOp, SharedRetrievalQuerySumsBothGradients) {
+  torch::manual_seed(5);
+  ChunkAttentionOptions o;
+  o.selection = {4, 2, 0};
+  Leaves x = make_leaves(1, 2, 2, 24, 8, 8, 4);
+  const auto w = torch::randn({1, 2, 24, 8}, kF64);
+  (chunk_attention(x.q, x.k, x.v, x.q, x.l, o) * w).sum().backward();
+  const auto shared = x.q.grad().clone();
+  x.q.mutable_grad() = torch::Tensor();
+  auto r = x.q.detach().clone().requires_grad_();
+  (chunk_attention(x.q, x.k, x.v, r, x.l, o) * w).sum().backward();
+  EXPECT_LT(rel_diff(shared, x.q.grad() + r.grad()), 1e-12);
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const c10::Error& e) {
+    return e.what_without_backtrace();
+  }
+  return "no error";
+}
+
+TEST(ChunkAttentionOp, BadInputsAreClearErrors) {
+  torch::manual_seed(6);
+  Leaves x = make_leaves(1, 2, 1, 16, 4, 4, 4);
+  ChunkAttentionOptions o;
+  o.selection = {4, 2, 0};
+  auto run = [&](const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                 const torch::Tensor& r, const torch::Tensor& l, ChunkAttentionOptions opt) {
+    return error_of([&] { chunk_attention(q, k, v, r, l, opt); });
+  };
+  auto has = [](const std::string& text, const std::string& part) {
+    return text.find(part) != std::string::npos;
+  };
+  EXPECT_EQ(run(x.q, x.k, x.v, x.r, x.l, o), "no error");
+  auto bad = o;
+  bad.selection.chunk_size = 0;
+  EXPECT_TRUE(has(run(x.q, x.k, x.v, x.r, x.l, bad), "chunk size S must be >= 1, got 0"));
+  bad = o;
+  bad.selection.top_k = 0;
+  EXPECT_TRUE(has(run(x.q, x.k, x.v, x.r, x.l, bad), "top-k must be >= 1, got 0"));
+  bad = o;
+  bad.selection.chunk_size = 8;  // 2 chunks, but 4 landmarks given
+  EXPECT_TRUE(has(run(x.q, x.k, x.v, x.r, x.l, bad),
+                  "landmarks must be [batch, kv_heads, n / "
+                  "chunk_size, retrieval_dim] = [1, 1, 2, 4]"));
+  const auto k3 = torch::randn({1, 3, 16, 4}, kF64);
+  EXPECT_TRUE(
+      has(run(x.q, k3, k3, x.r, x.l, o), "query heads (2) must be a multiple of kv heads (3)"));
+  EXPECT_TRUE(has(run(x.q, x.k, x.v.narrow(3, 0, 2), x.r, x.l, o), "v must have k's shape"));
+  EXPECT_TRUE(
+      has(run(x.q, x.k, x.v, x.r.narrow(2, 0, 8), x.l, o), "r must be [batch, kv_heads, n"));
+  EXPECT_TRUE(has(run(x.q.squeeze(0), x.k, x.v, x.r, x.l, o), "q must have rank 4"));
+  EXPECT_TRUE(has(run(x.q, x.k.to(torch::kFloat32), x.v, x.r, x.l, o), "must share one dtype"));
+  EXPECT_TRUE(
+      has(run(x.q.to(torch::kInt), x.k, x.v, x.r, x.l, o), "dtype must be float32 or float64"));
+  const auto meta = torch::TensorOptions().dtype(torch::kFloat64).device(torch::kMeta);
+  EXPECT_TRUE(
+      has(run(x.q, x.k, x.v, x.r, torch::empty({1, 1, 4, 4}, meta), o), "must be on one device"));
+  EXPECT_TRUE(has(run(torch::empty({1, 2, 16, 4}, meta), torch::empty({1, 1, 16, 4}, meta),
+                      torch::empty({1, 1, 16, 4}, meta), torch::empty({1, 1, 16, 4}, meta),
+                      torch::empty({1, 1, 4, 4}, meta), o),
+                  "only the CPU kernel exists so far"));
+  EXPECT_TRUE(has(run(x.q, x.k, x.v, x.r, x.l,
+                      [&] {
+                        auto f = o;
+                        f.scale = -1.0;
+                        return f;
+                      }()),
+                  "scale must be positive"));
+  const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("reach::chunk_attention", "");
+  auto stack = torch::jit::Stack{x.q,           x.k,          x.v,
+                                 x.r,           x.l,          int64_t{4},
+                                 int64_t{2},    int64_t{0},   std::string("dynamic"),
+                                 1.0,           int64_t{1},   std::string("softmax"),
+                                 c10::IValue(), c10::IValue()};
+  EXPECT_TRUE(has(error_of([&] { op.callBoxed(&stack); }), "unknown chunk budget rule 'dynamic'"));
+}
+
+}  // namespace
+}  // namespace reach::ops
