@@ -48,19 +48,29 @@ void check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
               ", ", hkv, ", ", chunks, ", ", r.size(3), "], got ", landmarks.sizes());
   TORCH_CHECK(q.numel() > 0 && r.numel() > 0, kName, ": empty input (q ", q.sizes(), ", r ",
               r.sizes(), ")");
+#ifdef REACH_CHUNK_ATTENTION_CUDA
+  constexpr bool kCuda = true;  // ops/chunk_attention_cuda.cpp registers the CUDA kernels
+#else
+  constexpr bool kCuda = false;
+#endif
+  TORCH_CHECK(q.device().is_cpu() || (kCuda && q.device().is_cuda()), kName, ": no kernel for ",
+              q.device().type(), " tensors (kernels: CPU", kCuda ? ", CUDA" : "", ")");
   const auto dtype = q.scalar_type();
-  TORCH_CHECK(dtype == torch::kFloat32 || dtype == torch::kFloat64, kName,
-              ": dtype must be float32 or float64, got ", dtype);
+  if (q.device().is_cpu()) {
+    TORCH_CHECK(dtype == torch::kFloat32 || dtype == torch::kFloat64, kName,
+                ": dtype must be float32 or float64 on the CPU, got ", dtype);
+  } else {
+    TORCH_CHECK(dtype == torch::kFloat32 || dtype == torch::kBFloat16, kName,
+                ": dtype must be float32 or bfloat16 on CUDA, got ", dtype);
+  }
   for (const auto* t : {&k, &v, &r, &landmarks}) {
-    TORCH_CHECK(t->scalar_type() == dtype, kName,
-                ": q, k, v, r and landmarks must share one dtype (q is ", dtype, ", got ",
-                t->scalar_type(), ")");
     TORCH_CHECK(t->device() == q.device(), kName,
                 ": q, k, v, r and landmarks must be on one device (q on ", q.device(), ", got ",
                 t->device(), ")");
+    TORCH_CHECK(t->scalar_type() == dtype, kName,
+                ": q, k, v, r and landmarks must share one dtype (q is ", dtype, ", got ",
+                t->scalar_type(), ")");
   }
-  TORCH_CHECK(q.device().is_cpu(), kName, ": only the CPU kernel exists so far; got a ", q.device(),
-              " tensor");
 }
 
 double resolve(c10::optional<double> scale, int64_t dim, const char* what) {

@@ -1,0 +1,54 @@
+// Hierarchical chunk sparse attention on a CUDA GPU: the contract of
+// kernels/chunk_attention_params.hpp; raw device pointers, no torch and no CUDA headers
+// here so C++ callers and tests can include it.
+//
+// One warp per (batch, KV group, query). Selection: each lane scores the candidates
+// lane, lane + 32, ... against the landmarks and keeps its own top-k list; k rounds of a
+// warp arg-max (score descending, ties to the lower chunk index) merge them into the
+// query's slots (the lists live in shared memory). Attention: per head of the group and selected
+// chunk, lanes own keys for the scores and the softmax, then dimensions for o_c. float32
+// accumulation; the forward saves indices (int64), weights and lse (float32). Backward: the same
+// warp per query recomputes each chunk's softmax from the lse, writes dq and dr, and adds dk, dv
+// and dlandmarks into a float32 workspace with atomics (the order of the additions is not fixed, so
+// float32 sums may differ in the last bits between runs); a second kernel converts the workspace to
+// the gradients' type. Supported: head_dim 64 or 128, top_k <= 16, chunk size <= 512, retrieval_dim
+// <= 512 (the shared memory of four warps stays under 48 KiB).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "kernels/chunk_attention_params.hpp"
+#include "kernels/cuda/dilated_attention.hpp"  // ScalarType
+
+namespace reach::kernels::gpu {
+
+inline constexpr int64_t kMaxChunkSlots = 16;
+inline constexpr int64_t kMaxChunkSize = 512;
+inline constexpr int64_t kMaxRetrievalDim = 512;
+
+// Empty when the CUDA kernels support params, else a message naming the problem.
+std::string chunk_cuda_support_problem(const ChunkAttentionParams& params);
+
+// q, k, v, r, landmarks, out of `type` (layouts in the contract); indices int64, weights
+// and lse float32, all three null (inference) or all given. stream: a cudaStream_t
+// (nullptr: the default stream). Throws std::invalid_argument on bad params and
+// std::runtime_error on a CUDA error.
+void chunk_attention_forward_cuda(const ChunkAttentionParams& params, ScalarType type,
+                                  const void* q, const void* k, const void* v, const void* r,
+                                  const void* landmarks, void* out, int64_t* indices,
+                                  float* weights, float* lse, void* stream);
+
+// Device bytes of float32 scratch the backward needs (16-byte aligned).
+size_t chunk_attention_backward_workspace_bytes(const ChunkAttentionParams& params);
+
+// Every gradient is overwritten (rows of a trailing partial chunk get 0).
+void chunk_attention_backward_cuda(const ChunkAttentionParams& params, ScalarType type,
+                                   const void* q, const void* k, const void* v, const void* r,
+                                   const void* landmarks, const void* grad_out,
+                                   const int64_t* indices, const float* weights, const float* lse,
+                                   void* grad_q, void* grad_k, void* grad_v, void* grad_r,
+                                   void* grad_landmarks, void* workspace, void* stream);
+
+}  // namespace reach::kernels::gpu
