@@ -9,7 +9,9 @@ rounding the float64 result to bfloat16 plus 1e-4 (as tests/kernels/chunk_attent
 import argparse
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 import torch
@@ -22,8 +24,15 @@ def build():
     sources = ["ops/chunk_attention.cpp", "ops/chunk_attention_cuda.cpp",
                "kernels/cuda/chunk_attention.cu", "kernels/chunk_attention_params.cpp",
                "pattern/chunk_selection.cpp", "kernels/cpu/chunk_attention.cpp"]
+    # Unique file names: torch's extension build names objects after the file name alone.
+    staged = tempfile.mkdtemp(prefix="reach_chunk_src_")
+    paths = []
+    for s in sources:
+        dst = os.path.join(staged, s.replace("/", "_"))
+        shutil.copy(os.path.join(ROOT, s), dst)
+        paths.append(dst)
     cpp_extension.load(
-        name="reach_chunk_attention", sources=[os.path.join(ROOT, s) for s in sources],
+        name="reach_chunk_attention", sources=paths,
         extra_include_paths=[ROOT], is_python_module=False, verbose=False,
         extra_cflags=["-O3", "-fopenmp", "-DREACH_CHUNK_ATTENTION_CUDA=1"],
         extra_cuda_cflags=["-O3", "-std=c++17", "-gencode=arch=compute_90,code=sm_90"],
