@@ -1,0 +1,118 @@
+#include "infer/budget_rule.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <sstream>
+#include <stdexcept>
+#include <vector>
+
+namespace reach::infer {
+namespace {
+
+[[noreturn]] void fail(const std::string& part, const std::string& why) {
+  throw std::invalid_argument("budget part '" + part + "': " + why +
+                              " (expected e.g. full, window=16, rungs=2*log2(n), mass=0.9)");
+}
+
+double parse_number(const std::string& text, const std::string& part) {
+  size_t used = 0;
+  double value = 0;
+  try {
+    value = std::stod(text, &used);
+  } catch (const std::exception&) {
+    fail(part, "'" + text + "' is not a number");
+  }
+  if (used != text.size() || !std::isfinite(value)) fail(part, "'" + text + "' is not a number");
+  return value;
+}
+
+LengthRule parse_length_rule(const std::string& expression, const std::string& part) {
+  LengthRule rule;
+  std::string function = expression;
+  rule.coefficient = 1.0;
+  if (const auto star = expression.find('*'); star != std::string::npos) {
+    rule.coefficient = parse_number(expression.substr(0, star), part);
+    function = expression.substr(star + 1);
+  } else if (function.find('n') == std::string::npos) {
+    rule.kind = LengthRule::Kind::constant;
+    rule.coefficient = parse_number(function, part);
+    if (rule.coefficient < 0) fail(part, "a count must be >= 0");
+    return rule;
+  }
+  if (function == "n") {
+    rule.kind = LengthRule::Kind::linear;
+  } else if (function == "sqrt(n)") {
+    rule.kind = LengthRule::Kind::sqrt;
+  } else if (function == "log2(n)") {
+    rule.kind = LengthRule::Kind::log2;
+  } else {
+    fail(part, "'" + function + "' is not one of n, sqrt(n), log2(n)");
+  }
+  if (rule.coefficient < 0) fail(part, "the coefficient must be >= 0");
+  return rule;
+}
+
+}  // namespace
+
+int64_t LengthRule::at(int64_t n) const {
+  const double x = static_cast<double>(std::max<int64_t>(n, 1));
+  double value = coefficient;
+  switch (kind) {
+    case Kind::constant:
+      break;
+    case Kind::linear:
+      value *= x;
+      break;
+    case Kind::sqrt:
+      value *= std::sqrt(x);
+      break;
+    case Kind::log2:
+      value *= std::log2(x);
+      break;
+  }
+  // A tiny tolerance, so 2 * log2(8) is 6 and not 7 from rounding.
+  return static_cast<int64_t>(std::ceil(value - 1e-9));
+}
+
+ResolvedBudget BudgetRule::at(int64_t n) const {
+  ResolvedBudget b;
+  if (window) b.window = std::max<int64_t>(window->at(n), 1);
+  if (rungs) b.rungs = std::max<int64_t>(rungs->at(n), 0);
+  b.mass = mass;
+  return b;
+}
+
+BudgetRule parse_budget_rule(const std::string& text) {
+  BudgetRule rule;
+  rule.text = text;
+  std::string spaceless;
+  for (char c : text) {
+    if (c != ' ') spaceless += c;
+  }
+  if (spaceless.empty()) fail(text, "empty budget");
+  if (spaceless == "full") return rule;
+  std::istringstream parts(spaceless);
+  std::string part;
+  while (std::getline(parts, part, ',')) {
+    const auto eq = part.find('=');
+    if (eq == std::string::npos) fail(part, "expected key=value");
+    const std::string key = part.substr(0, eq), value = part.substr(eq + 1);
+    if (key == "window") {
+      if (rule.window) fail(part, "window given twice");
+      rule.window = parse_length_rule(value, part);
+    } else if (key == "rungs") {
+      if (rule.rungs) fail(part, "rungs given twice");
+      rule.rungs = parse_length_rule(value, part);
+    } else if (key == "mass") {
+      if (rule.mass) fail(part, "mass given twice");
+      const double p = parse_number(value, part);
+      if (!(p > 0.0 && p <= 1.0)) fail(part, "mass must be in (0, 1]");
+      rule.mass = p;
+    } else {
+      fail(part, "unknown key '" + key + "' (window, rungs or mass)");
+    }
+  }
+  return rule;
+}
+
+}  // namespace reach::infer

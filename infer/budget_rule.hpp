@@ -1,0 +1,46 @@
+// A request's attention budget (seed 004): how many keys a query reads, set per request at
+// run time over the same weights, as a rule of the current length n (the keys cached,
+// including the new token):
+//   "full"                          the trained key set (the default)
+//   "window=16,rungs=4"             fixed
+//   "rungs=2*log2(n)"               a rule of n: c, c*n, c*sqrt(n), c*log2(n) (rounded up)
+//   "window=0.05*n,rungs=log2(n)"   both
+//   "mass=0.9"                      dynamic: per query, keep keys in score order until their
+//                                   attention mass reaches 0.9 (within the key set above)
+// Parts are comma-separated and combine; each of window, rungs, mass at most once.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+namespace reach::infer {
+
+// A count as a function of n: coefficient * f(n), rounded up.
+struct LengthRule {
+  enum class Kind { constant, linear, sqrt, log2 };
+  Kind kind = Kind::constant;
+  double coefficient = 0;
+  int64_t at(int64_t n) const;
+};
+
+struct ResolvedBudget {
+  std::optional<int64_t> window;  // W (>= 1)
+  std::optional<int64_t> rungs;   // offsets beyond the window (>= 0)
+  std::optional<double> mass;     // p in (0, 1]
+};
+
+struct BudgetRule {
+  std::optional<LengthRule> window, rungs;
+  std::optional<double> mass;
+  std::string text = "full";  // as given, for reports
+
+  bool is_full() const { return !window && !rungs && !mass; }
+  // The budget at length n (window clamped to >= 1, rungs to >= 0).
+  ResolvedBudget at(int64_t n) const;
+};
+
+// Throws std::invalid_argument naming the bad part.
+BudgetRule parse_budget_rule(const std::string& text);
+
+}  // namespace reach::infer

@@ -1,0 +1,66 @@
+// Budget rules: fixed counts, rules of the length n, the attention-mass cut, clear errors.
+#include "infer/budget_rule.hpp"
+
+#include <gtest/gtest.h>
+
+#include <stdexcept>
+#include <string>
+
+namespace reach::infer {
+namespace {
+
+TEST(BudgetRule, FullIsTheTrainedKeySet) {
+  const auto rule = parse_budget_rule("full");
+  EXPECT_TRUE(rule.is_full());
+  const auto b = rule.at(1000);
+  EXPECT_FALSE(b.window || b.rungs || b.mass);
+}
+
+TEST(BudgetRule, FixedCounts) {
+  const auto b = parse_budget_rule("window=16, rungs=4").at(123456);
+  EXPECT_EQ(b.window, 16);
+  EXPECT_EQ(b.rungs, 4);
+  EXPECT_FALSE(b.mass);
+}
+
+TEST(BudgetRule, RulesOfTheLength) {
+  const auto rungs = parse_budget_rule("rungs=2*log2(n)");
+  EXPECT_EQ(rungs.at(8).rungs, 6);
+  EXPECT_EQ(rungs.at(1024).rungs, 20);
+  EXPECT_EQ(rungs.at(1000).rungs, 20);  // 19.93 rounded up
+  EXPECT_EQ(rungs.at(1).rungs, 0);
+  const auto both = parse_budget_rule("window=0.05*n,rungs=sqrt(n)");
+  EXPECT_EQ(both.at(1000).window, 50);
+  EXPECT_EQ(both.at(100).rungs, 10);
+  EXPECT_EQ(both.at(3).window, 1);                            // ceil(0.15)
+  EXPECT_EQ(parse_budget_rule("window=0").at(50).window, 1);  // clamped: a query reads itself
+}
+
+TEST(BudgetRule, MassIsDynamic) {
+  const auto b = parse_budget_rule("rungs=3,mass=0.9").at(10);
+  EXPECT_EQ(b.rungs, 3);
+  EXPECT_DOUBLE_EQ(*b.mass, 0.9);
+}
+
+TEST(BudgetRule, BadRulesAreClearErrors) {
+  auto expect_error = [](const std::string& text, const std::string& fragment) {
+    try {
+      parse_budget_rule(text);
+      ADD_FAILURE() << "no error for '" << text << "', expected: " << fragment;
+    } catch (const std::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
+    }
+  };
+  expect_error("", "empty budget");
+  expect_error("rungs", "expected key=value");
+  expect_error("colour=3", "unknown key 'colour'");
+  expect_error("rungs=lots", "'lots' is not a number");
+  expect_error("rungs=2*exp(n)", "'exp(n)' is not one of n, sqrt(n), log2(n)");
+  expect_error("rungs=-1", "a count must be >= 0");
+  expect_error("mass=1.5", "mass must be in (0, 1]");
+  expect_error("mass=0", "mass must be in (0, 1]");
+  expect_error("window=4,window=8", "window given twice");
+}
+
+}  // namespace
+}  // namespace reach::infer
