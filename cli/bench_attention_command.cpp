@@ -1,4 +1,5 @@
-// `reach bench attention`: sparse dilated attention vs dense causal attention on the CPU.
+// `reach bench attention`: sparse dilated attention vs dense causal attention on the CPU or a
+// CUDA GPU (bench/attention_latency).
 #include <fmt/core.h>
 #include <torch/torch.h>
 
@@ -8,15 +9,15 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "bench/attention_latency.hpp"
 #include "cli/commands.hpp"
 #include "cli/validators.hpp"
-#include "eval/attention_benchmark.hpp"
 
 namespace reach::cli {
 namespace {
 
 struct BenchOptions {
-  eval::AttentionBenchConfig config;
+  bench::AttentionBenchConfig config;
   bool json = false;
   std::string json_out;
   bool no_dense = false;
@@ -24,7 +25,7 @@ struct BenchOptions {
   int threads = 0;
 };
 
-std::string ms_text(const eval::AttentionBenchRow& r, double ms) {
+std::string ms_text(const bench::AttentionBenchRow& r, double ms) {
   return r.ran ? fmt::format("{:.1f}", ms) : "-";
 }
 
@@ -35,7 +36,7 @@ void run_bench(BenchOptions o) {
   o.config.dense = !o.no_dense;
   o.config.learned = !o.no_learned;
   auto progress = [&](const std::string& line) { fmt::print(stderr, "[bench] {}\n", line); };
-  const auto rows = eval::run_attention_benchmark(o.config, progress);
+  const auto rows = bench::run_attention_benchmark(o.config, progress);
   nlohmann::json out;
   {
     const auto& c = o.config;
@@ -102,10 +103,10 @@ void run_bench(BenchOptions o) {
 }  // namespace
 
 void add_bench_command(CLI::App& app) {
-  auto* bench = app.add_subcommand("bench", "Benchmarks");
-  bench->require_subcommand(1);
+  auto* group = app.add_subcommand("bench", "Benchmarks");
+  group->require_subcommand(1);
   auto o = std::make_shared<BenchOptions>();
-  auto* cmd = bench->add_subcommand(
+  auto* cmd = group->add_subcommand(
       "attention",
       "Time sparse dilated attention against dense causal attention (CPU, or a CUDA GPU with "
       "--device cuda)");
@@ -116,7 +117,7 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--heads", o->config.heads, "Attention heads")->check(positive());
   cmd->add_option("--head-dim", o->config.head_dim, "Head dimension")->check(positive());
   cmd->add_option("--window", o->config.window, "Local window W")->check(positive());
-  cmd->add_option("--reach", o->config.reach, "Maximum offset R (default: n)");
+  cmd->add_option("--reach", o->config.reach, "Maximum offset R (default: n)")->check(positive());
   cmd->add_option("--alpha", o->config.alpha, "Dilation scale alpha")->check(positive());
   cmd->add_option("--base", o->config.base, "Offset base")
       ->check(CLI::IsMember({"fibonacci", "power_of_two"}));
@@ -133,7 +134,7 @@ void add_bench_command(CLI::App& app) {
   cmd->add_flag("--no-dense", o->no_dense, "Skip the dense baseline");
   cmd->add_flag("--no-learned", o->no_learned,
                 "Skip the learned schedule (fractional offsets) rows");
-  cmd->add_option("--threads", o->threads, "Threads (default: all cores)");
+  cmd->add_option("--threads", o->threads, "Threads (default: all cores)")->check(positive());
   cmd->add_flag("--json", o->json, "Print results as JSON instead of the table");
   cmd->add_option("--json-out", o->json_out, "Also write the results as JSON to this file");
   cmd->callback([o] { run_bench(*o); });

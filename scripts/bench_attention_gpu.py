@@ -2,12 +2,14 @@
 """GPU benchmark of reach's dilated attention against dense causal SDPA and
 FlexAttention with the same mask, plus the bandwidth floor (run by scripts/gpu-check).
 
-Builds the reach ops (ops/ + kernels/) against the installed PyTorch with
-torch.utils.cpp_extension, so torch.ops.reach.* dispatch to the CUDA kernels. Before
-timing it checks the op end to end (bf16 CUDA vs the float64 CPU op, outputs and
-gradients incl. the learned-offset gradient). Writes full results as JSON.
+Loads the CMake-built op library (build-gpu/ops/libreach_ops.so, built by scripts/gpu-build)
+with torch.ops.load_library, so torch.ops.reach.* dispatch to the CUDA kernels; offsets come
+from the library too (torch.ops.reach.dilated_offsets, i.e. pattern/). Before timing it checks
+the op end to end (bf16 CUDA vs the float64 CPU op, outputs and gradients incl. the
+learned-offset gradient). Writes full results as JSON.
 
 Usage: python3 scripts/bench_attention_gpu.py --json OUT.json [--ns 2048,8192,...]
+       [--ops-library build-gpu/ops/libreach_ops.so]
 """
 import argparse
 import json
@@ -22,37 +24,15 @@ import torch.nn.functional as F
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def build_ops(build_dir):
-    from torch.utils.cpp_extension import load
-    os.makedirs(build_dir, exist_ok=True)
-    srcs = ["ops/dilated_attention.cpp", "ops/dilated_attention_cuda.cpp",
-            "kernels/dilated_attention_params.cpp", "kernels/cpu/dilated_attention.cpp",
-            "pattern/dilated_offsets.cpp", "kernels/cuda/dilated_attention.cu"]
-    # cpp_extension names objects by file base name; several sources share one, so each
-    # is compiled through a uniquely named one-line wrapper.
-    wrapped = []
-    for idx, src in enumerate(srcs):
-        ext = os.path.splitext(src)[1]
-        path = os.path.join(build_dir, f"unit{idx}_{os.path.basename(src).replace(ext, '')}{ext}")
-        text = f'#include "{os.path.join(ROOT, src)}"\n'
-        if not os.path.exists(path) or open(path).read() != text:
-            with open(path, "w") as f:
-                f.write(text)
-        wrapped.append(path)
-    load(name="reach_ops_gpu", sources=wrapped,
-         extra_include_paths=[ROOT], extra_cflags=["-O3", "-std=c++20", "-fopenmp"],
-         extra_cuda_cflags=["-O3", "-std=c++17", "-gencode=arch=compute_90,code=sm_90"],
-         extra_ldflags=["-fopenmp"], build_directory=build_dir, is_python_module=False,
-         verbose=False)
+def load_ops(path):
+    if not os.path.exists(path):
+        sys.exit(f"bench_attention_gpu: {path} does not exist: build it with scripts/gpu-build")
+    torch.ops.load_library(path)
 
 
 def fibonacci_offsets(window, reach):
-    out, a, b = [], 1, 2
-    while a <= reach:
-        if a >= window:
-            out.append(a)
-        a, b = b, a + b
-    return out
+    """Fibonacci offsets W <= d <= R at alpha 1, from pattern/ through the op library."""
+    return [int(x) for x in torch.ops.reach.dilated_offsets("fibonacci", 1.0, window, reach)]
 
 
 def bench_ms(fn, grad_to_none=None):
@@ -100,7 +80,7 @@ def check_op():
     """Both CUDA paths through the torch op: learned fractional offsets (CUDA cores, with
     the offset gradient) and integer Fibonacci offsets (tensor cores)."""
     learned = check_op_case([21.5, 34.0, 55.25, 89.75, 144.0, 233.5], True, 0)
-    fixed = check_op_case([21, 34, 55, 89, 144, 233, 377, 610], False, 1)
+    fixed = check_op_case(fibonacci_offsets(21, 610), False, 1)  # 21, 34, ..., 610
     return {"learned_fractional": learned, "integer_tensor_cores": fixed,
             "passed": learned["passed"] and fixed["passed"]}
 
@@ -164,16 +144,15 @@ def main():
     ap.add_argument("--json", required=True)
     ap.add_argument("--ns", default="2048,8192,32768,65536,131072")
     ap.add_argument("--tokens", type=int, default=131072)
-    ap.add_argument("--build-dir", default=os.path.join(ROOT, "build-gpu", "ops"))
+    ap.add_argument("--ops-library",
+                    default=os.path.join(ROOT, "build-gpu", "ops", "libreach_ops.so"))
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--flex-budget-s", type=float, default=200)
     ap.add_argument("--profile", action="store_true",
                     help="also print per-kernel CUDA times (torch.profiler) for the largest n")
     args = ap.parse_args()
 
-    t0 = time.time()
-    build_ops(args.build_dir)
-    print(f"built reach ops in {time.time() - t0:.0f} s", flush=True)
+    load_ops(args.ops_library)
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     results["op_check"] = check_op()
     print("op check (bf16 CUDA vs float64 CPU, rel. L2):", results["op_check"], flush=True)
@@ -244,8 +223,8 @@ def main():
 
     def fmt(x):
         return f"{x:8.3f}" if isinstance(x, float) else f"{'-':>8}"
-    print("\nH100 bf16, B*n = %d tokens, 8 heads, d 64, W 64, Fibonacci offsets (ms, median)"
-          % args.tokens)
+    print("\n%s bf16, B*n = %d tokens, 8 heads, d 64, W 64, Fibonacci offsets (ms, median)"
+          % (results["device"], args.tokens))
     print(f"{'n':>7} {'reach':>7} {'K':>3} | {'reach fwd':>9} {'floor':>8} {'sdpa':>8} "
           f"{'flex':>8} | {'reach f+b':>9} {'floor':>8} {'sdpa':>8} {'flex':>8}")
     for r in rows:

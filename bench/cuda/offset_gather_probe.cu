@@ -15,7 +15,7 @@
 //       is what limits the gathers.
 // bf16, d 64, n 65,536 x 16 (batch x) heads, Fibonacci offsets 89, 144, ... (the first K).
 // Built by CMake where nvcc exists (bench/CMakeLists.txt); run it on the GPU machine:
-//   nvcc -O3 -arch=sm_90 -std=c++17 bench/cuda/offset_gather_probe.cu -o probe && ./probe
+//   cmake --build build --target offset_gather_probe && build/bench/offset_gather_probe
 // Results and their reading: docs/benchmarks.md ("Where the forward's offset time goes").
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -25,6 +25,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
+
+#include "pattern/dilated_offsets.hpp"
 
 namespace {
 
@@ -393,15 +395,16 @@ int main() {
   const double bw = 2.0 * bytes / (copy * 1e-3);
   std::printf("copy %.3f ms = %.0f GB/s; floor(q,k,v,o) = %.3f ms\n", copy, bw / 1e9,
               4.0 * bytes / bw * 1e3);
-  const int fib[] = {89,   144,  233,  377,   610,   987,   1597,
-                     2584, 4181, 6765, 10946, 17711, 28657, 46368};
+  // The Fibonacci offsets from 89 (pattern/): 89, 144, ..., 46368 (14 of them).
+  const auto fib =
+      reach::pattern::integer_offsets({reach::pattern::OffsetBase::fibonacci, 1.0, 89, 46368});
   const dim3 grid(n / 64, bh);
   std::printf("%3s | %10s %10s %10s %10s %10s %10s %10s\n", "K", "only G=2", "only G=4", "math G=2",
               "math G=4", "octet G=2", "octet G=4", "octet cg");
   for (int K : {0, 1, 4, 8, 14}) {
     Offsets offs{};
     offs.count = K;
-    for (int i = 0; i < K; ++i) offs.d[i] = fib[i];
+    for (int i = 0; i < K; ++i) offs.d[i] = static_cast<int>(fib[static_cast<size_t>(i)]);
     const float a2 = median_ms([&] { gather_only<2><<<grid, 128>>>(k, v, o, n, offs); });
     const float a4 = median_ms([&] { gather_only<4><<<grid, 128>>>(k, v, o, n, offs); });
     const float b2 = median_ms([&] { gather_math<2><<<grid, 128>>>(q, k, v, o, n, offs); });
@@ -428,7 +431,7 @@ int main() {
   for (int K : {1, 4, 8, 14}) {
     Offsets offs{};
     offs.count = K;
-    for (int i = 0; i < K; ++i) offs.d[i] = fib[i];
+    for (int i = 0; i < K; ++i) offs.d[i] = static_cast<int>(fib[static_cast<size_t>(i)]);
     const float b2 =
         median_ms([&] { gather_bulk<2><<<grid, 128, slots_bytes(2)>>>(k, v, o, n, offs); });
     const float b4 =

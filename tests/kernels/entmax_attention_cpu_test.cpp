@@ -1,13 +1,14 @@
 // alpha-entmax attention (CPU kernel) against the dense float64 reference built from
 // the definition, the closed forms at a = 2 (sparsemax) and a -> 1 (softmax), and
-// finite differences for every gradient, on random inputs.
+// finite differences for every gradient, on random inputs (op harness cases, harness.hpp).
 //
 // Tolerances: the float64 kernel finds tau by bisection to machine precision and the
 // reference by 400 long-double bisection steps, so they agree to rounding amplified by
-// the power 1/(a-1) <= 4 here: 1e-10 is generous yet far below any indexing or masking
-// error (those are O(1e-2) or more). float32 inputs are read into float64 accumulators
-// and rounded once on output: 1e-5 relative. Finite differences use central steps of
-// 1e-6 (truncation ~1e-12, rounding ~1e-10): 1e-6 relative + absolute.
+// the power 1/(a-1) <= 4 here: 1e-10 (max |got - want| / max |want|) is generous yet far below
+// any indexing or masking error (those are O(1e-2) or more). float32 inputs are read into
+// float64 accumulators and rounded once on output, checked against the reference on the
+// float-rounded inputs: 1e-5. Finite differences use central steps of 1e-6 (truncation ~1e-12,
+// rounding ~1e-10): 1e-6 relative + absolute (harness.hpp), over every element.
 #include <gtest/gtest.h>
 #include <omp.h>
 
@@ -20,9 +21,15 @@
 
 #include "kernels/cpu/entmax_attention.hpp"
 #include "kernels/cpu/reference_entmax_attention.hpp"
+#include "tests/kernels/harness.hpp"
 
-namespace reach::kernels {
+namespace reach::harness {
 namespace {
+
+using kernels::entmax_attention_backward_cpu;
+using kernels::entmax_attention_forward_cpu;
+using kernels::entmax_normalise_row;
+using kernels::EntmaxAttentionParams;
 
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 
@@ -40,6 +47,7 @@ struct Problem {
   std::vector<double> alibi;  // per-head ALiBi slopes; empty: none
   bool softmax = false, log_n_scaling = false, per_query_scale = false;
   std::vector<double> q, k, v;
+  std::string variant = "entmax";  // names the case
 
   EntmaxAttentionParams params() const {
     EntmaxAttentionParams p;
@@ -62,11 +70,16 @@ struct Problem {
     return p;
   }
   void randomise(uint64_t seed, double qk_scale) {
-    std::mt19937_64 rng(seed);
+    Rng rng(seed);
     const auto size = static_cast<size_t>(bh * n * d);
-    q = random_vector(size, rng, qk_scale);
-    k = random_vector(size, rng, qk_scale);
-    v = random_vector(size, rng);
+    q = rng.normal(size, qk_scale);
+    k = rng.normal(size, qk_scale);
+    v = rng.normal(size);
+  }
+  std::string shape() const {
+    return shape_part("bh", double(bh)) + "_" + shape_part("n", double(n)) + "_" +
+           shape_part("d", double(d)) + "_" + shape_part("W", double(window)) + "_" +
+           shape_part("K", double(offsets.size())) + "_" + variant + (log_n_scaling ? "_logn" : "");
   }
 };
 
@@ -88,67 +101,158 @@ Problem make_problem(int64_t n, int64_t window, std::vector<double> offsets, boo
   return pr;
 }
 
-double max_abs(const std::vector<double>& x) {
-  double m = 0;
-  for (double e : x) m = std::max(m, std::abs(e));
-  return m;
+Problem with(Problem pr, const std::string& variant, const std::function<void(Problem&)>& edit) {
+  edit(pr);
+  pr.variant = variant;
+  return pr;
 }
 
-void expect_forward_matches_reference(const Problem& pr) {
+void check_forward_f64(const Problem& pr, Report& r) {
   const auto p = pr.params();
   std::vector<double> out(pr.q.size());
   entmax_attention_forward_cpu<double>(p, pr.q.data(), pr.k.data(), pr.v.data(), out.data());
-  const auto ref = reference::entmax_forward(p, pr.q, pr.k, pr.v);
-  const double tol = 1e-10 * std::max(1.0, max_abs(ref));
-  for (size_t t = 0; t < out.size(); ++t) ASSERT_NEAR(out[t], ref[t], tol) << "at " << t;
+  r.max_rel("out", out, kernels::reference::entmax_forward(p, pr.q, pr.k, pr.v), 1e-10);
+}
 
-  std::vector<float> qf(pr.q.begin(), pr.q.end()), kf(pr.k.begin(), pr.k.end()),
-      vf(pr.v.begin(), pr.v.end()), outf(pr.q.size());
+void check_forward_f32(const Problem& pr, Report& r) {
+  const auto p = pr.params();
+  const auto qf = to_float(pr.q), kf = to_float(pr.k), vf = to_float(pr.v);
+  std::vector<float> outf(pr.q.size());
   entmax_attention_forward_cpu<float>(p, qf.data(), kf.data(), vf.data(), outf.data());
   // Reference on the float-rounded inputs, so only the kernel's float32 error remains.
-  const auto reff = reference::entmax_forward(p, std::vector<double>(qf.begin(), qf.end()),
-                                              std::vector<double>(kf.begin(), kf.end()),
-                                              std::vector<double>(vf.begin(), vf.end()));
-  for (size_t t = 0; t < outf.size(); ++t) {
-    ASSERT_NEAR(outf[t], reff[t], 1e-5 * std::max(1.0, max_abs(reff))) << "float at " << t;
+  const auto reff =
+      kernels::reference::entmax_forward(p, to_double(qf), to_double(kf), to_double(vf));
+  r.max_rel("out", to_double(outf), reff, 1e-5);
+}
+
+// Finite-difference check of every gradient of L = sum(w * out), over every element.
+void check_finite_differences(Problem pr, uint64_t seed, bool check_alpha, Report& r) {
+  // Thousands of tiny forward calls: one thread avoids OpenMP start-up and spin-wait
+  // costs on a loaded machine (the threaded path is covered by the reference cases).
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  std::mt19937_64 rng(seed);
+  const auto w = random_vector(pr.q.size(), rng);
+  auto loss = [&]() {
+    std::vector<double> out(pr.q.size());
+    const auto p = pr.params();
+    entmax_attention_forward_cpu<double>(p, pr.q.data(), pr.k.data(), pr.v.data(), out.data());
+    return std::inner_product(out.begin(), out.end(), w.begin(), 0.0);
+  };
+  const auto p = pr.params();
+  std::vector<double> gq(pr.q.size()), gk(pr.q.size()), gv(pr.q.size());
+  const auto H = static_cast<size_t>(pr.heads);
+  std::vector<double> ga(H), gd(H), gb(pr.beta.size()), gg(pr.gamma.size());
+  entmax_attention_backward_cpu<double>(p, pr.q.data(), pr.k.data(), pr.v.data(), w.data(),
+                                        gq.data(), gk.data(), gv.data(), ga.data(), gd.data(),
+                                        gb.data(), gg.data());
+  r.fd("dq", finite_difference_error(pr.q, gq, loss), 1e-6);
+  r.fd("dk", finite_difference_error(pr.k, gk, loss), 1e-6);
+  r.fd("dv", finite_difference_error(pr.v, gv, loss), 1e-6);
+  if (!pr.softmax && check_alpha) r.fd("dalpha", finite_difference_error(pr.alpha, ga, loss), 1e-6);
+  if (pr.log_n_scaling) {
+    r.fd("ddelta", finite_difference_error(pr.delta, gd, loss), 1e-6);
+    r.fd("dbeta", finite_difference_error(pr.beta, gb, loss), 1e-6);
+    r.fd("dgamma", finite_difference_error(pr.gamma, gg, loss), 1e-6);
   }
+  omp_set_num_threads(threads);
 }
 
-TEST(EntmaxAttentionCpu, SparseKeySetMatchesReference) {
-  expect_forward_matches_reference(make_problem(40, 4, {6, 11, 19, 30}, false, 1));
+// Per-query beta and gamma (the authors' adapt-softplus-tanh variant feeds them from
+// projections of the hidden state); gamma of both signs.
+Problem with_per_query_scale(Problem pr, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> uniform(0.1, 1.0), sign(-1.0, 1.0);
+  pr.per_query_scale = true;
+  pr.beta.resize(static_cast<size_t>(pr.bh * pr.n));
+  pr.gamma.resize(pr.beta.size());
+  for (auto& e : pr.beta) e = uniform(rng);
+  for (auto& e : pr.gamma) e = 2.0 * sign(rng);
+  pr.variant += "_perquery";
+  return pr;
 }
 
-TEST(EntmaxAttentionCpu, DenseCausalMatchesReference) {
-  expect_forward_matches_reference(make_problem(33, 64, {}, false, 2));
+// The finite-difference problems are small (bh = 2, d = 4), so the O(size^2) sweep takes
+// seconds.
+Problem fd_problem(Problem pr, uint64_t seed) {
+  pr.bh = 2;
+  pr.d = 4;
+  pr.randomise(seed + 1000, 1.5);
+  return pr;
 }
 
-TEST(EntmaxAttentionCpu, ASEntmaxScalingMatchesReference) {
-  expect_forward_matches_reference(make_problem(40, 5, {7, 13, 21}, true, 3));
-  expect_forward_matches_reference(make_problem(30, 30, {}, true, 4));
-}
+auto ssmax_edit = [](Problem& p) {
+  p.softmax = true;
+  p.delta = {0.0, 0.0};
+  p.gamma = {1.0, 1.0};
+};
+auto sparsemax_edit = [](Problem& p) { p.alpha = {2.0, 2.0}; };
 
-TEST(EntmaxAttentionCpu, SparsemaxAndSSMaxMatchReference) {
-  auto sparsemax = make_problem(40, 4, {6, 11, 19}, false, 5);
-  sparsemax.alpha = {2.0, 2.0};
-  expect_forward_matches_reference(sparsemax);
-  auto ssmax = make_problem(40, 4, {6, 11, 19}, true, 6);
-  ssmax.softmax = true;
-  ssmax.delta = {0.0, 0.0};
-  ssmax.gamma = {1.0, 1.0};
-  expect_forward_matches_reference(ssmax);
-}
-
-// NAPE: head 0 NoPE (slope 0), head 1 ALiBi; with and without the log-n scaling, over the
-// sparse key set and dense causal keys, entmax and softmax.
-TEST(EntmaxAttentionCpu, AlibiBiasMatchesReference) {
-  auto sparse = make_problem(40, 4, {6, 11, 19, 30}, true, 31);
-  sparse.alibi = {0.0, 0.25};
-  expect_forward_matches_reference(sparse);
-  auto dense = make_problem(33, 64, {}, false, 32);
-  dense.alibi = {0.0, 0.5};
-  expect_forward_matches_reference(dense);
-  dense.softmax = true;
-  expect_forward_matches_reference(dense);
+REACH_OP_CASES(entmax_attention_cpu_cases) {
+  // Forward against the reference: the sparse key set, dense causal keys, the ASEntmax
+  // multiplier, sparsemax (a = 2) and SSMax, NAPE (head 0 NoPE, head 1 ALiBi, with and without
+  // the log-n scaling, sparse and dense, entmax and softmax), per-query beta and gamma.
+  const std::vector<Problem> forward = {
+      make_problem(40, 4, {6, 11, 19, 30}, false, 1),
+      make_problem(33, 64, {}, false, 2),
+      make_problem(40, 5, {7, 13, 21}, true, 3),
+      make_problem(30, 30, {}, true, 4),
+      with(make_problem(40, 4, {6, 11, 19}, false, 5), "sparsemax", sparsemax_edit),
+      with(make_problem(40, 4, {6, 11, 19}, true, 6), "ssmax", ssmax_edit),
+      with(make_problem(40, 4, {6, 11, 19, 30}, true, 31), "alibi",
+           [](Problem& p) {
+             p.alibi = {0.0, 0.25};
+           }),
+      with(make_problem(33, 64, {}, false, 32), "alibi",
+           [](Problem& p) {
+             p.alibi = {0.0, 0.5};
+           }),
+      with(make_problem(33, 64, {}, false, 32), "alibi_softmax",
+           [](Problem& p) {
+             p.alibi = {0.0, 0.5};
+             p.softmax = true;
+           }),
+      with_per_query_scale(make_problem(36, 4, {6, 11, 19}, true, 21), 22),
+  };
+  for (const auto& pr : forward) {
+    registry.add({"entmax_attention", "cpu", "f64", pr.shape(), "forward",
+                  [pr](Report& r) { check_forward_f64(pr, r); }});
+    registry.add({"entmax_attention", "cpu", "f32", pr.shape(), "forward",
+                  [pr](Report& r) { check_forward_f32(pr, r); }});
+  }
+  // Every gradient by finite differences. alpha = 2 is the edge of the domain (a central
+  // difference would step outside it): sparsemax checks q, k, v and the scale parameters only.
+  struct Fd {
+    Problem problem;
+    uint64_t seed;
+    bool check_alpha;
+  };
+  auto small_per_query = make_problem(12, 3, {4, 9}, true, 23);
+  small_per_query.bh = 2;  // fd_problem shrinks to bh = 2, so size beta/gamma for that
+  const std::vector<Fd> fd = {
+      {fd_problem(with(make_problem(14, 3, {4, 7, 11}, true, 11), "entmax",
+                       [](Problem& p) {
+                         p.alpha = {1.4, 1.7};
+                       }),
+                  12),
+       12, true},
+      {fd_problem(make_problem(10, 16, {}, false, 13), 14), 14, true},
+      {fd_problem(with(make_problem(12, 3, {4, 9}, true, 17), "alibi",
+                       [](Problem& p) {
+                         p.alibi = {0.0, 0.3};
+                       }),
+                  18),
+       18, true},
+      {with_per_query_scale(fd_problem(small_per_query, 25), 24), 25, true},
+      {fd_problem(with(make_problem(12, 3, {4, 9}, true, 15), "sparsemax", sparsemax_edit), 16), 16,
+       false},
+      {fd_problem(with(make_problem(12, 3, {4, 9}, true, 17), "ssmax", ssmax_edit), 18), 18, true},
+  };
+  for (const auto& c : fd) {
+    registry.add({"entmax_attention", "cpu", "f64", c.problem.shape(), "fd", [c](Report& r) {
+                    check_finite_differences(c.problem, c.seed, c.check_alpha, r);
+                  }});
+  }
 }
 
 // Sparsemax by its sort-based closed form (Martins & Astudillo 2016).
@@ -239,100 +343,6 @@ TEST(EntmaxNormalise, ApproachesSoftmaxAsAlphaGoesToOne) {
   }
 }
 
-// Finite-difference check of every gradient of L = sum(w * out).
-void expect_gradients_match_finite_differences(Problem pr, uint64_t seed, bool check_alpha = true) {
-  pr.bh = 2;  // small, so the O(size^2) finite-difference sweep takes seconds
-  pr.d = 4;
-  pr.randomise(seed + 1000, 1.5);
-  // Thousands of tiny forward calls: one thread avoids OpenMP start-up and spin-wait
-  // costs on a loaded machine (the threaded path is covered by the reference tests).
-  const int threads = omp_get_max_threads();
-  omp_set_num_threads(1);
-  std::mt19937_64 rng(seed);
-  const auto w = random_vector(pr.q.size(), rng);
-  auto loss = [&](const Problem& x) {
-    std::vector<double> out(x.q.size());
-    const auto p = x.params();
-    entmax_attention_forward_cpu<double>(p, x.q.data(), x.k.data(), x.v.data(), out.data());
-    return std::inner_product(out.begin(), out.end(), w.begin(), 0.0);
-  };
-  const auto p = pr.params();
-  std::vector<double> gq(pr.q.size()), gk(pr.q.size()), gv(pr.q.size());
-  const auto H = static_cast<size_t>(pr.heads);
-  std::vector<double> ga(H), gd(H), gb(pr.beta.size()), gg(pr.gamma.size());
-  entmax_attention_backward_cpu<double>(p, pr.q.data(), pr.k.data(), pr.v.data(), w.data(),
-                                        gq.data(), gk.data(), gv.data(), ga.data(), gd.data(),
-                                        gb.data(), gg.data());
-  const double h = 1e-6;
-  auto check = [&](std::vector<double>& x, const std::vector<double>& analytic, const char* name) {
-    for (size_t t = 0; t < x.size(); ++t) {
-      const double saved = x[t];
-      x[t] = saved + h;
-      const double plus = loss(pr);
-      x[t] = saved - h;
-      const double minus = loss(pr);
-      x[t] = saved;
-      const double fd = (plus - minus) / (2 * h);
-      ASSERT_NEAR(analytic[t], fd, 1e-6 * (1 + std::abs(fd))) << name << "[" << t << "]";
-    }
-  };
-  check(pr.q, gq, "q");
-  check(pr.k, gk, "k");
-  check(pr.v, gv, "v");
-  if (!pr.softmax && check_alpha) check(pr.alpha, ga, "alpha");
-  if (pr.log_n_scaling) {
-    check(pr.delta, gd, "delta");
-    check(pr.beta, gb, "beta");
-    check(pr.gamma, gg, "gamma");
-  }
-  omp_set_num_threads(threads);
-}
-
-TEST(EntmaxAttentionCpu, GradientsMatchFiniteDifferences) {
-  auto sparse = make_problem(14, 3, {4, 7, 11}, true, 11);
-  sparse.alpha = {1.4, 1.7};
-  expect_gradients_match_finite_differences(sparse, 12);
-  auto dense = make_problem(10, 16, {}, false, 13);
-  expect_gradients_match_finite_differences(dense, 14);
-  auto nape = make_problem(12, 3, {4, 9}, true, 17);
-  nape.alibi = {0.0, 0.3};
-  expect_gradients_match_finite_differences(nape, 18);
-}
-
-// Per-query beta and gamma (the authors' adapt-softplus-tanh variant feeds them from
-// projections of the hidden state); gamma of both signs.
-Problem with_per_query_scale(Problem pr, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<double> uniform(0.1, 1.0), sign(-1.0, 1.0);
-  pr.per_query_scale = true;
-  pr.beta.resize(static_cast<size_t>(pr.bh * pr.n));
-  pr.gamma.resize(pr.beta.size());
-  for (auto& e : pr.beta) e = uniform(rng);
-  for (auto& e : pr.gamma) e = 2.0 * sign(rng);
-  return pr;
-}
-
-TEST(EntmaxAttentionCpu, PerQueryScaleMatchesReferenceAndFiniteDifferences) {
-  expect_forward_matches_reference(
-      with_per_query_scale(make_problem(36, 4, {6, 11, 19}, true, 21), 22));
-  auto small = make_problem(12, 3, {4, 9}, true, 23);
-  small.bh = 2;  // the helper shrinks to bh = 2, so size beta/gamma for that
-  expect_gradients_match_finite_differences(with_per_query_scale(small, 24), 25);
-}
-
-TEST(EntmaxAttentionCpu, SparsemaxAndSSMaxGradientsMatchFiniteDifferences) {
-  auto sparsemax = make_problem(12, 3, {4, 9}, true, 15);
-  sparsemax.alpha = {2.0, 2.0};
-  // alpha = 2 is the edge of the domain (a central difference would step outside it):
-  // check q, k, v and the scale parameters only.
-  expect_gradients_match_finite_differences(sparsemax, 16, false);
-  auto ssmax = make_problem(12, 3, {4, 9}, true, 17);
-  ssmax.softmax = true;
-  ssmax.delta = {0.0, 0.0};
-  ssmax.gamma = {1.0, 1.0};
-  expect_gradients_match_finite_differences(ssmax, 18);
-}
-
 // Published values from the entmax package README (deep-spin/entmax): for x = [-1, 0, 0.5]
 // and alpha = 1.33, entmax_bisect gives p = [0.0460, 0.3276, 0.6264] and dp_0/dalpha =
 // -0.2562 (4 printed digits, hence 1e-4). Here the last query of a 3-token dense head
@@ -375,7 +385,6 @@ void expect_error(const Problem& pr, const std::string& fragment) {
     EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
   }
 }
-
 TEST(EntmaxAttentionCpu, BadInputsGetClearErrors) {
   const auto good = make_problem(12, 3, {4, 9}, true, 19);
   for (double a : {1.0, 0.5, 2.5, std::nan("")}) {
@@ -420,4 +429,4 @@ TEST(EntmaxAttentionCpu, BadInputsGetClearErrors) {
 }
 
 }  // namespace
-}  // namespace reach::kernels
+}  // namespace reach::harness

@@ -1,42 +1,26 @@
-"""GPU check of the reach::chunk_attention op (no CMake, no gtest: the GPU machine has neither's
-dependencies). Builds the op's sources as a torch extension, then compares the CUDA op
+"""GPU check of the reach::chunk_attention op. Loads the CMake-built op library
+(build-gpu/ops/libreach_ops.so, built by scripts/gpu-build), then compares the CUDA op
 (float32 and bfloat16) with the CPU op in float64, forward and every gradient, and times
-forward + backward. Usage (repo root, on the GPU machine):
-    python3 tests/ops/chunk_attention_cuda_op_check.py [--out FILE.json]
+forward + backward. Run by scripts/gpu-check; by hand (repo root, on the GPU machine):
+    python3 tests/ops/chunk_attention_cuda_op_check.py [--out FILE.json] [--ops-library PATH]
 Error rule: relative L2 against float64; float32 within 1e-4, bfloat16 within 2x the error of
 rounding the float64 result to bfloat16 plus 1e-4 (as tests/kernels/chunk_attention_cuda_cases.hpp).
 """
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 
 import torch
-from torch.utils import cpp_extension
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def build():
-    sources = ["ops/chunk_attention.cpp", "ops/chunk_attention_cuda.cpp",
-               "kernels/cuda/chunk_attention.cu", "kernels/chunk_attention_params.cpp",
-               "pattern/chunk_selection.cpp", "kernels/cpu/chunk_attention.cpp"]
-    # Unique file names: torch's extension build names objects after the file name alone.
-    staged = tempfile.mkdtemp(prefix="reach_chunk_src_")
-    paths = []
-    for s in sources:
-        dst = os.path.join(staged, s.replace("/", "_"))
-        shutil.copy(os.path.join(ROOT, s), dst)
-        paths.append(dst)
-    cpp_extension.load(
-        name="reach_chunk_attention", sources=paths,
-        extra_include_paths=[ROOT], is_python_module=False, verbose=False,
-        extra_cflags=["-O3", "-fopenmp", "-DREACH_CHUNK_ATTENTION_CUDA=1"],
-        extra_cuda_cflags=["-O3", "-std=c++17", "-gencode=arch=compute_90,code=sm_90"],
-        extra_ldflags=["-fopenmp"])
+def load_ops(path):
+    if not os.path.exists(path):
+        sys.exit(f"chunk_attention_cuda_op_check: {path} does not exist: run scripts/gpu-build")
+    torch.ops.load_library(path)
 
 
 def rel_l2(x, ref):
@@ -105,10 +89,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
     ap.add_argument("--time-lengths", default="16384,65536")
+    ap.add_argument("--ops-library",
+                    default=os.path.join(ROOT, "build-gpu", "ops", "libreach_ops.so"))
     a = ap.parse_args()
-    t0 = time.time()
-    build()
-    print(f"build: {time.time() - t0:.0f} s; GPU {torch.cuda.get_device_name()}", flush=True)
+    load_ops(a.ops_library)
+    print(f"GPU {torch.cuda.get_device_name()}", flush=True)
     results = []
     print(f"{'case':40s} {'dtype':9s} {'out':>8s} {'dq':>8s} {'dk':>8s} {'dv':>8s} {'dr':>8s} "
           f"{'dL':>8s}")

@@ -1,6 +1,13 @@
 // The torch op against an independent float64 dense reference built with torch autograd
 // (explicit boolean mask over window + offset diagonals), the learned-alpha gradient by
-// finite differences, the registered TORCH_LIBRARY op, and the errors for bad input.
+// finite differences, the CUDA op (bf16) against the float64 CPU op, the registered
+// TORCH_LIBRARY op, and the errors for bad input. Op harness cases: tests/kernels/harness.hpp.
+//
+// Tolerances (max |got - want| / max |want|): float64 1e-10 (outputs) and 1e-9 (gradients):
+// the op and the composite differ only in summation order; float32 1e-4 and 1e-3 (a few hundred
+// float32 terms per element). Finite differences: central, step 1e-6, 1e-6 (harness.hpp). The
+// CUDA op: relative L2 within the bf16 rule (2x the cost of rounding the float64 result to
+// bf16, + 1e-4), the offset gradient within 1e-2 (see tests/kernels/dilated_attention_cuda_test).
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -8,9 +15,14 @@
 #include <cmath>
 
 #include "ops/dilated_attention.hpp"
+#include "tests/ops/torch_harness.hpp"
 
-namespace reach::ops {
+namespace reach::harness {
 namespace {
+
+using ops::dilated_attention;
+using ops::dilated_attention_learned;
+using ops::dilated_attention_static;
 
 torch::Tensor masked_reference(const torch::Tensor& q, const torch::Tensor& k,
                                const torch::Tensor& v, int64_t window,
@@ -26,73 +38,128 @@ torch::Tensor masked_reference(const torch::Tensor& q, const torch::Tensor& k,
   return torch::matmul(torch::softmax(scores, -1), v);
 }
 
-double rel(const torch::Tensor& a, const torch::Tensor& b) {
-  return (a.to(torch::kFloat64) - b).abs().max().item<double>() / b.abs().max().item<double>();
-}
+struct Shape {
+  int64_t b, h, n, d, w, reach;
+  std::string name() const {
+    return shape_part("b", double(b)) + "_" + shape_part("h", double(h)) + "_" +
+           shape_part("n", double(n)) + "_" + shape_part("d", double(d)) + "_" +
+           shape_part("W", double(w)) + "_" + shape_part("R", double(reach));
+  }
+};
 
-TEST(DilatedAttentionOp, MatchesMaskedReferenceForwardAndBackward) {
-  torch::manual_seed(0);
-  struct Shape {
-    int64_t b, h, n, d, w, reach;
-  };
-  for (auto s : {Shape{1, 1, 10, 16, 64, 64}, Shape{2, 3, 77, 32, 8, 60},
-                 Shape{1, 2, 200, 64, 16, 190}, Shape{2, 1, 129, 128, 4, 100}}) {
-    const auto offsets =
-        pattern::integer_offsets({pattern::OffsetBase::fibonacci, 1.3, s.w, s.reach});
-    auto opts = torch::TensorOptions().dtype(torch::kFloat64);
-    auto q = torch::randn({s.b, s.h, s.n, s.d}, opts).requires_grad_();
-    auto k = torch::randn({s.b, s.h, s.n, s.d}, opts).requires_grad_();
-    auto v = torch::randn({s.b, s.h, s.n, s.d}, opts).requires_grad_();
-    auto g = torch::randn({s.b, s.h, s.n, s.d}, opts);
-    auto want = masked_reference(q, k, v, s.w, offsets);
-    auto ref_grads = torch::autograd::grad({want}, {q, k, v}, {g});
+// Fibonacci offsets at alpha 1.3 (pattern/), the static op against the masked composite.
+void check_static_op(const Shape& s, torch::ScalarType dtype, uint64_t seed, Report& r) {
+  torch::manual_seed(seed);
+  const pattern::DilationSpec spec{pattern::OffsetBase::fibonacci, 1.3, s.w, s.reach};
+  const auto offsets = pattern::integer_offsets(spec);
+  auto opts = torch::TensorOptions().dtype(torch::kFloat64);
+  auto q = torch::randn({s.b, s.h, s.n, s.d}, opts).requires_grad_();
+  auto k = torch::randn({s.b, s.h, s.n, s.d}, opts).requires_grad_();
+  auto v = torch::randn({s.b, s.h, s.n, s.d}, opts).requires_grad_();
+  auto g = torch::randn({s.b, s.h, s.n, s.d}, opts);
+  auto want = masked_reference(q, k, v, s.w, offsets);
+  auto ref_grads = torch::autograd::grad({want}, {q, k, v}, {g});
 
-    for (auto dtype : {torch::kFloat64, torch::kFloat32}) {
-      const double tol = dtype == torch::kFloat64 ? 1e-10 : 1e-4;
-      auto qc = q.detach().to(dtype).requires_grad_();
-      auto kc = k.detach().to(dtype).requires_grad_();
-      auto vc = v.detach().to(dtype).requires_grad_();
-      auto got =
-          dilated_attention_static(qc, kc, vc, {pattern::OffsetBase::fibonacci, 1.3, s.w, s.reach});
-      EXPECT_LT(rel(got, want.detach()), tol) << "n=" << s.n;
-      auto grads = torch::autograd::grad({got}, {qc, kc, vc}, {g.to(dtype)});
-      for (int t = 0; t < 3; ++t) {
-        EXPECT_LT(rel(grads[t], ref_grads[t]), tol * 10) << "grad " << t << " n=" << s.n;
-      }
-    }
+  const double tol = dtype == torch::kFloat64 ? 1e-10 : 1e-4;
+  auto qc = q.detach().to(dtype).requires_grad_();
+  auto kc = k.detach().to(dtype).requires_grad_();
+  auto vc = v.detach().to(dtype).requires_grad_();
+  auto got = dilated_attention_static(qc, kc, vc, spec);
+  r.max_rel("out", host_values(got), host_values(want), tol);
+  auto grads = torch::autograd::grad({got}, {qc, kc, vc}, {g.to(dtype)});
+  const char* names[] = {"dq", "dk", "dv"};
+  for (int t = 0; t < 3; ++t) {
+    r.max_rel(names[t], host_values(grads[t]), host_values(ref_grads[t]), tol * 10);
   }
 }
 
-TEST(DilatedAttentionOp, LearnedAlphaGradientMatchesFiniteDifferences) {
+// d loss / d alpha of the learned schedule against central differences at three alphas, and
+// the same gradient when alpha's value is handed in (as a model does, to spare a device read).
+void check_learned_alpha(Report& r) {
   torch::manual_seed(1);
   auto opts = torch::TensorOptions().dtype(torch::kFloat64);
   auto q = torch::randn({1, 2, 90, 16}, opts), k = torch::randn({1, 2, 90, 16}, opts),
        v = torch::randn({1, 2, 90, 16}, opts), g = torch::randn({1, 2, 90, 16}, opts);
-  auto loss_at = [&](double a) {
-    auto alpha = torch::tensor(a, opts);
-    return (dilated_attention_learned(q, k, v, alpha, pattern::OffsetBase::fibonacci, 6, 80) * g)
-        .sum()
-        .item<double>();
-  };
-  for (double a0 : {1.37, 2.21, 3.05}) {
+  const auto base = pattern::OffsetBase::fibonacci;
+  for (const double a0 : {1.37, 2.21, 3.05}) {
+    const std::string at = " at alpha " + std::to_string(a0);
     auto alpha = torch::tensor(a0, opts).requires_grad_();
-    (dilated_attention_learned(q, k, v, alpha, pattern::OffsetBase::fibonacci, 6, 80) * g)
-        .sum()
-        .backward();
-    const double h = 1e-6;
-    const double fd = (loss_at(a0 + h) - loss_at(a0 - h)) / (2 * h);
-    EXPECT_NEAR(alpha.grad().item<double>(), fd, 1e-6 * std::max(1.0, std::abs(fd)))
-        << "alpha=" << a0;
-    EXPECT_NE(alpha.grad().item<double>(), 0.0);
-    // Handing alpha's value in (as a model does, to spare a device read) changes nothing.
+    (dilated_attention_learned(q, k, v, alpha, base, 6, 80) * g).sum().backward();
+    const double analytic = alpha.grad().item<double>();
+    const auto fd = finite_difference_error(
+        {0}, [&](size_t) { return analytic; },
+        [&](size_t, double delta) {
+          auto shifted = torch::tensor(a0 + delta, opts);
+          return (dilated_attention_learned(q, k, v, shifted, base, 6, 80) * g)
+              .sum()
+              .item<double>();
+        });
+    r.fd("dalpha" + at, fd, 1e-6);
+    if (analytic == 0.0) r.fail("d alpha is exactly zero" + at);
     auto alpha2 = torch::tensor(a0, opts).requires_grad_();
-    const auto out =
-        dilated_attention_learned(q, k, v, alpha2, pattern::OffsetBase::fibonacci, 6, 80, a0);
-    (out * g).sum().backward();
+    (dilated_attention_learned(q, k, v, alpha2, base, 6, 80, a0) * g).sum().backward();
     // (Not bit-equal: the CPU backward sums d offsets over threads in a varying order.)
-    EXPECT_NEAR(alpha2.grad().item<double>(), alpha.grad().item<double>(),
-                1e-9 * std::abs(alpha.grad().item<double>()));
+    r.le("dalpha with alpha_value handed in, rel. difference" + at,
+         std::abs(alpha2.grad().item<double>() - analytic) / std::abs(analytic), 1e-9);
   }
+}
+
+// The CUDA op (bf16) against the float64 CPU op through autograd, on the same bf16-rounded
+// inputs: learned fractional offsets (CUDA cores, with the offset gradient) and integer
+// Fibonacci offsets (tensor cores).
+void check_cuda_op(const std::vector<double>& offsets, bool learn_offsets, uint64_t seed,
+                   Report& r) {
+  if (!torch::cuda::is_available()) return r.skip("no CUDA device");
+  torch::manual_seed(seed);
+  const int64_t window = 16;
+  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  auto draw = [&] {
+    return torch::randn({2, 3, 777, 64}, f64).to(torch::kBFloat16).to(torch::kFloat64);
+  };
+  const auto q = draw(), k = draw(), v = draw(), g = draw();
+  const auto offs = torch::tensor(offsets, f64);
+  std::vector<std::vector<double>> results[2];
+  int side = 0;
+  for (const auto& [device, dtype] :
+       {std::pair{torch::kCPU, torch::kFloat64}, std::pair{torch::kCUDA, torch::kBFloat16}}) {
+    auto qq = q.to(device, dtype).requires_grad_(), kk = k.to(device, dtype).requires_grad_(),
+         vv = v.to(device, dtype).requires_grad_();
+    auto oo = offs.clone().requires_grad_(learn_offsets);
+    auto out = dilated_attention(qq, kk, vv, window, oo);
+    out.backward(g.to(device, dtype));
+    results[side] = {host_values(out), host_values(qq.grad()), host_values(kk.grad()),
+                     host_values(vv.grad())};
+    if (learn_offsets) results[side].push_back(host_values(oo.grad()));
+    ++side;
+  }
+  const char* names[] = {"out", "dq", "dk", "dv"};
+  for (int t = 0; t < 4; ++t) r.bf16(names[t], results[1][t], results[0][t]);
+  if (learn_offsets) r.rel_l2("doffsets", results[1][4], results[0][4], 1e-2);
+}
+
+REACH_OP_CASES(dilated_attention_op_cases) {
+  for (const auto& s : {Shape{1, 1, 10, 16, 64, 64}, Shape{2, 3, 77, 32, 8, 60},
+                        Shape{1, 2, 200, 64, 16, 190}, Shape{2, 1, 129, 128, 4, 100}}) {
+    for (const auto& [dtype, name] :
+         {std::pair{torch::kFloat64, "f64"}, std::pair{torch::kFloat32, "f32"}}) {
+      OpCase c{"dilated_attention", "torch", name, s.name() + "_alpha1p3", "fwd_bwd", {}};
+      const uint64_t seed = seed_of(c.name());
+      c.run = [s, dtype, seed](Report& r) { check_static_op(s, dtype, seed, r); };
+      registry.add(std::move(c));
+    }
+  }
+  registry.add({"dilated_attention_learned", "torch", "f64", "b1_h2_n90_d16_W6_R80", "fd_alpha",
+                check_learned_alpha});
+  registry.add({"dilated_attention", "torch_cuda", "bf16", "b2_h3_n777_d64_W16_K6_frac",
+                "fwd_bwd_doffsets", [](Report& r) {
+                  check_cuda_op({21.5, 34.0, 55.25, 89.75, 144.0, 233.5}, true, 0, r);
+                }});
+  registry.add({"dilated_attention", "torch_cuda", "bf16", "b2_h3_n777_d64_W16_K8", "fwd_bwd",
+                [](Report& r) {
+                  const auto ints = pattern::integer_offsets(
+                      {pattern::OffsetBase::fibonacci, 1.0, 21, 610});  // 21, 34, ..., 610
+                  check_cuda_op(std::vector<double>(ints.begin(), ints.end()), false, 1, r);
+                }});
 }
 
 TEST(DilatedAttentionOp, LearnedAlphaGradientKeepsAlphasDtypeAndShape) {
@@ -124,6 +191,23 @@ TEST(DilatedAttentionOp, RegisteredTorchLibraryOpMatchesCppApi) {
   auto via_dispatcher = op.call(q, k, v, 8, offsets, c10::nullopt);
   auto direct = dilated_attention(q, k, v, 8, offsets);
   EXPECT_TRUE(torch::equal(via_dispatcher, direct));
+}
+
+// The offsets op (for Python callers) gives pattern/'s offsets, and pattern/'s errors.
+TEST(DilatedOffsetsOp, GivesPatternsOffsetsAndErrors) {
+  auto op = c10::Dispatcher::singleton()
+                .findSchemaOrThrow("reach::dilated_offsets", "")
+                .typed<torch::Tensor(c10::string_view, double, int64_t, int64_t)>();
+  const auto got = op.call("fibonacci", 1.3, 16, 190);
+  const auto want = pattern::integer_offsets({pattern::OffsetBase::fibonacci, 1.3, 16, 190});
+  EXPECT_EQ(got.scalar_type(), torch::kFloat64);
+  EXPECT_EQ(host_values(got), std::vector<double>(want.begin(), want.end()));
+  try {
+    op.call("fibonacci", 1.0, 64, 8);
+    ADD_FAILURE() << "expected an error for reach < window";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("dilated_offsets: "), std::string::npos) << e.what();
+  }
 }
 
 TEST(DilatedAttentionOp, BadInputGivesClearErrors) {
@@ -187,4 +271,4 @@ TEST(DilatedAttentionOp, BadInputGivesClearErrors) {
 }
 
 }  // namespace
-}  // namespace reach::ops
+}  // namespace reach::harness

@@ -1,18 +1,23 @@
 // The entmax attention torch op: SSMax (softmax with log-n scaling) against a dense torch
-// autograd composite (explicit mask, forward and every gradient), the entmax alpha, beta
-// and gamma gradients through the op by finite differences, the registered op, and errors.
-// The kernel itself is tested against the float64 reference in tests/kernels.
+// autograd composite (explicit mask, forward and every gradient), NAPE's ALiBi slopes, the
+// entmax alpha, beta and gamma gradients through the op by finite differences, the registered
+// op, and errors. The kernel itself is tested against the float64 reference in tests/kernels.
+// Op harness cases: tests/kernels/harness.hpp.
 //
 // Tolerances: float64 throughout; the op and the composite differ only in summation
-// order (1e-10). Finite differences: central, step 1e-6 (1e-6 relative + absolute).
+// order (max |got - want| <= 1e-10). Finite differences: central, step 1e-6 (1e-6 relative +
+// absolute, harness.hpp).
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include "ops/entmax_attention.hpp"
+#include "tests/ops/torch_harness.hpp"
 
-namespace reach::ops {
+namespace reach::harness {
 namespace {
+
+using ops::entmax_attention;
 
 const auto kF64 = torch::TensorOptions().dtype(torch::kFloat64);
 
@@ -37,11 +42,7 @@ torch::Tensor composite_ssmax(const torch::Tensor& q, const torch::Tensor& k,
   return torch::matmul(torch::softmax(scores, -1), v);
 }
 
-double max_diff(const torch::Tensor& a, const torch::Tensor& b) {
-  return (a - b).abs().max().item<double>();
-}
-
-TEST(EntmaxAttentionOp, SSMaxMatchesTorchCompositeForwardAndBackward) {
+void check_ssmax_against_composite(Report& r) {
   torch::manual_seed(1);
   const int64_t window = 3;
   const std::vector<int64_t> offs = {5, 8, 13};
@@ -59,16 +60,17 @@ TEST(EntmaxAttentionOp, SSMaxMatchesTorchCompositeForwardAndBackward) {
   for (auto* t : {&q, &k, &v, &delta, &beta, &gamma}) t->mutable_grad() = torch::Tensor();
   auto expected = composite_ssmax(q, k, v, window, offs, delta, beta, gamma);
   (expected * w).sum().backward();
-  EXPECT_LT(max_diff(out, expected), 1e-10);
+  r.max_diff("out", host_values(out), host_values(expected), 1e-10);
   std::vector<torch::Tensor> theirs = {q.grad(),     k.grad(),    v.grad(),
                                        delta.grad(), beta.grad(), gamma.grad()};
+  const char* names[] = {"dq", "dk", "dv", "ddelta", "dbeta", "dgamma"};
   for (size_t t = 0; t < ours.size(); ++t) {
-    EXPECT_LT(max_diff(ours[t], theirs[t]), 1e-10) << "gradient " << t;
+    r.max_diff(names[t], host_values(ours[t]), host_values(theirs[t]), 1e-10);
   }
 }
 
 // NAPE through the op: head 0 NoPE, head 1 ALiBi; the bias is added after the multiplier.
-TEST(EntmaxAttentionOp, AlibiSlopesMatchTorchComposite) {
+void check_alibi_against_composite(Report& r) {
   torch::manual_seed(3);
   auto make = [](torch::IntArrayRef shape) { return torch::randn(shape, kF64).requires_grad_(); };
   auto q = make({1, 2, 17, 4}), k = make({1, 2, 17, 4}), v = make({1, 2, 17, 4});
@@ -84,22 +86,12 @@ TEST(EntmaxAttentionOp, AlibiSlopesMatchTorchComposite) {
   k.mutable_grad() = torch::Tensor();
   auto expected = composite_ssmax(q, k, v, 1000, {}, delta, beta, gamma, alibi);
   (expected * w).sum().backward();
-  EXPECT_LT(max_diff(out, expected), 1e-10);
-  EXPECT_LT(max_diff(dq, q.grad()), 1e-10);
-  EXPECT_LT(max_diff(dk, k.grad()), 1e-10);
-  EXPECT_THROW(
-      entmax_attention(q, k, v, 4, torch::empty({0}, kF64), torch::tensor({1.5, 1.5}, kF64),
-                       c10::nullopt, c10::nullopt, c10::nullopt, false, c10::nullopt,
-                       torch::tensor({0.1, 0.2, 0.3}, kF64)),
-      c10::Error);
-  // Slopes are fixed: asking for their gradient is an error, not a silently dropped one.
-  EXPECT_THROW(
-      entmax_attention(q, k, v, 4, torch::empty({0}, kF64), c10::nullopt, delta, beta, gamma, true,
-                       c10::nullopt, torch::tensor({0.0, 0.35}, kF64).requires_grad_()),
-      c10::Error);
+  r.max_diff("out", host_values(out), host_values(expected), 1e-10);
+  r.max_diff("dq", host_values(dq), host_values(q.grad()), 1e-10);
+  r.max_diff("dk", host_values(dk), host_values(k.grad()), 1e-10);
 }
 
-TEST(EntmaxAttentionOp, EntmaxParameterGradientsMatchFiniteDifferences) {
+void check_parameter_gradients(Report& r) {
   torch::manual_seed(2);
   const auto q = torch::randn({1, 2, 16, 4}, kF64) * 1.5, k = torch::randn({1, 2, 16, 4}, kF64),
              v = torch::randn({1, 2, 16, 4}, kF64), w = torch::randn({1, 2, 16, 4}, kF64);
@@ -113,21 +105,38 @@ TEST(EntmaxAttentionOp, EntmaxParameterGradientsMatchFiniteDifferences) {
     return (entmax_attention(q, k, v, 3, offsets, alpha, delta, beta, gamma) * w).sum();
   };
   loss().backward();
-  torch::NoGradGuard no_grad;
-  for (auto* p : {&alpha, &delta, &beta, &gamma}) {
+  auto loss_value = [&] { return loss().item<double>(); };
+  for (auto [p, name] : {std::pair{&alpha, "dalpha"}, std::pair{&delta, "ddelta"},
+                         std::pair{&beta, "dbeta"}, std::pair{&gamma, "dgamma"}}) {
     const auto analytic = p->grad().clone();
-    auto flat = p->view({-1});
-    for (int64_t t = 0; t < flat.numel(); ++t) {
-      const double saved = flat[t].item<double>(), h = 1e-6;
-      flat[t] = saved + h;
-      const double plus = loss().item<double>();
-      flat[t] = saved - h;
-      const double minus = loss().item<double>();
-      flat[t] = saved;
-      const double fd = (plus - minus) / (2 * h);
-      EXPECT_NEAR(analytic.view({-1})[t].item<double>(), fd, 1e-6 * (1 + std::abs(fd)));
-    }
+    r.fd(name, finite_difference_error(*p, analytic, loss_value), 1e-6);
   }
+}
+
+REACH_OP_CASES(entmax_attention_op_cases) {
+  registry.add({"entmax_attention", "torch", "f64", "b2_h2_n20_d4_W3_K3_ssmax", "fwd_bwd",
+                check_ssmax_against_composite});
+  registry.add({"entmax_attention", "torch", "f64", "b1_h2_n17_d4_dense_ssmax_alibi", "fwd_bwd",
+                check_alibi_against_composite});
+  registry.add({"entmax_attention", "torch", "f64", "b1_h2_n16_d4_W3_K3_perquery", "fd_params",
+                check_parameter_gradients});
+}
+
+// Bad ALiBi slopes: a wrong shape, and slopes that ask for a gradient (they are fixed: an
+// error, not a silently dropped gradient).
+TEST(EntmaxAttentionOp, BadAlibiSlopesAreErrors) {
+  auto q = torch::randn({1, 2, 17, 4}, kF64);
+  auto delta = torch::tensor({0.2, 0.4}, kF64), beta = torch::tensor({0.9, 0.6}, kF64),
+       gamma = torch::tensor({1.0, 1.0}, kF64);
+  EXPECT_THROW(
+      entmax_attention(q, q, q, 4, torch::empty({0}, kF64), torch::tensor({1.5, 1.5}, kF64),
+                       c10::nullopt, c10::nullopt, c10::nullopt, false, c10::nullopt,
+                       torch::tensor({0.1, 0.2, 0.3}, kF64)),
+      c10::Error);
+  EXPECT_THROW(
+      entmax_attention(q, q, q, 4, torch::empty({0}, kF64), c10::nullopt, delta, beta, gamma, true,
+                       c10::nullopt, torch::tensor({0.0, 0.35}, kF64).requires_grad_()),
+      c10::Error);
 }
 
 TEST(EntmaxAttentionOp, RegisteredOpRuns) {
@@ -193,4 +202,4 @@ TEST(EntmaxAttentionOp, BadInputsGetClearErrors) {
 }
 
 }  // namespace
-}  // namespace reach::ops
+}  // namespace reach::harness

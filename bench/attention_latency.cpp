@@ -1,4 +1,4 @@
-#include "eval/attention_benchmark.hpp"
+#include "bench/attention_latency.hpp"
 
 #include <fmt/core.h>
 #include <torch/cuda.h>
@@ -9,10 +9,11 @@
 #include <chrono>
 #include <stdexcept>
 
-#include "eval/peak_memory.hpp"
+#include "bench/memory_budget.hpp"
+#include "bench/peak_memory.hpp"
 #include "ops/dilated_attention.hpp"
 
-namespace reach::eval {
+namespace reach::bench {
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -45,9 +46,16 @@ double peak_mib_of(const std::function<void()>& fn) {
 
 }  // namespace
 
-std::vector<AttentionBenchRow> run_attention_benchmark(
-    const AttentionBenchConfig& c, const std::function<void(const std::string&)>& progress) {
+void validate(const AttentionBenchConfig& c) {
   if (c.repeats < 1) throw std::invalid_argument("repeats must be >= 1");
+  if (c.batch < 1 || c.heads < 1 || c.head_dim < 1 || c.window < 1) {
+    throw std::invalid_argument("batch, heads, head_dim and window must be >= 1");
+  }
+  if (c.reach < 0) {
+    throw std::invalid_argument("reach must be > 0 (or 0 for reach = n), got " +
+                                std::to_string(c.reach));
+  }
+  if (c.lengths.empty()) throw std::invalid_argument("lengths: give at least one length");
   if (c.device != "cpu" && c.device != "cuda") {
     throw std::invalid_argument("device must be cpu or cuda, got '" + c.device + "'");
   }
@@ -62,6 +70,22 @@ std::vector<AttentionBenchRow> run_attention_benchmark(
                                 std::string(cuda ? " or bfloat16" : " (bfloat16 on cuda only)") +
                                 ", got '" + c.dtype + "'");
   }
+  const int64_t elem = c.dtype == "float64" ? 8 : c.dtype == "float32" ? 4 : 2;
+  for (const int64_t n : c.lengths) {
+    if (n < 1) throw std::invalid_argument("lengths must be >= 1, got " + std::to_string(n));
+    // q, k, v, the output gradient, the output and q, k, v's gradients, at the least.
+    require_fits("length n = " + std::to_string(n), {c.batch, c.heads, n, c.head_dim}, 8, elem,
+                 cuda);
+    const int64_t reach = c.reach > 0 ? c.reach : std::max(n, c.window);
+    pattern::validate(
+        pattern::DilationSpec{pattern::parse_offset_base(c.base), c.alpha, c.window, reach});
+  }
+}
+
+std::vector<AttentionBenchRow> run_attention_benchmark(
+    const AttentionBenchConfig& c, const std::function<void(const std::string&)>& progress) {
+  validate(c);
+  const bool cuda = c.device == "cuda";
   const auto dtype = c.dtype == "float32"   ? torch::kFloat32
                      : c.dtype == "float64" ? torch::kFloat64
                                             : torch::kBFloat16;
@@ -83,7 +107,6 @@ std::vector<AttentionBenchRow> run_attention_benchmark(
   torch::NoGradGuard no_grad_outer;
   std::vector<AttentionBenchRow> rows;
   for (int64_t n : c.lengths) {
-    if (n < 1) throw std::invalid_argument("lengths must be >= 1");
     torch::manual_seed(static_cast<uint64_t>(n));
     const auto opts = torch::TensorOptions().dtype(dtype).device(cuda ? torch::kCUDA : torch::kCPU);
     const torch::Tensor q = torch::randn({c.batch, c.heads, n, c.head_dim}, opts);
@@ -174,4 +197,4 @@ std::vector<AttentionBenchRow> run_attention_benchmark(
   return rows;
 }
 
-}  // namespace reach::eval
+}  // namespace reach::bench

@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <functional>
 
-namespace reach::eval {
+namespace reach::bench {
 
 // Resets VmHWM to the current RSS (writes "5" to /proc/self/clear_refs).
 // Returns false where the kernel does not allow it.
@@ -30,4 +30,4 @@ int64_t peak_rss_bytes();
 // std::runtime_error where this LibTorch has no CUDA.
 double gpu_peak_mib_of(const std::function<void()>& fn);
 
-}  // namespace reach::eval
+}  // namespace reach::bench

@@ -1,4 +1,4 @@
-#include "eval/peak_memory.hpp"
+#include "bench/peak_memory.hpp"
 
 #include <malloc.h>
 
@@ -12,7 +12,7 @@
 #include <c10/cuda/CUDAFunctions.h>
 #endif
 
-namespace reach::eval {
+namespace reach::bench {
 namespace {
 
 int64_t status_field_kib(const std::string& field) {
@@ -65,4 +65,4 @@ double gpu_peak_mib_of(const std::function<void()>& fn) {
 #endif
 }
 
-}  // namespace reach::eval
+}  // namespace reach::bench

@@ -1,5 +1,5 @@
-// Kernel-level timing of the CUDA dilated attention (run by scripts/gpu-check
-// --kernel-times): bf16, batch x n = 131,072 tokens, 8 heads, d 64, W 64, Fibonacci offsets
+// Kernel-level timing of the CUDA dilated attention (build/bench/dilated_attention_timing, run by
+// scripts/gpu-check): bf16, batch x n = 131,072 tokens, 8 heads, d 64, W 64, Fibonacci offsets
 // (none, reach 4096, reach n), forward and backward without the offset gradient (the tensor-core
 // path), straight through the kernels' C++ interface (no torch): how the time splits between the
 // window band (K = 0) and the offsets. Times are medians of device-event timings over 20 runs after
@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "kernels/cuda/dilated_attention.hpp"
+#include "pattern/dilated_offsets.hpp"
 
 namespace {
 
@@ -50,16 +51,11 @@ std::vector<uint16_t> random_bf16(size_t count, uint64_t seed) {
   return out;
 }
 
+// Fibonacci offsets W <= d <= R (alpha 1), from pattern/.
 std::vector<double> fibonacci_offsets(int64_t window, int64_t reach) {
-  std::vector<double> out;
-  int64_t a = 1, b = 2;
-  while (a <= reach) {
-    if (a >= window) out.push_back(static_cast<double>(a));
-    const int64_t c = a + b;
-    a = b;
-    b = c;
-  }
-  return out;
+  const auto ints =
+      reach::pattern::integer_offsets({reach::pattern::OffsetBase::fibonacci, 1.0, window, reach});
+  return std::vector<double>(ints.begin(), ints.end());
 }
 
 float median_ms(const std::function<void()>& fn) {

@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-namespace reach::eval {
+namespace reach::bench {
 
 struct AttentionBenchConfig {
   std::vector<int64_t> lengths{1024, 4096, 16384, 65536};
@@ -42,8 +42,12 @@ struct AttentionBenchRow {
   int64_t heads_per_chunk = 0;  // dense only
 };
 
+// Throws std::invalid_argument naming a bad field, or a length whose tensors cannot fit,
+// before any work (run_attention_benchmark calls it first).
+void validate(const AttentionBenchConfig& config);
+
 // Runs the benchmark; `progress` receives one line per measurement started.
 std::vector<AttentionBenchRow> run_attention_benchmark(
     const AttentionBenchConfig& config, const std::function<void(const std::string&)>& progress);
 
-}  // namespace reach::eval
+}  // namespace reach::bench
