@@ -1,9 +1,10 @@
 // Hierarchical chunk sparse attention (CPU kernel) against the float64 reference built
 // from the definition, finite differences of the reference, and the documented edge
 // behaviour (no candidate -> zeros, ties -> lower chunk index), on random inputs.
-// Cases are (op, backend, dtype, shape) so they register in the shared op harness as is.
+// Op harness cases (tests/kernels/harness.hpp): chunk_attention_cpu.{f64,f32}_SHAPE_fwd_bwd and
+// chunk_attention_reference_cpu.f64_SHAPE_fd; the edge cases and errors are plain TESTs.
 //
-// Tolerances, relative to the largest magnitude of the expected tensor:
+// Tolerances, relative to the largest magnitude of the expected tensor (or absolute below 1):
 // * float64 kernel vs reference: 1e-11. Both are float64 with different summation orders
 //   (streamed top-k, log-sum-exp saved and reused, two-pass backward): rounding of
 //   O(S * d + k) terms, ~1e-14, amplified by the softmax exponent; indexing or weighting
@@ -22,6 +23,7 @@
 
 #include "kernels/cpu/chunk_attention.hpp"
 #include "kernels/cpu/reference_chunk_attention.hpp"
+#include "tests/kernels/harness.hpp"
 
 namespace reach::kernels {
 namespace {
@@ -31,13 +33,6 @@ struct Shape {
   int64_t batch, query_heads, kv_heads, seq_len, head_dim, retrieval_dim;
   pattern::ChunkSelection selection;
   ChunkWeighting weighting = ChunkWeighting::softmax;
-};
-
-struct Case {
-  std::string op = "chunk_attention";
-  std::string backend = "cpu";
-  std::string dtype;  // float32 | float64
-  Shape shape;
 };
 
 std::vector<Shape> shapes() {
@@ -115,21 +110,6 @@ std::vector<T> cast(const std::vector<double>& x) {
   return std::vector<T>(x.begin(), x.end());
 }
 
-template <typename T>
-void expect_close(const std::vector<T>& got, const std::vector<double>& want, double tol,
-                  const std::string& what) {
-  ASSERT_EQ(got.size(), want.size()) << what;
-  double scale = 1.0, worst = 0.0;
-  size_t at = 0;
-  for (double w : want) scale = std::max(scale, std::abs(w));
-  for (size_t i = 0; i < want.size(); ++i) {
-    const double err = std::abs(static_cast<double>(got[i]) - want[i]);
-    if (err > worst) worst = err, at = i;
-  }
-  EXPECT_LE(worst, tol * scale) << what << ": worst error at " << at << " (got " << got[at]
-                                << ", want " << want[at] << ")";
-}
-
 struct KernelResult {
   std::vector<int64_t> indices;
   std::vector<double> out, weights, lse;
@@ -155,68 +135,47 @@ KernelResult run_kernel(const ChunkAttentionParams& p, const Inputs& in) {
   return {indices, d(out), d(weights), d(lse), d(gq), d(gk), d(gv), d(gr), d(gl)};
 }
 
-std::vector<Case> all_cases() {
-  std::vector<Case> cases;
-  for (const auto& s : shapes()) {
-    for (const char* dtype : {"float64", "float32"})
-      cases.push_back({"chunk_attention", "cpu", dtype, s});
-  }
-  return cases;
-}
-
-class ChunkAttentionCpu : public ::testing::TestWithParam<Case> {};
-
-TEST_P(ChunkAttentionCpu, ForwardAndBackwardMatchReference) {
-  const Case& c = GetParam();
-  const auto p = params_of(c.shape);
-  const bool f32 = c.dtype == "float32";
-  const Inputs in = random_inputs(p, 1234 + c.shape.seq_len, f32);
+// The kernel (float64, float32) against the reference: indices, weights, output, every
+// gradient.
+void check_against_reference(const Shape& shape, bool f32, harness::Report& r) {
+  const auto p = params_of(shape);
+  const Inputs in = random_inputs(p, 1234 + shape.seq_len, f32);
   const auto want = reference::chunk_forward(p, in.q, in.k, in.v, in.r, in.landmarks);
   const auto grads =
       reference::chunk_backward(p, in.q, in.k, in.v, in.r, in.landmarks, in.grad_out);
   const KernelResult got = f32 ? run_kernel<float>(p, in) : run_kernel<double>(p, in);
   const double tol = f32 ? 2e-5 : 1e-11;
-  EXPECT_EQ(got.indices, want.indices);
-  expect_close(got.weights, want.weights, tol, "weights");
-  expect_close(got.out, want.out, tol, "out");
-  expect_close(got.gq, grads.q, tol, "grad q");
-  expect_close(got.gk, grads.k, tol, "grad k");
-  expect_close(got.gv, grads.v, tol, "grad v");
-  expect_close(got.gr, grads.r, tol, "grad r");
-  expect_close(got.gl, grads.landmarks, tol, "grad landmarks");
+  if (got.indices != want.indices) r.fail("selected chunk indices differ from the reference");
+  r.max_scaled("weights", got.weights, want.weights, tol);
+  r.max_scaled("out", got.out, want.out, tol);
+  r.max_scaled("grad q", got.gq, grads.q, tol);
+  r.max_scaled("grad k", got.gk, grads.k, tol);
+  r.max_scaled("grad v", got.gv, grads.v, tol);
+  r.max_scaled("grad r", got.gr, grads.r, tol);
+  r.max_scaled("grad landmarks", got.gl, grads.landmarks, tol);
   // Every query with a candidate selected something, and the gradients are not all zero.
   double gl_norm = 0;
   for (double x : grads.landmarks) gl_norm += x * x;
-  EXPECT_GT(gl_norm, 1e-6);
+  if (!(gl_norm > 1e-6)) r.fail("the landmark gradient is (nearly) all zero");
 }
-
-INSTANTIATE_TEST_SUITE_P(Cases, ChunkAttentionCpu, ::testing::ValuesIn(all_cases()),
-                         [](const auto& info) {
-                           return info.param.shape.name + "_" + info.param.dtype;
-                         });
 
 // The reference's backward against central differences of its own forward, on a sample of
 // every input's elements (the selection must not change under the step).
-class ChunkAttentionReferenceFd : public ::testing::TestWithParam<Shape> {};
-
-TEST_P(ChunkAttentionReferenceFd, GradientsMatchFiniteDifferences) {
-  const auto p = params_of(GetParam());
+void check_reference_finite_differences(const Shape& shape, harness::Report& r) {
+  const auto p = params_of(shape);
   Inputs in = random_inputs(p, 99, false);
   const auto base = reference::chunk_forward(p, in.q, in.k, in.v, in.r, in.landmarks);
   const auto grads =
       reference::chunk_backward(p, in.q, in.k, in.v, in.r, in.landmarks, in.grad_out);
-  auto loss = [&](int sign, std::vector<double>& x, size_t i, double h) {
-    const double saved = x[i];
-    x[i] = saved + sign * h;
+  bool selection_changed = false;
+  auto loss = [&]() {
     const auto f = reference::chunk_forward(p, in.q, in.k, in.v, in.r, in.landmarks);
-    x[i] = saved;
-    EXPECT_EQ(f.indices, base.indices) << "selection changed under the finite-difference step";
+    selection_changed |= f.indices != base.indices;
     double s = 0;
     for (size_t j = 0; j < f.out.size(); ++j) s += f.out[j] * in.grad_out[j];
     return s;
   };
   std::mt19937_64 rng(5);
-  const double h = 1e-6;
   struct Named {
     const char* name;
     std::vector<double>* x;
@@ -225,17 +184,23 @@ TEST_P(ChunkAttentionReferenceFd, GradientsMatchFiniteDifferences) {
   for (const Named& t :
        {Named{"q", &in.q, &grads.q}, Named{"k", &in.k, &grads.k}, Named{"v", &in.v, &grads.v},
         Named{"r", &in.r, &grads.r}, Named{"landmarks", &in.landmarks, &grads.landmarks}}) {
-    std::uniform_int_distribution<size_t> pick(0, t.x->size() - 1);
-    for (int sample = 0; sample < 12; ++sample) {
-      const size_t i = pick(rng);
-      const double fd = (loss(+1, *t.x, i, h) - loss(-1, *t.x, i, h)) / (2 * h);
-      EXPECT_NEAR((*t.g)[i], fd, 1e-6 * (1 + std::abs(fd))) << t.name << "[" << i << "]";
-    }
+    const auto picks = harness::sample_indices(t.x->size(), 12, rng);
+    r.fd(std::string("grad ") + t.name, harness::finite_difference_error(*t.x, *t.g, loss, picks),
+         1e-6);
   }
+  if (selection_changed) r.fail("selection changed under the finite-difference step");
 }
 
-INSTANTIATE_TEST_SUITE_P(Shapes, ChunkAttentionReferenceFd, ::testing::ValuesIn(shapes()),
-                         [](const auto& info) { return info.param.name; });
+REACH_OP_CASES(chunk_attention_cpu_cases) {
+  for (const auto& s : shapes()) {
+    for (const bool f32 : {false, true}) {
+      registry.add({"chunk_attention", "cpu", f32 ? "f32" : "f64", s.name, "fwd_bwd",
+                    [s, f32](harness::Report& r) { check_against_reference(s, f32, r); }});
+    }
+    registry.add({"chunk_attention_reference", "cpu", "f64", s.name, "fd",
+                  [s](harness::Report& r) { check_reference_finite_differences(s, r); }});
+  }
+}
 
 TEST(ChunkAttentionCpuEdges, QueriesWithoutCandidatesOutputZeros) {
   Shape s{"zeros", 1, 2, 1, 16, 4, 4, {4, 2, 6}};

@@ -171,6 +171,12 @@ void Report::max_rel(const std::string& what, const std::vector<double>& got,
   le(what + " max-rel", max_rel_error(got, want), bound);
 }
 
+void Report::max_scaled(const std::string& what, const std::vector<double>& got,
+                        const std::vector<double>& want, double bound) {
+  le(what + " max-err/max(1,|ref|)", max_abs_error(got, want) / std::max(1.0, max_abs(want)),
+     bound);
+}
+
 void Report::max_diff(const std::string& what, const std::vector<double>& got,
                       const std::vector<double>& want, double bound) {
   le(what + " max-abs", max_abs_error(got, want), bound);

@@ -26,6 +26,7 @@
 // (or a name containing "cuda") get the ctest label `gpu` and must call r.skip(...) when no
 // device is present. The checks a case can make:
 //   * max_rel:  max |got - want| / max |want|  (the reference's scale; catches any indexing slip)
+//   * max_scaled: max |got - want| / max(1, max |want|)
 //   * max_diff: max |got - want|
 //   * rel_l2:   ||got - want|| / ||want||
 //   * bf16:     rel_l2 within factor x (rel_l2 of the reference rounded to bf16) + slack: judged
@@ -122,6 +123,9 @@ class Report {
   void le(const std::string& what, double error, double bound);
   void max_rel(const std::string& what, const std::vector<double>& got,
                const std::vector<double>& want, double bound);
+  // max |got - want| / max(1, max |want|): relative for large tensors, absolute for small.
+  void max_scaled(const std::string& what, const std::vector<double>& got,
+                  const std::vector<double>& want, double bound);
   // max |got - want| (absolute).
   void max_diff(const std::string& what, const std::vector<double>& got,
                 const std::vector<double>& want, double bound);

@@ -4,7 +4,8 @@
 // The kernel itself is tested against the float64 reference in tests/kernels.
 //
 // Tolerances: float64 throughout; the op and the composite differ in summation order only
-// (1e-10 relative to the largest magnitude).
+// (1e-10 relative to the largest magnitude, absolute below 1). Op harness cases
+// (tests/kernels/harness.hpp): chunk_attention_torch.* and, on a GPU, chunk_attention_torch_cuda.*.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -13,6 +14,7 @@
 #include <limits>
 
 #include "ops/chunk_attention.hpp"
+#include "tests/ops/torch_harness.hpp"
 
 namespace reach::ops {
 namespace {
@@ -52,6 +54,7 @@ torch::Tensor composite(const torch::Tensor& q, const torch::Tensor& k, const to
   return torch::einsum("bgtk,bghtkd->bghtd", {w, o_c}).reshape({b, hq, n, d});
 }
 
+// max |a - b| / max(1, max |b|), as harness::Report::max_scaled.
 double rel_diff(const torch::Tensor& a, const torch::Tensor& b) {
   return (a - b).abs().max().item<double>() / std::max(1.0, b.abs().max().item<double>());
 }
@@ -70,7 +73,7 @@ Leaves make_leaves(int64_t b, int64_t hq, int64_t hkv, int64_t n, int64_t d, int
           make({b, hkv, n, dr}, 2), make({b, hkv, n / s, dr}, 1)};
 }
 
-TEST(ChunkAttentionOp, MatchesTorchCompositeForwardAndBackward) {
+void check_against_composite(harness::Report& r) {
   torch::manual_seed(3);
   ChunkAttentionOptions o;
   o.selection = {4, 3, 6};
@@ -82,11 +85,14 @@ TEST(ChunkAttentionOp, MatchesTorchCompositeForwardAndBackward) {
   for (auto* t : x.all()) ours.push_back(t->grad().clone()), t->mutable_grad() = torch::Tensor();
   auto want = composite(x.q, x.k, x.v, x.r, x.l, o);
   (want * w).sum().backward();
-  EXPECT_LT(rel_diff(out, want), 1e-10);
+  r.max_scaled("out", harness::host_values(out), harness::host_values(want), 1e-10);
   const char* names[] = {"q", "k", "v", "r", "landmarks"};
   for (size_t i = 0; i < ours.size(); ++i) {
-    EXPECT_LT(rel_diff(ours[i], x.all()[i]->grad()), 1e-10) << names[i];
-    EXPECT_GT(ours[i].abs().max().item<double>(), 1e-3) << names[i];
+    r.max_scaled(std::string("grad ") + names[i], harness::host_values(ours[i]),
+                 harness::host_values(x.all()[i]->grad()), 1e-10);
+    if (!(ours[i].abs().max().item<double>() > 1e-3)) {
+      r.fail(std::string("grad ") + names[i] + " is (nearly) all zero");
+    }
   }
 }
 
@@ -112,7 +118,8 @@ TEST(ChunkAttentionOp, RegisteredOpMatchesCppApi) {
   EXPECT_EQ(out[0][0][3].abs().sum().item<double>(), 0.0);
 }
 
-TEST(ChunkAttentionOp, SharedRetrievalQuerySumsBothGradients) {
+// The same tensor as q and r: its gradient is the sum of both.
+void check_shared_retrieval_query(harness::Report& r) {
   torch::manual_seed(5);
   ChunkAttentionOptions o;
   o.selection = {4, 2, 0};
@@ -121,13 +128,15 @@ TEST(ChunkAttentionOp, SharedRetrievalQuerySumsBothGradients) {
   (chunk_attention(x.q, x.k, x.v, x.q, x.l, o) * w).sum().backward();
   const auto shared = x.q.grad().clone();
   x.q.mutable_grad() = torch::Tensor();
-  auto r = x.q.detach().clone().requires_grad_();
-  (chunk_attention(x.q, x.k, x.v, r, x.l, o) * w).sum().backward();
-  EXPECT_LT(rel_diff(shared, x.q.grad() + r.grad()), 1e-12);
+  auto rq = x.q.detach().clone().requires_grad_();
+  (chunk_attention(x.q, x.k, x.v, rq, x.l, o) * w).sum().backward();
+  r.max_scaled("grad q (q = r)", harness::host_values(shared),
+               harness::host_values(x.q.grad() + rq.grad()), 1e-12);
 }
 
-TEST(ChunkAttentionOp, CudaMatchesCpuFloat64) {
-  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+// float32 on the GPU against float64 on the CPU: 1e-4 relative (float32 accumulation).
+void check_cuda_against_cpu(harness::Report& r) {
+  if (!torch::cuda::is_available()) return r.skip("no CUDA device");
   torch::manual_seed(7);
   ChunkAttentionOptions o;
   o.selection = {64, 8, 128};
@@ -135,17 +144,27 @@ TEST(ChunkAttentionOp, CudaMatchesCpuFloat64) {
   const auto w = torch::randn({1, 4, 1000, 64}, kF64);
   auto out = chunk_attention(x.q, x.k, x.v, x.r, x.l, o);
   (out * w).sum().backward();
-  // float32 on the GPU against float64 on the CPU: 1e-4 relative (float32 accumulation).
   std::vector<torch::Tensor> leaves;
   for (auto* t : x.all()) {
     leaves.push_back(t->detach().to(torch::kCUDA, torch::kFloat32).requires_grad_());
   }
   auto got = chunk_attention(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], o);
   (got * w.to(got.options())).sum().backward();
-  EXPECT_LT(rel_diff(got.cpu().to(torch::kFloat64), out), 1e-4);
+  r.max_scaled("out", harness::host_values(got), harness::host_values(out), 1e-4);
+  const char* names[] = {"q", "k", "v", "r", "landmarks"};
   for (size_t i = 0; i < leaves.size(); ++i) {
-    EXPECT_LT(rel_diff(leaves[i].grad().cpu().to(torch::kFloat64), x.all()[i]->grad()), 1e-4) << i;
+    r.max_scaled(std::string("grad ") + names[i], harness::host_values(leaves[i].grad()),
+                 harness::host_values(x.all()[i]->grad()), 1e-4);
   }
+}
+
+REACH_OP_CASES(chunk_attention_op_cases) {
+  registry.add({"chunk_attention", "torch", "f64", "b2_hq4_hkv2_n38_d8_dr6_S4_k3_W6", "fwd_bwd",
+                check_against_composite});
+  registry.add({"chunk_attention", "torch", "f64", "b1_hq2_hkv2_n24_d8_S4_k2_shared_r", "fwd_bwd",
+                check_shared_retrieval_query});
+  registry.add({"chunk_attention", "torch_cuda", "f32", "b1_hq4_hkv2_n1000_d64_dr64_S64_k8_W128",
+                "fwd_bwd", check_cuda_against_cpu});
 }
 
 std::string error_of(const std::function<void()>& f) {
