@@ -59,6 +59,9 @@ void run_chunk_pattern(const ChunkPatternOptions& o, int64_t seq_len) {
       "matrix\n",
       total, static_cast<double>(total) / static_cast<double>(n), sel.top_k * s,
       100.0 * static_cast<double>(total) / causal_pairs);
+  const int64_t choosing = pattern::choosing_queries(sel, n);
+  fmt::print("queries that choose (fewer chunks read than candidates): {} of {} ({:.1f}%)\n",
+             choosing, n, 100.0 * static_cast<double>(choosing) / static_cast<double>(n));
 }
 
 }  // namespace reach::cli

@@ -45,6 +45,15 @@ int64_t retrieved_tokens(const ChunkSelection& s, int64_t seq_len) {
   return total * s.chunk_size;
 }
 
+int64_t choosing_queries(const ChunkSelection& s, int64_t seq_len) {
+  int64_t count = 0;
+  for (int64_t t = 0; t < seq_len; ++t) {
+    const int64_t c = candidate_chunks(s, t);
+    count += selected_chunks(s, c) < c;
+  }
+  return count;
+}
+
 std::string describe(const ChunkSelection& s) {
   std::string text = "chunk_size=" + std::to_string(s.chunk_size) +
                      " top_k=" + std::to_string(s.top_k) + " window=" + std::to_string(s.window) +

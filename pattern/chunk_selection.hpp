@@ -79,6 +79,10 @@ REACH_HOST_DEVICE inline int64_t selected_chunks(const ChunkSelection& s, int64_
 // Tokens retrieved over a whole causal sequence of n tokens: sum_t k(C(t)) * S.
 int64_t retrieved_tokens(const ChunkSelection& selection, int64_t seq_len);
 
+// Queries among 0..n-1 that must choose: fewer chunks read than candidates, k(C(t)) < C(t).
+// Enforced selection sparsity in training wants this to be most of them (n >> (k + 1) S).
+int64_t choosing_queries(const ChunkSelection& selection, int64_t seq_len);
+
 // One line describing the selection (for logs and `reach pattern`).
 std::string describe(const ChunkSelection& selection);
 

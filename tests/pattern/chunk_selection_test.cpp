@@ -82,6 +82,15 @@ TEST(ChunkSelection, RetrievedTokensCountsEveryQuery) {
   EXPECT_EQ(num_chunks(ChunkSelection{2, 2, 0}, 7), 3);
 }
 
+TEST(ChunkSelection, ChoosingQueriesHaveMoreCandidatesThanTheyRead) {
+  // S = 2, k = 1, n = 7: C(t) = 0,0,1,1,2,2,3 -> t = 4, 5, 6 choose.
+  EXPECT_EQ(choosing_queries(ChunkSelection{2, 1, 0}, 7), 3);
+  // k = 2: only t = 6 (3 candidates).
+  EXPECT_EQ(choosing_queries(ChunkSelection{2, 2, 0}, 7), 1);
+  // A fraction budget chooses as soon as ceil(f C) < C: f = 0.5, min_k 1 -> from C = 2.
+  EXPECT_EQ(choosing_queries(ChunkSelection{2, 8, 0, ChunkBudgetRule::fraction, 0.5, 1}, 7), 3);
+}
+
 TEST(ChunkSelection, BadFieldsAreNamed) {
   auto message = [](const ChunkSelection& s) {
     try {
