@@ -225,6 +225,21 @@ TEST(ChunkAttentionCpuEdges, QueriesWithoutCandidatesOutputZeros) {
   EXPECT_EQ(pattern::candidate_chunks(p.selection, 6), 1);
 }
 
+TEST(ChunkAttentionCpuEdges, SequenceShorterThanOneChunkGivesZerosEverywhere) {
+  // n = 3 < S = 4: no complete chunk, no landmark; output and every gradient are zero.
+  for (const auto weighting : {ChunkWeighting::softmax, ChunkWeighting::stick_breaking}) {
+    Shape s{"short", 2, 2, 1, 3, 4, 4, {4, 2, 0}, weighting};
+    const auto p = params_of(s);
+    ASSERT_EQ(p.chunks(), 0);
+    const KernelResult got = run_kernel<double>(p, random_inputs(p, 8, false));
+    for (const auto* x : {&got.out, &got.gq, &got.gk, &got.gv, &got.gr}) {
+      for (double e : *x) EXPECT_EQ(e, 0.0);
+    }
+    EXPECT_TRUE(got.gl.empty());
+    for (int64_t i : got.indices) EXPECT_EQ(i, -1);
+  }
+}
+
 TEST(ChunkAttentionCpuEdges, TiesGoToTheLowerChunkIndex) {
   Shape s{"ties", 1, 1, 1, 40, 4, 3, {4, 3, 0}};
   const auto p = params_of(s);

@@ -176,6 +176,19 @@ std::string error_of(const std::function<void()>& f) {
   return "no error";
 }
 
+TEST(ChunkAttentionOp, SequenceShorterThanOneChunkGivesZeros) {
+  torch::manual_seed(8);
+  ChunkAttentionOptions o;
+  o.selection = {8, 2, 0};
+  Leaves x = make_leaves(1, 2, 1, 5, 4, 4, 8);  // n = 5 < S: landmarks [1, 1, 0, 4]
+  ASSERT_EQ(x.l.size(2), 0);
+  auto out = chunk_attention(x.q, x.k, x.v, x.r, x.l, o);
+  out.sum().backward();
+  EXPECT_EQ(out.abs().max().item<double>(), 0.0);
+  for (auto* t : {&x.q, &x.k, &x.v, &x.r}) EXPECT_EQ(t->grad().abs().max().item<double>(), 0.0);
+  EXPECT_EQ(x.l.grad().numel(), 0);
+}
+
 TEST(ChunkAttentionOp, BadInputsAreClearErrors) {
   torch::manual_seed(6);
   Leaves x = make_leaves(1, 2, 1, 16, 4, 4, 4);
