@@ -122,8 +122,11 @@ void check_cuda_op(const std::vector<double>& offsets, bool learn_offsets, uint6
   int side = 0;
   for (const auto& [device, dtype] :
        {std::pair{torch::kCPU, torch::kFloat64}, std::pair{torch::kCUDA, torch::kBFloat16}}) {
-    auto qq = q.to(device, dtype).requires_grad_(), kk = k.to(device, dtype).requires_grad_(),
-         vv = v.to(device, dtype).requires_grad_();
+    // Fresh leaves on each side (to() returns q itself for the float64 CPU side).
+    auto leaf = [&](const torch::Tensor& t) {
+      return t.to(device, dtype).detach().clone().requires_grad_();
+    };
+    auto qq = leaf(q), kk = leaf(k), vv = leaf(v);
     auto oo = offs.clone().requires_grad_(learn_offsets);
     auto out = dilated_attention(qq, kk, vv, window, oo);
     out.backward(g.to(device, dtype));
