@@ -261,6 +261,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> chunk_attention_forward(const Tensor&
                            resolve(o.retrieval_scale, r.size(3), "retrieval_scale"));
 }
 
+ChunkAttentionOptions chunk_options_from_args(int64_t chunk_size, int64_t top_k, int64_t window,
+                                              c10::string_view budget, double fraction,
+                                              int64_t min_k, c10::string_view weighting,
+                                              c10::optional<double> scale,
+                                              c10::optional<double> retrieval_scale) {
+  ChunkAttentionOptions o;
+  o.selection = selection_of(chunk_size, top_k, window, budget, fraction, min_k);
+  o.weighting = weighting_of(weighting);
+  o.scale = scale;
+  o.retrieval_scale = retrieval_scale;
+  return o;
+}
+
 }  // namespace reach::ops
 
 namespace {
@@ -271,12 +284,10 @@ at::Tensor chunk_attention_op(const at::Tensor& q, const at::Tensor& k, const at
                               double fraction, int64_t min_k, c10::string_view weighting,
                               c10::optional<double> scale, c10::optional<double> retrieval_scale) {
   using namespace reach;
-  ops::ChunkAttentionOptions o;
-  o.selection = ops::selection_of(chunk_size, top_k, window, budget, fraction, min_k);
-  o.weighting = ops::weighting_of(weighting);
-  o.scale = scale;
-  o.retrieval_scale = retrieval_scale;
-  return ops::chunk_attention(q, k, v, r, landmarks, o);
+  return ops::chunk_attention(
+      q, k, v, r, landmarks,
+      ops::chunk_options_from_args(chunk_size, top_k, window, budget, fraction, min_k, weighting,
+                                   scale, retrieval_scale));
 }
 
 }  // namespace

@@ -41,4 +41,12 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> chunk_att
     const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& r,
     const torch::Tensor& landmarks, const ChunkAttentionOptions& options);
 
+// Options from the ops' scalar arguments; a bad budget or weighting name is an error naming
+// the op.
+ChunkAttentionOptions chunk_options_from_args(int64_t chunk_size, int64_t top_k, int64_t window,
+                                              c10::string_view budget, double fraction,
+                                              int64_t min_k, c10::string_view weighting,
+                                              c10::optional<double> scale,
+                                              c10::optional<double> retrieval_scale);
+
 }  // namespace reach::ops

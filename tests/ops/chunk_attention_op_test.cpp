@@ -14,6 +14,7 @@
 #include <limits>
 
 #include "ops/chunk_attention.hpp"
+#include "ops/chunk_attention_decode.hpp"
 #include "tests/ops/torch_harness.hpp"
 
 namespace reach::ops {
@@ -187,6 +188,82 @@ TEST(ChunkAttentionOp, SequenceShorterThanOneChunkGivesZeros) {
   EXPECT_EQ(out.abs().max().item<double>(), 0.0);
   for (auto* t : {&x.q, &x.k, &x.v, &x.r}) EXPECT_EQ(t->grad().abs().max().item<double>(), 0.0);
   EXPECT_EQ(x.l.grad().numel(), 0);
+}
+
+// Decode: request b's output is row lengths[b] - 1 of the full op on the cached sequence
+// (the same float64 arithmetic: 1e-12).
+TEST(ChunkAttentionDecodeOp, EqualsTheFullOpsRowPerRequest) {
+  torch::manual_seed(9);
+  ChunkAttentionOptions o;
+  o.selection = {4, 3, 6};
+  o.weighting = kernels::ChunkWeighting::stick_breaking;
+  Leaves x = make_leaves(2, 4, 2, 30, 8, 6, 4);
+  const auto full = chunk_attention(x.q, x.k, x.v, x.r, x.l, o).detach();
+  const auto lengths = torch::tensor({30, 13}, torch::kLong);
+  std::vector<torch::Tensor> q_rows, r_rows;
+  for (int64_t b = 0; b < 2; ++b) {
+    const int64_t t = lengths[b].item<int64_t>() - 1;
+    q_rows.push_back(x.q.detach()[b].select(1, t));  // [Hq, d]
+    r_rows.push_back(x.r.detach()[b].select(1, t));  // [Hkv, dr]
+  }
+  const auto q = torch::stack(q_rows), r = torch::stack(r_rows);
+  const auto out =
+      chunk_attention_decode(q, r, x.k.detach(), x.v.detach(), x.l.detach(), lengths, o);
+  for (int64_t b = 0; b < 2; ++b) {
+    const int64_t t = lengths[b].item<int64_t>() - 1;
+    EXPECT_LT(rel_diff(out[b], full[b].select(1, t)), 1e-12) << b;
+  }
+  // The registered op, with a per-request budget: k = 1 for request 0 equals the full op at k = 1.
+  const auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("reach::chunk_attention_decode", "");
+  auto stack = torch::jit::Stack{q,
+                                 r,
+                                 x.k.detach(),
+                                 x.v.detach(),
+                                 x.l.detach(),
+                                 lengths,
+                                 int64_t{4},
+                                 int64_t{3},
+                                 int64_t{6},
+                                 std::string("fixed"),
+                                 1.0,
+                                 int64_t{1},
+                                 std::string("stick_breaking"),
+                                 c10::IValue(),
+                                 c10::IValue(),
+                                 torch::tensor({1, 3}, torch::kLong)};
+  op.callBoxed(&stack);
+  auto k1 = o;
+  k1.selection.top_k = 1;
+  const auto full_k1 = chunk_attention(x.q, x.k, x.v, x.r, x.l, k1).detach();
+  EXPECT_LT(rel_diff(stack[0].toTensor()[0], full_k1[0].select(1, 29)), 1e-12);
+  EXPECT_LT(rel_diff(stack[0].toTensor()[1], full[1].select(1, 12)), 1e-12);
+}
+
+TEST(ChunkAttentionDecodeOp, BadInputsAreClearErrors) {
+  ChunkAttentionOptions o;
+  o.selection = {4, 2, 0};
+  const auto q = torch::randn({2, 2, 4}, kF64), r = torch::randn({2, 1, 4}, kF64);
+  const auto k = torch::randn({2, 1, 16, 4}, kF64), l = torch::randn({2, 1, 4, 4}, kF64);
+  const auto lengths = torch::tensor({16, 5}, torch::kLong);
+  auto run = [&](const torch::Tensor& qq, const torch::Tensor& rr, const torch::Tensor& kk,
+                 const torch::Tensor& ll, const torch::Tensor& len) {
+    return error_of([&] { chunk_attention_decode(qq, rr, kk, kk, ll, len, o); });
+  };
+  auto has = [](const std::string& text, const std::string& part) {
+    return text.find(part) != std::string::npos;
+  };
+  EXPECT_EQ(run(q, r, k, l, lengths), "no error");
+  EXPECT_TRUE(has(run(q.unsqueeze(2), r, k, l, lengths), "q must be [batch, heads, head_dim]"));
+  EXPECT_TRUE(has(run(q, r, k, l, torch::tensor({16}, torch::kLong)),
+                  "lengths must be a 1-D tensor of batch = 2 entries"));
+  EXPECT_TRUE(has(run(q, r, k, l, torch::tensor({16.0, 5.0})), "lengths must be integers"));
+  EXPECT_TRUE(has(run(q, r, k, l, torch::tensor({17, 5}, torch::kLong)),
+                  "request 0: length 17 is outside 1..capacity (16)"));
+  EXPECT_TRUE(has(run(q, r, k, l.narrow(2, 0, 3), lengths),
+                  "landmark capacity (3) must be >= capacity / chunk size (4)"));
+  EXPECT_TRUE(has(run(q, r.narrow(2, 0, 2), k, l, lengths), "landmarks must be [batch, kv_heads"));
+  EXPECT_TRUE(has(run(q.to(torch::kFloat32), r, k, l, lengths), "must share one dtype"));
 }
 
 TEST(ChunkAttentionOp, BadInputsAreClearErrors) {
