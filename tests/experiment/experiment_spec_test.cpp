@@ -1,0 +1,85 @@
+#include "experiment/experiment_spec.hpp"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <stdexcept>
+#include <string>
+
+namespace reach::experiment {
+namespace {
+
+const char* kMatrix = R"(
+[experiment]
+name = "m"
+out_dir = "runs/m"
+set = ["train.steps=10"]
+seeds = [3]
+multipliers = [1, 2, 4]
+max_tokens = 4096
+reference = "paper"
+
+[[run]]
+name = "dense"
+set = ["model.attention=dense"]
+reference = [33.37, 49.15, 100.36]
+
+[[run]]
+name = "stagger"
+seeds = [42, 43]
+)";
+
+void expect_error(const std::string& text, const std::string& fragment) {
+  try {
+    parse_experiment(text, ".");
+    FAIL() << "expected an error containing '" << fragment << "'";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
+  }
+}
+
+TEST(ExperimentSpec, ParsesRunsSharedOverridesSeedsAndReferences) {
+  const auto spec = parse_experiment(kMatrix, ".", {"train.lr=0.01"});
+  EXPECT_EQ(spec.name, "m");
+  EXPECT_EQ(spec.multipliers, (std::vector<int64_t>{1, 2, 4}));
+  EXPECT_EQ(spec.max_tokens, 4096);
+  EXPECT_EQ(spec.reference_name, "paper");
+  ASSERT_EQ(spec.runs.size(), 2u);
+  EXPECT_EQ(spec.runs[0].overrides,
+            (std::vector<std::string>{"train.steps=10", "model.attention=dense", "train.lr=0.01"}));
+  EXPECT_EQ(spec.runs[0].seeds, (std::vector<uint64_t>{3}));
+  EXPECT_EQ(spec.runs[0].reference, (std::vector<double>{33.37, 49.15, 100.36}));
+  EXPECT_EQ(spec.runs[1].seeds, (std::vector<uint64_t>{42, 43}));
+  EXPECT_TRUE(spec.runs[1].reference.empty());
+  EXPECT_EQ(run_directory(spec, spec.runs[1], 43), "runs/m/stagger-seed43");
+}
+
+TEST(ExperimentSpec, BadMatricesNameTheProblem) {
+  expect_error("[experiment]\nname = \"x\"\n", "no runs");
+  expect_error("[[run]]\nname = \"a\"\nstep = 3\n", "unknown key 'step'");
+  expect_error("[experiment]\nseed = [1]\n[[run]]\nname = \"a\"\n", "unknown key 'seed'");
+  expect_error("[[run]]\nname = \"a b\"\n", "'name' must be");
+  expect_error("[[run]]\nname = \"a\"\n[[run]]\nname = \"a\"\n", "run 'a' twice");
+  expect_error("[[run]]\nname = \"a\"\nseeds = [1, 1]\n", "seed twice");
+  expect_error("[[run]]\nname = \"a\"\nreference = [1.0]\n", "one number per multiplier (3)");
+  expect_error("[[run]]\nname = \"a\"\nconfig = \"/nonexistent.toml\"\n", "is not a file");
+  expect_error("[experiment]\nmultipliers = [0]\n[[run]]\nname = \"a\"\n", "integers >= 1");
+  expect_error("[experiment]\nmax_tokens = 0\n[[run]]\nname = \"a\"\n", "'max_tokens'");
+  expect_error("[experiment\n", "TOML");
+  EXPECT_THROW(load_experiment("/nonexistent/matrix.toml"), std::invalid_argument);
+}
+
+TEST(ExperimentSpec, ConfigPathsAreRelativeToTheMatrix) {
+  const auto dir = std::filesystem::temp_directory_path() / "reach_experiment_spec_test";
+  std::filesystem::create_directories(dir / "configs");
+  std::ofstream(dir / "configs" / "base.toml") << "[train]\nsteps = 5\n";
+  std::ofstream(dir / "matrix.toml")
+      << "[experiment]\nconfig = \"configs/base.toml\"\n[[run]]\nname = \"a\"\n";
+  const auto spec = load_experiment((dir / "matrix.toml").string());
+  EXPECT_EQ(spec.runs[0].config_path, (dir / "configs" / "base.toml").string());
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace reach::experiment
