@@ -8,10 +8,13 @@
 // summation order differs); float32 1e-5, the inference bar: the decode kernel sums in
 // float64 while the fused float32 forward sums in float32 over <= a few hundred terms of
 // length <= 64 (a few hundred ulps of 6e-8 at worst). An indexing, masking or budget
-// mistake gives O(1) errors.
+// mistake gives O(1) errors. Op harness cases (tests/kernels/harness.hpp):
+// decode_attention_cpu.{f64,f32}_SHAPE_{vs_full_forward,vs_full_entmax,vs_reference}; the mass
+// budget's monotonicity and the errors are plain TESTs.
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <random>
 #include <stdexcept>
@@ -22,6 +25,7 @@
 #include "kernels/cpu/dilated_attention.hpp"
 #include "kernels/cpu/entmax_attention.hpp"
 #include "kernels/cpu/reference_decode_attention.hpp"
+#include "tests/kernels/harness.hpp"
 
 namespace reach::kernels {
 namespace {
@@ -193,9 +197,9 @@ std::vector<FamilyCase> family_cases() {
 }
 
 template <typename T>
-void check_decode_equals_full_forward() {
-  std::mt19937_64 rng(2026);
-  for (const auto& c : family_cases()) {
+void check_decode_equals_full_forward(const FamilyCase& c, uint64_t seed, harness::Report& report) {
+  std::mt19937_64 rng(seed);
+  {
     const auto r = make_requests(c.heads, c.d, c.lengths, rng);
     std::vector<std::vector<double>> full;
     for (size_t b = 0; b < c.lengths.size(); ++b) {
@@ -205,21 +209,14 @@ void check_decode_equals_full_forward() {
       dilated_attention_forward_cpu<T>(p, q.data(), k.data(), v.data(), out.data(), lse.data());
       full.emplace_back(out.begin(), out.end());
     }
-    EXPECT_LT(worst_decode_error<T>(r, c.window, c.offsets, full, rng), tolerance<T>()) << c.name;
+    report.lt("worst max-rel over decode steps vs the full forward rows",
+              worst_decode_error<T>(r, c.window, c.offsets, full, rng), tolerance<T>());
   }
-}
-
-TEST(DecodeAttentionCpu, EveryPositionEqualsTheFullForwardRowFloat64) {
-  check_decode_equals_full_forward<double>();
-}
-
-TEST(DecodeAttentionCpu, EveryPositionEqualsTheFullForwardRowFloat32) {
-  check_decode_equals_full_forward<float>();
 }
 
 // Enough work for the threaded path: dense, four heads, long requests of mixed lengths; the
 // last position of each against the full forward.
-TEST(DecodeAttentionCpu, ThreadedBatchEqualsTheFullForwardRow) {
+void check_threaded_batch(harness::Report& report) {
   std::mt19937_64 rng(42);
   const int64_t heads = 4, d = 32, dense = int64_t{1} << 40;
   const auto r = make_requests(heads, d, {600, 450, 1, 300}, rng);
@@ -238,14 +235,15 @@ TEST(DecodeAttentionCpu, ThreadedBatchEqualsTheFullForwardRow) {
   std::vector<int64_t> read(static_cast<size_t>(4 * heads));
   decode_attention_cpu<double>(p, in.q.data(), in.k_cache.data(), in.v_cache.data(), out.data(),
                                read.data());
-  EXPECT_LT(relative_error(out, rows_at(full, r, lengths)), 1e-12);
-  EXPECT_EQ(read[0], 600);
-  EXPECT_EQ(read[2 * heads], 1);
+  report.lt("max-rel vs the full forward rows", relative_error(out, rows_at(full, r, lengths)),
+            1e-12);
+  if (read[0] != 600) report.fail("request 0 read " + std::to_string(read[0]) + " keys, not 600");
+  if (read[2 * heads] != 1) report.fail("request 2 (length 1) read more than its own key");
 }
 
 // A per-request budget (window W_b, first K_b rungs) is the full operator with that window
 // and those offsets: same weights, fewer keys.
-TEST(DecodeAttentionCpu, BudgetEqualsTheFullForwardWithThatKeySet) {
+void check_budget(harness::Report& report) {
   std::mt19937_64 rng(7);
   const std::vector<double> offsets{8, 13, 21, 34, 55};
   const auto r = make_requests(2, 16, {90, 90, 90, 90}, rng);
@@ -278,30 +276,33 @@ TEST(DecodeAttentionCpu, BudgetEqualsTheFullForwardWithThatKeySet) {
     for (double x : kept) visible += x <= static_cast<double>(lengths[b] - 1) ? 1 : 0;
     expected_read.insert(expected_read.end(), {visible, visible});
   }
-  EXPECT_LT(relative_error(out, rows_at(full, r, lengths)), 1e-12);
-  EXPECT_EQ(read, expected_read);
+  report.lt("max-rel vs the full forward with each request's key set",
+            relative_error(out, rows_at(full, r, lengths)), 1e-12);
+  if (read != expected_read) report.fail("keys read differ from the budgets' key sets");
 }
 
 // Entmax, ASEntmax (log-n scaling), SSMax (softmax + log-n scaling) and ALiBi / NAPE
 // slopes: decode equals row t of the full entmax operator.
-TEST(DecodeAttentionCpu, NormalisersEqualTheFullEntmaxForwardRow) {
-  std::mt19937_64 rng(99);
+struct Normaliser {
+  const char* name;
+  bool softmax, log_n;
+  const std::vector<double>*delta, *gamma, *slopes;
+};
+
+void check_normaliser(int which, harness::Report& report) {
+  std::mt19937_64 rng(99 + static_cast<uint64_t>(which));
   const std::vector<double> offsets{6, 10, 16, 26};
   const int64_t heads = 2, d = 16, window = 6, n = 45;
   const std::vector<double> alpha{1.5, 1.25}, delta{1.1, 0.9}, beta{0.3, 0.2}, gamma{1.0, 1.7},
       slopes{0.0, 0.25}, ssmax_delta{0.0, 0.0}, ones{1.0, 1.0};
-  struct Normaliser {
-    const char* name;
-    bool softmax, log_n;
-    const std::vector<double>*delta, *gamma, *slopes;
-  };
   const std::vector<Normaliser> normalisers{
       {"entmax", false, false, nullptr, nullptr, nullptr},
       {"asentmax + nape", false, true, &delta, &gamma, &slopes},
       {"ssmax", true, true, &ssmax_delta, &ones, nullptr},
       {"softmax + alibi", true, false, nullptr, nullptr, &slopes},
   };
-  for (const auto& nz : normalisers) {
+  {
+    const auto& nz = normalisers[static_cast<size_t>(which)];
     const auto r = make_requests(heads, d, {n, n}, rng);
     EntmaxAttentionParams ep;
     ep.base = full_params(heads, n, d, window, offsets);
@@ -338,14 +339,15 @@ TEST(DecodeAttentionCpu, NormalisersEqualTheFullEntmaxForwardRow) {
       worst = std::max(worst, relative_error(out, rows_at(full, r, lengths)));
     }
     // Entmax's threshold comes from a bisection to machine precision: 1e-10, not 1e-12.
-    EXPECT_LT(worst, 1e-10) << nz.name;
+    report.lt(std::string("worst max-rel over decode steps vs the full entmax rows, ") + nz.name,
+              worst, 1e-10);
   }
 }
 
 // Everything at once against the reference: GQA, budgets per request, mass cut, ALiBi,
 // fractional offsets, entmax, both dtypes.
 template <typename T>
-void check_against_reference(bool entmax) {
+void check_against_reference(bool entmax, harness::Report& report) {
   std::mt19937_64 rng(entmax ? 11 : 12);
   const int64_t batch = 5, heads = 4, kv_heads = 2, d = 24, capacity = 120;
   const std::vector<double> offsets{7, 11.5, 19, 30.25, 50, 81};
@@ -384,17 +386,54 @@ void check_against_reference(bool entmax) {
   decode_attention_cpu<T>(p, q.data(), kc.data(), vc.data(), out.data(), read.data());
   // float32 here differs from the reference only by the output's rounding (the kernel
   // computes in float64 on the same float32 inputs).
-  EXPECT_LT(relative_error(out, want.out), sizeof(T) == 8 ? 1e-12 : 1e-6);
-  EXPECT_EQ(read, want.keys_read);
+  report.lt("max-rel vs the reference", relative_error(out, want.out),
+            sizeof(T) == 8 ? 1e-12 : 1e-6);
+  if (read != want.keys_read) report.fail("keys read differ from the reference's");
   // The mass cut reads fewer keys than the key set (request 3: p = 0.3, W 7, no rungs).
-  EXPECT_LT(read[3 * heads], 7);
-  EXPECT_EQ(read[1 * heads], 1);  // length 1: the token itself
+  if (!(read[3 * heads] < 7)) report.fail("the mass cut did not read fewer keys (request 3)");
+  if (read[1 * heads] != 1) report.fail("length 1 read more than the token itself");
 }
 
-TEST(DecodeAttentionCpu, MatchesReferenceSoftmaxFloat64) { check_against_reference<double>(false); }
-TEST(DecodeAttentionCpu, MatchesReferenceSoftmaxFloat32) { check_against_reference<float>(false); }
-TEST(DecodeAttentionCpu, MatchesReferenceEntmaxFloat64) { check_against_reference<double>(true); }
-TEST(DecodeAttentionCpu, MatchesReferenceEntmaxFloat32) { check_against_reference<float>(true); }
+std::string family_shape(const FamilyCase& c) {
+  std::string name = c.name;
+  for (auto& ch : name) ch = std::isalnum(static_cast<unsigned char>(ch)) ? ch : '_';
+  while (name.back() == '_') name.pop_back();
+  return harness::shape_part("h", double(c.heads)) + "_" + harness::shape_part("d", double(c.d)) +
+         "_" + name;
+}
+
+REACH_OP_CASES(decode_attention_cpu_cases) {
+  // Every position equals row t of the full fused forward, per key-set family.
+  for (const auto& c : family_cases()) {
+    const std::string shape = family_shape(c);
+    registry.add({"decode_attention", "cpu", "f64", shape, "vs_full_forward",
+                  [c, shape](harness::Report& r) {
+                    check_decode_equals_full_forward<double>(c, harness::seed_of(shape), r);
+                  }});
+    registry.add({"decode_attention", "cpu", "f32", shape, "vs_full_forward",
+                  [c, shape](harness::Report& r) {
+                    check_decode_equals_full_forward<float>(c, harness::seed_of(shape), r);
+                  }});
+  }
+  // Enough work for the threaded path.
+  registry.add({"decode_attention", "cpu", "f64", "h4_d32_dense_threaded", "vs_full_forward",
+                check_threaded_batch});
+  registry.add(
+      {"decode_attention", "cpu", "f64", "h2_d16_budgets", "vs_full_forward", check_budget});
+  const char* normalisers[] = {"entmax", "asentmax_nape", "ssmax", "softmax_alibi"};
+  for (int i = 0; i < 4; ++i) {
+    registry.add({"decode_attention", "cpu", "f64", std::string("h2_d16_n45_") + normalisers[i],
+                  "vs_full_entmax", [i](harness::Report& r) { check_normaliser(i, r); }});
+  }
+  // Everything at once against the reference.
+  for (const bool entmax : {false, true}) {
+    const std::string shape = std::string("b5_h4_hkv2_d24_") + (entmax ? "entmax" : "softmax");
+    registry.add({"decode_attention", "cpu", "f64", shape, "vs_reference",
+                  [entmax](harness::Report& r) { check_against_reference<double>(entmax, r); }});
+    registry.add({"decode_attention", "cpu", "f32", shape, "vs_reference",
+                  [entmax](harness::Report& r) { check_against_reference<float>(entmax, r); }});
+  }
+}
 
 // The dynamic budget: lowering p never reads more keys; p = 1 is the plain operator.
 TEST(DecodeAttentionCpu, MassBudgetReadsFewerKeysAsPDrops) {

@@ -162,41 +162,41 @@ std::vector<size_t> sample_indices(size_t size, size_t count, std::mt19937_64& r
   return out;
 }
 
-void Report::le(const std::string& what, double error, double bound) {
+void Report::lt(const std::string& what, double error, double bound) {
   checks_.push_back({what, error, bound});
 }
 
 void Report::max_rel(const std::string& what, const std::vector<double>& got,
                      const std::vector<double>& want, double bound) {
-  le(what + " max-rel", max_rel_error(got, want), bound);
+  lt(what + " max-rel", max_rel_error(got, want), bound);
 }
 
 void Report::max_scaled(const std::string& what, const std::vector<double>& got,
                         const std::vector<double>& want, double bound) {
-  le(what + " max-err/max(1,|ref|)", max_abs_error(got, want) / std::max(1.0, max_abs(want)),
+  lt(what + " max-err/max(1,|ref|)", max_abs_error(got, want) / std::max(1.0, max_abs(want)),
      bound);
 }
 
 void Report::max_diff(const std::string& what, const std::vector<double>& got,
                       const std::vector<double>& want, double bound) {
-  le(what + " max-abs", max_abs_error(got, want), bound);
+  lt(what + " max-abs", max_abs_error(got, want), bound);
 }
 
 void Report::rel_l2(const std::string& what, const std::vector<double>& got,
                     const std::vector<double>& want, double bound) {
-  le(what + " rel-L2", rel_l2_error(got, want), bound);
+  lt(what + " rel-L2", rel_l2_error(got, want), bound);
 }
 
 void Report::bf16(const std::string& what, const std::vector<double>& got,
                   const std::vector<double>& ref, const Bf16Rule& rule) {
-  le(what + " rel-L2 (bf16 rule)", rel_l2_error(got, ref), rule.bound(ref));
+  lt(what + " rel-L2 (bf16 rule)", rel_l2_error(got, ref), rule.bound(ref));
 }
 
 void Report::fd(const std::string& what, const FdResult& result, double bound) {
   std::ostringstream s;
   s << what << " vs finite differences (worst at " << result.worst << ": " << result.analytic
     << " vs " << result.numeric << ")";
-  le(s.str(), result.error, bound);
+  lt(s.str(), result.error, bound);
 }
 
 void Report::fail(const std::string& message) { failures_.push_back(message); }

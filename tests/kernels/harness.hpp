@@ -32,7 +32,7 @@
 //   * bf16:     rel_l2 within factor x (rel_l2 of the reference rounded to bf16) + slack: judged
 //               against what bf16 rounding alone costs (FlashAttention's rule)
 //   * fd:       analytic gradients against central finite differences of a scalar loss
-//   * le / fail: any other bound, or a failure with a message
+//   * lt / fail: any other bound (error < bound), or a failure with a message
 #pragma once
 
 #include <cstdint>
@@ -109,18 +109,19 @@ FdResult finite_difference_error(std::vector<double>& x, const std::vector<doubl
 // `count` distinct-or-not random indices into [0, size) (every index when count >= size).
 std::vector<size_t> sample_indices(size_t size, size_t count, std::mt19937_64& rng);
 
-// One measured quantity against its bound (passes when error <= bound; NaN fails).
+// One measured quantity against its bound (passes when error < bound, strictly: no looser than
+// any earlier EXPECT_LT / EXPECT_LE / EXPECT_NEAR form; NaN fails).
 struct Check {
   std::string what;
   double error = 0;
   double bound = 0;
-  bool passed() const { return error <= bound; }
+  bool passed() const { return error < bound; }
 };
 
 // What a case reports: its checks, failures with a message, or why it was skipped.
 class Report {
  public:
-  void le(const std::string& what, double error, double bound);
+  void lt(const std::string& what, double error, double bound);
   void max_rel(const std::string& what, const std::vector<double>& got,
                const std::vector<double>& want, double bound);
   // max |got - want| / max(1, max |want|): relative for large tensors, absolute for small.

@@ -21,9 +21,9 @@ class OpCaseTest : public testing::Test {
     for (const auto& message : report.failures()) ADD_FAILURE() << message;
     const bool verbose = std::getenv("REACH_HARNESS_VERBOSE") != nullptr;
     for (const auto& check : report.checks()) {
-      EXPECT_LE(check.error, check.bound) << check.what;
+      EXPECT_LT(check.error, check.bound) << check.what;
       if (verbose)
-        std::printf("  %-70s %.3e <= %.3e\n", check.what.c_str(), check.error, check.bound);
+        std::printf("  %-70s %.3e < %.3e\n", check.what.c_str(), check.error, check.bound);
     }
     EXPECT_FALSE(report.checks().empty() && report.failures().empty())
         << "a case that checks nothing cannot fail";
