@@ -2,8 +2,10 @@
 // t, for requests of different lengths in one batch, the decoded output equals row t of the
 // full forward on the same sequence (the same float64 arithmetic, so to 1e-13 relative);
 // per-request top-k budgets equal the full operator run with that k; bad params are errors.
+// Op harness cases (tests/kernels/harness.hpp): chunk_decode_attention_cpu.*; errors: TESTs.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <string>
@@ -11,6 +13,7 @@
 
 #include "kernels/cpu/chunk_attention.hpp"
 #include "kernels/cpu/chunk_decode_attention.hpp"
+#include "tests/kernels/harness.hpp"
 
 namespace reach::kernels {
 namespace {
@@ -118,15 +121,67 @@ double worst_row_error(const Problem& pr, const std::vector<double>& full,
   return worst;
 }
 
-TEST(ChunkDecodeAttentionCpu, EveryPositionEqualsTheFullOperatorsRow) {
+struct DecodeCase {
+  const char* name;
+  int64_t hq, hkv, n, d, dr;
+  pattern::ChunkSelection sel;
+  ChunkWeighting weighting;
+};
+
+// Every position t of two requests of lengths t + 1 and n - t against row t of the full
+// operator (worst over t), and the chunks read per request and KV head.
+void check_every_position(const DecodeCase& c, harness::Report& r) {
+  const Problem pr = make_problem(2, c.hq, c.hkv, c.n, c.d, c.dr, c.sel, c.weighting, 11);
+  const auto full = full_forward(pr.full, pr);
+  double worst = 0;
+  for (int64_t t = 0; t < c.n; ++t) {
+    const std::vector<int64_t> lengths = {t + 1, c.n - t};  // two requests, two lengths
+    const auto p = decode_params(pr, lengths);
+    std::vector<int64_t> read;
+    const auto dec = decode(p, pr, &read);
+    worst = std::max(worst, worst_row_error(pr, full, dec, lengths));
+    for (int64_t b = 0; b < 2; ++b) {
+      const int64_t want = pattern::selected_chunks(
+          c.sel, pattern::candidate_chunks(c.sel, lengths[static_cast<size_t>(b)] - 1));
+      for (int64_t g = 0; g < c.hkv; ++g) {
+        if (read[b * c.hkv + g] != want) {
+          return r.fail("t=" + std::to_string(t) + ": request " + std::to_string(b) + " read " +
+                        std::to_string(read[b * c.hkv + g]) + " chunks, not " +
+                        std::to_string(want));
+        }
+      }
+    }
+  }
+  r.lt("worst row error over every position vs the full operator", worst, 1e-13);
+}
+
+// Per-request top-k budgets equal the full operator run with that k (each element within
+// 1e-13 * max(1, |want|)).
+void check_per_request_top_k(harness::Report& r) {
+  Problem pr = make_problem(2, 2, 1, 48, 8, 8, {4, 4, 0}, ChunkWeighting::softmax, 12);
+  const std::vector<int64_t> lengths = {48, 40}, top_ks = {1, 3};
+  auto p = decode_params(pr, lengths);
+  p.top_ks = top_ks.data();
+  const auto dec = decode(p, pr);
+  double worst = 0;
+  for (int64_t b = 0; b < 2; ++b) {
+    auto full_params = pr.full;
+    full_params.selection.top_k = top_ks[static_cast<size_t>(b)];
+    const auto full = full_forward(full_params, pr);
+    for (int64_t h = 0; h < 2; ++h) {
+      for (int64_t e = 0; e < 8; ++e) {
+        const double want = full[((b * 2 + h) * 48 + lengths[static_cast<size_t>(b)] - 1) * 8 + e];
+        const double err = std::abs(dec[(b * 2 + h) * 8 + e] - want);
+        worst = std::max(worst, std::isnan(err) ? INFINITY : err / std::max(1.0, std::abs(want)));
+      }
+    }
+  }
+  r.lt("worst |decode - full(k)| / max(1, |full|)", worst, 1e-13);
+}
+
+REACH_OP_CASES(chunk_decode_attention_cpu_cases) {
   using pattern::ChunkBudgetRule;
-  struct Case {
-    const char* name;
-    int64_t hq, hkv, n, d, dr;
-    pattern::ChunkSelection sel;
-    ChunkWeighting weighting;
-  };
-  const Case cases[] = {
+  const DecodeCase cases[] = {
       {"gqa_tail", 4, 2, 37, 8, 6, {4, 3, 0}, ChunkWeighting::softmax},
       {"window_stick", 2, 1, 40, 4, 5, {4, 2, 9}, ChunkWeighting::stick_breaking},
       {"fraction",
@@ -139,41 +194,11 @@ TEST(ChunkDecodeAttentionCpu, EveryPositionEqualsTheFullOperatorsRow) {
        ChunkWeighting::softmax},
   };
   for (const auto& c : cases) {
-    SCOPED_TRACE(c.name);
-    const Problem pr = make_problem(2, c.hq, c.hkv, c.n, c.d, c.dr, c.sel, c.weighting, 11);
-    const auto full = full_forward(pr.full, pr);
-    for (int64_t t = 0; t < c.n; ++t) {
-      const std::vector<int64_t> lengths = {t + 1, c.n - t};  // two requests, two lengths
-      const auto p = decode_params(pr, lengths);
-      std::vector<int64_t> read;
-      const auto dec = decode(p, pr, &read);
-      ASSERT_LE(worst_row_error(pr, full, dec, lengths), 1e-13) << "t=" << t;
-      for (int64_t b = 0; b < 2; ++b) {
-        const int64_t want = pattern::selected_chunks(
-            c.sel, pattern::candidate_chunks(c.sel, lengths[static_cast<size_t>(b)] - 1));
-        for (int64_t g = 0; g < c.hkv; ++g) ASSERT_EQ(read[b * c.hkv + g], want);
-      }
-    }
+    registry.add({"chunk_decode_attention", "cpu", "f64", c.name, "every_position",
+                  [c](harness::Report& r) { check_every_position(c, r); }});
   }
-}
-
-TEST(ChunkDecodeAttentionCpu, PerRequestTopKEqualsTheFullOperatorWithThatK) {
-  Problem pr = make_problem(2, 2, 1, 48, 8, 8, {4, 4, 0}, ChunkWeighting::softmax, 12);
-  const std::vector<int64_t> lengths = {48, 40}, top_ks = {1, 3};
-  auto p = decode_params(pr, lengths);
-  p.top_ks = top_ks.data();
-  const auto dec = decode(p, pr);
-  for (int64_t b = 0; b < 2; ++b) {
-    auto full_params = pr.full;
-    full_params.selection.top_k = top_ks[static_cast<size_t>(b)];
-    const auto full = full_forward(full_params, pr);
-    for (int64_t h = 0; h < 2; ++h) {
-      for (int64_t e = 0; e < 8; ++e) {
-        const double want = full[((b * 2 + h) * 48 + lengths[static_cast<size_t>(b)] - 1) * 8 + e];
-        EXPECT_NEAR(dec[(b * 2 + h) * 8 + e], want, 1e-13 * std::max(1.0, std::abs(want)));
-      }
-    }
-  }
+  registry.add({"chunk_decode_attention", "cpu", "f64", "per_request_top_k", "vs_full",
+                check_per_request_top_k});
 }
 
 TEST(ChunkDecodeAttentionCpu, BadParamsAreClearErrors) {
