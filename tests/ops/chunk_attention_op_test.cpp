@@ -192,7 +192,7 @@ TEST(ChunkAttentionOp, SequenceShorterThanOneChunkGivesZeros) {
 
 // Decode: request b's output is row lengths[b] - 1 of the full op on the cached sequence
 // (the same float64 arithmetic: 1e-12).
-TEST(ChunkAttentionDecodeOp, EqualsTheFullOpsRowPerRequest) {
+void check_decode_op(harness::Report& report) {
   torch::manual_seed(9);
   ChunkAttentionOptions o;
   o.selection = {4, 3, 6};
@@ -211,7 +211,9 @@ TEST(ChunkAttentionDecodeOp, EqualsTheFullOpsRowPerRequest) {
       chunk_attention_decode(q, r, x.k.detach(), x.v.detach(), x.l.detach(), lengths, o);
   for (int64_t b = 0; b < 2; ++b) {
     const int64_t t = lengths[b].item<int64_t>() - 1;
-    EXPECT_LT(rel_diff(out[b], full[b].select(1, t)), 1e-12) << b;
+    report.max_scaled("request " + std::to_string(b) + " vs the full op's row",
+                      harness::host_values(out[b]), harness::host_values(full[b].select(1, t)),
+                      1e-12);
   }
   // The registered op, with a per-request budget: k = 1 for request 0 equals the full op at k = 1.
   const auto op =
@@ -236,8 +238,17 @@ TEST(ChunkAttentionDecodeOp, EqualsTheFullOpsRowPerRequest) {
   auto k1 = o;
   k1.selection.top_k = 1;
   const auto full_k1 = chunk_attention(x.q, x.k, x.v, x.r, x.l, k1).detach();
-  EXPECT_LT(rel_diff(stack[0].toTensor()[0], full_k1[0].select(1, 29)), 1e-12);
-  EXPECT_LT(rel_diff(stack[0].toTensor()[1], full[1].select(1, 12)), 1e-12);
+  report.max_scaled("registered op, request 0 (k = 1) vs the full op at k = 1",
+                    harness::host_values(stack[0].toTensor()[0]),
+                    harness::host_values(full_k1[0].select(1, 29)), 1e-12);
+  report.max_scaled("registered op, request 1 (k = 3) vs the full op",
+                    harness::host_values(stack[0].toTensor()[1]),
+                    harness::host_values(full[1].select(1, 12)), 1e-12);
+}
+
+REACH_OP_CASES(chunk_attention_decode_op_cases) {
+  registry.add({"chunk_attention_decode", "torch", "f64", "b2_hq4_hkv2_n30_d8_dr6_S4_k3_W6_stick",
+                "vs_full_row", check_decode_op});
 }
 
 TEST(ChunkAttentionDecodeOp, BadInputsAreClearErrors) {
