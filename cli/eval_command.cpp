@@ -44,8 +44,8 @@ void add_eval_command(CLI::App& app) {
     const auto results =
         eval::evaluate_lengths([&](const torch::Tensor& x) { return ckpt.model(x); },
                                corpus.heldout, lengths, o->max_tokens);
-    const std::string label =
-        fmt::format("{} ({})", ckpt.config.model.attention, ckpt.config.model.schedule);
+    const std::string label = fmt::format("{} ({})", model::to_string(ckpt.config.model.attention),
+                                          model::to_string(ckpt.config.model.schedule));
     std::vector<ModelLengths> table{{label, ckpt.config.seq_len, results}};
     fmt::print("{}", markdown_table(table));
     write_reports(table, o->json, o->markdown, o->png);

@@ -15,7 +15,8 @@
 namespace reach::cli {
 
 std::string task_run_label(const train::TaskRunConfig& c) {
-  return fmt::format("{} + {} ({})", c.model.normalizer, c.model.positions, c.model.attention);
+  return fmt::format("{} + {} ({})", model::to_string(c.model.normalizer),
+                     model::to_string(c.model.positions), model::to_string(c.model.attention));
 }
 
 std::string task_markdown_table(const std::vector<TaskRunResults>& runs) {
@@ -73,9 +74,9 @@ void write_task_reports(const std::vector<TaskRunResults>& runs, const std::stri
                    {"task", run.config.task},
                    {"train_length", run.config.train_length},
                    {"model",
-                    {{"attention", m.attention},
-                     {"normalizer", m.normalizer},
-                     {"positions", m.positions},
+                    {{"attention", model::to_string(m.attention)},
+                     {"normalizer", model::to_string(m.normalizer)},
+                     {"positions", model::to_string(m.positions)},
                      {"entmax_alpha", m.entmax_alpha},
                      {"layers", m.layers},
                      {"d_model", m.d_model},

@@ -1,8 +1,135 @@
 #include "model/model_config.hpp"
 
+#include <array>
 #include <stdexcept>
+#include <utility>
+
+#include "pattern/dilated_offsets.hpp"
 
 namespace reach::model {
+namespace {
+
+template <class E>
+using Names = std::array<std::pair<E, const char*>, 4>;
+
+constexpr Names<AttentionFamily> kAttention{{{AttentionFamily::dense, "dense"},
+                                             {AttentionFamily::window, "window"},
+                                             {AttentionFamily::fibonacci, "fibonacci"},
+                                             {AttentionFamily::power_of_two, "power_of_two"}}};
+constexpr Names<Positions> kPositions{{{Positions::rope, "rope"},
+                                       {Positions::alibi, "alibi"},
+                                       {Positions::nope, "nope"},
+                                       {Positions::nape, "nape"}}};
+constexpr Names<Normalizer> kNormalizer{{{Normalizer::softmax, "softmax"},
+                                         {Normalizer::entmax, "entmax"},
+                                         {Normalizer::asentmax, "asentmax"},
+                                         {Normalizer::ssmax, "ssmax"}}};
+
+template <class E>
+std::vector<std::string> names_of(const Names<E>& names) {
+  std::vector<std::string> out;
+  for (const auto& [value, name] : names) out.emplace_back(name);
+  return out;
+}
+
+// "a, b, c or d"
+std::string alternatives(const std::vector<std::string>& names) {
+  std::string out;
+  for (size_t i = 0; i < names.size(); ++i) {
+    if (i > 0) out += i + 1 == names.size() ? " or " : ", ";
+    out += names[i];
+  }
+  return out;
+}
+
+[[noreturn]] void bad_name(const char* key, const std::vector<std::string>& names,
+                           const std::string& got) {
+  throw std::invalid_argument(std::string(key) + " must be " + alternatives(names) + ", got '" +
+                              got + "'");
+}
+
+template <class E>
+E parse_name(const char* key, const Names<E>& names, const std::string& name) {
+  for (const auto& [value, text] : names) {
+    if (name == text) return value;
+  }
+  bad_name(key, names_of(names), name);
+}
+
+template <class E>
+std::string name_of(const Names<E>& names, E value) {
+  for (const auto& [v, text] : names) {
+    if (v == value) return text;
+  }
+  throw std::logic_error("enum value without a name");
+}
+
+}  // namespace
+
+AttentionFamily parse_attention_family(const std::string& name) {
+  if (name == "dense") return AttentionFamily::dense;
+  if (name == "window") return AttentionFamily::window;
+  try {
+    return pattern::parse_offset_base(name) == pattern::OffsetBase::fibonacci
+               ? AttentionFamily::fibonacci
+               : AttentionFamily::power_of_two;
+  } catch (const std::invalid_argument&) {
+    bad_name("model.attention", attention_family_names(), name);
+  }
+}
+
+Positions parse_positions(const std::string& name) {
+  return parse_name("model.positions", kPositions, name);
+}
+
+Normalizer parse_normalizer(const std::string& name) {
+  return parse_name("model.normalizer", kNormalizer, name);
+}
+
+AlphaSchedule parse_schedule(const std::string& name) {
+  try {
+    return pattern::parse_alpha_schedule(name);
+  } catch (const std::invalid_argument&) {
+    bad_name("model.schedule", schedule_names(), name);
+  }
+}
+
+std::string to_string(AttentionFamily family) { return name_of(kAttention, family); }
+std::string to_string(Positions positions) { return name_of(kPositions, positions); }
+std::string to_string(Normalizer normalizer) { return name_of(kNormalizer, normalizer); }
+
+std::vector<std::string> attention_family_names() { return names_of(kAttention); }
+std::vector<std::string> positions_names() { return names_of(kPositions); }
+std::vector<std::string> normalizer_names() { return names_of(kNormalizer); }
+std::vector<std::string> schedule_names() {
+  std::vector<std::string> out;
+  for (auto s : {AlphaSchedule::fixed, AlphaSchedule::stagger, AlphaSchedule::coprime,
+                 AlphaSchedule::learned}) {
+    out.push_back(pattern::to_string(s));
+  }
+  return out;
+}
+
+bool is_dilated(AttentionFamily family) {
+  return family == AttentionFamily::fibonacci || family == AttentionFamily::power_of_two;
+}
+
+pattern::OffsetBase offset_base(AttentionFamily family) {
+  switch (family) {
+    case AttentionFamily::fibonacci:
+      return pattern::OffsetBase::fibonacci;
+    case AttentionFamily::power_of_two:
+      return pattern::OffsetBase::power_of_two;
+    case AttentionFamily::dense:
+    case AttentionFamily::window:
+      break;
+  }
+  throw std::logic_error("model.attention = '" + to_string(family) + "' has no offset base");
+}
+
+bool has_distance_bias(Positions positions) {
+  return positions == Positions::alibi || positions == Positions::nape;
+}
 
 void validate(const ModelConfig& c) {
   auto positive = [](int64_t v, const char* name) {
@@ -19,43 +146,25 @@ void validate(const ModelConfig& c) {
                                 ") must be divisible by model.heads (" + std::to_string(c.heads) +
                                 ")");
   }
-  if ((c.d_model / c.heads) % 2 != 0 && c.positions == "rope") {
+  if ((c.d_model / c.heads) % 2 != 0 && c.positions == Positions::rope) {
     throw std::invalid_argument("model: RoPE needs an even head dimension");
   }
-  if (c.attention != "dense" && c.attention != "window" && c.attention != "fibonacci" &&
-      c.attention != "power_of_two") {
-    throw std::invalid_argument(
-        "model.attention must be dense, window, fibonacci or "
-        "power_of_two, got '" +
-        c.attention + "'");
-  }
-  if (c.positions != "rope" && c.positions != "alibi" && c.positions != "nope" &&
-      c.positions != "nape") {
-    throw std::invalid_argument("model.positions must be rope, alibi, nope or nape, got '" +
-                                c.positions + "'");
-  }
-  if (c.positions == "nape" && c.heads < 2) {
+  if (c.positions == Positions::nape && c.heads < 2) {
     throw std::invalid_argument(
         "model.positions = 'nape' needs at least 2 heads (half NoPE, "
         "half ALiBi)");
-  }
-  if (c.normalizer != "softmax" && c.normalizer != "entmax" && c.normalizer != "asentmax" &&
-      c.normalizer != "ssmax") {
-    throw std::invalid_argument(
-        "model.normalizer must be softmax, entmax, asentmax or ssmax, got '" + c.normalizer + "'");
   }
   if (!(c.entmax_alpha > 1.0 && c.entmax_alpha <= 2.0)) {
     throw std::invalid_argument("model.entmax_alpha must be in (1, 2], got " +
                                 std::to_string(c.entmax_alpha));
   }
   const bool bias_or_normalizer =
-      c.positions == "alibi" || c.positions == "nape" || c.normalizer != "softmax";
-  if (bias_or_normalizer && c.schedule == "learned" &&
-      (c.attention == "fibonacci" || c.attention == "power_of_two")) {
+      has_distance_bias(c.positions) || c.normalizer != Normalizer::softmax;
+  if (bias_or_normalizer && c.schedule == AlphaSchedule::learned && is_dilated(c.attention)) {
     throw std::invalid_argument(
         "model.schedule = 'learned' (fractional offsets) works with softmax and rope/nope only; "
         "model.normalizer = '" +
-        c.normalizer + "' and model.positions = '" + c.positions +
+        to_string(c.normalizer) + "' and model.positions = '" + to_string(c.positions) +
         "' need integer offsets (a static schedule)");
   }
   if (c.reach < 0) throw std::invalid_argument("model.reach must be >= 0 (0 = seq_len)");

@@ -1,10 +1,53 @@
-// Configuration of the GPT-style decoder and its attention per layer.
+// Configuration of the GPT-style decoder and its attention per layer. Every model choice is a
+// typed enum, parsed once from its config name (parse_* below); the model never compares names.
 #pragma once
 
 #include <cstdint>
 #include <string>
+#include <vector>
+
+#include "pattern/alpha_schedule.hpp"
+#include "pattern/dilated_offsets.hpp"
 
 namespace reach::model {
+
+// Which keys a query sees: every earlier key, its local window, or the window plus dilated
+// offsets from a base sequence (pattern::OffsetBase) scaled by the layer's alpha.
+enum class AttentionFamily { dense, window, fibonacci, power_of_two };
+// How positions enter attention: RoPE on queries and keys, an ALiBi distance bias, none
+// (NoPE), or NAPE (the first half of the heads NoPE, the second half ALiBi with the slopes
+// of a model with that many heads).
+enum class Positions { rope, alibi, nope, nape };
+// How scores become attention weights over the key set: softmax; alpha-entmax (alpha =
+// entmax_alpha); ASEntmax (entmax of scores times delta_h + beta_h * log(n + 1)^gamma_h, all
+// three learned per head); SSMax (softmax of scores times beta_h * log(n + 1), beta_h learned).
+// n is the number of keys the query sees. See docs/entmax.md.
+enum class Normalizer { softmax, entmax, asentmax, ssmax };
+using pattern::AlphaSchedule;
+
+// Parsers of the config names (the names to_string gives, plus the aliases pattern/ accepts:
+// "fib", "pow2", "linear"). A bad name throws std::invalid_argument naming the key
+// ("model.attention") and the allowed names.
+AttentionFamily parse_attention_family(const std::string& name);
+Positions parse_positions(const std::string& name);
+Normalizer parse_normalizer(const std::string& name);
+AlphaSchedule parse_schedule(const std::string& name);
+std::string to_string(AttentionFamily family);
+std::string to_string(Positions positions);
+std::string to_string(Normalizer normalizer);
+using pattern::to_string;
+// The names each parser accepts (without aliases), in declaration order, for help and errors.
+std::vector<std::string> attention_family_names();
+std::vector<std::string> positions_names();
+std::vector<std::string> normalizer_names();
+std::vector<std::string> schedule_names();
+
+// Window plus dilated offsets (fibonacci, power_of_two): the families with an alpha schedule.
+bool is_dilated(AttentionFamily family);
+// The offset base of a dilated family; throws std::logic_error for dense and window.
+pattern::OffsetBase offset_base(AttentionFamily family);
+// ALiBi or NAPE: a per-head distance bias on the scores.
+bool has_distance_bias(Positions positions);
 
 struct ModelConfig {
   int64_t vocab_size = 256;
@@ -12,26 +55,18 @@ struct ModelConfig {
   int64_t d_model = 128;
   int64_t heads = 4;
   int64_t mlp_ratio = 4;
-  // "dense", "window", "fibonacci" or "power_of_two".
-  std::string attention = "fibonacci";
-  // Alpha across depth for fibonacci / power_of_two: fixed, stagger, coprime, learned.
-  std::string schedule = "stagger";
+  AttentionFamily attention = AttentionFamily::fibonacci;
+  // Alpha across depth for fibonacci / power_of_two.
+  AlphaSchedule schedule = AlphaSchedule::stagger;
   double alpha = 1.0;      // fixed
   double alpha_min = 1.0;  // stagger / coprime / learned init
   double alpha_max = 3.0;
   int64_t window = 32;
   int64_t reach = 0;  // maximum offset R; 0 = the training sequence length
-  // "rope", "alibi", "nope" or "nape" (NoPE + ALiBi: the first half of the heads NoPE, the
-  // second half ALiBi with the slopes of a model with that many heads).
-  std::string positions = "rope";
+  Positions positions = Positions::rope;
   double rope_base = 10000.0;
-  // How scores become attention weights, over whichever key set `attention` gives:
-  // "softmax"; "entmax" (alpha-entmax, alpha = entmax_alpha); "asentmax" (entmax of
-  // scores times delta_h + beta_h * log(n + 1)^gamma_h, all three learned per head);
-  // "ssmax" (scalable softmax: softmax of scores times beta_h * log(n + 1), beta_h learned).
-  // n is the number of keys the query sees. See docs/entmax.md.
-  std::string normalizer = "softmax";
-  double entmax_alpha = 1.5;  // in (1, 2]
+  Normalizer normalizer = Normalizer::softmax;  // over whichever key set `attention` gives
+  double entmax_alpha = 1.5;                    // in (1, 2]
 };
 
 // Throws std::invalid_argument naming the first bad field.

@@ -14,10 +14,17 @@ void assign(const std::string& key, ConfigField field, const toml::node& node) {
   auto type_error = [&](const char* expected) {
     throw std::invalid_argument("config key '" + key + "' must be " + expected);
   };
+  if (const auto* choice = std::get_if<ChoiceField>(&field)) {
+    if (!node.is_string()) type_error("a string");
+    choice->set(node.value<std::string>().value());
+    return;
+  }
   std::visit(
-      [&](auto* target) {
+      [&](auto target) {
         using T = std::remove_pointer_t<decltype(target)>;
-        if constexpr (std::is_same_v<T, std::string>) {
+        if constexpr (std::is_same_v<T, ChoiceField>) {
+          // handled above
+        } else if constexpr (std::is_same_v<T, std::string>) {
           // A bare integer is its text (--set eval.multipliers=64 means "64").
           if (node.is_integer()) {
             *target = std::to_string(node.value<int64_t>().value());
@@ -77,6 +84,12 @@ toml::table parse_with_overrides(const std::string& toml_text,
   return table;
 }
 
+template <class E>
+ChoiceField choice(E* target, E (*parse)(const std::string&)) {
+  return {[target, parse](const std::string& name) { *target = parse(name); },
+          [target] { return model::to_string(*target); }};
+}
+
 }  // namespace
 
 void add_model_fields(ConfigFields& fields, model::ModelConfig& m) {
@@ -86,16 +99,16 @@ void add_model_fields(ConfigFields& fields, model::ModelConfig& m) {
       {"model.d_model", &m.d_model},
       {"model.heads", &m.heads},
       {"model.mlp_ratio", &m.mlp_ratio},
-      {"model.attention", &m.attention},
-      {"model.schedule", &m.schedule},
+      {"model.attention", choice(&m.attention, model::parse_attention_family)},
+      {"model.schedule", choice(&m.schedule, model::parse_schedule)},
       {"model.alpha", &m.alpha},
       {"model.alpha_min", &m.alpha_min},
       {"model.alpha_max", &m.alpha_max},
       {"model.window", &m.window},
       {"model.reach", &m.reach},
-      {"model.positions", &m.positions},
+      {"model.positions", choice(&m.positions, model::parse_positions)},
       {"model.rope_base", &m.rope_base},
-      {"model.normalizer", &m.normalizer},
+      {"model.normalizer", choice(&m.normalizer, model::parse_normalizer)},
       {"model.entmax_alpha", &m.entmax_alpha},
   });
 }
@@ -134,9 +147,11 @@ std::string fields_to_toml(const ConfigFields& fields, const std::string& preset
     auto& section = sections[key.substr(0, dot)];
     const std::string name = key.substr(dot + 1);
     std::visit(
-        [&](auto* v) {
-          using T = std::remove_pointer_t<decltype(v)>;
-          if constexpr (std::is_same_v<T, std::string> || std::is_same_v<T, double>) {
+        [&](const auto& v) {
+          using T = std::remove_pointer_t<std::decay_t<decltype(v)>>;
+          if constexpr (std::is_same_v<T, ChoiceField>) {
+            section.insert(name, v.get());
+          } else if constexpr (std::is_same_v<T, std::string> || std::is_same_v<T, double>) {
             section.insert(name, *v);
           } else {
             section.insert(name, static_cast<int64_t>(*v));

@@ -15,7 +15,13 @@
 
 namespace reach::train {
 
-using ConfigField = std::variant<int64_t*, uint64_t*, int*, double*, std::string*>;
+// A key whose value is one of a set of names, stored as a typed enum: set parses the name
+// (throwing std::invalid_argument naming the key and the allowed names), get prints it.
+struct ChoiceField {
+  std::function<void(const std::string&)> set;
+  std::function<std::string()> get;
+};
+using ConfigField = std::variant<int64_t*, uint64_t*, int*, double*, std::string*, ChoiceField>;
 using ConfigFields = std::map<std::string, ConfigField>;
 
 // Adds the model.* keys (all of ModelConfig) pointing into `model`.

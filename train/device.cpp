@@ -127,11 +127,11 @@ double peak_flops_from_name(const std::string& name, bool bf16) {
   return (bf16 ? peak.first : peak.second) * 1e12;
 }
 
-double mean_keys_per_query(const std::string& attention, int64_t window,
+double mean_keys_per_query(model::AttentionFamily attention, int64_t window,
                            const std::vector<int64_t>& offsets, int64_t seq_len) {
   if (seq_len < 1) return 0;
   const auto n = static_cast<double>(seq_len);
-  if (attention == "dense") return (n + 1) / 2;
+  if (attention == model::AttentionFamily::dense) return (n + 1) / 2;
   // Window keys: min(W, i + 1) for query i.
   const int64_t w = std::min(window, seq_len);
   double keys = static_cast<double>(w) * static_cast<double>(w + 1) / 2 +

@@ -51,9 +51,9 @@ std::string device_name(const torch::Device& device);
 // cores, or fp32 without TF32. 0 when the name is not in the table (and for the CPU).
 double peak_flops_from_name(const std::string& name, bool bf16);
 
-// Mean over query positions 0..seq_len-1 of the keys a query attends: "dense" causal, "window"
+// Mean over query positions 0..seq_len-1 of the keys a query attends: dense causal, window
 // (the last `window` keys), or window + the integer offsets o with o <= position.
-double mean_keys_per_query(const std::string& attention, int64_t window,
+double mean_keys_per_query(model::AttentionFamily attention, int64_t window,
                            const std::vector<int64_t>& offsets, int64_t seq_len);
 
 struct ModelFlops {

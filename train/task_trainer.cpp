@@ -100,8 +100,9 @@ TaskTrainResult train_task_model(const TaskRunConfig& c, bool quiet, model::Gpt*
     fmt::print(stderr,
                "[tasks] {} at length {}: {} parameters, attention={} normalizer={} "
                "positions={}, {} steps of batch {}\n",
-               task->name(), c.train_length, model::parameter_count(*net), c.model.attention,
-               c.model.normalizer, c.model.positions, c.steps, c.batch);
+               task->name(), c.train_length, model::parameter_count(*net),
+               model::to_string(c.model.attention), model::to_string(c.model.normalizer),
+               model::to_string(c.model.positions), c.steps, c.batch);
   }
   std::ofstream metrics(dir / "metrics.jsonl", std::ios::trunc);
   g_task_stop = 0;

@@ -132,8 +132,8 @@ TrainResult run_training(const TrainConfig& config_in, const TrainOptions& optio
   std::ofstream metrics(metrics_path, std::ios::app);
   if (!options.quiet) {
     fmt::print(stderr, "[train] {} parameters, attention={} schedule={} W={} R={}, {} steps{}\n",
-               model::parameter_count(*net), c.model.attention, c.model.schedule, c.model.window,
-               c.model.reach, c.steps,
+               model::parameter_count(*net), model::to_string(c.model.attention),
+               model::to_string(c.model.schedule), c.model.window, c.model.reach, c.steps,
                resume_from ? fmt::format(", resuming from step {}", start_step) : "");
     fmt::print(stderr,
                "[train] device {} ({}), {}, batch {} x seq_len {}, {:.1f} MFLOP/token (matrix "

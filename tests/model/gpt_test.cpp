@@ -4,13 +4,17 @@
 
 #include <cmath>
 
+#include "model/attention/factory.hpp"
+
 namespace reach::model {
 namespace {
 
 TEST(Gpt, EveryAttentionKindRunsForwardAndBackward) {
-  for (const std::string attention : {"dense", "window", "fibonacci", "power_of_two"}) {
-    for (const std::string schedule : {"fixed", "stagger", "coprime", "learned"}) {
-      if (attention != "fibonacci" && attention != "power_of_two" && schedule != "fixed") continue;
+  for (const auto attention : {AttentionFamily::dense, AttentionFamily::window,
+                               AttentionFamily::fibonacci, AttentionFamily::power_of_two}) {
+    for (const auto schedule : {AlphaSchedule::fixed, AlphaSchedule::stagger,
+                                AlphaSchedule::coprime, AlphaSchedule::learned}) {
+      if (!is_dilated(attention) && schedule != AlphaSchedule::fixed) continue;
       auto c = preset("micro");
       c.attention = attention;
       c.schedule = schedule;
@@ -21,7 +25,8 @@ TEST(Gpt, EveryAttentionKindRunsForwardAndBackward) {
       EXPECT_EQ(logits.sizes(), (std::vector<int64_t>{2, 40, 256}));
       logits.logsumexp(-1).mean().backward();
       for (const auto& p : net->named_parameters()) {
-        ASSERT_TRUE(p.value().grad().defined()) << attention << "/" << schedule << " " << p.key();
+        ASSERT_TRUE(p.value().grad().defined())
+            << to_string(attention) << "/" << to_string(schedule) << " " << p.key();
       }
     }
   }
@@ -46,14 +51,14 @@ TEST(Gpt, NonIntegerTokensAreAClearError) {
 TEST(Gpt, LayersGetTheirScheduleAlphas) {
   auto c = preset("micro");
   c.layers = 4;
-  c.schedule = "stagger";
+  c.schedule = AlphaSchedule::stagger;
   c.alpha_min = 1.0;
   c.alpha_max = 2.5;
   c.reach = 64;
   Gpt net(c);
   EXPECT_DOUBLE_EQ(net->blocks[0]->attn->alpha(), 1.0);
   EXPECT_DOUBLE_EQ(net->blocks[3]->attn->alpha(), 2.5);
-  c.schedule = "learned";
+  c.schedule = AlphaSchedule::learned;
   Gpt learned(c);
   EXPECT_NEAR(learned->blocks[1]->attn->alpha(), 1.5, 1e-12);
 }
@@ -62,23 +67,23 @@ TEST(Gpt, LayersGetTheirScheduleAlphas) {
 // layer's alpha in one go): the right value changes nothing, a given value is used once.
 TEST(Gpt, LearnedLayerUsesAHostAlphaValueOnce) {
   auto c = preset("micro");
-  c.attention = "fibonacci";
-  c.schedule = "learned";
+  c.attention = AttentionFamily::fibonacci;
+  c.schedule = AlphaSchedule::learned;
   c.reach = 64;
   torch::manual_seed(8);
-  CausalSelfAttention attn(c, 1);
+  const auto attn = attention::make_attention(c, 1);
   const auto h = torch::randn({2, 48, c.d_model});
-  const auto plain = attn(h);
-  attn->use_alpha_value_once(attn->alpha());
-  EXPECT_TRUE(torch::equal(attn(h), plain));
-  attn->use_alpha_value_once(attn->alpha() * 1.5);
-  EXPECT_FALSE(torch::allclose(attn(h), plain));
-  EXPECT_TRUE(torch::equal(attn(h), plain));
+  const auto plain = attn->forward(h);
+  attn->use_host_value_once(attn->alpha());
+  EXPECT_TRUE(torch::equal(attn->forward(h), plain));
+  attn->use_host_value_once(attn->alpha() * 1.5);
+  EXPECT_FALSE(torch::allclose(attn->forward(h), plain));
+  EXPECT_TRUE(torch::equal(attn->forward(h), plain));
   // Through the model (which hands every layer its value): theta still gets its gradient.
   Gpt net(c);
   net(torch::randint(0, 256, {2, 40}, torch::kInt64)).logsumexp(-1).mean().backward();
   for (const auto& block : net->blocks) {
-    const auto& grad = block->attn->learned_theta().grad();
+    const auto& grad = block->attn->named_parameters()["theta"].grad();
     ASSERT_TRUE(grad.defined());
     EXPECT_TRUE(std::isfinite(grad.item<double>()));
     EXPECT_NE(grad.item<double>(), 0.0);
@@ -86,9 +91,9 @@ TEST(Gpt, LearnedLayerUsesAHostAlphaValueOnce) {
 }
 
 TEST(Gpt, AlibiAndNopeWithDense) {
-  for (const std::string positions : {"alibi", "nope"}) {
+  for (const auto positions : {Positions::alibi, Positions::nope}) {
     auto c = preset("micro");
-    c.attention = "dense";
+    c.attention = AttentionFamily::dense;
     c.positions = positions;
     Gpt net(c);
     EXPECT_EQ(net(torch::randint(0, 256, {1, 9}, torch::kInt64)).size(1), 9);
@@ -98,9 +103,12 @@ TEST(Gpt, AlibiAndNopeWithDense) {
 // Every normaliser over every key set, with every position scheme: forward and backward
 // run, and the log-n scaling parameters get gradients.
 TEST(Gpt, EveryNormalizerAndPositionSchemeTrains) {
-  for (const std::string normalizer : {"softmax", "entmax", "asentmax", "ssmax"}) {
-    for (const std::string attention : {"dense", "window", "fibonacci"}) {
-      for (const std::string positions : {"rope", "alibi", "nope", "nape"}) {
+  for (const auto normalizer :
+       {Normalizer::softmax, Normalizer::entmax, Normalizer::asentmax, Normalizer::ssmax}) {
+    for (const auto attention :
+         {AttentionFamily::dense, AttentionFamily::window, AttentionFamily::fibonacci}) {
+      for (const auto positions :
+           {Positions::rope, Positions::alibi, Positions::nope, Positions::nape}) {
         auto c = preset("micro");
         c.attention = attention;
         c.normalizer = normalizer;
@@ -110,11 +118,12 @@ TEST(Gpt, EveryNormalizerAndPositionSchemeTrains) {
         auto logits = net(torch::randint(0, 256, {2, 30}, torch::kInt64));
         ASSERT_TRUE(torch::isfinite(logits).all().item<bool>());
         logits.logsumexp(-1).mean().backward();
-        const std::string what = normalizer + "/" + attention + "/" + positions;
+        const std::string what =
+            to_string(normalizer) + "/" + to_string(attention) + "/" + to_string(positions);
         for (const auto& p : net->named_parameters()) {
           ASSERT_TRUE(p.value().grad().defined()) << what << " " << p.key();
         }
-        if (normalizer == "asentmax" || normalizer == "ssmax") {
+        if (normalizer == Normalizer::asentmax || normalizer == Normalizer::ssmax) {
           EXPECT_GT(
               net->blocks[0]->attn->named_parameters()["beta"].grad().abs().sum().item<double>(), 0)
               << what;
@@ -129,11 +138,11 @@ TEST(Gpt, EveryNormalizerAndPositionSchemeTrains) {
 // window, W >= T). Same seed, same parameters, so the logits agree to float32 rounding.
 TEST(Gpt, NapeDenseMatmulEqualsOperatorPath) {
   auto c = preset("micro");
-  c.positions = "nape";
-  c.attention = "dense";
+  c.positions = Positions::nape;
+  c.attention = AttentionFamily::dense;
   torch::manual_seed(5);
   Gpt dense(c);
-  c.attention = "window";
+  c.attention = AttentionFamily::window;
   c.window = 64;
   torch::manual_seed(5);
   Gpt windowed(c);
@@ -144,8 +153,8 @@ TEST(Gpt, NapeDenseMatmulEqualsOperatorPath) {
 // Evaluation (no autograd) runs dense attention in query blocks; same result as one block.
 TEST(Gpt, BlockedDenseEvaluationMatchesTraining) {
   auto c = preset("micro");
-  c.attention = "dense";
-  c.positions = "alibi";
+  c.attention = AttentionFamily::dense;
+  c.positions = Positions::alibi;
   Gpt net(c);
   auto x = torch::randint(0, 256, {1, 1500}, torch::kInt64);
   auto full = net(x).detach();
@@ -162,15 +171,20 @@ TEST(Gpt, NormalizerConfigErrorsNameTheKey) {
       EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
     }
   };
+  // A name that is no normaliser fails at parsing, the one place names are read.
+  try {
+    parse_normalizer("sparsemax");
+    FAIL() << "sparsemax parsed";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("model.normalizer"), std::string::npos) << e.what();
+  }
   auto c = preset("micro");
-  c.normalizer = "sparsemax";
-  expect_error(c, "model.normalizer");
   c = preset("micro");
   c.entmax_alpha = 1.0;
   expect_error(c, "model.entmax_alpha");
   c = preset("micro");
-  c.schedule = "learned";
-  c.normalizer = "entmax";
+  c.schedule = AlphaSchedule::learned;
+  c.normalizer = Normalizer::entmax;
   expect_error(c, "integer offsets");
 }
 

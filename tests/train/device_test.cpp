@@ -75,18 +75,18 @@ TEST(TrainDevice, PeakFlopsFromTheGpuName) {
 
 TEST(TrainDevice, KeysPerQueryCountWhatIsAttended) {
   // Dense causal over 4 positions: 1 + 2 + 3 + 4 keys.
-  EXPECT_DOUBLE_EQ(mean_keys_per_query("dense", 2, {}, 4), 10.0 / 4);
+  EXPECT_DOUBLE_EQ(mean_keys_per_query(model::AttentionFamily::dense, 2, {}, 4), 10.0 / 4);
   // Window 2: 1, 2, 2, 2 keys; offset 3 adds a key for the last query only.
-  EXPECT_DOUBLE_EQ(mean_keys_per_query("window", 2, {}, 4), 7.0 / 4);
-  EXPECT_DOUBLE_EQ(mean_keys_per_query("fibonacci", 2, {3}, 4), 8.0 / 4);
-  EXPECT_DOUBLE_EQ(mean_keys_per_query("fibonacci", 2, {3, 5}, 4), 8.0 / 4);
+  EXPECT_DOUBLE_EQ(mean_keys_per_query(model::AttentionFamily::window, 2, {}, 4), 7.0 / 4);
+  EXPECT_DOUBLE_EQ(mean_keys_per_query(model::AttentionFamily::fibonacci, 2, {3}, 4), 8.0 / 4);
+  EXPECT_DOUBLE_EQ(mean_keys_per_query(model::AttentionFamily::fibonacci, 2, {3, 5}, 4), 8.0 / 4);
   // A window longer than the sequence is dense.
-  EXPECT_DOUBLE_EQ(mean_keys_per_query("window", 64, {}, 4), 10.0 / 4);
+  EXPECT_DOUBLE_EQ(mean_keys_per_query(model::AttentionFamily::window, 64, {}, 4), 10.0 / 4);
 }
 
 TEST(TrainDevice, ModelFlopsAreSixPerWeightPlusAttention) {
   auto c = model::preset("micro");
-  c.attention = "dense";
+  c.attention = model::AttentionFamily::dense;
   model::Gpt net(c);
   double weights = 0;
   for (const auto& p : net->parameters()) {
@@ -174,8 +174,8 @@ TEST(TrainDeviceGpu, Bf16AutocastRunsTheSparseModel) {
   for (const std::string run : {"fibonacci/stagger", "fibonacci/learned", "dense/stagger"}) {
     const std::string attention = run.substr(0, run.find('/'));
     auto c = model::preset("micro");
-    c.attention = attention;
-    c.schedule = run.substr(run.find('/') + 1);
+    c.attention = model::parse_attention_family(attention);
+    c.schedule = model::parse_schedule(run.substr(run.find('/') + 1));
     c.reach = 64;
     c.d_model = 128;  // head_dim 64: the CUDA kernels take 64 or 128
     model::Gpt net(c);

@@ -33,8 +33,8 @@ TEST(TaskConfig, RoundTripsThroughToml) {
       {"eval.multipliers=1,2", "task.items=4"});
   const auto back = parse_task_config(to_toml(c), {});
   EXPECT_EQ(to_toml(back), to_toml(c));
-  EXPECT_EQ(back.model.normalizer, "asentmax");
-  EXPECT_EQ(back.model.positions, "nape");
+  EXPECT_EQ(back.model.normalizer, model::Normalizer::asentmax);
+  EXPECT_EQ(back.model.positions, model::Positions::nape);
   EXPECT_EQ(back.model.d_model, 128);  // the tiny preset
   EXPECT_EQ(back.steps, 7);
   EXPECT_EQ(back.items, 4);

@@ -41,7 +41,7 @@ TEST(TaskTrainer, RunDirectoryLoadsBackToTheSameModel) {
     EXPECT_TRUE(fs::exists(fs::path(dir) / file)) << file;
   }
   auto run = load_task_run(dir);
-  EXPECT_EQ(run.config.model.normalizer, "asentmax");
+  EXPECT_EQ(run.config.model.normalizer, model::Normalizer::asentmax);
   torch::NoGradGuard no_grad;
   trained->eval();
   run.model->eval();

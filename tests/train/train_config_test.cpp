@@ -20,8 +20,8 @@ TEST(TrainConfig, ParsesTomlAndOverrides) {
       "[model]\npreset = \"micro\"\nattention = \"power_of_two\"\n[train]\nlr = 0.01\n",
       {"data.seq_len=64", "model.schedule=coprime", "train.steps=7"});
   EXPECT_EQ(c.model.layers, 2);
-  EXPECT_EQ(c.model.attention, "power_of_two");
-  EXPECT_EQ(c.model.schedule, "coprime");
+  EXPECT_EQ(c.model.attention, model::AttentionFamily::power_of_two);
+  EXPECT_EQ(c.model.schedule, model::AlphaSchedule::coprime);
   EXPECT_DOUBLE_EQ(c.lr, 0.01);
   EXPECT_EQ(c.seq_len, 64);
   EXPECT_EQ(c.steps, 7);
@@ -59,7 +59,7 @@ namespace {
 TEST(TrainConfig, ShippedConfigsParse) {
   for (const char* name : {"tiny-fibonacci.toml", "paper-stagger.toml"}) {
     const auto c = load_train_config(std::string(REACH_SOURCE_DIR) + "/configs/" + name, {});
-    EXPECT_EQ(c.model.attention, "fibonacci") << name;
+    EXPECT_EQ(c.model.attention, model::AttentionFamily::fibonacci) << name;
   }
   const auto paper =
       load_train_config(std::string(REACH_SOURCE_DIR) + "/configs/paper-stagger.toml", {});

@@ -1,0 +1,65 @@
+#include "model/attention/attention_layer.hpp"
+
+#include <stdexcept>
+#include <string>
+
+namespace reach::model::attention {
+
+AttentionLayer::AttentionLayer(const ModelConfig& config, int64_t layer)
+    : config_(config),
+      layer_(layer),
+      head_dim_(config.d_model / config.heads),
+      rope_(config.d_model / config.heads, config.rope_base) {
+  qkv_ = register_module(
+      "qkv",
+      torch::nn::Linear(torch::nn::LinearOptions(config.d_model, 3 * config.d_model).bias(false)));
+  proj_ = register_module(
+      "proj",
+      torch::nn::Linear(torch::nn::LinearOptions(config.d_model, config.d_model).bias(false)));
+}
+
+torch::Tensor AttentionLayer::forward(const torch::Tensor& x) {
+  ForwardContext context;
+  return compute(x, context).residual;
+}
+
+AttentionOutput AttentionLayer::compute(const torch::Tensor& x, ForwardContext& context) {
+  const int64_t b = x.size(0), t = x.size(1);
+  auto qkv = qkv_(x).view({b, t, 3, config_.heads, head_dim_}).permute({2, 0, 3, 1, 4});
+  // unbind, not qkv[0], qkv[1], qkv[2]: its backward stacks the three gradients once, where
+  // each index's would write a zero-filled gradient of all of qkv and then sum the three.
+  const auto parts = qkv.unbind(0);
+  auto q = parts[0], k = parts[1], v = parts[2];
+  if (config_.positions == Positions::rope) {
+    const auto [cos, sin] = rope_.get(context.position, t, q.options());
+    q = apply_rope(q, cos, sin);
+    k = apply_rope(k, cos, sin);
+  }
+  torch::Tensor y;  // [B, H, T, hd]
+  if (context.cache != nullptr) {
+    auto& cache = context.cache->layer(layer_);
+    if (cache.length() != context.position) {
+      throw std::invalid_argument("attention: the input starts at position " +
+                                  std::to_string(context.position) + " but layer " +
+                                  std::to_string(layer_) + "'s cache holds " +
+                                  std::to_string(cache.length()) + " tokens");
+    }
+    cache.append(k.contiguous(), v.contiguous());
+    y = cache.length() == t ? attend(q.contiguous(), cache.keys, cache.values, context)
+                            : attend_cached(q.contiguous(), cache, context);
+  } else {
+    y = attend(q.contiguous(), k.contiguous(), v.contiguous(), context);
+  }
+  return {proj_(y.transpose(1, 2).reshape({b, t, config_.d_model})), {}};
+}
+
+torch::Tensor AttentionLayer::attend_cached(const torch::Tensor& q, const LayerKvCache& cache,
+                                            const ForwardContext& context) {
+  const int64_t t = q.size(2), n = cache.length();
+  auto shape = q.sizes().vec();
+  shape[2] = n - t;
+  const auto queries = torch::cat({torch::zeros(shape, q.options()), q}, 2);
+  return attend(queries, cache.keys, cache.values, context).narrow(2, n - t, t);
+}
+
+}  // namespace reach::model::attention

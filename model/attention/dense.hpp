@@ -1,0 +1,23 @@
+// Dense causal softmax attention: every query sees every earlier key, with the ALiBi / NAPE
+// distance bias when the positions scheme has one.
+#pragma once
+
+#include "model/attention/attention_layer.hpp"
+
+namespace reach::model::attention {
+
+class DenseAttention : public AttentionLayer {
+ public:
+  DenseAttention(const ModelConfig& config, int64_t layer);
+
+ protected:
+  // By matmul (LibTorch's fused SDPA on a GPU without a bias); without autograd (evaluation)
+  // it runs in query blocks so long sequences need no T x T score matrix.
+  torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                       const ForwardContext& context) override;
+
+ private:
+  torch::Tensor slopes_;  // [heads] float64 (0 for NoPE heads); undefined: no bias
+};
+
+}  // namespace reach::model::attention

@@ -1,0 +1,22 @@
+#include "model/attention/dilated.hpp"
+
+#include "model/attention/layer_offsets.hpp"
+#include "ops/dilated_attention.hpp"
+
+namespace reach::model::attention {
+
+DilatedAttention::DilatedAttention(const ModelConfig& config, int64_t layer)
+    : AttentionLayer(config, layer) {
+  check_reach(config);
+  alpha_ = schedule_alpha(config, layer);
+  offsets_ = layer_offsets(config, alpha_);
+  distances_ = offsets_tensor(offsets_);
+}
+
+torch::Tensor DilatedAttention::attend(const torch::Tensor& q, const torch::Tensor& k,
+                                       const torch::Tensor& v, const ForwardContext& context) {
+  return ops::dilated_attention(q, k, v, config().window,
+                                within_budget(distances_, context.budget));
+}
+
+}  // namespace reach::model::attention

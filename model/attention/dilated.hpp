@@ -1,0 +1,27 @@
+// Window plus dilated offsets with a static alpha schedule (fixed, stagger, coprime): each
+// query sees its window and the keys at the layer's integer offsets round(alpha * b),
+// b from the Fibonacci or power-of-2 base, W <= d <= R. Softmax through reach's fused op.
+#pragma once
+
+#include "model/attention/attention_layer.hpp"
+
+namespace reach::model::attention {
+
+class DilatedAttention : public AttentionLayer {
+ public:
+  DilatedAttention(const ModelConfig& config, int64_t layer);
+  double alpha() const override { return alpha_; }
+  std::vector<int64_t> integer_offsets() const override { return offsets_; }
+
+ protected:
+  // Honours budget.rungs (the nearest offsets only).
+  torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                       const ForwardContext& context) override;
+
+ private:
+  double alpha_;
+  std::vector<int64_t> offsets_;
+  torch::Tensor distances_;  // offsets_ as float64, as the op takes them
+};
+
+}  // namespace reach::model::attention

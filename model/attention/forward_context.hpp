@@ -1,0 +1,47 @@
+// What one forward pass carries through the blocks besides the hidden states: where the
+// tokens sit, the request's budget, the KV cache when decoding, and tensors one layer
+// publishes for layers above it.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+
+#include "model/attention/kv_cache.hpp"
+
+namespace reach::model::attention {
+
+// How many keys a query reads, per request; changes nothing in the weights. Unset: the
+// trained configuration. Each family reads what applies to it and ignores the rest.
+struct AttentionBudget {
+  // Dilated key sets: only the first (nearest) n offsets beyond the window.
+  std::optional<int64_t> rungs;
+  // Chunk family: top-k chunks per query.
+  std::optional<int64_t> chunks;
+};
+
+class ForwardContext {
+ public:
+  // Position of the first token of this forward's input (RoPE's offset). With a cache it
+  // must equal the number of cached tokens.
+  int64_t position = 0;
+  AttentionBudget budget;
+  // Set: the layers append their keys and values to it and attend over it (prefill when it
+  // is empty, decode after). Null: plain causal attention over the input.
+  KvCache* cache = nullptr;
+
+  // Tensors a layer computes once for the layers above it in the same forward (the chunk
+  // family's landmarks, made at the middle layer and read by every retrieval layer).
+  void publish(const std::string& name, torch::Tensor value);
+  bool has(const std::string& name) const { return shared_.contains(name); }
+  // Throws std::logic_error naming the entry when no layer below published it.
+  const torch::Tensor& read(const std::string& name) const;
+
+ private:
+  std::map<std::string, torch::Tensor> shared_;
+};
+
+}  // namespace reach::model::attention

@@ -1,0 +1,38 @@
+// Keys and values of the tokens seen so far, per layer, for incremental decoding: a prefill
+// fills it, each decode step appends its tokens and reads the keys its family needs.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace reach::model::attention {
+
+struct LayerKvCache {
+  // [B, H, n, head_dim] for positions 0..n-1; keys carry RoPE at their own positions.
+  torch::Tensor keys, values;
+  // Anything else a family keeps between steps (e.g. the chunk family's landmarks of the
+  // completed chunks), under names the family chooses.
+  std::map<std::string, torch::Tensor> state;
+
+  int64_t length() const { return keys.defined() ? keys.size(2) : 0; }
+  // Appends [B, H, t, head_dim] keys and values after the cached ones.
+  void append(const torch::Tensor& k, const torch::Tensor& v);
+};
+
+class KvCache {
+ public:
+  explicit KvCache(int64_t layers) : layers_(static_cast<size_t>(layers)) {}
+  LayerKvCache& layer(int64_t index);
+  // Tokens cached (the position of the next token); layer 0's count, which every layer shares.
+  int64_t length() const { return layers_.empty() ? 0 : layers_.front().length(); }
+  int64_t layers() const { return static_cast<int64_t>(layers_.size()); }
+
+ private:
+  std::vector<LayerKvCache> layers_;
+};
+
+}  // namespace reach::model::attention

@@ -1,0 +1,42 @@
+#include "model/attention/layer_offsets.hpp"
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+#include "pattern/dilated_offsets.hpp"
+
+namespace reach::model::attention {
+
+void check_reach(const ModelConfig& config) {
+  if (config.reach < config.window) {
+    throw std::invalid_argument("model.reach (" + std::to_string(config.reach) +
+                                ") must be resolved and >= model.window");
+  }
+}
+
+double schedule_alpha(const ModelConfig& config, int64_t layer) {
+  const pattern::ScheduleSpec schedule{config.schedule, config.layers, config.alpha,
+                                       config.alpha_min, config.alpha_max};
+  return pattern::layer_alphas(schedule)[static_cast<size_t>(layer)];
+}
+
+std::vector<int64_t> layer_offsets(const ModelConfig& config, double alpha) {
+  return pattern::integer_offsets(
+      {offset_base(config.attention), alpha, config.window, config.reach});
+}
+
+torch::Tensor offsets_tensor(const std::vector<int64_t>& offsets) {
+  return torch::tensor(std::vector<double>(offsets.begin(), offsets.end()), torch::kFloat64);
+}
+
+torch::Tensor within_budget(const torch::Tensor& offsets, const AttentionBudget& budget) {
+  if (!budget.rungs) return offsets;
+  if (*budget.rungs < 0) {
+    throw std::invalid_argument("attention budget: rungs must be >= 0, got " +
+                                std::to_string(*budget.rungs));
+  }
+  return offsets.narrow(0, 0, std::min(*budget.rungs, offsets.size(0)));
+}
+
+}  // namespace reach::model::attention

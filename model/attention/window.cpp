@@ -1,0 +1,15 @@
+#include "model/attention/window.hpp"
+
+#include "ops/dilated_attention.hpp"
+
+namespace reach::model::attention {
+
+WindowAttention::WindowAttention(const ModelConfig& config, int64_t layer)
+    : AttentionLayer(config, layer), no_offsets_(torch::empty({0}, torch::kFloat64)) {}
+
+torch::Tensor WindowAttention::attend(const torch::Tensor& q, const torch::Tensor& k,
+                                      const torch::Tensor& v, const ForwardContext& /*context*/) {
+  return ops::dilated_attention(q, k, v, config().window, no_offsets_);
+}
+
+}  // namespace reach::model::attention

@@ -1,0 +1,234 @@
+// The attention interface: which family each config gets, the parameter names checkpoints
+// rely on, decoding over a KV cache against the full forward, budgets, and bad input.
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "model/attention/dense.hpp"
+#include "model/attention/dilated.hpp"
+#include "model/attention/entmax.hpp"
+#include "model/attention/factory.hpp"
+#include "model/attention/learned_dilated.hpp"
+#include "model/attention/window.hpp"
+#include "model/gpt.hpp"
+
+namespace reach::model {
+namespace {
+
+using attention::AttentionLayer;
+
+ModelConfig micro(AttentionFamily attention, AlphaSchedule schedule = AlphaSchedule::stagger,
+                  Normalizer normalizer = Normalizer::softmax,
+                  Positions positions = Positions::rope) {
+  auto c = preset("micro");
+  c.attention = attention;
+  c.schedule = schedule;
+  c.normalizer = normalizer;
+  c.positions = positions;
+  c.reach = 24;
+  return c;
+}
+
+template <class Family>
+bool is(const std::shared_ptr<AttentionLayer>& layer) {
+  return std::dynamic_pointer_cast<Family>(layer) != nullptr;
+}
+
+TEST(Attention, FactoryPicksTheFamily) {
+  using attention::make_attention;
+  EXPECT_TRUE(is<attention::DenseAttention>(make_attention(micro(AttentionFamily::dense), 0)));
+  EXPECT_TRUE(is<attention::DenseAttention>(make_attention(
+      micro(AttentionFamily::dense, AlphaSchedule::fixed, Normalizer::softmax, Positions::nape),
+      0)));
+  EXPECT_TRUE(is<attention::WindowAttention>(make_attention(micro(AttentionFamily::window), 0)));
+  EXPECT_TRUE(
+      is<attention::DilatedAttention>(make_attention(micro(AttentionFamily::power_of_two), 1)));
+  EXPECT_TRUE(is<attention::LearnedDilatedAttention>(
+      make_attention(micro(AttentionFamily::fibonacci, AlphaSchedule::learned), 0)));
+  // A bias over a sparse key set, or any normaliser but softmax: the entmax operator.
+  EXPECT_TRUE(is<attention::EntmaxAttention>(make_attention(
+      micro(AttentionFamily::window, AlphaSchedule::fixed, Normalizer::softmax, Positions::alibi),
+      0)));
+  EXPECT_TRUE(is<attention::EntmaxAttention>(
+      make_attention(micro(AttentionFamily::dense, AlphaSchedule::fixed, Normalizer::ssmax), 0)));
+}
+
+// Checkpoints (safetensors) store parameters by these names, in this order (the order the
+// initialisation draws its random numbers in).
+TEST(Attention, ParameterNamesAreTheCheckpointKeys) {
+  auto names = [](const ModelConfig& c) {
+    Gpt net(c);
+    std::vector<std::string> out;
+    for (const auto& p : net->named_parameters()) {
+      if (p.key().starts_with("blocks.0.")) out.push_back(p.key().substr(9));
+    }
+    return out;
+  };
+  const std::vector<std::string> rest = {"ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias",
+                                         "fc.weight",  "fc.bias",  "out.weight", "out.bias"};
+  // named_parameters lists a module's own parameters before its children's.
+  auto with = [&](const std::vector<std::string>& attn) {
+    std::vector<std::string> out = {rest[0], rest[1]};
+    for (const auto& a : attn) out.push_back("attn." + a);
+    out.insert(out.end(), rest.begin() + 2, rest.end());
+    return out;
+  };
+  EXPECT_EQ(names(micro(AttentionFamily::dense)), with({"qkv.weight", "proj.weight"}));
+  EXPECT_EQ(names(micro(AttentionFamily::fibonacci)), with({"qkv.weight", "proj.weight"}));
+  EXPECT_EQ(names(micro(AttentionFamily::fibonacci, AlphaSchedule::learned)),
+            with({"theta", "qkv.weight", "proj.weight"}));
+  EXPECT_EQ(names(micro(AttentionFamily::window, AlphaSchedule::fixed, Normalizer::asentmax)),
+            with({"delta", "beta", "gamma", "qkv.weight", "proj.weight"}));
+  EXPECT_EQ(names(micro(AttentionFamily::fibonacci, AlphaSchedule::fixed, Normalizer::ssmax,
+                        Positions::nape)),
+            with({"beta", "qkv.weight", "proj.weight"}));
+  Gpt net(micro(AttentionFamily::dense));
+  EXPECT_TRUE(net->named_parameters().contains("blocks.1.attn.qkv.weight"));
+  EXPECT_TRUE(net->named_parameters().contains("wte.weight"));
+  EXPECT_TRUE(net->named_parameters().contains("ln_f.weight"));
+}
+
+// Prefill then one token at a time over the KV cache gives the full forward's logits, for
+// every family (through each family's attend_cached, the generic one included).
+TEST(Attention, DecodeOverTheCacheMatchesTheFullForward) {
+  const std::vector<ModelConfig> configs = {
+      micro(AttentionFamily::dense),
+      micro(AttentionFamily::dense, AlphaSchedule::fixed, Normalizer::softmax, Positions::alibi),
+      micro(AttentionFamily::window),
+      micro(AttentionFamily::fibonacci, AlphaSchedule::stagger),
+      micro(AttentionFamily::power_of_two, AlphaSchedule::learned),
+      micro(AttentionFamily::fibonacci, AlphaSchedule::coprime, Normalizer::entmax,
+            Positions::nape),
+      micro(AttentionFamily::dense, AlphaSchedule::fixed, Normalizer::asentmax),
+      micro(AttentionFamily::window, AlphaSchedule::fixed, Normalizer::ssmax, Positions::alibi),
+  };
+  torch::manual_seed(3);
+  const auto tokens = torch::randint(0, 256, {2, 40}, torch::kInt64);
+  constexpr int64_t kPrefill = 23;
+  for (const auto& c : configs) {
+    const std::string what = to_string(c.attention) + "/" + to_string(c.schedule) + "/" +
+                             to_string(c.normalizer) + "/" + to_string(c.positions);
+    Gpt net(c);
+    torch::NoGradGuard no_grad;
+    const auto full = net(tokens);
+    attention::KvCache cache(c.layers);
+    attention::ForwardContext context;
+    context.cache = &cache;
+    auto logits = net->forward_with(context, tokens.narrow(1, 0, kPrefill));
+    // Float32 sums over different row counts: agreement to rounding, far below the logits' 1.
+    EXPECT_LT((logits - full.narrow(1, 0, kPrefill)).abs().max().item<double>(), 1e-4) << what;
+    for (int64_t p = kPrefill; p < tokens.size(1); ++p) {
+      context.position = p;
+      logits = net->forward_with(context, tokens.narrow(1, p, 1));
+      ASSERT_EQ(cache.length(), p + 1) << what;
+      EXPECT_LT((logits - full.narrow(1, p, 1)).abs().max().item<double>(), 1e-4)
+          << what << " at " << p;
+    }
+  }
+}
+
+TEST(Attention, RungsBudgetKeepsTheNearestOffsets) {
+  torch::manual_seed(5);
+  const auto c = micro(AttentionFamily::fibonacci);
+  Gpt net(c);
+  ASSERT_GT(net->blocks[1]->attn->integer_offsets().size(), 1u);
+  const auto tokens = torch::randint(0, 256, {2, 30}, torch::kInt64);
+  torch::NoGradGuard no_grad;
+  const auto full = net(tokens);
+  attention::ForwardContext all;
+  all.budget.rungs = 1000;
+  EXPECT_TRUE(torch::equal(net->forward_with(all, tokens), full));
+  attention::ForwardContext one;
+  one.budget.rungs = 1;
+  EXPECT_FALSE(torch::allclose(net->forward_with(one, tokens), full));
+  // No rungs: the window layer with the same weights.
+  attention::ForwardContext none;
+  none.budget.rungs = 0;
+  auto w = c;
+  w.attention = AttentionFamily::window;
+  torch::manual_seed(5);
+  Gpt window(w);
+  EXPECT_TRUE(torch::allclose(net->forward_with(none, tokens), window(tokens)));
+  // The entmax operator honours it too.
+  auto e = c;
+  e.normalizer = Normalizer::entmax;
+  Gpt entmax(e);
+  EXPECT_TRUE(torch::allclose(entmax->forward_with(all, tokens), entmax(tokens)));
+  EXPECT_FALSE(torch::allclose(entmax->forward_with(one, tokens), entmax(tokens)));
+}
+
+TEST(Attention, BadBudgetsAndContextsAreClearErrors) {
+  auto expect_error = [](auto&& call, const std::string& fragment) {
+    try {
+      call();
+      FAIL() << "expected an error with '" << fragment << "'";
+    } catch (const std::exception& e) {
+      EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
+    }
+  };
+  const auto tokens = torch::randint(0, 256, {1, 12}, torch::kInt64);
+  Gpt learned(micro(AttentionFamily::fibonacci, AlphaSchedule::learned));
+  attention::ForwardContext rungs;
+  rungs.budget.rungs = 2;
+  expect_error([&] { learned->forward_with(rungs, tokens); }, "static schedule");
+  Gpt net(micro(AttentionFamily::fibonacci));
+  attention::ForwardContext negative;
+  negative.budget.rungs = -1;
+  expect_error([&] { net->forward_with(negative, tokens); }, "rungs must be >= 0");
+  attention::KvCache cache(2);
+  attention::ForwardContext late;
+  late.cache = &cache;
+  late.position = 5;
+  expect_error([&] { net->forward_with(late, tokens); }, "cache holds 0 tokens");
+  attention::KvCache short_cache(1);
+  attention::ForwardContext wrong;
+  wrong.cache = &short_cache;
+  expect_error([&] { net->forward_with(wrong, tokens); }, "KV cache has 1 layers");
+  attention::ForwardContext context;
+  expect_error([&] { context.read("chunk.landmarks"); }, "'chunk.landmarks'");
+  context.publish("chunk.landmarks", torch::ones({2}));
+  EXPECT_TRUE(context.has("chunk.landmarks"));
+  EXPECT_TRUE(torch::equal(context.read("chunk.landmarks"), torch::ones({2})));
+}
+
+// The layer's RoPE at a later position is the same table sliced: decode's offsets are exact.
+TEST(Attention, RopeTablesAtAnOffsetAreTheSlice) {
+  attention::RopeTables grown(16, 1e4), fresh(16, 1e4);
+  const auto options = torch::TensorOptions().dtype(torch::kFloat32);
+  grown.get(0, 100, options);
+  const auto [cos, sin] = grown.get(10, 20, options);
+  const auto [cos30, sin30] = fresh.get(0, 30, options);
+  EXPECT_TRUE(torch::equal(cos, cos30.narrow(0, 10, 20)));
+  EXPECT_TRUE(torch::equal(sin, sin30.narrow(0, 10, 20)));
+}
+
+TEST(Attention, ConfigNamesParseOnceAndPrintBack) {
+  for (const auto& name : attention_family_names()) {
+    EXPECT_EQ(to_string(parse_attention_family(name)), name);
+  }
+  for (const auto& name : positions_names()) EXPECT_EQ(to_string(parse_positions(name)), name);
+  for (const auto& name : normalizer_names()) EXPECT_EQ(to_string(parse_normalizer(name)), name);
+  for (const auto& name : schedule_names()) EXPECT_EQ(to_string(parse_schedule(name)), name);
+  // pattern/'s aliases.
+  EXPECT_EQ(parse_attention_family("fib"), AttentionFamily::fibonacci);
+  EXPECT_EQ(parse_attention_family("pow2"), AttentionFamily::power_of_two);
+  EXPECT_EQ(parse_schedule("linear"), AlphaSchedule::stagger);
+  try {
+    parse_schedule("spiral");
+    FAIL() << "spiral parsed";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_STREQ(e.what(),
+                 "model.schedule must be fixed, stagger, coprime or learned, got 'spiral'");
+  }
+  try {
+    parse_attention_family("ring");
+    FAIL() << "ring parsed";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_STREQ(e.what(),
+                 "model.attention must be dense, window, fibonacci or power_of_two, got 'ring'");
+  }
+}
+
+}  // namespace
+}  // namespace reach::model
