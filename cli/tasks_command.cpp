@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "cli/commands.hpp"
+#include "cli/config_file_option.hpp"
 #include "cli/task_report.hpp"
 #include "train/task_config.hpp"
 #include "train/task_trainer.hpp"
@@ -72,8 +73,9 @@ void add_tasks_command(CLI::App& app) {
       "Train a model on a task (config [task], [model], [train], [eval] sections), then "
       "evaluate it at eval.multipliers x train.length; writes the run directory with "
       "config.toml, model.safetensors, metrics.jsonl and accuracy.{json,md,png}");
-  train_cmd->add_option("--config", t->config, "TOML config file (defaults when omitted)")
-      ->check(CLI::ExistingFile);
+  add_config_file_options(train_cmd, t->config,
+                          "TOML config ([run] [task] [model] [train] [eval] sections; see "
+                          "configs/tasks/); defaults when omitted");
   train_cmd->add_option("--set", t->overrides,
                         "Override a config key, e.g. --set model.normalizer=asentmax "
                         "(repeatable)");
@@ -81,9 +83,9 @@ void add_tasks_command(CLI::App& app) {
   train_cmd->add_flag("--no-eval", t->no_eval, "Train only");
   train_cmd->add_flag("--quiet", t->quiet, "No progress lines");
   train_cmd->footer(
-      "\nEvery config key with its default (model.* as in `reach train`; model.vocab_size is "
-      "the task's):\n\n" +
-      train::to_toml(train::parse_task_config("", {})));
+      "\nEvery config key with its default (set them in the file or with --set; "
+      "model.vocab_size is the task's):\n\n" +
+      train::task_config_help());
   train_cmd->callback([t] {
     auto overrides = t->overrides;
     if (!t->out.empty()) overrides.push_back("run.out_dir=\"" + t->out + "\"");

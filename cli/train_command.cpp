@@ -1,9 +1,10 @@
-// `reach train CONFIG.toml [--set key=value ...] [--resume]`.
+// `reach train [CONFIG.toml | --config CONFIG.toml] [--set key=value ...] [--resume]`.
 #include <fmt/core.h>
 
 #include <memory>
 
 #include "cli/commands.hpp"
+#include "cli/config_file_option.hpp"
 #include "train/trainer.hpp"
 
 namespace reach::cli {
@@ -20,15 +21,19 @@ struct TrainOptions {
 void add_train_command(CLI::App& app) {
   auto o = std::make_shared<TrainOptions>();
   auto* cmd = app.add_subcommand("train", "Train a language model from a TOML config");
-  cmd->add_option("config", o->config_path,
-                  "TOML config ([run] [data] [model] [train] sections; see configs/)")
-      ->required();
+  add_config_file_options(cmd, o->config_path,
+                          "TOML config ([run] [data] [model] [train] sections; see configs/); "
+                          "defaults when omitted");
   cmd->add_option("--set", o->overrides, "Override a config key: section.key=value (repeatable)");
   cmd->add_flag("--resume", o->resume,
                 "Continue from the newest checkpoint in run.out_dir (exactly: same batches, "
                 "same optimizer state)");
+  cmd->footer("\nEvery config key with its default (set them in the file or with --set):\n\n" +
+              train::train_config_help());
   cmd->callback([o] {
-    const auto config = train::load_train_config(o->config_path, o->overrides);
+    const auto config = o->config_path.empty()
+                            ? train::parse_train_config("", o->overrides)
+                            : train::load_train_config(o->config_path, o->overrides);
     const auto result = train::run_training(config, {o->resume, false, 0});
     fmt::print("steps {} loss {:.4f} heldout {:.4f} tokens/s {:.0f} checkpoint {}\n",
                result.steps_done, result.last_loss, result.heldout_loss, result.tokens_per_second,

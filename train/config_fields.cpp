@@ -3,7 +3,10 @@
 #include <fmt/core.h>
 #include <toml++/toml.h>
 
+#include <algorithm>
+#include <cmath>
 #include <fstream>
+#include <map>
 #include <sstream>
 #include <stdexcept>
 
@@ -84,38 +87,183 @@ toml::table parse_with_overrides(const std::string& toml_text,
   return table;
 }
 
-template <class E>
-ChoiceField choice(E* target, E (*parse)(const std::string&)) {
-  return {[target, parse](const std::string& name) { *target = parse(name); },
-          [target] { return model::to_string(*target); }};
+}  // namespace
+
+Valid at_least(double min) {
+  Valid v;
+  v.min = min;
+  return v;
+}
+
+Valid above(double min) {
+  Valid v = at_least(min);
+  v.min_excluded = true;
+  return v;
+}
+
+Valid above_up_to(double min, double max) {
+  Valid v = above(min);
+  v.max = max;
+  return v;
+}
+
+Valid one_of(std::vector<std::string> names) {
+  Valid v;
+  v.names = std::move(names);
+  return v;
+}
+
+Valid checked_by(std::string describe,
+                 std::function<void(const std::string& key, const std::string& value)> check) {
+  Valid v;
+  v.describe = std::move(describe);
+  v.check = std::move(check);
+  return v;
+}
+
+ConfigKeys& ConfigKeys::add(std::string name, ConfigField field, std::string help, Valid valid) {
+  if (const auto* choice = std::get_if<ChoiceField>(&field); choice && valid.names.empty()) {
+    valid.names = choice->names;
+  }
+  keys_.push_back({std::move(name), std::move(field), std::move(help), std::move(valid)});
+  return *this;
+}
+
+const ConfigKey* ConfigKeys::find(const std::string& name) const {
+  for (const auto& key : keys_) {
+    if (key.name == name) return &key;
+  }
+  return nullptr;
+}
+
+void add_run_keys(ConfigKeys& keys, std::string& out_dir, uint64_t& seed, int& threads) {
+  keys.add("run.out_dir", &out_dir, "run directory: config.toml, metrics.jsonl, weights")
+      .add("run.seed", &seed, "seed of the initialisation and the batches")
+      .add("run.threads", &threads, "CPU threads (0 = all cores)", at_least(0));
+}
+
+void add_optimizer_keys(ConfigKeys& keys, OptimizerConfig& o) {
+  keys.add("train.lr", &o.lr, "peak learning rate (AdamW, betas 0.9 / 0.95)", above(0))
+      .add("train.min_lr", &o.min_lr, "floor of the cosine decay (<= train.lr)", at_least(0))
+      .add("train.warmup", &o.warmup, "steps of linear warmup", at_least(0))
+      .add("train.weight_decay", &o.weight_decay, "decoupled weight decay on matrices", at_least(0))
+      .add("train.grad_clip", &o.grad_clip, "gradient norm clip", above(0));
+}
+
+void add_model_keys(ConfigKeys& keys, model::ModelConfig& m) {
+  using namespace model;
+  keys.add("model.vocab_size", &m.vocab_size, "vocabulary (0 = the tokenizer's / the task's)",
+           at_least(0))
+      .add("model.layers", &m.layers, "blocks", at_least(1))
+      .add("model.d_model", &m.d_model, "hidden size (divisible by model.heads)", at_least(1))
+      .add("model.heads", &m.heads, "attention heads", at_least(1))
+      .add("model.mlp_ratio", &m.mlp_ratio, "MLP hidden size / d_model", at_least(1))
+      .add("model.attention",
+           choice(&m.attention, parse_attention_family, attention_family_names()),
+           "keys a query sees: all, its window, or window + dilated offsets")
+      .add("model.schedule", choice(&m.schedule, parse_schedule, schedule_names()),
+           "alpha across depth (fibonacci / power_of_two)")
+      .add("model.alpha", &m.alpha, "alpha of the fixed schedule", above(0))
+      .add("model.alpha_min", &m.alpha_min, "first layer's alpha (stagger, coprime, learned)",
+           above(0))
+      .add("model.alpha_max", &m.alpha_max, "last layer's alpha (stagger, coprime, learned)",
+           above(0))
+      .add("model.window", &m.window, "local window W", at_least(1))
+      .add("model.reach", &m.reach, "largest offset R (0 = the training length)", at_least(0))
+      .add("model.positions", choice(&m.positions, parse_positions, positions_names()),
+           "positions: RoPE, ALiBi, none, or NAPE (half NoPE, half ALiBi)")
+      .add("model.rope_base", &m.rope_base, "RoPE base (theta)", above(0))
+      .add("model.normalizer", choice(&m.normalizer, parse_normalizer, normalizer_names()),
+           "scores to weights (docs/entmax.md)")
+      .add("model.entmax_alpha", &m.entmax_alpha, "alpha of entmax / asentmax", above_up_to(1, 2));
+}
+
+namespace {
+
+std::string number_text(double v) {
+  if (v == std::floor(v) && std::abs(v) < 1e15) return fmt::format("{}", static_cast<int64_t>(v));
+  return fmt::format("{}", v);
+}
+
+// "a, b, c or d"
+std::string alternatives(const std::vector<std::string>& names) {
+  std::string out;
+  for (size_t i = 0; i < names.size(); ++i) {
+    if (i > 0) out += i + 1 == names.size() ? " or " : ", ";
+    out += names[i];
+  }
+  return out;
+}
+
+// What a key accepts, in words: ">= 1", "in (1, 2]", "auto, fp32 or bf16"; empty: anything.
+std::string describe(const Valid& v) {
+  if (!v.describe.empty()) return v.describe;
+  if (!v.names.empty()) return alternatives(v.names);
+  if (v.min && v.max) {
+    return fmt::format("in {}{}, {}]", v.min_excluded ? "(" : "[", number_text(*v.min),
+                       number_text(*v.max));
+  }
+  if (v.min) return fmt::format("{} {}", v.min_excluded ? ">" : ">=", number_text(*v.min));
+  if (v.max) return fmt::format("<= {}", number_text(*v.max));
+  return {};
+}
+
+std::string value_text(const ConfigField& field) {
+  return std::visit(
+      [](const auto& v) -> std::string {
+        using T = std::remove_pointer_t<std::decay_t<decltype(v)>>;
+        if constexpr (std::is_same_v<T, ChoiceField>) {
+          return fmt::format("\"{}\"", v.get());
+        } else if constexpr (std::is_same_v<T, std::string>) {
+          return fmt::format("\"{}\"", *v);
+        } else {
+          return fmt::format("{}", *v);
+        }
+      },
+      field);
+}
+
+void check_value(const ConfigKey& key) {
+  const auto& v = key.valid;
+  auto fail = [&](const std::string& got) {
+    throw std::invalid_argument(key.name + " must be " + describe(v) + ", got " + got);
+  };
+  std::visit(
+      [&](const auto& target) {
+        using T = std::remove_pointer_t<std::decay_t<decltype(target)>>;
+        if constexpr (std::is_same_v<T, std::string>) {
+          if (v.check) v.check(key.name, *target);
+          if (!v.names.empty() &&
+              std::find(v.names.begin(), v.names.end(), *target) == v.names.end()) {
+            fail(fmt::format("'{}'", *target));
+          }
+        } else if constexpr (!std::is_same_v<T, ChoiceField>) {
+          const auto x = static_cast<double>(*target);
+          const bool low = v.min && (v.min_excluded ? !(x > *v.min) : !(x >= *v.min));
+          const bool high = v.max && !(x <= *v.max);
+          if (low || high || std::isnan(x)) fail(fmt::format("{}", *target));
+        }
+      },
+      key.field);
 }
 
 }  // namespace
 
-void add_model_fields(ConfigFields& fields, model::ModelConfig& m) {
-  fields.insert({
-      {"model.vocab_size", &m.vocab_size},
-      {"model.layers", &m.layers},
-      {"model.d_model", &m.d_model},
-      {"model.heads", &m.heads},
-      {"model.mlp_ratio", &m.mlp_ratio},
-      {"model.attention", choice(&m.attention, model::parse_attention_family)},
-      {"model.schedule", choice(&m.schedule, model::parse_schedule)},
-      {"model.alpha", &m.alpha},
-      {"model.alpha_min", &m.alpha_min},
-      {"model.alpha_max", &m.alpha_max},
-      {"model.window", &m.window},
-      {"model.reach", &m.reach},
-      {"model.positions", choice(&m.positions, model::parse_positions)},
-      {"model.rope_base", &m.rope_base},
-      {"model.normalizer", choice(&m.normalizer, model::parse_normalizer)},
-      {"model.entmax_alpha", &m.entmax_alpha},
-  });
+void check_values(const ConfigKeys& keys) {
+  for (const auto& key : keys.all()) check_value(key);
 }
 
-void apply_config(const std::string& toml_text, const std::vector<std::string>& overrides,
-                  const std::function<ConfigFields(const std::optional<std::string>& preset)>&
-                      fields_for_preset) {
+void check_optimizer(const OptimizerConfig& o) {
+  if (o.min_lr > o.lr) {
+    throw std::invalid_argument(fmt::format(
+        "train.min_lr ({}) must be <= train.lr ({}): the cosine decays from lr to min_lr", o.min_lr,
+        o.lr));
+  }
+}
+
+void apply_config(
+    const std::string& toml_text, const std::vector<std::string>& overrides,
+    const std::function<ConfigKeys(const std::optional<std::string>& preset)>& keys_for_preset) {
   const toml::table table = parse_with_overrides(toml_text, overrides);
   std::optional<std::string> preset;
   if (auto name = table["model"]["preset"].value<std::string>()) {
@@ -123,7 +271,7 @@ void apply_config(const std::string& toml_text, const std::vector<std::string>& 
   } else if (table["model"]["preset"]) {
     throw std::invalid_argument("config key 'model.preset' must be a string");
   }
-  const ConfigFields known = fields_for_preset(preset);
+  const ConfigKeys known = keys_for_preset(preset);
   for (const auto& [section, node] : table) {
     const auto* sub = node.as_table();
     if (!sub) {
@@ -133,19 +281,20 @@ void apply_config(const std::string& toml_text, const std::vector<std::string>& 
     for (const auto& [name, value] : *sub) {
       const std::string key = std::string(section.str()) + "." + std::string(name.str());
       if (key == "model.preset") continue;
-      auto it = known.find(key);
-      if (it == known.end()) throw std::invalid_argument("unknown config key '" + key + "'");
-      assign(key, it->second, value);
+      const auto* declared = known.find(key);
+      if (!declared) throw std::invalid_argument("unknown config key '" + key + "'");
+      assign(key, declared->field, value);
     }
   }
+  check_values(known);
 }
 
-std::string fields_to_toml(const ConfigFields& fields, const std::string& preset) {
+std::string keys_to_toml(const ConfigKeys& keys, const std::string& preset) {
   std::map<std::string, toml::table> sections;
-  for (const auto& [key, field] : fields) {
-    const auto dot = key.find('.');
-    auto& section = sections[key.substr(0, dot)];
-    const std::string name = key.substr(dot + 1);
+  for (const auto& key : keys.all()) {
+    const auto dot = key.name.find('.');
+    auto& section = sections[key.name.substr(0, dot)];
+    const std::string name = key.name.substr(dot + 1);
     std::visit(
         [&](const auto& v) {
           using T = std::remove_pointer_t<std::decay_t<decltype(v)>>;
@@ -157,7 +306,7 @@ std::string fields_to_toml(const ConfigFields& fields, const std::string& preset
             section.insert(name, static_cast<int64_t>(*v));
           }
         },
-        field);
+        key.field);
   }
   sections["model"].insert("preset", preset);
   toml::table root;
@@ -165,6 +314,32 @@ std::string fields_to_toml(const ConfigFields& fields, const std::string& preset
   std::ostringstream out;
   out << root << "\n";
   return out.str();
+}
+
+std::string keys_help(const ConfigKeys& keys, const std::string& preset) {
+  std::string out;
+  std::string section;
+  auto line = [&](const std::string& name, const std::string& value, const std::string& help,
+                  const std::string& valid) {
+    std::string text = fmt::format("  {} = {}", name, value);
+    text = fmt::format("{:<34} {}", text, help);
+    if (!valid.empty()) text += fmt::format(" ({})", valid);
+    out += fmt::format("{}\n", text);
+  };
+  for (const auto& key : keys.all()) {
+    const auto dot = key.name.find('.');
+    const std::string s = key.name.substr(0, dot);
+    if (s != section) {
+      out += fmt::format("{}[{}]\n", section.empty() ? "" : "\n", s);
+      section = s;
+      if (s == "model") {
+        line("preset", fmt::format("\"{}\"", preset), "applied before any other model.* key",
+             "paper, tiny or micro");
+      }
+    }
+    line(key.name.substr(dot + 1), value_text(key.field), key.help, describe(key.valid));
+  }
+  return out;
 }
 
 std::string read_config_file(const std::string& path) {

@@ -10,37 +10,33 @@
 namespace reach::train {
 namespace {
 
-ConfigFields fields(TaskRunConfig& c) {
-  ConfigFields f = {
-      {"run.out_dir", &c.out_dir},
-      {"run.seed", &c.seed},
-      {"run.threads", &c.threads},
-      {"task.name", &c.task},
-      {"task.num_values", &c.num_values},
-      {"task.items", &c.items},
-      {"task.filler_tokens", &c.filler_tokens},
-      {"task.num_keys", &c.num_keys},
-      {"task.pairs", &c.pairs},
-      {"task.queries", &c.queries},
-      {"task.tokens_per_item", &c.tokens_per_item},
-      {"task.digits", &c.digits},
-      {"task.depth", &c.depth},
-      {"train.length", &c.train_length},
-      {"train.batch", &c.batch},
-      {"train.steps", &c.steps},
-      {"train.lr", &c.lr},
-      {"train.min_lr", &c.min_lr},
-      {"train.warmup", &c.warmup},
-      {"train.weight_decay", &c.weight_decay},
-      {"train.grad_clip", &c.grad_clip},
-      {"train.log_every", &c.log_every},
-      {"eval.multipliers", &c.multipliers},
-      {"eval.examples", &c.examples},
-      {"eval.batch", &c.eval_batch},
-      {"eval.max_length", &c.max_length},
-  };
-  add_model_fields(f, c.model);
-  return f;
+ConfigKeys keys(TaskRunConfig& c) {
+  ConfigKeys k;
+  add_run_keys(k, c.out_dir, c.seed, c.threads);
+  k.add("task.name", &c.task, "the task",
+        one_of({"max_retrieval", "associative_recall", "mqar", "passkey"}))
+      .add("task.num_values", &c.num_values, "max_retrieval, associative_recall: values")
+      .add("task.items", &c.items, "max_retrieval: numbers shown")
+      .add("task.filler_tokens", &c.filler_tokens, "max_retrieval: distinct filler tokens")
+      .add("task.num_keys", &c.num_keys, "associative_recall: keys")
+      .add("task.pairs", &c.pairs, "associative_recall: key-value pairs shown")
+      .add("task.queries", &c.queries, "associative_recall: keys asked")
+      .add("task.tokens_per_item", &c.tokens_per_item, "associative_recall: tokens per key / value")
+      .add("task.digits", &c.digits, "passkey: digits")
+      .add("task.depth", &c.depth, "passkey: where the key sits, in [0, 1] (< 0 random)");
+  add_model_keys(k, c.model);
+  k.add("train.length", &c.train_length, "training sequence length", at_least(1))
+      .add("train.batch", &c.batch, "sequences per step", at_least(1))
+      .add("train.steps", &c.steps, "optimizer steps", at_least(1));
+  add_optimizer_keys(k, c);
+  k.add("train.log_every", &c.log_every, "steps between log lines", at_least(1))
+      .add("eval.multipliers", &c.multipliers,
+           "evaluation lengths as multiples of train.length, comma-separated")
+      .add("eval.examples", &c.examples, "examples per length", at_least(1))
+      .add("eval.batch", &c.eval_batch, "examples per evaluation batch", at_least(1))
+      .add("eval.max_length", &c.max_length, "longer lengths are skipped (>= train.length)",
+           at_least(1));
+  return k;
 }
 
 int32_t narrow(int64_t value, const char* key) {
@@ -57,20 +53,7 @@ void validate(const TaskRunConfig& c) {
                                   std::to_string(min) + ", got " + std::to_string(v));
     }
   };
-  at_least(c.batch, 1, "train.batch");
-  at_least(c.steps, 1, "train.steps");
-  at_least(c.warmup, 0, "train.warmup");
-  at_least(c.log_every, 1, "train.log_every");
-  at_least(c.examples, 1, "eval.examples");
-  at_least(c.eval_batch, 1, "eval.batch");
-  at_least(c.threads, 0, "run.threads");
-  if (!(c.lr > 0)) throw std::invalid_argument("config key 'train.lr' must be > 0");
-  if (c.min_lr < 0 || c.min_lr > c.lr) {
-    throw std::invalid_argument("config key 'train.min_lr' must be in [0, train.lr]");
-  }
-  if (c.weight_decay < 0)
-    throw std::invalid_argument("config key 'train.weight_decay' must be >= 0");
-  if (!(c.grad_clip > 0)) throw std::invalid_argument("config key 'train.grad_clip' must be > 0");
+  check_optimizer(c);
   const auto task = make_task(c);  // validates the task parameters
   if (c.train_length < task->min_length()) {
     throw std::invalid_argument("config key 'train.length' (" + std::to_string(c.train_length) +
@@ -135,7 +118,7 @@ TaskRunConfig parse_task_config(const std::string& toml_text,
     if (preset) config.preset = *preset;
     config.model = model::preset(config.preset);
     config.model.vocab_size = 0;
-    return fields(config);
+    return keys(config);
   });
   // The vocabulary is the task's; a config may state it (saved runs do) but not change it.
   const int64_t vocab = make_task(config)->vocab_size();
@@ -159,7 +142,13 @@ TaskRunConfig load_task_config(const std::string& path, const std::vector<std::s
 
 std::string to_toml(const TaskRunConfig& config) {
   TaskRunConfig copy = config;
-  return fields_to_toml(fields(copy), copy.preset);
+  return keys_to_toml(keys(copy), copy.preset);
+}
+
+std::string task_config_help() {
+  TaskRunConfig defaults;
+  defaults.model.vocab_size = 0;
+  return keys_help(keys(defaults), defaults.preset);
 }
 
 }  // namespace reach::train

@@ -11,10 +11,15 @@
 
 #include "data/tasks/synthetic_task.hpp"
 #include "model/model_config.hpp"
+#include "train/optimizer_config.hpp"
 
 namespace reach::train {
 
-struct TaskRunConfig {
+// The optimiser keys (lr, min_lr, warmup, weight_decay, grad_clip) are OptimizerConfig's;
+// tasks train without weight decay by default.
+struct TaskRunConfig : OptimizerConfig {
+  TaskRunConfig() { weight_decay = 0.0; }
+
   std::string out_dir = "runs/task";
   uint64_t seed = 1;
   int threads = 0;  // 0 = all cores
@@ -38,11 +43,6 @@ struct TaskRunConfig {
   int64_t train_length = 64;
   int64_t batch = 32;
   int64_t steps = 1000;
-  double lr = 3e-3;
-  double min_lr = 3e-4;
-  int64_t warmup = 50;
-  double weight_decay = 0.0;
-  double grad_clip = 1.0;
   int64_t log_every = 50;
 
   // Evaluation lengths as multiples of train_length ("1,4,16,64,256"); lengths above
@@ -62,6 +62,9 @@ TaskRunConfig load_task_config(const std::string& path, const std::vector<std::s
 
 // TOML text that parse_task_config reads back to the same config (saved with the run).
 std::string to_toml(const TaskRunConfig& config);
+
+// Every key with its default, help and valid values (`reach tasks train --help`).
+std::string task_config_help();
 
 std::unique_ptr<data::tasks::SyntheticTask> make_task(const TaskRunConfig& config);
 

@@ -8,69 +8,58 @@
 namespace reach::train {
 namespace {
 
-ConfigFields fields(TrainConfig& c) {
-  ConfigFields f = {
-      {"run.out_dir", &c.out_dir},
-      {"run.seed", &c.seed},
-      {"run.threads", &c.threads},
-      {"data.corpus", &c.corpus},
-      {"data.tokenizer", &c.tokenizer},
-      {"data.cache_dir", &c.cache_dir},
-      {"data.seq_len", &c.seq_len},
-      {"data.batch", &c.batch},
-      {"train.steps", &c.steps},
-      {"train.lr", &c.lr},
-      {"train.min_lr", &c.min_lr},
-      {"train.warmup", &c.warmup},
-      {"train.weight_decay", &c.weight_decay},
-      {"train.grad_clip", &c.grad_clip},
-      {"train.log_every", &c.log_every},
-      {"train.eval_every", &c.eval_every},
-      {"train.eval_tokens", &c.eval_tokens},
-      {"train.checkpoint_every", &c.checkpoint_every},
-      {"train.device", &c.device},
-      {"train.precision", &c.precision},
-      {"train.peak_tflops", &c.peak_tflops},
-      {"train.profile_steps", &c.profile_steps},
-  };
-  add_model_fields(f, c.model);
-  return f;
+constexpr int64_t kDefaultEvalTokens = 16384;
+
+void check_device(const std::string& key, const std::string& device) {
+  const bool cuda_index = device.starts_with("cuda:") && device.size() > 5 &&
+                          device.find_first_not_of("0123456789", 5) == std::string::npos;
+  if (device != "auto" && device != "cpu" && device != "cuda" && !cuda_index) {
+    throw std::invalid_argument(key + " must be auto, cpu, cuda or cuda:N, got '" + device + "'");
+  }
 }
 
-void validate(const TrainConfig& c) {
-  if (c.seq_len < 2) throw std::invalid_argument("data.seq_len must be >= 2");
-  if (c.batch < 1) throw std::invalid_argument("data.batch must be >= 1");
-  if (c.steps < 1) throw std::invalid_argument("train.steps must be >= 1");
-  if (!(c.lr > 0)) throw std::invalid_argument("train.lr must be > 0");
-  if (c.min_lr < 0 || c.min_lr > c.lr)
-    throw std::invalid_argument("train.min_lr must be in [0, lr]");
-  if (c.warmup < 0) throw std::invalid_argument("train.warmup must be >= 0");
-  if (c.weight_decay < 0) throw std::invalid_argument("train.weight_decay must be >= 0");
-  if (!(c.grad_clip > 0)) throw std::invalid_argument("train.grad_clip must be > 0");
-  if (c.log_every < 1 || c.eval_every < 1 || c.checkpoint_every < 1) {
-    throw std::invalid_argument("train.log_every, eval_every and checkpoint_every must be >= 1");
-  }
-  if (c.eval_tokens < c.seq_len)
-    throw std::invalid_argument("train.eval_tokens must be >= seq_len");
-  if (c.threads < 0) throw std::invalid_argument("run.threads must be >= 0");
-  const bool cuda_index = c.device.starts_with("cuda:") && c.device.size() > 5 &&
-                          c.device.find_first_not_of("0123456789", 5) == std::string::npos;
-  if (c.device != "auto" && c.device != "cpu" && c.device != "cuda" && !cuda_index) {
-    throw std::invalid_argument("train.device must be auto, cpu, cuda or cuda:N, got '" + c.device +
-                                "'");
-  }
-  if (c.precision != "auto" && c.precision != "fp32" && c.precision != "bf16") {
-    throw std::invalid_argument("train.precision must be auto, fp32 or bf16, got '" + c.precision +
-                                "'");
+ConfigKeys keys(TrainConfig& c) {
+  ConfigKeys k;
+  add_run_keys(k, c.out_dir, c.seed, c.threads);
+  k.add("data.corpus", &c.corpus, "kjv, linux, or a path to a text file / folder of text files")
+      .add("data.tokenizer", &c.tokenizer, "byte, or a directory from `reach tokenizer train`")
+      .add("data.cache_dir", &c.cache_dir,
+           "token cache (empty = $REACH_CACHE_DIR or ~/.cache/reach)")
+      .add("data.seq_len", &c.seq_len, "training sequence length", at_least(2))
+      .add("data.batch", &c.batch, "sequences per step", at_least(1));
+  add_model_keys(k, c.model);
+  k.add("train.steps", &c.steps, "optimizer steps", at_least(1));
+  add_optimizer_keys(k, c);
+  k.add("train.log_every", &c.log_every, "steps between log lines", at_least(1))
+      .add("train.eval_every", &c.eval_every, "steps between held-out evaluations", at_least(1))
+      .add("train.eval_tokens", &c.eval_tokens,
+           "held-out tokens per evaluation (0 = max(16384, data.seq_len))", at_least(0))
+      .add("train.checkpoint_every", &c.checkpoint_every, "steps between checkpoints", at_least(1))
+      .add("train.device", &c.device, "where to train",
+           checked_by("auto, cpu, cuda or cuda:N", check_device))
+      .add("train.precision", &c.precision, "auto = bf16 autocast on CUDA, fp32 on the CPU",
+           one_of({"auto", "fp32", "bf16"}))
+      .add("train.peak_tflops", &c.peak_tflops,
+           "device peak TFLOP/s for the MFU (0 = from the GPU's name)", at_least(0))
+      .add("train.profile_steps", &c.profile_steps, "> 0: time this many steps phase by phase",
+           at_least(0));
+  return k;
+}
+
+void validate(TrainConfig& c) {
+  check_optimizer(c);
+  if (c.eval_tokens == 0) c.eval_tokens = std::max(kDefaultEvalTokens, c.seq_len);
+  if (c.eval_tokens < c.seq_len) {
+    throw std::invalid_argument("train.eval_tokens (" + std::to_string(c.eval_tokens) +
+                                ") must be >= data.seq_len (" + std::to_string(c.seq_len) +
+                                "): set train.eval_tokens to at least " +
+                                std::to_string(c.seq_len) + ", or 0 for max(16384, seq_len)");
   }
   if (c.precision == "bf16" && c.device == "cpu") {
     throw std::invalid_argument(
         "train.precision = 'bf16' needs a CUDA device (train.device = cuda or auto); the CPU "
         "trains in fp32");
   }
-  if (!(c.peak_tflops >= 0)) throw std::invalid_argument("train.peak_tflops must be >= 0");
-  if (c.profile_steps < 0) throw std::invalid_argument("train.profile_steps must be >= 0");
-  if (c.model.vocab_size < 0) throw std::invalid_argument("model.vocab_size must be >= 0");
   auto resolved = c.model;
   if (resolved.vocab_size == 0) resolved.vocab_size = 1;  // resolved from the tokenizer later
   model::validate(resolved);
@@ -85,7 +74,7 @@ TrainConfig parse_train_config(const std::string& toml_text,
     if (preset) config.preset = *preset;
     config.model = model::preset(config.preset);
     config.model.vocab_size = 0;
-    return fields(config);
+    return keys(config);
   });
   validate(config);
   if (config.model.reach == 0) config.model.reach = std::max(config.seq_len, config.model.window);
@@ -98,7 +87,13 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
 
 std::string to_toml(const TrainConfig& config) {
   TrainConfig copy = config;
-  return fields_to_toml(fields(copy), copy.preset);
+  return keys_to_toml(keys(copy), copy.preset);
+}
+
+std::string train_config_help() {
+  TrainConfig defaults;
+  defaults.model.vocab_size = 0;
+  return keys_help(keys(defaults), defaults.preset);
 }
 
 }  // namespace reach::train

@@ -7,10 +7,12 @@
 #include <vector>
 
 #include "model/model_config.hpp"
+#include "train/optimizer_config.hpp"
 
 namespace reach::train {
 
-struct TrainConfig {
+// The optimiser keys (lr, min_lr, warmup, weight_decay, grad_clip) are OptimizerConfig's.
+struct TrainConfig : OptimizerConfig {
   std::string out_dir = "runs/default";
   uint64_t seed = 1;
   int threads = 0;  // 0 = all cores
@@ -25,14 +27,11 @@ struct TrainConfig {
   model::ModelConfig model = model::preset("tiny");  // vocab_size 0 = the tokenizer's
 
   int64_t steps = 1000;
-  double lr = 3e-3;
-  double min_lr = 3e-4;
-  int64_t warmup = 50;
-  double weight_decay = 0.1;
-  double grad_clip = 1.0;
   int64_t log_every = 10;
   int64_t eval_every = 250;
-  int64_t eval_tokens = 16384;
+  // Held-out tokens per evaluation; 0 (the default) = max(16384, seq_len), resolved when
+  // parsing. A value set must be >= seq_len (one window).
+  int64_t eval_tokens = 0;
   int64_t checkpoint_every = 250;
 
   // Where and how the model trains. device: "auto" (the first CUDA GPU when this LibTorch has
@@ -49,12 +48,16 @@ struct TrainConfig {
 };
 
 // Parses TOML text (empty for defaults) then applies "key=value" overrides, validates, and
-// resolves model.reach = 0 to seq_len. Throws std::invalid_argument naming the key.
+// resolves model.reach = 0 to seq_len and train.eval_tokens = 0 to max(16384, seq_len).
+// Throws std::invalid_argument naming the key.
 TrainConfig parse_train_config(const std::string& toml_text,
                                const std::vector<std::string>& overrides);
 TrainConfig load_train_config(const std::string& path, const std::vector<std::string>& overrides);
 
 // TOML text that parse_train_config reads back to the same config (saved in checkpoints).
 std::string to_toml(const TrainConfig& config);
+
+// Every key with its default, help and valid values (`reach train --help`).
+std::string train_config_help();
 
 }  // namespace reach::train

@@ -41,6 +41,24 @@ TEST(TaskConfig, RoundTripsThroughToml) {
   EXPECT_EQ(parse_multipliers(back.multipliers), (std::vector<int64_t>{1, 2}));
 }
 
+// The optimiser keys are the same declarations as `reach train`'s (one shared sub-config),
+// with the task's own default weight decay.
+TEST(TaskConfig, SharesTheOptimizerKeysWithTrain) {
+  const auto c = parse_task_config("", {"train.lr=0.02", "train.min_lr=0.001", "train.warmup=7",
+                                        "train.grad_clip=0.5", "train.weight_decay=0.05"});
+  const OptimizerConfig& o = c;
+  EXPECT_DOUBLE_EQ(o.lr, 0.02);
+  EXPECT_DOUBLE_EQ(o.min_lr, 0.001);
+  EXPECT_EQ(o.warmup, 7);
+  EXPECT_DOUBLE_EQ(o.grad_clip, 0.5);
+  EXPECT_DOUBLE_EQ(o.weight_decay, 0.05);
+  EXPECT_DOUBLE_EQ(parse_task_config("", {}).weight_decay, 0.0);
+  const std::string help = task_config_help();
+  EXPECT_NE(help.find("weight_decay = 0 "), std::string::npos) << help;
+  EXPECT_NE(help.find("(max_retrieval, associative_recall, mqar or passkey)"), std::string::npos);
+  expect_error("", {"train.warmup=-2"}, "train.warmup must be >= 0, got -2");
+}
+
 TEST(TaskConfig, BadValuesNameTheKey) {
   expect_error("", {"task.name=sorting"}, "task.name");
   expect_error("", {"train.speed=3"}, "unknown config key 'train.speed'");

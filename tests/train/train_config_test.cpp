@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <sstream>
+
 namespace reach::train {
 namespace {
 
@@ -34,6 +36,51 @@ TEST(TrainConfig, RoundTripsThroughToml) {
   EXPECT_EQ(to_toml(c), to_toml(d));
   EXPECT_DOUBLE_EQ(d.lr, 0.0123);
   EXPECT_EQ(d.seed, 9u);
+}
+
+// train.eval_tokens follows data.seq_len unless set: a 64k-token run needs no other key.
+TEST(TrainConfig, EvalTokensFollowSeqLen) {
+  EXPECT_EQ(parse_train_config("", {"data.seq_len=64"}).eval_tokens, 16384);
+  EXPECT_EQ(parse_train_config("", {"data.seq_len=65536"}).eval_tokens, 65536);
+  EXPECT_EQ(parse_train_config("", {"data.seq_len=64", "train.eval_tokens=640"}).eval_tokens, 640);
+  expect_error("", {"data.seq_len=256", "train.eval_tokens=100"},
+               "train.eval_tokens (100) must be >= data.seq_len (256): set train.eval_tokens");
+  // The saved config reads back to the same value.
+  const auto c = parse_train_config("", {"data.seq_len=65536"});
+  EXPECT_EQ(parse_train_config(to_toml(c), {}).eval_tokens, 65536);
+}
+
+// One declaration per key drives parsing, the saved TOML and --help: every saved key is in the
+// help with its default, and enum keys list their names there and in errors.
+TEST(TrainConfig, HelpListsEveryKeyWithItsValidValues) {
+  const std::string help = train_config_help();
+  std::istringstream saved(to_toml(parse_train_config("", {})));
+  std::string line;
+  int keys = 0;
+  while (std::getline(saved, line)) {
+    const auto eq = line.find(" = ");
+    if (eq == std::string::npos) continue;
+    ++keys;
+    EXPECT_NE(help.find("  " + line.substr(0, eq) + " = "), std::string::npos) << line;
+  }
+  EXPECT_GT(keys, 30);
+  EXPECT_NE(help.find("attention = \"fibonacci\""), std::string::npos) << help;
+  EXPECT_NE(help.find("(dense, window, fibonacci or power_of_two)"), std::string::npos);
+  EXPECT_NE(help.find("(softmax, entmax, asentmax or ssmax)"), std::string::npos);
+  EXPECT_NE(help.find("(auto, fp32 or bf16)"), std::string::npos);
+  EXPECT_NE(help.find("lr = 0.003"), std::string::npos);
+  expect_error("", {"model.attention=ring"},
+               "model.attention must be dense, window, fibonacci or power_of_two, got 'ring'");
+  expect_error("", {"model.schedule=spiral"},
+               "model.schedule must be fixed, stagger, coprime or learned, got 'spiral'");
+}
+
+TEST(TrainConfig, ValuesOutOfRangeNameTheKeyAndTheRange) {
+  expect_error("", {"train.warmup=-1"}, "train.warmup must be >= 0, got -1");
+  expect_error("", {"data.seq_len=1"}, "data.seq_len must be >= 2, got 1");
+  expect_error("", {"model.rope_base=0"}, "model.rope_base must be > 0, got 0");
+  expect_error("", {"model.entmax_alpha=2.5"}, "model.entmax_alpha must be in (1, 2], got 2.5");
+  expect_error("", {"train.min_lr=0.01", "train.lr=0.001"}, "train.min_lr (0.01) must be <=");
 }
 
 TEST(TrainConfig, BadInputNamesTheKey) {
