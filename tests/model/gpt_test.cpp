@@ -83,7 +83,7 @@ TEST(Gpt, LearnedLayerUsesAHostAlphaValueOnce) {
   Gpt net(c);
   net(torch::randint(0, 256, {2, 40}, torch::kInt64)).logsumexp(-1).mean().backward();
   for (const auto& block : net->blocks) {
-    const auto& grad = block->attn->named_parameters()["theta"].grad();
+    const auto grad = block->attn->named_parameters()["theta"].grad();
     ASSERT_TRUE(grad.defined());
     EXPECT_TRUE(std::isfinite(grad.item<double>()));
     EXPECT_NE(grad.item<double>(), 0.0);
