@@ -15,8 +15,9 @@ DilatedAttention::DilatedAttention(const ModelConfig& config, int64_t layer)
 
 torch::Tensor DilatedAttention::attend(const torch::Tensor& q, const torch::Tensor& k,
                                        const torch::Tensor& v, const ForwardContext& context) {
-  return ops::dilated_attention(q, k, v, config().window,
-                                within_budget(distances_, context.budget));
+  const int64_t window = budget_window(config().window, context.budget);
+  return ops::dilated_attention(q, k, v, window,
+                                beyond_window(within_budget(distances_, context.budget), window));
 }
 
 }  // namespace reach::model::attention

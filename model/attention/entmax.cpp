@@ -33,7 +33,9 @@ EntmaxAttention::EntmaxAttention(const ModelConfig& config, int64_t layer)
 torch::Tensor EntmaxAttention::attend(const torch::Tensor& q, const torch::Tensor& k,
                                       const torch::Tensor& v, const ForwardContext& context) {
   // Dense causal attention is the window that covers every key.
-  const int64_t window = config().attention == AttentionFamily::dense ? q.size(2) : config().window;
+  const int64_t window = config().attention == AttentionFamily::dense
+                             ? q.size(2)
+                             : budget_window(config().window, context.budget);
   auto optional = [](const torch::Tensor& t) {
     return t.defined() ? c10::optional<torch::Tensor>(t) : c10::nullopt;
   };
@@ -46,7 +48,8 @@ torch::Tensor EntmaxAttention::attend(const torch::Tensor& q, const torch::Tenso
   }
   const bool softmax =
       config().normalizer == Normalizer::ssmax || config().normalizer == Normalizer::softmax;
-  return ops::entmax_attention(q, k, v, window, within_budget(distances_, context.budget),
+  return ops::entmax_attention(q, k, v, window,
+                               beyond_window(within_budget(distances_, context.budget), window),
                                optional(entmax_alpha_), optional(delta), optional(beta),
                                optional(gamma_), softmax, c10::nullopt, optional(slopes_));
 }

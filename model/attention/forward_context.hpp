@@ -21,6 +21,17 @@ struct AttentionBudget {
   std::optional<int64_t> rungs;
   // Chunk family: top-k chunks per query.
   std::optional<int64_t> chunks;
+  // Window and dilated key sets: the window W (offsets inside a widened window are dropped:
+  // their keys are window slots already).
+  std::optional<int64_t> window;
+  // Decode steps: keep keys in score order until their attention mass reaches p in (0, 1].
+  std::optional<double> mass;
+};
+
+// Keys read over the decode steps (the budget actually used): sums over queries x heads.
+struct BudgetUsage {
+  int64_t queries = 0;  // (query, head) pairs
+  int64_t keys = 0;     // keys whose value they read
 };
 
 class ForwardContext {
@@ -32,6 +43,8 @@ class ForwardContext {
   // Set: the layers append their keys and values to it and attend over it (prefill when it
   // is empty, decode after). Null: plain causal attention over the input.
   KvCache* cache = nullptr;
+  // Set: decode steps add the keys they read.
+  BudgetUsage* usage = nullptr;
 
   // Tensors a layer computes once for the layers above it in the same forward (the chunk
   // family's landmarks, made at the middle layer and read by every retrieval layer).

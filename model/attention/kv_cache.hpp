@@ -13,19 +13,27 @@ namespace reach::model::attention {
 
 struct LayerKvCache {
   // [B, H, n, head_dim] for positions 0..n-1; keys carry RoPE at their own positions.
+  // With a capacity they are views of the first n rows of key_buffer / value_buffer.
   torch::Tensor keys, values;
   // Anything else a family keeps between steps (e.g. the chunk family's landmarks of the
   // completed chunks), under names the family chooses.
   std::map<std::string, torch::Tensor> state;
+  // > 0: the buffers [B, H, capacity, head_dim] are allocated by the first append and
+  // appends copy into them (a decode step never copies the cache); 0: appends concatenate.
+  int64_t capacity = 0;
+  torch::Tensor key_buffer, value_buffer;
 
   int64_t length() const { return keys.defined() ? keys.size(2) : 0; }
-  // Appends [B, H, t, head_dim] keys and values after the cached ones.
+  // Appends [B, H, t, head_dim] keys and values after the cached ones; throws
+  // std::length_error past the capacity.
   void append(const torch::Tensor& k, const torch::Tensor& v);
 };
 
 class KvCache {
  public:
   explicit KvCache(int64_t layers) : layers_(static_cast<size_t>(layers)) {}
+  // Preallocate every layer for `tokens` positions (before the first append).
+  void reserve(int64_t tokens);
   LayerKvCache& layer(int64_t index);
   // Tokens cached (the position of the next token); layer 0's count, which every layer shares.
   int64_t length() const { return layers_.empty() ? 0 : layers_.front().length(); }

@@ -39,4 +39,20 @@ torch::Tensor within_budget(const torch::Tensor& offsets, const AttentionBudget&
   return offsets.narrow(0, 0, std::min(*budget.rungs, offsets.size(0)));
 }
 
+int64_t budget_window(int64_t trained, const AttentionBudget& budget) {
+  if (!budget.window) return trained;
+  if (*budget.window < 1) {
+    throw std::invalid_argument("attention budget: window must be >= 1, got " +
+                                std::to_string(*budget.window));
+  }
+  return *budget.window;
+}
+
+torch::Tensor beyond_window(const torch::Tensor& offsets, int64_t window) {
+  // Ascending host distances: usually none is inside, and the tensor is returned as it is.
+  const auto w = static_cast<double>(window);
+  if (offsets.numel() == 0 || offsets[0].item<double>() >= w) return offsets;
+  return offsets.index({offsets >= w});
+}
+
 }  // namespace reach::model::attention

@@ -22,5 +22,9 @@ std::vector<int64_t> layer_offsets(const ModelConfig& config, double alpha);
 torch::Tensor offsets_tensor(const std::vector<int64_t>& offsets);
 // The first budget.rungs offsets (all when unset); offsets ascend, so these are the nearest.
 torch::Tensor within_budget(const torch::Tensor& offsets, const AttentionBudget& budget);
+// The window a query reads: budget.window (>= 1), else the trained one.
+int64_t budget_window(int64_t trained, const AttentionBudget& budget);
+// The offsets at or beyond `window` (a widened window already holds the nearer keys).
+torch::Tensor beyond_window(const torch::Tensor& offsets, int64_t window);
 
 }  // namespace reach::model::attention
