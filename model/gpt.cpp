@@ -54,6 +54,10 @@ GptImpl::GptImpl(const ModelConfig& config) : config_(config) {
   }
 }
 
+void GptImpl::freeze_schedules() {
+  for (auto& block : blocks) block->attn->freeze_schedule();
+}
+
 torch::Tensor GptImpl::forward(const torch::Tensor& tokens) {
   attention::ForwardContext context;
   return forward_with(context, tokens);

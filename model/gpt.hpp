@@ -35,6 +35,8 @@ class GptImpl : public torch::nn::Module {
   // (Not an overload of forward: ModuleHolder's call operator needs one forward.)
   torch::Tensor forward_with(attention::ForwardContext& context, const torch::Tensor& tokens);
   const ModelConfig& config() const { return config_; }
+  // Inference: every learned schedule's offsets become integers (freeze_schedule).
+  void freeze_schedules();
   std::vector<Block> blocks;  // also registered as the ModuleList "blocks"
 
  private:

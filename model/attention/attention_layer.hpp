@@ -49,6 +49,9 @@ class AttentionLayer : public torch::nn::Module {
   virtual torch::Tensor host_value() const { return {}; }
   // The value of host_value() for the next forward only; it must be the current value.
   virtual void use_host_value_once(double /*value*/) {}
+  // For inference: a learned schedule's real offsets become integer_offsets() from now on
+  // (prefill and decode alike); nothing to do for the other families.
+  virtual void freeze_schedule() {}
 
  protected:
   // q, k, v: [B, H, T, head_dim] contiguous, RoPE applied; causal attention of each query

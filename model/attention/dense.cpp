@@ -5,6 +5,8 @@
 #include <cmath>
 #include <limits>
 
+#include "model/attention/cached_decode.hpp"
+
 namespace reach::model::attention {
 
 DenseAttention::DenseAttention(const ModelConfig& config, int64_t layer)
@@ -45,6 +47,15 @@ torch::Tensor DenseAttention::attend(const torch::Tensor& q, const torch::Tensor
     parts.push_back(block(start, std::min(kEvalBlock, t - start)));
   }
   return torch::cat(parts, 2);
+}
+
+torch::Tensor DenseAttention::attend_cached(const torch::Tensor& q, const LayerKvCache& cache,
+                                            const ForwardContext& context) {
+  if (!decode_kernel_applies(q)) return AttentionLayer::attend_cached(q, cache, context);
+  ops::DecodeAttentionOptions key_set;
+  key_set.window = cache.length();  // every key
+  key_set.alibi_slopes = slopes_;
+  return decode_with_kernel(q, cache, key_set, context, /*windowed=*/false);
 }
 
 }  // namespace reach::model::attention

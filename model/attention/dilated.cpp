@@ -1,5 +1,6 @@
 #include "model/attention/dilated.hpp"
 
+#include "model/attention/cached_decode.hpp"
 #include "model/attention/layer_offsets.hpp"
 #include "ops/dilated_attention.hpp"
 
@@ -18,6 +19,15 @@ torch::Tensor DilatedAttention::attend(const torch::Tensor& q, const torch::Tens
   const int64_t window = budget_window(config().window, context.budget);
   return ops::dilated_attention(q, k, v, window,
                                 beyond_window(within_budget(distances_, context.budget), window));
+}
+
+torch::Tensor DilatedAttention::attend_cached(const torch::Tensor& q, const LayerKvCache& cache,
+                                              const ForwardContext& context) {
+  if (!decode_kernel_applies(q)) return AttentionLayer::attend_cached(q, cache, context);
+  ops::DecodeAttentionOptions key_set;
+  key_set.window = config().window;
+  key_set.offsets.assign(offsets_.begin(), offsets_.end());
+  return decode_with_kernel(q, cache, key_set, context);
 }
 
 }  // namespace reach::model::attention

@@ -17,6 +17,9 @@ class DilatedAttention : public AttentionLayer {
   // Honours budget.rungs (the nearest offsets only).
   torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                        const ForwardContext& context) override;
+  // Decode steps through the single-query kernel (model/attention/cached_decode.hpp).
+  torch::Tensor attend_cached(const torch::Tensor& q, const LayerKvCache& cache,
+                              const ForwardContext& context) override;
 
  private:
   double alpha_;

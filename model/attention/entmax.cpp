@@ -1,5 +1,6 @@
 #include "model/attention/entmax.hpp"
 
+#include "model/attention/cached_decode.hpp"
 #include "model/attention/layer_offsets.hpp"
 #include "ops/entmax_attention.hpp"
 
@@ -39,6 +40,16 @@ torch::Tensor EntmaxAttention::attend(const torch::Tensor& q, const torch::Tenso
   auto optional = [](const torch::Tensor& t) {
     return t.defined() ? c10::optional<torch::Tensor>(t) : c10::nullopt;
   };
+  const auto [delta, beta] = scaling();
+  const bool softmax =
+      config().normalizer == Normalizer::ssmax || config().normalizer == Normalizer::softmax;
+  return ops::entmax_attention(q, k, v, window,
+                               beyond_window(within_budget(distances_, context.budget), window),
+                               optional(entmax_alpha_), optional(delta), optional(beta),
+                               optional(gamma_), softmax, c10::nullopt, optional(slopes_));
+}
+
+std::pair<torch::Tensor, torch::Tensor> EntmaxAttention::scaling() const {
   torch::Tensor delta = delta_, beta = beta_;
   if (delta.defined() && config().positions == Positions::nape) {
     // As in the authors' code, NAPE scales only its NoPE heads: the ALiBi heads get c = 1.
@@ -46,12 +57,25 @@ torch::Tensor EntmaxAttention::attend(const torch::Tensor& q, const torch::Tenso
     delta = delta * nope + (1 - nope);
     beta = beta * nope;
   }
-  const bool softmax =
-      config().normalizer == Normalizer::ssmax || config().normalizer == Normalizer::softmax;
-  return ops::entmax_attention(q, k, v, window,
-                               beyond_window(within_budget(distances_, context.budget), window),
-                               optional(entmax_alpha_), optional(delta), optional(beta),
-                               optional(gamma_), softmax, c10::nullopt, optional(slopes_));
+  return {delta, beta};
+}
+
+torch::Tensor EntmaxAttention::attend_cached(const torch::Tensor& q, const LayerKvCache& cache,
+                                             const ForwardContext& context) {
+  if (!decode_kernel_applies(q)) return AttentionLayer::attend_cached(q, cache, context);
+  const bool dense = config().attention == AttentionFamily::dense;
+  ops::DecodeAttentionOptions key_set;
+  key_set.window = dense ? cache.length() : config().window;
+  key_set.offsets.assign(offsets_.begin(), offsets_.end());
+  key_set.entmax =
+      config().normalizer == Normalizer::entmax || config().normalizer == Normalizer::asentmax;
+  key_set.entmax_alpha = entmax_alpha_;
+  const auto [delta, beta] = scaling();
+  key_set.delta = delta;
+  key_set.beta = beta;
+  key_set.gamma = gamma_;
+  key_set.alibi_slopes = slopes_;
+  return decode_with_kernel(q, cache, key_set, context, /*windowed=*/!dense);
 }
 
 }  // namespace reach::model::attention

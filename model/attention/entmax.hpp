@@ -4,6 +4,8 @@
 // dilated offsets.
 #pragma once
 
+#include <utility>
+
 #include "model/attention/attention_layer.hpp"
 
 namespace reach::model::attention {
@@ -18,8 +20,13 @@ class EntmaxAttention : public AttentionLayer {
   // Honours budget.rungs on dilated key sets.
   torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                        const ForwardContext& context) override;
+  // Decode steps through the single-query kernel (model/attention/cached_decode.hpp).
+  torch::Tensor attend_cached(const torch::Tensor& q, const LayerKvCache& cache,
+                              const ForwardContext& context) override;
 
  private:
+  // delta and beta of the log-n scaling as the op takes them (NAPE: c = 1 on ALiBi heads).
+  std::pair<torch::Tensor, torch::Tensor> scaling() const;
   double alpha_ = 0;
   std::vector<int64_t> offsets_;
   torch::Tensor distances_;             // offsets_ as float64 (empty: window or dense)

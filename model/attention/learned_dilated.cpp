@@ -4,13 +4,23 @@
 #include <stdexcept>
 #include <utility>
 
+#include "model/attention/cached_decode.hpp"
 #include "model/attention/layer_offsets.hpp"
 #include "ops/dilated_attention.hpp"
+#include "pattern/dilated_offsets.hpp"
 
 namespace reach::model::attention {
 namespace {
 
 double inverse_softplus(double y) { return y > 20 ? y : std::log(std::expm1(y)); }
+
+void check_no_rungs(const AttentionBudget& budget) {
+  if (budget.rungs) {
+    throw std::invalid_argument(
+        "attention budget: rungs needs integer offsets (model.schedule = learned has fractional "
+        "offsets: freeze the schedule for inference, or use a static schedule)");
+  }
+}
 
 }  // namespace
 
@@ -36,15 +46,38 @@ torch::Tensor LearnedDilatedAttention::host_value() const {
 torch::Tensor LearnedDilatedAttention::attend(const torch::Tensor& q, const torch::Tensor& k,
                                               const torch::Tensor& v,
                                               const ForwardContext& context) {
-  if (context.budget.rungs) {
-    throw std::invalid_argument(
-        "attention budget: rungs needs a static schedule (model.schedule = learned has "
-        "fractional offsets)");
+  const int64_t window = budget_window(config().window, context.budget);
+  if (frozen_.defined()) {
+    return ops::dilated_attention(q, k, v, window,
+                                  beyond_window(within_budget(frozen_, context.budget), window));
   }
+  check_no_rungs(context.budget);
   const auto alpha_value = std::exchange(next_alpha_, std::nullopt);
   return ops::dilated_attention_learned(
-      q, k, v, torch::softplus(theta_), offset_base(config().attention), config().window,
-      config().reach, alpha_value ? c10::optional<double>(*alpha_value) : c10::nullopt);
+      q, k, v, torch::softplus(theta_), offset_base(config().attention), window, config().reach,
+      alpha_value ? c10::optional<double>(*alpha_value) : c10::nullopt);
+}
+
+void LearnedDilatedAttention::freeze_schedule() { frozen_ = offsets_tensor(integer_offsets()); }
+
+torch::Tensor LearnedDilatedAttention::attend_cached(const torch::Tensor& q,
+                                                     const LayerKvCache& cache,
+                                                     const ForwardContext& context) {
+  if (!decode_kernel_applies(q)) return AttentionLayer::attend_cached(q, cache, context);
+  ops::DecodeAttentionOptions key_set;
+  key_set.window = config().window;
+  if (frozen_.defined()) {
+    key_set.offsets.assign(frozen_.data_ptr<double>(),
+                           frozen_.data_ptr<double>() + frozen_.numel());
+  } else {
+    check_no_rungs(context.budget);
+    // The real offsets alpha * b, as the learned op interpolates them.
+    key_set.offsets = pattern::fractional_offsets({offset_base(config().attention), alpha(),
+                                                   budget_window(config().window, context.budget),
+                                                   config().reach})
+                          .distances;
+  }
+  return decode_with_kernel(q, cache, key_set, context);
 }
 
 }  // namespace reach::model::attention

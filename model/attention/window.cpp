@@ -1,5 +1,6 @@
 #include "model/attention/window.hpp"
 
+#include "model/attention/cached_decode.hpp"
 #include "model/attention/layer_offsets.hpp"
 #include "ops/dilated_attention.hpp"
 
@@ -12,6 +13,14 @@ torch::Tensor WindowAttention::attend(const torch::Tensor& q, const torch::Tenso
                                       const torch::Tensor& v, const ForwardContext& context) {
   return ops::dilated_attention(q, k, v, budget_window(config().window, context.budget),
                                 no_offsets_);
+}
+
+torch::Tensor WindowAttention::attend_cached(const torch::Tensor& q, const LayerKvCache& cache,
+                                             const ForwardContext& context) {
+  if (!decode_kernel_applies(q)) return AttentionLayer::attend_cached(q, cache, context);
+  ops::DecodeAttentionOptions key_set;
+  key_set.window = config().window;
+  return decode_with_kernel(q, cache, key_set, context);
 }
 
 }  // namespace reach::model::attention

@@ -12,6 +12,9 @@ class WindowAttention : public AttentionLayer {
  protected:
   torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                        const ForwardContext& context) override;
+  // Decode steps through the single-query kernel (model/attention/cached_decode.hpp).
+  torch::Tensor attend_cached(const torch::Tensor& q, const LayerKvCache& cache,
+                              const ForwardContext& context) override;
 
  private:
   torch::Tensor no_offsets_;  // the dilated op with an empty offset list is the window

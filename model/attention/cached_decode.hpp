@@ -1,0 +1,24 @@
+// One new token per request through the single-query decode kernel (ops/decode_attention):
+// the families' attend_cached for a decode step, reading only the keys the family needs.
+#pragma once
+
+#include <torch/torch.h>
+
+#include "model/attention/forward_context.hpp"
+#include "model/attention/kv_cache.hpp"
+#include "ops/decode_attention.hpp"
+
+namespace reach::model::attention {
+
+// Whether the kernel serves this step: one query per request, on the CPU.
+bool decode_kernel_applies(const torch::Tensor& q);
+
+// q: [B, H, 1, hd] at position cache.length() - 1 (its key and value already appended).
+// `key_set` gives the family's window, offsets and normaliser; the context's budget (rungs,
+// mass, and the window when `windowed`: dense key sets have none) is applied on top, and the
+// keys read are added to context.usage.
+torch::Tensor decode_with_kernel(const torch::Tensor& q, const LayerKvCache& cache,
+                                 ops::DecodeAttentionOptions key_set, const ForwardContext& context,
+                                 bool windowed = true);
+
+}  // namespace reach::model::attention

@@ -1,0 +1,42 @@
+// LibTorch binding of the single-query decode kernel (kernels/cpu/decode_attention.hpp):
+// one new token per request over a preallocated KV cache, inference only (no autograd).
+//
+// q: [batch, heads, 1, head_dim]; key_buffer, value_buffer: [batch, kv_heads, capacity,
+// head_dim] contiguous, rows 0..lengths[b]-1 filled (the new token's own key and value
+// included); float32 or float64 on the CPU. Returns [batch, heads, 1, head_dim].
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+namespace reach::ops {
+
+struct DecodeAttentionOptions {
+  int64_t window = 1;           // W (>= every length: dense causal attention)
+  std::vector<double> offsets;  // the layer's distances beyond the window, ascending
+  std::optional<double> scale;  // default 1 / sqrt(head_dim)
+  // Budgets per request (empty: the trained key set); see kernels/decode_attention_params.hpp.
+  std::vector<int64_t> windows;  // W_b
+  std::vector<int64_t> rungs;    // K_b: the first K_b offsets
+  std::vector<double> mass;      // p_b in (0, 1]: keep slots until their mass reaches p_b
+  // Normaliser: softmax, or alpha-entmax with per-head alpha; optional log-n scaling and
+  // ALiBi slopes. Per-head tensors: [heads], any floating dtype, on the CPU.
+  bool entmax = false;
+  torch::Tensor entmax_alpha, delta, beta, gamma, alibi_slopes;
+};
+
+struct DecodeAttentionResult {
+  torch::Tensor out;               // [batch, heads, 1, head_dim]
+  std::vector<int64_t> keys_read;  // [batch * heads]: slots whose value was read
+};
+
+// Throws std::invalid_argument naming the problem (shapes, dtypes, devices, budgets).
+DecodeAttentionResult decode_attention(const torch::Tensor& q, const torch::Tensor& key_buffer,
+                                       const torch::Tensor& value_buffer,
+                                       const std::vector<int64_t>& lengths,
+                                       const DecodeAttentionOptions& options);
+
+}  // namespace reach::ops
