@@ -1,0 +1,46 @@
+#include "infer/session.hpp"
+
+#include <stdexcept>
+#include <string>
+
+namespace reach::infer {
+
+Session::Session(model::Gpt model, int64_t capacity, BudgetRule budget)
+    : model_(std::move(model)),
+      capacity_(capacity),
+      budget_(std::move(budget)),
+      cache_(model_->config().layers) {
+  if (capacity < 1) throw std::invalid_argument("session capacity must be >= 1 token");
+  cache_.reserve(capacity);
+  model_->eval();
+}
+
+torch::Tensor Session::forward(const std::vector<int64_t>& tokens) {
+  const auto t = static_cast<int64_t>(tokens.size());
+  if (length() + t > capacity_) {
+    throw std::invalid_argument("request holds " + std::to_string(length()) + " tokens; " +
+                                std::to_string(t) + " more exceed its capacity " +
+                                std::to_string(capacity_));
+  }
+  torch::NoGradGuard no_grad;
+  model::attention::ForwardContext context;
+  context.position = length();
+  context.cache = &cache_;
+  const auto budget = budget_.at(length() + t);
+  context.budget.window = budget.window;
+  context.budget.rungs = budget.rungs;
+  context.budget.mass = budget.mass;
+  context.usage = &usage_;
+  const auto input = torch::tensor(tokens, torch::kLong).view({1, t});
+  return model_->forward_with(context, input)[0].to(torch::kFloat32);
+}
+
+torch::Tensor Session::prefill(const std::vector<int64_t>& tokens) {
+  if (tokens.empty()) throw std::invalid_argument("prefill needs at least one token");
+  if (length() != 0) throw std::logic_error("prefill on a session that already holds tokens");
+  return forward(tokens);
+}
+
+torch::Tensor Session::step(int64_t token) { return forward({token})[0]; }
+
+}  // namespace reach::infer
