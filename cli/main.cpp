@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   reach::cli::add_tokenizer_command(app);
   reach::cli::add_tasks_command(app);
   reach::cli::add_experiment_command(app);
+  reach::cli::add_generate_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
