@@ -1,55 +1,144 @@
-// `reach eval CHECKPOINT --lengths 1x,2x,4x,8x [--json FILE] [--markdown FILE] [--png FILE]`.
+// `reach eval CHECKPOINT... [--text FILE | --corpus NAME] [--lengths 1x,2x,4x,8x]
+//  [--max-tokens N] [--device auto|cpu|cuda] [--json FILE] [--markdown FILE] [--png FILE]`.
 #include <fmt/core.h>
 
-#include <fstream>
+#include <cmath>
+#include <map>
 #include <memory>
-#include <nlohmann/json.hpp>
 
 #include "cli/commands.hpp"
+#include "cli/eval_device.hpp"
+#include "cli/gnuplot.hpp"
 #include "cli/length_report.hpp"
+#include "cli/model_label.hpp"
+#include "cli/validators.hpp"
 #include "train/checkpoint.hpp"
+#include "train/device.hpp"
 #include "train/trainer.hpp"
 
 namespace reach::cli {
 namespace {
 
 struct EvalOptions {
-  std::string checkpoint;
+  std::vector<std::string> checkpoints;
+  std::string text, corpus;
   std::string lengths = "1x,2x,4x,8x";
   int64_t max_tokens = 32768;
+  std::string device = "auto", precision = "fp32";
   std::string json, markdown, png;
 };
+
+// The documents a checkpoint is scored on, and a description of them.
+struct EvalText {
+  std::vector<std::vector<int64_t>> documents;
+  std::string description;
+  std::string remedy;  // what to change when they are too short
+};
+
+EvalText text_for(const EvalOptions& o, const train::Checkpoint& ckpt, const std::string& dir) {
+  EvalText out;
+  if (!o.text.empty()) {
+    // All of it: text given to score has no training part.
+    const auto tokenizer = data::load_tokenizer(dir);
+    for (const auto& doc : data::read_documents(o.text)) {
+      const auto ids = tokenizer->encode(doc.text);
+      out.documents.emplace_back(ids.begin(), ids.end());
+    }
+    out.description = "all of " + o.text;
+    out.remedy = "lower --lengths, or give longer text";
+    return out;
+  }
+  const auto& c = ckpt.config;
+  const std::string corpus = o.corpus.empty() ? c.corpus : o.corpus;
+  // The checkpoint's own corpus is split as it was in training; another corpus by its default.
+  const auto split = corpus == c.corpus ? data::split_options(c.heldout_fraction, c.heldout_files)
+                                        : data::SplitOptions{};
+  auto data = train::load_token_data(corpus, split, dir, c.cache_dir);
+  out.documents = std::move(data.heldout);
+  out.description = "held-out part of " + corpus;
+  out.remedy = "lower --lengths, or score other text with --text FILE";
+  return out;
+}
+
+void run_eval(const EvalOptions& o) {
+  check_output_path(o.json, "--json");
+  check_output_path(o.markdown, "--markdown");
+  check_output_path(o.png, "--png");
+  const EvalDevice where = resolve_eval_device(o.device, o.precision);
+  std::vector<ModelLengths> table;
+  std::map<std::string, int> label_uses;
+  for (const auto& given : o.checkpoints) {
+    std::string dir = given;
+    if (auto latest = train::latest_checkpoint(dir)) dir = *latest;
+    auto ckpt = train::load_checkpoint(dir);
+    const auto lengths = parse_lengths(o.lengths, ckpt.config.seq_len);
+    const auto text = text_for(o, ckpt, dir);
+    eval::require_heldout_length(
+        text.documents, lengths,
+        "checkpoint '" + dir + "', text: " + text.description + ": " + text.remedy);
+    const auto tokenizer = data::load_tokenizer(dir);
+    std::string label = model_label(ckpt.config.model);
+    if (++label_uses[label] > 1) label += fmt::format(" #{}", label_uses[label]);
+    fmt::print(stderr,
+               "[eval] {}: checkpoint {} (step {}, trained at {} tokens, {} tokenizer); text: {}; "
+               "device: {}\n",
+               label, dir, ckpt.step, ckpt.config.seq_len, tokenizer->kind(), text.description,
+               where.describe());
+    prepare_for_eval(*ckpt.model, where, "checkpoint '" + dir + "'");
+    const auto results = eval::evaluate_lengths(
+        [&](const torch::Tensor& x) {
+          const train::Bf16Autocast autocast(where.bf16);
+          return ckpt.model(x.to(where.device));
+        },
+        text.documents, lengths, o.max_tokens, 8192, tokenizer->token_bytes());
+    for (const auto& r : results) {
+      if (!std::isfinite(r.mean_nll)) {
+        throw std::runtime_error(fmt::format(
+            "checkpoint '{}': the loss at length {} is not finite ({}); its outputs overflow", dir,
+            r.length, r.mean_nll));
+      }
+    }
+    table.push_back({label, ckpt.config.seq_len, results, dir, text.description});
+  }
+  fmt::print("{}", markdown_table(table));
+  write_reports(table, o.json, o.markdown, o.png);
+}
 
 }  // namespace
 
 void add_eval_command(CLI::App& app) {
   auto o = std::make_shared<EvalOptions>();
-  auto* cmd = app.add_subcommand("eval", "Perplexity versus context length on held-out text");
-  cmd->add_option("checkpoint", o->checkpoint, "Checkpoint directory (or a run's out_dir)")
+  auto* cmd = app.add_subcommand(
+      "eval",
+      "Perplexity versus context length: per token (NLL in nats, perplexity) and bits per byte "
+      "(comparable across tokenizers), one table for every checkpoint given");
+  cmd->add_option("checkpoint", o->checkpoints,
+                  "Checkpoint directories, or runs' out_dirs (their newest checkpoint); the one "
+                  "evaluated is always printed")
       ->required();
+  auto* text = cmd->add_option("--text", o->text,
+                               "Score all of this text file (or every file in this folder) "
+                               "instead of the checkpoint's held-out text");
+  cmd->add_option("--corpus", o->corpus,
+                  "Score the held-out part of this corpus (kjv, linux, or a path; split as in "
+                  "docs/data.md) instead of the checkpoint's own")
+      ->excludes(text);
   cmd->add_option("--lengths", o->lengths,
-                  "Lengths: multiples of the training length (4x) or token counts (1024)");
+                  "Lengths: multiples of the training length (4x, 1.5x) or token counts (1024)")
+      ->capture_default_str();
   cmd->add_option("--max-tokens", o->max_tokens,
-                  "Predicted tokens per length (same for all models)");
+                  "Predicted tokens per length, the same for every model")
+      ->check(positive())
+      ->capture_default_str();
+  cmd->add_option("--device", o->device, "auto (a CUDA GPU when there is one), cpu, cuda or cuda:N")
+      ->capture_default_str();
+  cmd->add_option("--precision", o->precision,
+                  "fp32, or bf16 (CUDA only: bf16 autocast, faster, ~1e-2 relative from fp32)")
+      ->capture_default_str();
   cmd->add_option("--json", o->json, "Write results as JSON");
   cmd->add_option("--markdown", o->markdown, "Write a Markdown table");
   cmd->add_option("--png", o->png, "Plot perplexity vs length and loss vs position (gnuplot)");
-  cmd->callback([o] {
-    std::string dir = o->checkpoint;
-    if (auto latest = train::latest_checkpoint(dir)) dir = *latest;
-    auto ckpt = train::load_checkpoint(dir);
-    const auto corpus = train::load_token_data(ckpt.config.corpus, dir, ckpt.config.cache_dir);
-    const auto lengths = parse_lengths(o->lengths, ckpt.config.seq_len);
-    ckpt.model->eval();
-    const auto results =
-        eval::evaluate_lengths([&](const torch::Tensor& x) { return ckpt.model(x); },
-                               corpus.heldout, lengths, o->max_tokens);
-    const std::string label = fmt::format("{} ({})", model::to_string(ckpt.config.model.attention),
-                                          model::to_string(ckpt.config.model.schedule));
-    std::vector<ModelLengths> table{{label, ckpt.config.seq_len, results}};
-    fmt::print("{}", markdown_table(table));
-    write_reports(table, o->json, o->markdown, o->png);
-  });
+  cmd->callback([o] { run_eval(*o); });
 }
 
 }  // namespace reach::cli

@@ -53,7 +53,8 @@ void run_experiment_command(const ExperimentOptions& o) {
     std::vector<ModelLengths> curves;
     for (const auto& run : result.runs) {
       if (run.seeds.empty()) continue;
-      curves.push_back({run.run.name, run.seeds.front().seq_len, run.seeds.front().lengths});
+      curves.push_back(
+          {run.run.name, run.seeds.front().seq_len, run.seeds.front().lengths, "", ""});
     }
     png = (out / "perplexity_vs_length.png").string();
     write_reports(curves, "", "", png);

@@ -25,7 +25,14 @@ class PlotDataDir {
   std::filesystem::path path_;
 };
 
-// Runs the script; throws std::runtime_error when gnuplot is missing or fails.
+// Fails early, before any work, when a report could not be written: throws
+// std::runtime_error naming `flag` when `path` is a directory, its folder does not exist, or
+// it cannot be opened for writing. An empty path is fine (no report asked for).
+void check_output_path(const std::string& path, const std::string& flag);
+
+// Runs the script (gnuplot's own output goes to a log, never to standard output); throws
+// std::runtime_error when the PNG path is unusable, gnuplot is missing, or it fails (with
+// gnuplot's message).
 void run_gnuplot(const std::string& script, const std::string& png_path);
 
 }  // namespace reach::cli

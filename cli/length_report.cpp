@@ -2,6 +2,7 @@
 
 #include <fmt/core.h>
 
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -17,8 +18,10 @@ std::vector<int64_t> parse_lengths(const std::string& text, int64_t train_length
   std::vector<int64_t> lengths;
   std::stringstream in(text);
   std::string item;
+  size_t items = 0;
   while (std::getline(in, item, ',')) {
-    if (item.empty()) continue;
+    ++items;
+    if (item.empty()) throw std::invalid_argument("--lengths: empty item in '" + text + "'");
     const bool multiple = item.back() == 'x';
     const std::string number = multiple ? item.substr(0, item.size() - 1) : item;
     size_t used = 0;
@@ -28,25 +31,54 @@ std::vector<int64_t> parse_lengths(const std::string& text, int64_t train_length
     } catch (const std::exception&) {
       used = 0;
     }
-    if (used != number.size() || number.empty() || !(value > 0)) {
+    if (used != number.size() || number.empty() || !(value > 0) || !std::isfinite(value)) {
       throw std::invalid_argument("--lengths: '" + item + "' is not a positive length or multiple");
     }
-    lengths.push_back(multiple ? static_cast<int64_t>(value * static_cast<double>(train_length))
-                               : static_cast<int64_t>(value));
+    if (!multiple && value != std::floor(value)) {
+      throw std::invalid_argument("--lengths: '" + item +
+                                  "' is not a whole number of tokens (write a multiple as " + item +
+                                  "x)");
+    }
+    const double tokens = multiple ? value * static_cast<double>(train_length) : value;
+    if (tokens > static_cast<double>(kMaxEvalLength)) {
+      throw std::invalid_argument(
+          fmt::format("--lengths: '{}' is {:.3g} tokens, more than the {} "
+                      "that reach evaluates",
+                      item, tokens, kMaxEvalLength));
+    }
+    const auto length = static_cast<int64_t>(std::llround(tokens));
+    if (length < 1) {
+      throw std::invalid_argument(fmt::format(
+          "--lengths: '{}' is less than one token (training length {})", item, train_length));
+    }
+    lengths.push_back(length);
   }
-  if (lengths.empty()) throw std::invalid_argument("--lengths: no lengths given");
+  if (items == 0 || (!text.empty() && text.back() == ',')) {
+    throw std::invalid_argument(items == 0 ? "--lengths: no lengths given"
+                                           : "--lengths: empty item in '" + text + "'");
+  }
   return lengths;
 }
 
+std::string multiple_label(int64_t length, int64_t train_length) {
+  const double m = static_cast<double>(length) / static_cast<double>(train_length);
+  if (m == std::floor(m)) return fmt::format("{:.0f}x", m);
+  return fmt::format("{:.3g}x", m);
+}
+
 std::string markdown_table(const std::vector<ModelLengths>& models) {
-  std::string out =
-      "| model | length | x train | windows | tokens | NLL (nats) | perplexity |\n"
-      "| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n";
+  bool bytes = !models.empty();
+  for (const auto& m : models)
+    for (const auto& r : m.results) bytes = bytes && r.bytes > 0;
+  std::string out = fmt::format(
+      "| model | length | x train | windows | tokens | NLL (nats/token) | perplexity (per "
+      "token) |{}\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |{}\n",
+      bytes ? " bits/byte |" : "", bytes ? " ---: |" : "");
   for (const auto& m : models) {
     for (const auto& r : m.results) {
-      out += fmt::format("| {} | {} | {:.0f}x | {} | {} | {:.4f} | {:.3f} |\n", m.label, r.length,
-                         static_cast<double>(r.length) / static_cast<double>(m.train_length),
-                         r.windows, r.tokens, r.mean_nll, r.perplexity);
+      out += fmt::format("| {} | {} | {} | {} | {} | {:.4f} | {:.3f} |{}\n", m.label, r.length,
+                         multiple_label(r.length, m.train_length), r.windows, r.tokens, r.mean_nll,
+                         r.perplexity, bytes ? fmt::format(" {:.4f} |", r.bits_per_byte) : "");
     }
   }
   return out;
@@ -58,14 +90,17 @@ void write_reports(const std::vector<ModelLengths>& models, const std::string& j
     nlohmann::json j = nlohmann::json::array();
     for (const auto& m : models) {
       for (const auto& r : m.results) {
-        j.push_back({{"model", m.label},
-                     {"train_length", m.train_length},
-                     {"length", r.length},
-                     {"windows", r.windows},
-                     {"tokens", r.tokens},
-                     {"mean_nll", r.mean_nll},
-                     {"perplexity", r.perplexity},
-                     {"bucket_nll", r.bucket_nll}});
+        nlohmann::json row{{"model", m.label},           {"train_length", m.train_length},
+                           {"length", r.length},         {"windows", r.windows},
+                           {"tokens", r.tokens},         {"mean_nll", r.mean_nll},
+                           {"perplexity", r.perplexity}, {"bucket_nll", r.bucket_nll}};
+        if (r.bytes > 0) {
+          row["bytes"] = r.bytes;
+          row["bits_per_byte"] = r.bits_per_byte;
+        }
+        if (!m.checkpoint.empty()) row["checkpoint"] = m.checkpoint;
+        if (!m.text.empty()) row["text"] = m.text;
+        j.push_back(row);
       }
     }
     write_text_file(json_path, j.dump(2) + "\n");

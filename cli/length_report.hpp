@@ -13,11 +13,23 @@ struct ModelLengths {
   std::string label;
   int64_t train_length = 0;
   std::vector<eval::LengthResult> results;
+  std::string checkpoint;  // the directory evaluated (JSON only; may be empty)
+  std::string text;        // what was scored (JSON only; may be empty)
 };
 
-// "1x,2x,4x,8x" (multiples of train_length) or plain token counts; throws on bad input.
+// Longest length --lengths accepts, in tokens (far beyond any real evaluation; it keeps the
+// arithmetic exact and the error readable).
+inline constexpr int64_t kMaxEvalLength = int64_t{1} << 40;
+
+// "1x,2x,4x,8x" (multiples of train_length, any positive real) or whole token counts; every
+// item resolves to 1..kMaxEvalLength tokens. Throws std::invalid_argument naming the item.
 std::vector<int64_t> parse_lengths(const std::string& text, int64_t train_length);
 
+// A length as a multiple of the training length: "2x", "1.5x", "0.0078x".
+std::string multiple_label(int64_t length, int64_t train_length);
+
+// One row per (model, length): NLL in nats per token, perplexity per token, and bits per byte
+// when every result has it.
 std::string markdown_table(const std::vector<ModelLengths>& models);
 
 // Writes whichever paths are non-empty. The PNG needs gnuplot (Debian gnuplot-nox).

@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
   reach::cli::add_bench_entmax_command(app);
   reach::cli::add_train_command(app);
   reach::cli::add_eval_command(app);
+  reach::cli::add_info_command(app);
   reach::cli::add_demo_command(app);
   reach::cli::add_tokenizer_command(app);
   reach::cli::add_tasks_command(app);

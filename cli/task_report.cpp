@@ -11,12 +11,13 @@
 #include <stdexcept>
 
 #include "cli/gnuplot.hpp"
+#include "cli/model_label.hpp"
 
 namespace reach::cli {
 
 std::string task_run_label(const train::TaskRunConfig& c) {
   return fmt::format("{} + {} ({})", model::to_string(c.model.normalizer),
-                     model::to_string(c.model.positions), model::to_string(c.model.attention));
+                     model::to_string(c.model.positions), attention_label(c.model));
 }
 
 std::string task_markdown_table(const std::vector<TaskRunResults>& runs) {

@@ -8,7 +8,10 @@
 
 #include "cli/commands.hpp"
 #include "cli/config_file_option.hpp"
+#include "cli/eval_device.hpp"
+#include "cli/gnuplot.hpp"
 #include "cli/task_report.hpp"
+#include "cli/validators.hpp"
 #include "train/task_config.hpp"
 #include "train/task_trainer.hpp"
 
@@ -28,6 +31,7 @@ struct TasksEvalOptions {
   std::string multipliers;
   int64_t examples = 0;
   int64_t max_length = 0;
+  std::string device = "auto";
   std::string json, markdown, png;
 };
 
@@ -115,15 +119,24 @@ void add_tasks_command(CLI::App& app) {
                        "Lengths as multiples of train.length, e.g. 1,4,16,64,256 (default: "
                        "each run's eval.multipliers)");
   eval_cmd->add_option("--examples", e->examples, "Examples per length (default: the run's)")
-      ->check(CLI::PositiveNumber);
+      ->check(positive());
   eval_cmd
       ->add_option("--max-length", e->max_length,
                    "Skip lengths above this many tokens (default: the run's)")
-      ->check(CLI::PositiveNumber);
+      ->check(positive());
+  eval_cmd
+      ->add_option("--device", e->device,
+                   "auto (a CUDA GPU when there is one), cpu, cuda or cuda:N; fp32 on every "
+                   "device")
+      ->capture_default_str();
   eval_cmd->add_option("--json", e->json, "Write results as JSON");
   eval_cmd->add_option("--markdown", e->markdown, "Write a Markdown table");
   eval_cmd->add_option("--png", e->png, "Plot accuracy vs length (gnuplot)");
   eval_cmd->callback([e] {
+    check_output_path(e->json, "--json");
+    check_output_path(e->markdown, "--markdown");
+    check_output_path(e->png, "--png");
+    const EvalDevice where = resolve_eval_device(e->device, "fp32");
     std::vector<std::string> overrides;
     if (!e->multipliers.empty()) overrides.push_back("eval.multipliers=\"" + e->multipliers + "\"");
     if (e->examples > 0) overrides.push_back(fmt::format("eval.examples={}", e->examples));
@@ -133,6 +146,9 @@ void add_tasks_command(CLI::App& app) {
       auto run = train::load_task_run(dir);
       // Re-parse with the overrides so they are validated like any config key.
       auto config = train::parse_task_config(train::to_toml(run.config), overrides);
+      fmt::print(stderr, "[tasks] evaluating {} ({}) on {}\n", dir, task_run_label(config),
+                 where.describe());
+      prepare_for_eval(*run.model, where, "task run '" + dir + "'");
       runs.push_back(evaluate_run(dir, run.model, config));
     }
     fmt::print("{}", task_markdown_table(runs));

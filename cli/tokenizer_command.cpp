@@ -1,5 +1,6 @@
-// `reach tokenizer train --corpus NAME --vocab-size N --out DIR` and
-// `reach tokenizer encode --tokenizer DIR TEXT` (to look at what it does).
+// `reach tokenizer train --corpus NAME --vocab-size N --out DIR`,
+// `reach tokenizer encode --tokenizer DIR TEXT` (ids and pieces: to look at what it does) and
+// `reach tokenizer decode --tokenizer DIR ID...`.
 #include <fmt/core.h>
 #include <fmt/ranges.h>
 
@@ -18,6 +19,7 @@ struct TokenizerOptions {
   std::string out;
   std::string tokenizer = "byte";
   std::string text;
+  std::vector<int64_t> ids;
 };
 
 }  // namespace
@@ -28,8 +30,15 @@ void add_tokenizer_command(CLI::App& app) {
   cmd->require_subcommand(1);
   auto* train = cmd->add_subcommand("train", "Train a sentencepiece BPE tokenizer on a corpus");
   train->add_option("--corpus", o->corpus, "Corpus name (kjv) or path to text file/folder");
-  train->add_option("--vocab-size", o->vocab_size, "Vocabulary size (>= 260)")
-      ->check(CLI::Range(int64_t{260}, int64_t{1} << 20));
+  train
+      ->add_option("--vocab-size", o->vocab_size,
+                   fmt::format("Vocabulary size: at least {} (256 byte pieces, <unk>, <s>, </s>, "
+                               "one merge), at most what the corpus supports (spm_train's "
+                               "limit, said in the error when exceeded; roughly the number of "
+                               "distinct words and sub-words)",
+                               data::kMinSentencepieceVocab))
+      ->check(CLI::Range(data::kMinSentencepieceVocab, int64_t{1} << 20))
+      ->capture_default_str();
   train->add_option("--out", o->out, "Directory to write tokenizer.json + tokenizer.model")
       ->required();
   train->callback([o] {
@@ -43,13 +52,34 @@ void add_tokenizer_command(CLI::App& app) {
         tokenizer->vocab_size(),
         static_cast<double>(sample.size()) / static_cast<double>(std::max<size_t>(1, ids.size())));
   });
-  auto* encode = cmd->add_subcommand("encode", "Print the token ids of a text");
-  encode->add_option("--tokenizer", o->tokenizer, "'byte' or a tokenizer directory");
+  auto* encode = cmd->add_subcommand("encode", "Print the token ids and pieces of a text");
+  encode->add_option("--tokenizer", o->tokenizer, "'byte' or a tokenizer directory")
+      ->capture_default_str();
   encode->add_option("text", o->text, "Text to encode")->required();
   encode->callback([o] {
     const auto tokenizer = data::load_tokenizer(o->tokenizer);
     const auto ids = tokenizer->encode(o->text);
-    fmt::print("{} tokens: {}\n", ids.size(), ids);
+    std::vector<std::string> pieces;
+    for (const auto id : ids) pieces.push_back(tokenizer->piece(id));
+    fmt::print("{} tokens ({} bytes)\nids:    {}\npieces: {}\n", ids.size(), o->text.size(), ids,
+               pieces);
+  });
+  auto* decode = cmd->add_subcommand("decode", "Print the text of token ids");
+  decode->add_option("--tokenizer", o->tokenizer, "'byte' or a tokenizer directory")
+      ->capture_default_str();
+  decode->add_option("ids", o->ids, "Token ids (e.g. from `reach tokenizer encode`)")->required();
+  decode->callback([o] {
+    const auto tokenizer = data::load_tokenizer(o->tokenizer);
+    std::vector<uint32_t> ids;
+    for (const auto id : o->ids) {
+      if (id < 0 || id >= tokenizer->vocab_size()) {
+        throw std::invalid_argument(
+            fmt::format("token id {} is outside 0..{} (the vocabulary of '{}')", id,
+                        tokenizer->vocab_size() - 1, o->tokenizer));
+      }
+      ids.push_back(static_cast<uint32_t>(id));
+    }
+    fmt::print("{}\n", tokenizer->decode(ids));
   });
 }
 

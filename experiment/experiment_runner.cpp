@@ -91,7 +91,9 @@ bool train_and_evaluate(const ExperimentSpec& spec, const ExperimentRun& run, ui
   auto checkpoint = train::load_checkpoint(trained.checkpoint);
   checkpoint.model->eval();
   torch::NoGradGuard no_grad;
-  const auto data = train::load_token_data(config.corpus, trained.checkpoint, config.cache_dir);
+  const auto data = train::load_token_data(
+      config.corpus, reach::data::split_options(config.heldout_fraction, config.heldout_files),
+      trained.checkpoint, config.cache_dir);
   std::vector<int64_t> lengths;
   for (const int64_t m : spec.multipliers) lengths.push_back(m * config.seq_len);
   say(fmt::format("{} seed {}: evaluating at {} tokens x multipliers", run.name, seed,

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -161,9 +162,15 @@ SafetensorsFile parse_safetensors(const uint8_t* bytes, size_t size) {
 }
 
 SafetensorsFile read_safetensors(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::exists(path, ec) && !std::filesystem::is_regular_file(path, ec)) {
+    throw std::runtime_error("'" + path + "' is not a regular file (a directory?)");
+  }
   std::ifstream in(path, std::ios::binary | std::ios::ate);
   if (!in) throw std::runtime_error("cannot open '" + path + "'");
-  const auto size = static_cast<size_t>(in.tellg());
+  const auto end = in.tellg();
+  if (end < 0) throw std::runtime_error("cannot read the size of '" + path + "'");
+  const auto size = static_cast<size_t>(end);
   std::vector<uint8_t> bytes(size);
   in.seekg(0);
   if (!in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(size))) {

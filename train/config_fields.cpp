@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -343,10 +344,31 @@ std::string keys_help(const ConfigKeys& keys, const std::string& preset) {
 }
 
 std::string read_config_file(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) {
+    throw std::invalid_argument("config file '" + path +
+                                "' is a directory (expected a TOML file, e.g. configs/*.toml)");
+  }
   std::ifstream in(path);
   if (!in) throw std::invalid_argument("cannot read config file '" + path + "'");
   std::ostringstream text;
   text << in.rdbuf();
+  // A regular file with no keys is a mistake (a wrong or truncated file), not a request for
+  // a default run; /dev/null (not a regular file) still means "the defaults plus --set".
+  if (std::filesystem::is_regular_file(path, ec)) {
+    std::istringstream lines(text.str());
+    std::string line;
+    bool has_content = false;
+    while (!has_content && std::getline(lines, line)) {
+      const auto first = line.find_first_not_of(" \t\r");
+      has_content = first != std::string::npos && line[first] != '#';
+    }
+    if (!has_content) {
+      throw std::invalid_argument(
+          "config file '" + path +
+          "' is empty (no keys); pass /dev/null to use the defaults plus --set overrides");
+    }
+  }
   return text.str();
 }
 

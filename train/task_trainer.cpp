@@ -189,6 +189,7 @@ std::vector<LengthAccuracy> evaluate_task_model(
   const auto task = make_task(c);
   torch::NoGradGuard no_grad;
   model->eval();
+  const torch::Device device = model->parameters().front().device();
   std::vector<LengthAccuracy> out;
   for (int64_t m : multipliers) {
     LengthAccuracy r;
@@ -204,7 +205,9 @@ std::vector<LengthAccuracy> evaluate_task_model(
       for (int64_t done = 0; done < c.examples;) {
         const int64_t size = std::min(c.eval_batch, c.examples - done);
         const Batch batch = make_batch(*task, r.length, size, rng);
-        sum += batch_accuracy(batch, model->forward(batch.tokens)) * static_cast<double>(size);
+        // The model may be on a GPU (`reach tasks eval --device`); accuracy is counted on the CPU.
+        const auto logits = model->forward(batch.tokens.to(device)).to(torch::kCPU);
+        sum += batch_accuracy(batch, logits) * static_cast<double>(size);
         done += size;
         if (batch_progress) {
           batch_progress(

@@ -26,7 +26,12 @@ ConfigKeys keys(TrainConfig& c) {
       .add("data.cache_dir", &c.cache_dir,
            "token cache (empty = $REACH_CACHE_DIR or ~/.cache/reach)")
       .add("data.seq_len", &c.seq_len, "training sequence length", at_least(2))
-      .add("data.batch", &c.batch, "sequences per step", at_least(1));
+      .add("data.batch", &c.batch, "sequences per step", at_least(1))
+      .add("data.heldout_fraction", &c.heldout_fraction,
+           "your files: fraction of the bytes held out (kjv, linux: fixed split; docs/data.md)",
+           above_up_to(0, 0.9))
+      .add("data.heldout_files", &c.heldout_files,
+           "comma-separated document names held out exactly (any corpus; empty = the rule)");
   add_model_keys(k, c.model);
   k.add("train.steps", &c.steps, "optimizer steps", at_least(1));
   add_optimizer_keys(k, c);

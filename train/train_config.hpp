@@ -22,6 +22,11 @@ struct TrainConfig : OptimizerConfig {
   std::string cache_dir;           // token cache ("" = $REACH_CACHE_DIR or ~/.cache/reach)
   int64_t seq_len = 256;
   int64_t batch = 16;
+  // Held-out split of your own files (docs/data.md): this fraction of the bytes, or exactly
+  // the documents named in heldout_files (comma-separated; any corpus). kjv and linux have a
+  // fixed split by document name.
+  double heldout_fraction = 0.1;
+  std::string heldout_files;
 
   std::string preset = "tiny";                       // applied before any model.* key
   model::ModelConfig model = model::preset("tiny");  // vocab_size 0 = the tokenizer's

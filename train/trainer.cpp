@@ -71,10 +71,20 @@ void truncate_metrics(const fs::path& path, int64_t last_step) {
 
 }  // namespace
 
-TokenData load_token_data(const std::string& corpus_name, const std::string& tokenizer_spec,
-                          const std::string& cache_dir) {
+std::string heldout_remedy(const TrainConfig& c) {
+  const bool named = c.corpus == "kjv" || c.corpus == "linux";
+  return fmt::format(
+      "{}name longer documents in data.heldout_files, or lower data.seq_len (now {})",
+      named || !c.heldout_files.empty()
+          ? ""
+          : fmt::format("raise data.heldout_fraction (now {}), ", c.heldout_fraction),
+      c.seq_len);
+}
+
+TokenData load_token_data(const std::string& corpus_name, const data::SplitOptions& split,
+                          const std::string& tokenizer_spec, const std::string& cache_dir) {
   auto tokenizer = data::load_tokenizer(tokenizer_spec);
-  const auto corpus = data::load_corpus(corpus_name);
+  const auto corpus = data::load_corpus(corpus_name, split);
   auto tokens = data::TokenizedCorpus::open_or_build(corpus, *tokenizer, cache_dir);
   std::vector<std::vector<int64_t>> heldout;
   for (const auto& doc : tokens.heldout()) heldout.emplace_back(doc.begin(), doc.end());
@@ -87,7 +97,10 @@ TrainResult run_training(const TrainConfig& config_in, const TrainOptions& optio
                                        : static_cast<int>(std::thread::hardware_concurrency()));
   const torch::Device device = resolve_device(c.device);
   const bool bf16 = resolve_bf16(c.precision, device);
-  const TokenData corpus = load_token_data(c.corpus, c.tokenizer, c.cache_dir);
+  const TokenData corpus = load_token_data(
+      c.corpus, data::split_options(c.heldout_fraction, c.heldout_files), c.tokenizer, c.cache_dir);
+  // Held-out evaluation runs at seq_len: fail now, not after eval_every steps.
+  eval::require_heldout_length(corpus.heldout, {c.seq_len}, heldout_remedy(c));
   const int64_t vocab = corpus.tokenizer->vocab_size();
   if (c.model.vocab_size != 0 && c.model.vocab_size != vocab) {
     throw std::invalid_argument(fmt::format("model.vocab_size = {} but the tokenizer '{}' has {}",

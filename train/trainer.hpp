@@ -38,7 +38,10 @@ struct TokenData {
   std::vector<std::vector<int64_t>> heldout;  // held-out documents, for evaluation
 };
 // tokenizer_spec: "byte" or a tokenizer directory (a checkpoint directory works too).
-TokenData load_token_data(const std::string& corpus, const std::string& tokenizer_spec,
-                          const std::string& cache_dir);
+TokenData load_token_data(const std::string& corpus, const data::SplitOptions& split,
+                          const std::string& tokenizer_spec, const std::string& cache_dir);
+
+// What to change when the held-out part is too short for evaluation at data.seq_len.
+std::string heldout_remedy(const TrainConfig& config);
 
 }  // namespace reach::train

@@ -2,12 +2,15 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <numeric>
 #include <regex>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 
@@ -23,7 +26,7 @@ std::string corpus_cache_dir() {
   return "/tmp/reach-cache";
 }
 
-uint64_t fnv1a64(const std::string& text) {
+uint64_t name_hash64(const std::string& text) {
   uint64_t h = 1469598103934665603ull;
   for (unsigned char c : text) {
     h ^= c;
@@ -33,6 +36,9 @@ uint64_t fnv1a64(const std::string& text) {
 }
 
 std::string read_file_bytes(const std::string& path) {
+  std::error_code ec;
+  if (fs::is_directory(path, ec))
+    throw std::runtime_error("'" + path + "' is a directory, not a file");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw std::runtime_error("cannot read '" + path + "'");
   std::ostringstream buffer;
@@ -40,7 +46,26 @@ std::string read_file_bytes(const std::string& path) {
   return buffer.str();
 }
 
-bool is_heldout(const std::string& document_name) { return fnv1a64(document_name) % 8 == 0; }
+bool is_heldout(const std::string& document_name) { return name_hash64(document_name) % 8 == 0; }
+
+SplitOptions split_options(double heldout_fraction, const std::string& heldout_files) {
+  SplitOptions split;
+  split.heldout_fraction = heldout_fraction;
+  std::stringstream in(heldout_files);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    const auto first = item.find_first_not_of(" \t"), last = item.find_last_not_of(" \t");
+    if (first == std::string::npos) {
+      throw std::invalid_argument("data.heldout_files: empty name in '" + heldout_files +
+                                  "' (expected comma-separated document names)");
+    }
+    split.heldout_files.push_back(item.substr(first, last - first + 1));
+  }
+  if (!heldout_files.empty() && heldout_files.back() == ',') {
+    throw std::invalid_argument("data.heldout_files: empty name in '" + heldout_files + "'");
+  }
+  return split;
+}
 
 namespace {
 
@@ -68,17 +93,104 @@ std::string run_bible_program() {
   return text;
 }
 
-Corpus split(const std::string& name, std::vector<Document> documents) {
-  Corpus corpus;
+Corpus finish(const std::string& name, Corpus corpus) {
   corpus.name = name;
+  if (corpus.train.empty()) {
+    throw std::runtime_error("corpus '" + name +
+                             "' has no training documents (is everything held out? see "
+                             "data.heldout_fraction / data.heldout_files)");
+  }
+  return corpus;
+}
+
+// Exactly the named documents are held out.
+Corpus split_by_names(const std::string& name, std::vector<Document> documents,
+                      const std::vector<std::string>& heldout_names) {
+  Corpus corpus;
+  std::set<std::string> wanted(heldout_names.begin(), heldout_names.end());
+  for (auto& doc : documents) {
+    const bool heldout = wanted.erase(doc.name) > 0;
+    if (doc.text.empty()) continue;
+    (heldout ? corpus.heldout : corpus.train).push_back(std::move(doc));
+  }
+  if (!wanted.empty()) {
+    throw std::invalid_argument("data.heldout_files: corpus '" + name + "' has no document '" +
+                                *wanted.begin() +
+                                "' (names are paths relative to the corpus folder, the file "
+                                "name for a single file, book names for kjv)");
+  }
+  return finish(name, std::move(corpus));
+}
+
+// The named corpora's rule: by document name alone.
+Corpus split_by_name_hash(const std::string& name, std::vector<Document> documents) {
+  Corpus corpus;
   for (auto& doc : documents) {
     if (doc.text.empty()) continue;
     (is_heldout(doc.name) ? corpus.heldout : corpus.train).push_back(std::move(doc));
   }
-  if (corpus.train.empty()) {
-    throw std::runtime_error("corpus '" + name + "' has no training documents");
+  return finish(name, std::move(corpus));
+}
+
+// Where a document's held-out tail of about `tail` bytes starts: at a line start when the
+// tail holds one, else at a UTF-8 character boundary.
+size_t tail_start(const std::string& text, size_t tail) {
+  size_t cut = text.size() - std::min(tail, text.size());
+  if (cut == 0) return 0;
+  const size_t newline = text.find('\n', cut - 1);
+  if (newline != std::string::npos && newline + 1 - cut <= tail / 2) return newline + 1;
+  while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;
+  return cut;
+}
+
+// Your files: `fraction` of the bytes held out, whole documents first (in name_hash64 order),
+// then the tail of the next one.
+Corpus split_by_fraction(const std::string& name, std::vector<Document> documents,
+                         double fraction) {
+  std::erase_if(documents, [](const Document& d) { return d.text.empty(); });
+  size_t total = 0;
+  for (const auto& d : documents) total += d.text.size();
+  const auto target = static_cast<size_t>(std::ceil(fraction * static_cast<double>(total)));
+  std::vector<size_t> order(documents.size());
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return name_hash64(documents[a].name) < name_hash64(documents[b].name);
+  });
+  std::vector<size_t> cut(documents.size(), std::string::npos);  // npos: all training
+  size_t held = 0;
+  for (const size_t i : order) {
+    if (held >= target) break;
+    const size_t size = documents[i].text.size();
+    if (held + size <= target) {
+      cut[i] = 0;
+      held += size;
+    } else {
+      cut[i] = tail_start(documents[i].text, target - held);
+      break;
+    }
   }
-  return corpus;
+  Corpus corpus;
+  for (size_t i = 0; i < documents.size(); ++i) {
+    auto& doc = documents[i];
+    if (cut[i] == std::string::npos) {
+      corpus.train.push_back(std::move(doc));
+    } else if (cut[i] == 0) {
+      corpus.heldout.push_back(std::move(doc));
+    } else {
+      corpus.heldout.push_back(
+          {doc.name + " [from byte " + std::to_string(cut[i]) + "]", doc.text.substr(cut[i])});
+      doc.text.resize(cut[i]);
+      corpus.train.push_back(std::move(doc));
+    }
+  }
+  return finish(name, std::move(corpus));
+}
+
+void check_fraction(double fraction) {
+  if (!(fraction > 0 && fraction < 1)) {
+    throw std::invalid_argument("data.heldout_fraction must be in (0, 1), got " +
+                                std::to_string(fraction));
+  }
 }
 
 // The Linux kernel source tree from linux-source-6.1: every .c, .h, .rst and .txt file is a
@@ -146,14 +258,12 @@ std::vector<Document> split_kjv_books(const std::string& bible_text) {
   return books;
 }
 
-Corpus load_corpus(const std::string& name_or_path) {
-  if (name_or_path == "kjv") return split("kjv", split_kjv_books(run_bible_program()));
-  if (name_or_path == "linux") return split("linux", load_linux_source(corpus_cache_dir()));
-  const fs::path path(name_or_path);
+std::vector<Document> read_documents(const std::string& path_text) {
+  const fs::path path(path_text);
   std::error_code ec;
   if (!fs::exists(path, ec)) {
     throw std::runtime_error(
-        "corpus '" + name_or_path +
+        "corpus '" + path_text +
         "' is neither a known corpus (kjv, linux) nor an existing file or folder");
   }
   std::vector<Document> documents;
@@ -169,8 +279,35 @@ Corpus load_corpus(const std::string& name_or_path) {
       documents.push_back({fs::relative(f, path).string(), read_file(f)});
     }
   }
-  if (documents.empty()) throw std::runtime_error("corpus '" + name_or_path + "' has no files");
-  return split(name_or_path, std::move(documents));
+  if (documents.empty()) throw std::runtime_error("corpus '" + path_text + "' has no files");
+  return documents;
+}
+
+Corpus load_corpus(const std::string& name_or_path, const SplitOptions& split) {
+  check_fraction(split.heldout_fraction);
+  const bool named = name_or_path == "kjv" || name_or_path == "linux";
+  if (named && split.heldout_files.empty() &&
+      split.heldout_fraction != SplitOptions{}.heldout_fraction) {
+    throw std::invalid_argument("data.heldout_fraction applies to your own files; corpus '" +
+                                name_or_path +
+                                "' has a fixed split by document name (docs/data.md); set "
+                                "data.heldout_files to choose its held-out documents");
+  }
+  auto split_documents = [&](std::vector<Document> documents) {
+    if (!split.heldout_files.empty())
+      return split_by_names(name_or_path, std::move(documents), split.heldout_files);
+    if (named) return split_by_name_hash(name_or_path, std::move(documents));
+    return split_by_fraction(name_or_path, std::move(documents), split.heldout_fraction);
+  };
+  if (name_or_path == "kjv") return split_documents(split_kjv_books(run_bible_program()));
+  if (name_or_path == "linux") return split_documents(load_linux_source(corpus_cache_dir()));
+  auto documents = read_documents(name_or_path);
+  const bool all_empty = std::all_of(documents.begin(), documents.end(),
+                                     [](const Document& d) { return d.text.empty(); });
+  if (all_empty) {
+    throw std::runtime_error("corpus '" + name_or_path + "' has no text (its files are all empty)");
+  }
+  return split_documents(std::move(documents));
 }
 
 }  // namespace reach::data

@@ -35,10 +35,11 @@ TokenizedCorpus::~TokenizedCorpus() {
 namespace {
 
 uint64_t corpus_key(const Corpus& corpus) {
-  uint64_t h = fnv1a64(corpus.name);
+  uint64_t h = name_hash64(corpus.name);
   for (const auto* split : {&corpus.train, &corpus.heldout}) {
     for (const auto& d : *split)
-      h = h * 1099511628211ull ^ fnv1a64(d.name) ^ (fnv1a64(d.text) << 1);
+      h = h * 1099511628211ull ^ name_hash64(d.name) ^ (name_hash64(d.text) << 1) ^
+          (split == &corpus.heldout ? 0x9e3779b97f4a7c15ull : 0);
   }
   return h;
 }

@@ -5,7 +5,8 @@
 //                                                          back to back
 //                                               .json   : per document name, split, offset,
 //                                                          length; the key; token count
-// The key is a hash of every document's name and text, so an edited corpus is re-tokenized.
+// The key is a hash of every document's name, text and split, so an edited corpus (or a new
+// split) is re-tokenized.
 // Default cache_dir: $REACH_CACHE_DIR, else $XDG_CACHE_HOME/reach, else ~/.cache/reach.
 #pragma once
 

@@ -42,6 +42,15 @@ class ByteTokenizer final : public Tokenizer {
     }
     return text;
   }
+  std::string piece(uint32_t id) const override {
+    if (id > 255)
+      throw std::invalid_argument("byte tokenizer: id " + std::to_string(id) + " > 255");
+    if (id >= 0x21 && id < 0x7f) return std::string(1, static_cast<char>(id));
+    char hex[8];
+    std::snprintf(hex, sizeof hex, "<0x%02X>", id);
+    return hex;
+  }
+  std::vector<int64_t> token_bytes() const override { return std::vector<int64_t>(256, 1); }
   std::string fingerprint() const override { return "byte"; }
   void save(const std::string& dir) const override {
     write_all(fs::path(dir) / "tokenizer.json", R"({"type": "byte", "vocab_size": 256})"
@@ -83,6 +92,7 @@ class SentencePieceTokenizer final : public Tokenizer {
     std::string line;
     while (std::getline(vocab, line)) {
       if (line.rfind("<0x0A>\t", 0) == 0) newline_id_ = static_cast<uint32_t>(vocab_size_);
+      pieces_.push_back(line.substr(0, line.find('\t')));
       ++vocab_size_;
     }
     if (vocab_size_ < 1 || newline_id_ == kNone) {
@@ -143,7 +153,29 @@ class SentencePieceTokenizer final : public Tokenizer {
     if (!trailing_newline && !text.empty() && text.back() == '\n') text.pop_back();
     return text;
   }
-  std::string fingerprint() const override { return "sp-" + std::to_string(fnv1a64(model_bytes_)); }
+  std::string piece(uint32_t id) const override {
+    if (id >= pieces_.size()) {
+      throw std::invalid_argument("sentencepiece: id " + std::to_string(id) +
+                                  " out of vocabulary (" + std::to_string(vocab_size_) + ")");
+    }
+    return pieces_[id];
+  }
+  std::vector<int64_t> token_bytes() const override {
+    static const std::string space_mark = "\u2581";
+    std::vector<int64_t> bytes;
+    for (const auto& p : pieces_) {
+      const bool byte_piece = p.size() == 6 && p.starts_with("<0x") && p.back() == '>';
+      const bool control = p == "<unk>" || p == "<s>" || p == "</s>";
+      int64_t n = static_cast<int64_t>(p.size());
+      for (size_t at = p.find(space_mark); at != std::string::npos; at = p.find(space_mark, at + 1))
+        n -= static_cast<int64_t>(space_mark.size()) - 1;
+      bytes.push_back(byte_piece ? 1 : control ? 0 : n);
+    }
+    return bytes;
+  }
+  std::string fingerprint() const override {
+    return "sp-" + std::to_string(name_hash64(model_bytes_));
+  }
   void save(const std::string& dir) const override {
     if (fs::weakly_canonical(dir) != fs::weakly_canonical(dir_)) {
       fs::copy_file(dir_ / "tokenizer.model", fs::path(dir) / "tokenizer.model",
@@ -164,6 +196,7 @@ class SentencePieceTokenizer final : public Tokenizer {
   std::string model_bytes_;
   int64_t vocab_size_ = 0;
   uint32_t newline_id_ = kNone;
+  std::vector<std::string> pieces_;
 };
 
 }  // namespace
@@ -191,7 +224,12 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& spec) {
 
 std::unique_ptr<Tokenizer> train_sentencepiece(const Corpus& corpus, int64_t vocab_size,
                                                const std::string& out_dir) {
-  if (vocab_size < 260) throw std::invalid_argument("sentencepiece vocab_size must be >= 260");
+  if (vocab_size < kMinSentencepieceVocab) {
+    throw std::invalid_argument(
+        "sentencepiece vocab_size must be >= " + std::to_string(kMinSentencepieceVocab) +
+        " (256 byte pieces, <unk>, <s>, </s> and at least one merge), got " +
+        std::to_string(vocab_size));
+  }
   fs::create_directories(out_dir);
   const fs::path input = fs::path(out_dir) / "training_text.txt";
   {
@@ -209,7 +247,27 @@ std::unique_ptr<Tokenizer> train_sentencepiece(const Corpus& corpus, int64_t voc
   const int status = std::system((command + " > '" + prefix + ".log' 2>&1").c_str());
   fs::remove(input);
   if (status != 0) {
-    throw std::runtime_error("sentencepiece training failed (see " + prefix + ".log)");
+    // spm_train states its limits (e.g. the largest vocabulary this corpus supports) in its
+    // log: bring that line into the error.
+    std::istringstream log(fs::exists(prefix + ".log") ? read_all(prefix + ".log") : "");
+    std::string line, reason;
+    while (std::getline(log, line)) {
+      if (line.find("Vocabulary size") != std::string::npos ||
+          line.find("Check failed") != std::string::npos || reason.empty())
+        reason = line;
+    }
+    // "spm_train_main.cc(275) [...] Internal: ...(660) [...] Vocabulary size too high (5000).
+    // Please set it to a value <= 1957.": keep the sentence.
+    const auto vocab_at = reason.find("Vocabulary size");
+    const auto bracket_at = reason.rfind("] ");
+    if (vocab_at != std::string::npos) {
+      reason = reason.substr(vocab_at);
+    } else if (bracket_at != std::string::npos) {
+      reason = reason.substr(bracket_at + 2);
+    }
+    throw std::runtime_error("sentencepiece training failed" +
+                             (reason.empty() ? std::string() : ": " + reason) + " (vocab_size " +
+                             std::to_string(vocab_size) + "; full log: " + prefix + ".log)");
   }
   auto tokenizer = std::make_unique<SentencePieceTokenizer>(fs::path(out_dir));
   tokenizer->save(out_dir);

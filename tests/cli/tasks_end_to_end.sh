@@ -18,8 +18,8 @@ done
 "$reach" tasks eval "$work/a" "$work/b" --multipliers 1,4 --examples 3 \
   --json "$work/all.json" --markdown "$work/all.md" --png "$work/all.png" >"$work.eval.txt" 2>&1 ||
   { cat "$work.eval.txt"; exit 1; }
-grep -q "asentmax + nape (fibonacci)" "$work/all.md" || { cat "$work/all.md"; exit 1; }
-[[ $(grep -c "^| .* (fibonacci) |" "$work/all.md") == 2 ]] || { cat "$work/all.md"; exit 1; }
+grep -q "asentmax + nape (fibonacci-stagger)" "$work/all.md" || { cat "$work/all.md"; exit 1; }
+[[ $(grep -c "^| .* (fibonacci-stagger) |" "$work/all.md") == 2 ]] || { cat "$work/all.md"; exit 1; }
 grep -q "| 1x | 4x |" "$work/all.md" || { cat "$work/all.md"; exit 1; }
 grep -q '"examples": 3' "$work/all.json" || { cat "$work/all.json"; exit 1; }
 [[ -s $work/all.png ]] || { echo "no plot"; exit 1; }
