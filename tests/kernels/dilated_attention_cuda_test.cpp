@@ -12,9 +12,8 @@
 //    2x the error of the same computation done in bf16 by the reference, i.e. the
 //    float64 result rounded to bf16 (FlashAttention's rule), plus 1e-4 of slack for
 //    tensors whose bf16 rounding error is tiny (harness::Bf16Rule). The offset gradient (a
-//    float64 output, so no rounding to compare with) within 1e-2, or within twice what
-//    rounding the forward output to bf16 costs it where its terms cancel (measured by the
-//    float64 backward on the bf16-rounded output: bf16_offset_gradient_bound).
+//    float64 output, so no rounding to compare with) within 1e-2: it is computed from bf16
+//    inputs and the bf16-rounded forward output (rel. error 2^-9 ~ 2e-3 per term).
 // Every output buffer is poisoned with NaN first, so an unwritten element fails the case.
 //
 // The shapes: n from 1 to 70,000, odd sizes, bf16 and float32, d 64 and 128, integer and
@@ -193,30 +192,6 @@ std::vector<CudaCase> cuda_cases() {
 
 // Runs one case: forward, then the backward without and (when there are offsets) with the
 // offset gradient; dq, dk, dv errors are the larger of the two backwards.
-// The bf16 bound of the offset gradient: 1e-2, or twice what rounding the forward output to
-// bf16 alone costs it, whichever is larger. The offset gradient is one sum over n x BH signed
-// terms per offset and reads the forward output (D_i = dO_i . O_i), which the kernel holds in
-// bf16; where those terms cancel (a sum of 1,640 terms of scale ~1e3 ending near 1), a fixed
-// relative bound would demand more than the bf16 output carries. The cost is measured, not
-// guessed: the float64 backward rerun on the bf16-rounded output.
-double bf16_offset_gradient_bound(const CudaCase& c, const kernels::DilatedAttentionParams& p,
-                                  const std::vector<double>& q, const std::vector<double>& k,
-                                  const std::vector<double>& v, const std::vector<double>& out,
-                                  const std::vector<double>& grad_out,
-                                  const std::vector<double>& ref_doff) {
-  const size_t count = q.size();
-  const size_t rows = count / static_cast<size_t>(c.head_dim);
-  std::vector<double> out64(count), lse(rows);
-  kernels::dilated_attention_forward_cpu<double>(p, q.data(), k.data(), v.data(), out64.data(),
-                                                 lse.data());
-  const auto rounded_out = round_bf16(out);
-  std::vector<double> dq(count), dk(count), dv(count), doff(ref_doff.size());
-  kernels::dilated_attention_backward_cpu<double>(p, q.data(), k.data(), v.data(),
-                                                  rounded_out.data(), lse.data(), grad_out.data(),
-                                                  dq.data(), dk.data(), dv.data(), doff.data());
-  return std::max(1e-2, 2.0 * rel_l2_error(doff, ref_doff));
-}
-
 void run_cuda_case(const CudaCase& c, const std::string& name, Report& r) {
   if (!cuda_device_available()) return r.skip("no CUDA device");
   const auto p = c.params();
@@ -296,9 +271,7 @@ void run_cuda_case(const CudaCase& c, const std::string& name, Report& r) {
   r.lt("dq rel-L2", err_dq, c.bf16 ? rule.bound(ref_dq) : 1e-4);
   r.lt("dk rel-L2", err_dk, c.bf16 ? rule.bound(ref_dk) : 1e-4);
   r.lt("dv rel-L2", err_dv, c.bf16 ? rule.bound(ref_dv) : 1e-4);
-  if (K > 0)
-    r.lt("doffsets rel-L2", err_doff,
-         c.bf16 ? bf16_offset_gradient_bound(c, p, q, k, v, ref_out, grad_out, ref_doff) : 1e-3);
+  if (K > 0) r.lt("doffsets rel-L2", err_doff, c.bf16 ? 1e-2 : 1e-3);
 }
 
 REACH_OP_CASES(dilated_attention_cuda_cases) {
