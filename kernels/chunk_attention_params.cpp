@@ -16,25 +16,34 @@ std::string to_string(ChunkWeighting weighting) {
   return weighting == ChunkWeighting::softmax ? "softmax" : "stick_breaking";
 }
 
-std::string validate_chunk_params(const ChunkAttentionParams& p) {
-  auto at_least_one = [](const char* what, int64_t value) -> std::string {
-    if (value >= 1) return {};
-    return std::string(what) + " must be >= 1, got " + std::to_string(value);
-  };
-  for (const auto& problem :
-       {at_least_one("batch", p.batch), at_least_one("query heads", p.query_heads),
-        at_least_one("kv heads", p.kv_heads), at_least_one("sequence length", p.seq_len),
-        at_least_one("head_dim", p.head_dim), at_least_one("retrieval_dim", p.retrieval_dim)}) {
-    if (!problem.empty()) return problem;
+std::string validate_chunk_heads(std::initializer_list<std::pair<const char*, int64_t>> sizes,
+                                 int64_t query_heads, int64_t kv_heads,
+                                 const pattern::ChunkSelection& selection) {
+  for (const auto& [what, value] : sizes) {
+    if (value < 1) return std::string(what) + " must be >= 1, got " + std::to_string(value);
   }
-  if (p.query_heads % p.kv_heads != 0) {
-    return "query heads (" + std::to_string(p.query_heads) + ") must be a multiple of kv heads (" +
-           std::to_string(p.kv_heads) + ")";
+  if (query_heads % kv_heads != 0) {
+    return "query heads (" + std::to_string(query_heads) + ") must be a multiple of kv heads (" +
+           std::to_string(kv_heads) + ")";
   }
   try {
-    pattern::validate(p.selection);
+    pattern::validate(selection);
   } catch (const std::invalid_argument& e) {
     return e.what();
+  }
+  return {};
+}
+
+std::string validate_chunk_params(const ChunkAttentionParams& p) {
+  if (auto problem = validate_chunk_heads({{"batch", p.batch},
+                                           {"query heads", p.query_heads},
+                                           {"kv heads", p.kv_heads},
+                                           {"sequence length", p.seq_len},
+                                           {"head_dim", p.head_dim},
+                                           {"retrieval_dim", p.retrieval_dim}},
+                                          p.query_heads, p.kv_heads, p.selection);
+      !problem.empty()) {
+    return problem;
   }
   for (double s : {p.scale, p.retrieval_scale}) {
     if (!std::isfinite(s) || s <= 0.0) {

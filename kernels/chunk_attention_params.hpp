@@ -24,7 +24,9 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 #include <string>
+#include <utility>
 
 #include "pattern/chunk_selection.hpp"
 
@@ -55,5 +57,11 @@ struct ChunkAttentionParams {
 
 // Empty when valid, else a one-line message naming the problem.
 std::string validate_chunk_params(const ChunkAttentionParams& params);
+
+// The checks the full and the decode operators share: every named size >= 1, query heads a
+// multiple of kv heads, a valid selection. Empty when fine, else the first problem.
+std::string validate_chunk_heads(std::initializer_list<std::pair<const char*, int64_t>> sizes,
+                                 int64_t query_heads, int64_t kv_heads,
+                                 const pattern::ChunkSelection& selection);
 
 }  // namespace reach::kernels

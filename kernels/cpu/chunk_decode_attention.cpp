@@ -19,24 +19,15 @@ pattern::ChunkSelection ChunkDecodeParams::selection_of(int64_t b) const {
 }
 
 std::string validate_chunk_decode_params(const ChunkDecodeParams& p) {
-  auto at_least_one = [](const char* what, int64_t value) -> std::string {
-    if (value >= 1) return {};
-    return std::string(what) + " must be >= 1, got " + std::to_string(value);
-  };
-  for (const auto& problem :
-       {at_least_one("batch", p.batch), at_least_one("query heads", p.query_heads),
-        at_least_one("kv heads", p.kv_heads), at_least_one("head_dim", p.head_dim),
-        at_least_one("retrieval_dim", p.retrieval_dim), at_least_one("capacity", p.capacity)}) {
-    if (!problem.empty()) return problem;
-  }
-  if (p.query_heads % p.kv_heads != 0) {
-    return "query heads (" + std::to_string(p.query_heads) + ") must be a multiple of kv heads (" +
-           std::to_string(p.kv_heads) + ")";
-  }
-  try {
-    pattern::validate(p.selection);
-  } catch (const std::invalid_argument& e) {
-    return e.what();
+  if (auto problem = validate_chunk_heads({{"batch", p.batch},
+                                           {"query heads", p.query_heads},
+                                           {"kv heads", p.kv_heads},
+                                           {"head_dim", p.head_dim},
+                                           {"retrieval_dim", p.retrieval_dim},
+                                           {"capacity", p.capacity}},
+                                          p.query_heads, p.kv_heads, p.selection);
+      !problem.empty()) {
+    return problem;
   }
   if (p.landmark_capacity < p.capacity / p.selection.chunk_size) {
     return "landmark capacity (" + std::to_string(p.landmark_capacity) +
