@@ -4,6 +4,7 @@
 #include <fmt/core.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -80,6 +81,31 @@ std::string read_text(const fs::path& path) {
   return s.str();
 }
 
+// The step of a "step-NNNNNNNN" directory name, or -1 for any other name.
+int64_t step_of_name(const std::string& name) {
+  constexpr std::string_view prefix = "step-";
+  if (!name.starts_with(prefix) || name.size() == prefix.size() ||
+      name.size() > prefix.size() + 18 ||
+      name.find_first_not_of("0123456789", prefix.size()) != std::string::npos) {
+    return -1;
+  }
+  return std::stoll(name.substr(prefix.size()));
+}
+
+// The step-* directories under out_dir/checkpoints, by step, oldest first.
+std::vector<std::pair<int64_t, fs::path>> checkpoint_dirs(const std::string& out_dir) {
+  const fs::path root = fs::path(out_dir) / "checkpoints";
+  std::vector<std::pair<int64_t, fs::path>> dirs;
+  std::error_code ec;
+  if (!fs::is_directory(root, ec)) return dirs;
+  for (const auto& entry : fs::directory_iterator(root)) {
+    const int64_t step = step_of_name(entry.path().filename().string());
+    if (step >= 0 && entry.is_directory()) dirs.emplace_back(step, entry.path());
+  }
+  std::sort(dirs.begin(), dirs.end());
+  return dirs;
+}
+
 }  // namespace
 
 void save_model_weights(const std::string& path, const torch::nn::Module& model) {
@@ -113,9 +139,10 @@ void load_model_weights(const std::string& path, torch::nn::Module& model,
   }
 }
 
-void save_checkpoint(const std::string& out_dir, int64_t step, model::Gpt& model,
-                     torch::optim::AdamW& optimizer, const TrainConfig& config,
-                     const data::Tokenizer& tokenizer) {
+std::string save_training_checkpoint(
+    const std::string& out_dir, int64_t step, const torch::nn::Module& model,
+    torch::optim::AdamW& optimizer, const std::string& config_toml, uint64_t seed,
+    const std::function<void(const std::string& dir)>& write_extra) {
   const fs::path root = fs::path(out_dir) / "checkpoints";
   fs::create_directories(root);
   const std::string name = fmt::format("step-{:08d}", step);
@@ -125,7 +152,7 @@ void save_checkpoint(const std::string& out_dir, int64_t step, model::Gpt& model
 
   io::SafetensorsFile weights, moments;
   weights.metadata["format"] = "reach";
-  for (const auto& p : model->named_parameters()) {
+  for (const auto& p : model.named_parameters()) {
     weights.tensors[p.key()] = to_raw(p.value());
     auto it = optimizer.state().find(optimizer_state_key(p.value()));
     if (it != optimizer.state().end()) {
@@ -137,27 +164,86 @@ void save_checkpoint(const std::string& out_dir, int64_t step, model::Gpt& model
   }
   io::write_safetensors((tmp / "model.safetensors").string(), weights);
   io::write_safetensors((tmp / "optimizer.safetensors").string(), moments);
-  write_text(tmp / "config.toml", to_toml(config));
-  tokenizer.save(tmp.string());
-  nlohmann::json state{{"format_version", kFormatVersion}, {"step", step}, {"seed", config.seed}};
+  write_text(tmp / "config.toml", config_toml);
+  if (write_extra) write_extra(tmp.string());
+  nlohmann::json state{{"format_version", kFormatVersion}, {"step", step}, {"seed", seed}};
   write_text(tmp / "state.json", state.dump(2) + "\n");
   fsync_dir(tmp);
-  fs::remove_all(final_dir);
+  // A directory of this step already there (a resume past a corrupt one) is moved aside first,
+  // so that a kill at any point leaves either it or the new one complete under the name.
+  const fs::path replaced = root / (".tmp-replaced-" + name);
+  if (fs::exists(final_dir)) {
+    fs::remove_all(replaced);
+    fs::rename(final_dir, replaced);
+  }
   fs::rename(tmp, final_dir);
   fsync_dir(root);
+  fs::remove_all(replaced);
+  return final_dir.string();
+}
+
+std::string save_checkpoint(const std::string& out_dir, int64_t step, model::Gpt& model,
+                            torch::optim::AdamW& optimizer, const TrainConfig& config,
+                            const data::Tokenizer& tokenizer) {
+  return save_training_checkpoint(out_dir, step, *model, optimizer, to_toml(config), config.seed,
+                                  [&](const std::string& dir) { tokenizer.save(dir); });
 }
 
 std::optional<std::string> latest_checkpoint(const std::string& out_dir) {
-  const fs::path root = fs::path(out_dir) / "checkpoints";
-  std::error_code ec;
-  if (!fs::is_directory(root, ec)) return std::nullopt;
-  std::optional<std::string> best;
-  for (const auto& entry : fs::directory_iterator(root)) {
-    const std::string name = entry.path().filename().string();
-    if (!entry.is_directory() || !name.starts_with("step-")) continue;
-    if (!best || name > fs::path(*best).filename().string()) best = entry.path().string();
+  const auto dirs = checkpoint_dirs(out_dir);
+  if (dirs.empty()) return std::nullopt;
+  return dirs.back().second.string();
+}
+
+int64_t read_checkpoint_step(const std::string& dir) {
+  try {
+    const auto state = nlohmann::json::parse(read_text(fs::path(dir) / "state.json"));
+    if (state.at("format_version").get<int>() != kFormatVersion) {
+      throw std::runtime_error("checkpoint '" + dir + "': unsupported format_version");
+    }
+    return state.at("step").get<int64_t>();
+  } catch (const nlohmann::json::exception& e) {
+    throw std::runtime_error("checkpoint '" + dir + "': state.json is corrupt (" + e.what() + ")");
   }
-  return best;
+}
+
+void check_optimizer_state(const std::string& dir) {
+  const fs::path moments = fs::path(dir) / "optimizer.safetensors";
+  if (!fs::exists(moments))
+    throw std::runtime_error("checkpoint file missing: '" + moments.string() + "'");
+  try {
+    io::read_safetensors(moments.string());
+  } catch (const std::exception& e) {
+    throw std::runtime_error("checkpoint '" + dir + "': " + e.what());
+  }
+}
+
+std::string newest_loadable_checkpoint(const std::string& out_dir,
+                                       const std::function<void(const std::string& dir)>& load,
+                                       std::vector<std::string>& skipped,
+                                       std::vector<std::string>* skipped_dirs) {
+  const auto dirs = checkpoint_dirs(out_dir);
+  for (auto it = dirs.rbegin(); it != dirs.rend(); ++it) {
+    const std::string dir = it->second.string();
+    try {
+      load(dir);
+      return dir;
+    } catch (const std::exception& e) {
+      skipped.push_back(dir + ": " + e.what());
+      if (skipped_dirs) skipped_dirs->push_back(dir);
+    }
+  }
+  return "";
+}
+
+void remove_unloadable_checkpoints(const std::vector<std::string>& dirs) {
+  for (const auto& d : dirs) {
+    const fs::path dir(d);
+    const fs::path doomed = dir.parent_path() / (".tmp-unloadable-" + dir.filename().string());
+    fs::remove_all(doomed);
+    fs::rename(dir, doomed);
+    fs::remove_all(doomed);
+  }
 }
 
 Checkpoint load_checkpoint(const std::string& dir) {
@@ -166,16 +252,7 @@ Checkpoint load_checkpoint(const std::string& dir) {
     throw std::runtime_error("checkpoint '" + dir + "' is not a directory");
   }
   Checkpoint ckpt;
-  nlohmann::json state;
-  try {
-    state = nlohmann::json::parse(read_text(path / "state.json"));
-    if (state.at("format_version").get<int>() != kFormatVersion) {
-      throw std::runtime_error("unsupported format_version");
-    }
-    ckpt.step = state.at("step").get<int64_t>();
-  } catch (const nlohmann::json::exception& e) {
-    throw std::runtime_error("checkpoint '" + dir + "': state.json is corrupt (" + e.what() + ")");
-  }
+  ckpt.step = read_checkpoint_step(dir);
   try {
     ckpt.config = parse_train_config(read_text(path / "config.toml"), {});
   } catch (const std::invalid_argument& e) {
@@ -218,6 +295,70 @@ void load_optimizer_state(const std::string& dir, model::Gpt& model,
     state->step(from_raw(st->second, dir).item<int64_t>());
     optimizer.state()[optimizer_state_key(p.value())] = std::move(state);
   }
+}
+
+}  // namespace reach::train
+
+namespace reach::train {
+
+CheckpointChoice newest_valid_checkpoint(const std::string& out_dir) {
+  CheckpointChoice choice;
+  choice.dir = newest_loadable_checkpoint(
+      out_dir,
+      [&](const std::string& dir) {
+        choice.checkpoint = load_checkpoint(dir);
+        // The optimizer state is read too, so that resuming from this choice cannot fail.
+        check_optimizer_state(dir);
+      },
+      choice.skipped, &choice.skipped_dirs);
+  if (choice.dir.empty()) choice.checkpoint = {};
+  return choice;
+}
+
+CheckpointChoice choose_checkpoint(const std::string& path) {
+  std::error_code ec;
+  if (fs::exists(fs::path(path) / "state.json", ec) ||
+      !fs::is_directory(fs::path(path) / "checkpoints", ec)) {
+    return {path, load_checkpoint(path), {}, {}};
+  }
+  auto choice = newest_valid_checkpoint(path);
+  if (choice.dir.empty()) {
+    std::string why;
+    for (const auto& s : choice.skipped) why += "\n  " + s;
+    throw std::runtime_error("'" + path + "' holds no checkpoint that loads" +
+                             (why.empty() ? std::string(" (checkpoints/ is empty)") : ":" + why));
+  }
+  return choice;
+}
+
+std::vector<std::string> remove_partial_checkpoints(const std::string& out_dir) {
+  const fs::path root = fs::path(out_dir) / "checkpoints";
+  std::vector<std::string> removed;
+  std::error_code ec;
+  if (!fs::is_directory(root, ec)) return removed;
+  for (const auto& entry : fs::directory_iterator(root)) {
+    if (entry.path().filename().string().starts_with(".tmp-")) removed.push_back(entry.path());
+  }
+  for (const auto& p : removed) fs::remove_all(p);
+  return removed;
+}
+
+std::vector<std::string> remove_old_checkpoints(const std::string& out_dir, int64_t keep) {
+  const auto dirs = checkpoint_dirs(out_dir);
+  std::vector<std::string> removed;
+  const auto excess = static_cast<int64_t>(dirs.size()) - keep;
+  for (int64_t i = 0; i < excess; ++i) {
+    const auto& dir = dirs[static_cast<size_t>(i)].second;
+    if (fs::exists(dir / "keep")) continue;
+    // Renamed first (atomic), so that a kill mid-removal leaves no half-deleted step-*
+    // directory, only a .tmp-* one that the next start removes.
+    const fs::path doomed = dir.parent_path() / (".tmp-removed-" + dir.filename().string());
+    fs::remove_all(doomed);
+    fs::rename(dir, doomed);
+    fs::remove_all(doomed);
+    removed.push_back(dir.string());
+  }
+  return removed;
 }
 
 }  // namespace reach::train
