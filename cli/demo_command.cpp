@@ -37,7 +37,8 @@ void run_demo(const DemoOptions& o) {
     const auto config = train::parse_train_config("", overrides);
     fmt::print(stderr, "[demo] training {} ({} steps of {} x {} tokens)\n", name, config.steps,
                config.batch, config.seq_len);
-    const auto result = train::run_training(config, {});
+    // The demo owns its run directories: each run starts them over.
+    const auto result = train::run_training(config, {.overwrite = true});
     if (result.interrupted) throw std::runtime_error("demo interrupted");
     auto ckpt = train::load_checkpoint(result.checkpoint);
     ckpt.model->eval();

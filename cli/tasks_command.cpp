@@ -24,6 +24,8 @@ struct TasksTrainOptions {
   std::string out;
   bool no_eval = false;
   bool quiet = false;
+  bool resume = false;
+  bool overwrite = false;
 };
 
 struct TasksEvalOptions {
@@ -46,11 +48,11 @@ void print_progress(const std::string& label, const train::LengthAccuracy& r) {
 }
 
 TaskRunResults evaluate_run(const std::string& dir, model::Gpt& model,
-                            const train::TaskRunConfig& config) {
+                            const train::TaskRunConfig& config, bool quiet) {
   TaskRunResults run{task_run_label(config), dir, config, {}};
   // Long lengths take minutes on a CPU: say how far each is once it has run a while.
   auto batches = [&](int64_t length, int64_t done, int64_t total, double seconds) {
-    if (seconds > 10 && done < total) {
+    if (!quiet && seconds > 10 && done < total) {
       fmt::print(stderr, "[tasks] {}: {} tokens, {}/{} examples ({:.0f}s, ETA {:.0f}s)\n",
                  run.label, length, done, total, seconds,
                  seconds / static_cast<double>(done) * static_cast<double>(total - done));
@@ -58,7 +60,10 @@ TaskRunResults evaluate_run(const std::string& dir, model::Gpt& model,
   };
   run.results = train::evaluate_task_model(
       model, config, train::parse_multipliers(config.multipliers),
-      [&](const train::LengthAccuracy& r) { print_progress(run.label, r); }, batches);
+      [&](const train::LengthAccuracy& r) {
+        if (!quiet) print_progress(run.label, r);
+      },
+      batches);
   return run;
 }
 
@@ -85,24 +90,43 @@ void add_tasks_command(CLI::App& app) {
                         "(repeatable)");
   train_cmd->add_option("--out", t->out, "Run directory (overrides run.out_dir)");
   train_cmd->add_flag("--no-eval", t->no_eval, "Train only");
-  train_cmd->add_flag("--quiet", t->quiet, "No progress lines");
+  train_cmd->add_flag("--quiet", t->quiet, "No progress lines (training or evaluation)");
+  auto* resume = train_cmd->add_flag(
+      "--resume", t->resume,
+      "Continue from the newest valid checkpoint of the run directory (exactly); an error "
+      "when there is none");
+  train_cmd
+      ->add_flag("--overwrite", t->overwrite,
+                 "The run directory holds a run: delete it and start over (without this or "
+                 "--resume, such a directory is refused)")
+      ->excludes(resume);
   train_cmd->footer(
       "\nEvery config key with its default (set them in the file or with --set; "
       "model.vocab_size is the task's):\n\n" +
-      train::task_config_help());
+      train::task_config_help() + [] {
+        std::string keys;
+        for (const char* key : train::kTaskResumeMutableKeys) keys += std::string("\n  ") + key;
+        return "\nOn --resume these keys may differ from the checkpoint's; any other must "
+               "match it, or the resume is refused:" +
+               keys + "\n";
+      }());
   train_cmd->callback([t] {
     auto overrides = t->overrides;
     if (!t->out.empty()) overrides.push_back("run.out_dir=\"" + t->out + "\"");
     const auto config = t->config.empty() ? train::parse_task_config("", overrides)
                                           : train::load_task_config(t->config, overrides);
     model::Gpt model{nullptr};
-    const auto result = train::train_task_model(config, t->quiet, &model);
-    fmt::print(stderr,
-               "[tasks] trained {} steps in {:.0f}s: loss {:.4f}, batch accuracy {:.3f}{}\n",
-               result.steps, result.seconds, result.final_loss, result.final_batch_accuracy,
-               result.interrupted ? " (interrupted; weights saved)" : "");
-    if (t->no_eval || result.interrupted) return;
-    std::vector<TaskRunResults> runs{evaluate_run(config.out_dir, model, config)};
+    const auto result = train::train_task_model(
+        config, {.resume = t->resume, .overwrite = t->overwrite, .quiet = t->quiet}, &model);
+    if (!t->quiet || result.interrupted) {
+      fmt::print(stderr,
+                 "[tasks] trained {} steps in {:.0f}s: loss {:.4f}, batch accuracy {:.3f}{}\n",
+                 result.steps, result.seconds, result.final_loss, result.final_batch_accuracy,
+                 result.interrupted ? " (interrupted; weights and a checkpoint saved)" : "");
+    }
+    if (result.interrupted) std::exit(130);
+    if (t->no_eval) return;
+    std::vector<TaskRunResults> runs{evaluate_run(config.out_dir, model, config, t->quiet)};
     const std::filesystem::path dir(config.out_dir);
     write_task_reports(runs, (dir / "accuracy.json").string(), (dir / "accuracy.md").string(),
                        (dir / "accuracy.png").string());
@@ -149,7 +173,7 @@ void add_tasks_command(CLI::App& app) {
       fmt::print(stderr, "[tasks] evaluating {} ({}) on {}\n", dir, task_run_label(config),
                  where.describe());
       prepare_for_eval(*run.model, where, "task run '" + dir + "'");
-      runs.push_back(evaluate_run(dir, run.model, config));
+      runs.push_back(evaluate_run(dir, run.model, config, false));
     }
     fmt::print("{}", task_markdown_table(runs));
     write_task_reports(runs, e->json, e->markdown, e->png);

@@ -1,4 +1,5 @@
-// `reach train [CONFIG.toml | --config CONFIG.toml] [--set key=value ...] [--resume]`.
+// `reach train [CONFIG.toml | --config CONFIG.toml] [--set key=value ...] [--resume | --overwrite]
+// [--quiet]`.
 #include <fmt/core.h>
 
 #include <memory>
@@ -14,7 +15,17 @@ struct TrainOptions {
   std::string config_path;
   std::vector<std::string> overrides;
   bool resume = false;
+  bool overwrite = false;
+  bool quiet = false;
 };
+
+std::string resume_help() {
+  std::string keys;
+  for (const char* key : train::kResumeMutableKeys) keys += std::string("\n  ") + key;
+  return "\nOn --resume these config keys may differ from the checkpoint's; any other (model.*, "
+         "data.*, run.seed, the optimiser) must match it, or the resume is refused:" +
+         keys + "\n";
+}
 
 }  // namespace
 
@@ -25,16 +36,22 @@ void add_train_command(CLI::App& app) {
                           "TOML config ([run] [data] [model] [train] sections; see configs/); "
                           "defaults when omitted");
   cmd->add_option("--set", o->overrides, "Override a config key: section.key=value (repeatable)");
-  cmd->add_flag("--resume", o->resume,
-                "Continue from the newest checkpoint in run.out_dir (exactly: same batches, "
-                "same optimizer state)");
+  auto* resume = cmd->add_flag("--resume", o->resume,
+                               "Continue from the newest valid checkpoint in run.out_dir (exactly: "
+                               "same batches, same optimizer state); an error when there is none");
+  cmd->add_flag("--overwrite", o->overwrite,
+                "run.out_dir holds a run (checkpoints, metrics.jsonl): delete it and start over "
+                "(without this or --resume, such a directory is refused)")
+      ->excludes(resume);
+  cmd->add_flag("--quiet", o->quiet, "No progress lines");
   cmd->footer("\nEvery config key with its default (set them in the file or with --set):\n\n" +
-              train::train_config_help());
+              train::train_config_help() + resume_help());
   cmd->callback([o] {
     const auto config = o->config_path.empty()
                             ? train::parse_train_config("", o->overrides)
                             : train::load_train_config(o->config_path, o->overrides);
-    const auto result = train::run_training(config, {o->resume, false, 0});
+    const auto result = train::run_training(
+        config, {.resume = o->resume, .overwrite = o->overwrite, .quiet = o->quiet});
     fmt::print("steps {} loss {:.4f} heldout {:.4f} tokens/s {:.0f} checkpoint {}\n",
                result.steps_done, result.last_loss, result.heldout_loss, result.tokens_per_second,
                result.checkpoint);

@@ -10,6 +10,14 @@
 namespace reach::train {
 namespace {
 
+void check_device(const std::string& key, const std::string& device) {
+  const bool cuda_index = device.starts_with("cuda:") && device.size() > 5 &&
+                          device.find_first_not_of("0123456789", 5) == std::string::npos;
+  if (device != "auto" && device != "cpu" && device != "cuda" && !cuda_index) {
+    throw std::invalid_argument(key + " must be auto, cpu, cuda or cuda:N, got '" + device + "'");
+  }
+}
+
 ConfigKeys keys(TaskRunConfig& c) {
   ConfigKeys k;
   add_run_keys(k, c.out_dir, c.seed, c.threads);
@@ -30,6 +38,14 @@ ConfigKeys keys(TaskRunConfig& c) {
       .add("train.steps", &c.steps, "optimizer steps", at_least(1));
   add_optimizer_keys(k, c);
   k.add("train.log_every", &c.log_every, "steps between log lines", at_least(1))
+      .add("train.checkpoint_every", &c.checkpoint_every, "steps between checkpoints", at_least(1))
+      .add("train.keep_checkpoints", &c.keep_checkpoints,
+           "checkpoints kept: the newest N, plus any whose directory holds a file named keep",
+           at_least(1))
+      .add("train.device", &c.device, "where to train (as in `reach train`)",
+           checked_by("auto, cpu, cuda or cuda:N", check_device))
+      .add("train.precision", &c.precision, "auto = bf16 autocast on CUDA, fp32 on the CPU",
+           one_of({"auto", "fp32", "bf16"}))
       .add("eval.multipliers", &c.multipliers,
            "evaluation lengths as multiples of train.length, comma-separated")
       .add("eval.examples", &c.examples, "examples per length", at_least(1))

@@ -44,6 +44,12 @@ struct TaskRunConfig : OptimizerConfig {
   int64_t batch = 32;
   int64_t steps = 1000;
   int64_t log_every = 50;
+  int64_t checkpoint_every = 250;
+  int64_t keep_checkpoints = 3;  // the newest; plus any holding a file named `keep`
+  // As in `reach train`: auto (a CUDA GPU when there is one) | cpu | cuda | cuda:N, and
+  // auto (bf16 autocast on CUDA) | fp32 | bf16.
+  std::string device = "auto";
+  std::string precision = "auto";
 
   // Evaluation lengths as multiples of train_length ("1,4,16,64,256"); lengths above
   // max_length are skipped (and reported as skipped).

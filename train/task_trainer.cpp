@@ -2,25 +2,29 @@
 
 #include <fmt/core.h>
 
-#include <atomic>
 #include <chrono>
 #include <cmath>
-#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <random>
 #include <thread>
 
 #include "train/checkpoint.hpp"
+#include "train/device.hpp"
+#include "train/loop.hpp"
 #include "train/optimizer.hpp"
+#include "train/run_directory.hpp"
 
 namespace reach::train {
 namespace fs = std::filesystem;
 namespace {
 
-std::atomic<int> g_task_stop{0};
-extern "C" void on_task_stop(int signal) { g_task_stop = signal; }
+// What a task run directory holds besides its lock (config.toml is rewritten by every run).
+const std::vector<std::string> kTaskRunEntries{"checkpoints",       "metrics.jsonl",
+                                               "model.safetensors", "accuracy.json",
+                                               "accuracy.md",       "accuracy.png"};
 
 // Stream tags keep training and evaluation examples apart for one seed.
 constexpr uint64_t kTrainStream = 0x7261696e;  // "rain"
@@ -49,7 +53,7 @@ Batch make_batch(const data::tasks::SyntheticTask& task, int64_t length, int64_t
 
 // Mean answer accuracy of the batch given logits [B, T, V].
 double batch_accuracy(const Batch& batch, const torch::Tensor& logits) {
-  const auto predicted = logits.argmax(-1).to(torch::kInt32).contiguous();
+  const auto predicted = logits.argmax(-1).to(torch::kCPU, torch::kInt32).contiguous();
   const int64_t length = predicted.size(1);
   const auto* p = predicted.data_ptr<int32_t>();
   double sum = 0;
@@ -79,6 +83,23 @@ std::string read_text(const fs::path& path) {
   return s.str();
 }
 
+// A task checkpoint (checkpoints/step-*): its config, its model and its step; throws
+// std::runtime_error naming the directory and the problem (the optimizer state is checked too).
+TaskRun load_task_checkpoint(const std::string& dir, int64_t& step) {
+  TaskRun run;
+  try {
+    run.config = parse_task_config(read_text(fs::path(dir) / "config.toml"), {});
+  } catch (const std::invalid_argument& e) {
+    throw std::runtime_error("checkpoint '" + dir + "': config.toml: " + e.what());
+  }
+  step = read_checkpoint_step(dir);
+  run.model = model::Gpt(run.config.model);
+  load_model_weights((fs::path(dir) / "model.safetensors").string(), *run.model,
+                     "checkpoint '" + dir + "'");
+  check_optimizer_state(dir);
+  return run;
+}
+
 void set_threads(const TaskRunConfig& c) {
   torch::set_num_threads(c.threads > 0 ? c.threads
                                        : static_cast<int>(std::thread::hardware_concurrency()));
@@ -86,74 +107,140 @@ void set_threads(const TaskRunConfig& c) {
 
 }  // namespace
 
-TaskTrainResult train_task_model(const TaskRunConfig& c, bool quiet, model::Gpt* trained) {
+TaskTrainResult train_task_model(const TaskRunConfig& c, const TaskTrainOptions& options,
+                                 model::Gpt* trained) {
+  if (options.resume && options.overwrite) {
+    throw std::invalid_argument("--resume and --overwrite exclude each other");
+  }
   set_threads(c);
   const auto task = make_task(c);
+  const torch::Device device = resolve_device(c.device);
+  const bool bf16 = resolve_bf16(c.precision, device);
   const fs::path dir(c.out_dir);
+
+  // The run directory first: one training at a time, and never a new run over an old one.
   fs::create_directories(dir);
+  const RunLock lock(c.out_dir);
+  remove_unfinished_removals(c.out_dir);
+  for (const auto& partial : remove_partial_checkpoints(c.out_dir)) {
+    fmt::print(stderr,
+               "[tasks] removed {} (left by a checkpoint write or removal that was cut short)\n",
+               partial);
+  }
+  const auto existing = existing_run_entries(c.out_dir, kTaskRunEntries);
+  if (!options.resume && !existing.empty()) {
+    if (!options.overwrite) {
+      std::string what;
+      for (const auto& e : existing) what += (what.empty() ? "" : ", ") + e;
+      throw std::invalid_argument(
+          fmt::format("run directory '{}' already holds a run ({}); continue it with --resume, "
+                      "or start over with --overwrite (deletes it)",
+                      c.out_dir, what));
+    }
+    remove_run_entries(c.out_dir, existing);
+    fmt::print(stderr, "[tasks] --overwrite: removed the previous run in {}\n", c.out_dir);
+  }
+  std::string resume_dir;
+  std::optional<TaskRun> resumed;
+  int64_t start_step = 0;
+  if (options.resume) {
+    std::vector<std::string> skipped, skipped_dirs;
+    resume_dir = newest_loadable_checkpoint(
+        c.out_dir, [&](const std::string& d) { resumed = load_task_checkpoint(d, start_step); },
+        skipped, &skipped_dirs);
+    for (const auto& s : skipped) fmt::print(stderr, "[tasks] skipping checkpoint {}\n", s);
+    if (resume_dir.empty()) {
+      throw std::invalid_argument(
+          fmt::format("--resume: run directory '{}' holds no checkpoint {}to resume from",
+                      c.out_dir, skipped.empty() ? "" : "that loads "));
+    }
+    check_resume_config(to_toml(resumed->config), to_toml(c), kTaskResumeMutableKeys, resume_dir);
+    if (!skipped.empty()) {
+      // Newer than the resume point and unloadable: training recomputes their steps.
+      remove_unloadable_checkpoints(skipped_dirs);
+      fmt::print(stderr,
+                 "[tasks] resuming from the newest valid checkpoint, {} (removed the {} newer "
+                 "one(s) that do not load)\n",
+                 resume_dir, skipped_dirs.size());
+    }
+  }
   write_text_atomically(dir / "config.toml", to_toml(c));
 
   torch::manual_seed(c.seed);
   model::Gpt net(c.model);
+  if (resumed) net = resumed->model;
+  net->to(device);
   torch::optim::AdamW optimizer = make_adamw(*net, c.lr, c.weight_decay);
-  if (!quiet) {
+  if (resumed) load_optimizer_state(resume_dir, net, optimizer);
+  if (!options.quiet) {
     fmt::print(stderr,
                "[tasks] {} at length {}: {} parameters, attention={} normalizer={} "
-               "positions={}, {} steps of batch {}\n",
+               "positions={}, {} steps of batch {}, device {}{}{}\n",
                task->name(), c.train_length, model::parameter_count(*net),
                model::to_string(c.model.attention), model::to_string(c.model.normalizer),
-               model::to_string(c.model.positions), c.steps, c.batch);
+               model::to_string(c.model.positions), c.steps, c.batch, device.str(),
+               bf16 ? " (bf16 autocast)" : "",
+               resumed ? fmt::format(", resuming from step {}", start_step) : "");
   }
-  std::ofstream metrics(dir / "metrics.jsonl", std::ios::trunc);
-  g_task_stop = 0;
-  auto previous_int = std::signal(SIGINT, on_task_stop);
-  auto previous_term = std::signal(SIGTERM, on_task_stop);
+  const fs::path metrics_path = dir / "metrics.jsonl";
+  if (resumed) {
+    keep_metrics_through(metrics_path.string(), start_step);
+  } else {
+    std::ofstream(metrics_path, std::ios::trunc);
+  }
+  std::ofstream metrics(metrics_path, std::ios::app);
 
-  TaskTrainResult result;
-  const auto t0 = std::chrono::steady_clock::now();
-  for (int64_t step = 0; step < c.steps; ++step) {
-    const double lr = warmup_cosine_lr(step, c.steps, c.warmup, c.lr, c.min_lr);
-    for (auto& group : optimizer.param_groups()) {
-      static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
-    }
+  LoopSettings settings;
+  settings.steps = c.steps;
+  settings.lr = c.lr;
+  settings.min_lr = c.min_lr;
+  settings.warmup = c.warmup;
+  settings.grad_clip = c.grad_clip;
+  settings.log_every = c.log_every;
+  settings.checkpoint_every = c.checkpoint_every;
+  settings.tokens_per_step = c.batch * c.train_length;
+  settings.ignore_index = data::tasks::kIgnore;
+  settings.bf16 = bf16;
+  settings.quiet = options.quiet;
+  settings.log_prefix = "[tasks]";
+  settings.stop_after_step = options.stop_after_step;
+  settings.first_loss_reference = std::log(static_cast<double>(c.model.vocab_size));
+
+  LoopHooks hooks;
+  hooks.batch = [&](int64_t step, bool pinned) {
     // Each step's examples come from an RNG seeded by (seed, step) alone.
     std::seed_seq seq{c.seed, kTrainStream, static_cast<uint64_t>(step)};
     std::mt19937_64 rng(seq);
-    const Batch batch = make_batch(*task, c.train_length, c.batch, rng);
-    optimizer.zero_grad();
-    auto logits = net(batch.tokens);
-    auto loss = torch::nn::functional::cross_entropy(
-        logits.view({-1, c.model.vocab_size}), batch.targets.view({-1}),
-        torch::nn::functional::CrossEntropyFuncOptions().ignore_index(data::tasks::kIgnore));
-    loss.backward();
-    torch::nn::utils::clip_grad_norm_(net->parameters(), c.grad_clip);
-    optimizer.step();
-    result.final_loss = loss.item<double>();
-    result.steps = step + 1;
-    if (!std::isfinite(result.final_loss)) {
-      throw std::runtime_error(fmt::format("task training diverged: loss is {} at step {}",
-                                           result.final_loss, step + 1));
+    auto batch = std::make_shared<Batch>(make_batch(*task, c.train_length, c.batch, rng));
+    StepBatch out{{}, batch->tokens, batch->targets, batch};
+    if (pinned) {
+      out.input = out.input.pin_memory();
+      out.target = out.target.pin_memory();
     }
-    const bool report = (step + 1) % c.log_every == 0 || step + 1 == c.steps;
-    nlohmann::json line{{"step", step + 1}, {"loss", result.final_loss}, {"lr", lr}};
-    if (report) {
-      result.final_batch_accuracy = batch_accuracy(batch, logits.detach());
-      line["batch_accuracy"] = result.final_batch_accuracy;
-    }
+    return out;
+  };
+  hooks.logged_step = [](const StepBatch& b, const torch::Tensor& logits, nlohmann::json& line) {
+    line["batch_accuracy"] =
+        batch_accuracy(*std::static_pointer_cast<const Batch>(b.extra), logits);
+  };
+  hooks.checkpoint = [&](int64_t steps_done) {
+    const auto saved =
+        save_training_checkpoint(c.out_dir, steps_done, *net, optimizer, to_toml(c), c.seed, {});
+    remove_old_checkpoints(c.out_dir, c.keep_checkpoints);
+    return saved;
+  };
+  hooks.metrics = [&](const nlohmann::json& line) {
     metrics << line.dump() << "\n";
     metrics.flush();
-    result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (!quiet && report) {
-      fmt::print(stderr, "[tasks] step {}/{} loss {:.4f} batch accuracy {:.3f} ({:.0f}s)\n",
-                 step + 1, c.steps, result.final_loss, result.final_batch_accuracy, result.seconds);
-    }
-    if (g_task_stop != 0) {
-      result.interrupted = true;
-      break;
-    }
-  }
-  std::signal(SIGINT, previous_int);
-  std::signal(SIGTERM, previous_term);
+  };
+  const LoopResult loop = run_loop(net, optimizer, device, start_step, settings, hooks);
+
+  TaskTrainResult result;
+  result.steps = loop.steps_done;
+  result.final_loss = loop.last_loss;
+  result.final_batch_accuracy = loop.last_logged.value("batch_accuracy", 0.0);
+  result.seconds = loop.seconds;
+  result.interrupted = loop.interrupted;
   const fs::path weights = dir / "model.safetensors", tmp = dir / "model.safetensors.tmp";
   save_model_weights(tmp.string(), *net);
   fs::rename(tmp, weights);
@@ -188,8 +275,9 @@ std::vector<LengthAccuracy> evaluate_task_model(
   set_threads(c);
   const auto task = make_task(c);
   torch::NoGradGuard no_grad;
-  model->eval();
   const torch::Device device = model->parameters().front().device();
+  const bool bf16 = device.is_cuda() && resolve_bf16(c.precision, device);
+  model->eval();
   std::vector<LengthAccuracy> out;
   for (int64_t m : multipliers) {
     LengthAccuracy r;
@@ -205,8 +293,12 @@ std::vector<LengthAccuracy> evaluate_task_model(
       for (int64_t done = 0; done < c.examples;) {
         const int64_t size = std::min(c.eval_batch, c.examples - done);
         const Batch batch = make_batch(*task, r.length, size, rng);
-        // The model may be on a GPU (`reach tasks eval --device`); accuracy is counted on the CPU.
-        const auto logits = model->forward(batch.tokens.to(device)).to(torch::kCPU);
+        torch::Tensor logits;
+        {
+          const Bf16Autocast autocast(bf16);
+          // The model may be on a GPU (`reach tasks eval --device`); accuracy is counted on the CPU.
+          logits = model->forward(batch.tokens.to(device)).to(torch::kCPU);
+        }
         sum += batch_accuracy(batch, logits) * static_cast<double>(size);
         done += size;
         if (batch_progress) {

@@ -1,11 +1,19 @@
 // Synthetic-task runs (`reach tasks`): train a model on a task at a short length, then
-// measure answer accuracy at multiples of that length. A run directory holds
+// measure answer accuracy at multiples of that length. Training runs through the shared loop
+// (train/loop.hpp): the GPU path (bf16 autocast, fused AdamW), exact resume, SIGINT/SIGTERM
+// checkpoints, divergence checks. A run directory holds
 //   config.toml        the full TaskRunConfig
-//   model.safetensors  the trained weights (written atomically at the end)
-//   metrics.jsonl      one line per training step (loss, answer accuracy of the batch, lr)
-// and, after evaluation, accuracy.json / accuracy.md / accuracy.png (see cli/).
+//   model.safetensors  the trained weights (written atomically at the end, or when stopped)
+//   metrics.jsonl      one line per training step (loss, lr, grad_norm, answer accuracy of
+//                      the batch at logged steps)
+//   checkpoints/step-NNNNNNNN/  weights, optimizer state, config.toml, state.json (the newest
+//                      train.keep_checkpoints of them, plus any holding a `keep` file)
+// and, after evaluation, accuracy.json / accuracy.md / accuracy.png (see cli/). As with
+// `reach train`, the directory is locked while training, and one that holds a run is
+// continued (resume) or replaced (overwrite), never trained over.
 #pragma once
 
+#include <array>
 #include <functional>
 #include <string>
 #include <vector>
@@ -23,9 +31,32 @@ struct TaskTrainResult {
   bool interrupted = false;  // SIGINT/SIGTERM: weights saved, training stopped early
 };
 
-// Trains from scratch (deterministic given the seed), writes the run directory, returns
-// the trained model through `trained` when non-null.
-TaskTrainResult train_task_model(const TaskRunConfig& config, bool quiet,
+// The task-run config keys that may differ from the checkpoint's on resume (every other key
+// shapes the weights or the example stream).
+inline constexpr std::array<const char*, 12> kTaskResumeMutableKeys{"run.out_dir",
+                                                                    "run.threads",
+                                                                    "train.steps",
+                                                                    "train.log_every",
+                                                                    "train.checkpoint_every",
+                                                                    "train.keep_checkpoints",
+                                                                    "train.device",
+                                                                    "train.precision",
+                                                                    "eval.multipliers",
+                                                                    "eval.examples",
+                                                                    "eval.batch",
+                                                                    "eval.max_length"};
+
+struct TaskTrainOptions {
+  bool resume = false;          // continue from the newest valid checkpoint of the run directory
+  bool overwrite = false;       // the run directory holds a run: delete it and start over
+  bool quiet = false;           // no progress lines
+  int64_t stop_after_step = 0;  // for tests: stop (without a final checkpoint) after this step
+};
+
+// Trains (deterministic given the seed, on the CPU bit for bit, a resumed run included),
+// writes the run directory, returns the trained model (on the device it trained on) through
+// `trained` when non-null.
+TaskTrainResult train_task_model(const TaskRunConfig& config, const TaskTrainOptions& options,
                                  model::Gpt* trained = nullptr);
 
 struct TaskRun {
@@ -45,7 +76,8 @@ struct LengthAccuracy {
   std::string skipped;  // why it was not measured (empty when measured)
 };
 
-// Accuracy at each multiple of config.train_length, on examples drawn from a stream seeded
+// Accuracy (on the device the model is on; bf16 autocast there per train.precision) at each
+// multiple of config.train_length, on examples drawn from a stream seeded
 // by (seed, length) that training never sees. Lengths above config.max_length are
 // skipped. `progress` (may be empty) is told each finished length; `batch_progress` (may be
 // empty) each finished batch: (length, examples done, examples in all, seconds so far).

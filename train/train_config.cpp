@@ -40,6 +40,9 @@ ConfigKeys keys(TrainConfig& c) {
       .add("train.eval_tokens", &c.eval_tokens,
            "held-out tokens per evaluation (0 = max(16384, data.seq_len))", at_least(0))
       .add("train.checkpoint_every", &c.checkpoint_every, "steps between checkpoints", at_least(1))
+      .add("train.keep_checkpoints", &c.keep_checkpoints,
+           "checkpoints kept: the newest N, plus any whose directory holds a file named keep",
+           at_least(1))
       .add("train.device", &c.device, "where to train",
            checked_by("auto, cpu, cuda or cuda:N", check_device))
       .add("train.precision", &c.precision, "auto = bf16 autocast on CUDA, fp32 on the CPU",

@@ -38,6 +38,9 @@ struct TrainConfig : OptimizerConfig {
   // parsing. A value set must be >= seq_len (one window).
   int64_t eval_tokens = 0;
   int64_t checkpoint_every = 250;
+  // Checkpoints kept: the newest keep_checkpoints, plus any whose directory holds a file named
+  // `keep` (touch checkpoints/step-NNNNNNNN/keep to keep one forever).
+  int64_t keep_checkpoints = 3;
 
   // Where and how the model trains. device: "auto" (the first CUDA GPU when this LibTorch has
   // one, else the CPU), "cpu", "cuda" or "cuda:N". precision: "auto" (bf16 on CUDA, fp32 on the

@@ -1,10 +1,16 @@
-// The training loop: AdamW (decoupled weight decay on matrices only), linear warmup then
-// cosine decay, gradient clipping, seeded and deterministic on CPU. Batches are drawn by an
-// RNG seeded from (seed, step), so the data-loader state is the step itself and a resumed run
-// sees exactly the batches an uninterrupted one would. SIGINT/SIGTERM save a checkpoint and
-// stop cleanly.
+// `reach train`: a language model on a corpus, through the shared loop (train/loop.hpp):
+// AdamW (decoupled weight decay on matrices only), linear warmup then cosine decay, gradient
+// clipping, seeded and deterministic on CPU. Batches are drawn by an RNG seeded from
+// (seed, step), so the data-loader state is the step itself and a resumed run sees exactly the
+// batches an uninterrupted one would. SIGINT/SIGTERM save a checkpoint and stop cleanly.
+//
+// The run directory (run.out_dir) is locked while training; a directory that already holds a
+// run (checkpoints, metrics.jsonl) is continued with `resume` or replaced with `overwrite`,
+// never trained over. Checkpoints beyond the newest train.keep_checkpoints are removed, except
+// those holding a file named `keep`.
 #pragma once
 
+#include <array>
 #include <string>
 #include <vector>
 
@@ -23,8 +29,26 @@ struct TrainResult {
   std::string checkpoint;  // the last checkpoint written
 };
 
+// The config keys that may differ from the checkpoint's on resume; every other key (the
+// model, the data, the seed, the optimiser recipe) must match it, since the weights or the
+// data stream depend on it.
+inline constexpr std::array<const char*, 13> kResumeMutableKeys{"run.out_dir",
+                                                                "run.threads",
+                                                                "data.cache_dir",
+                                                                "train.steps",
+                                                                "train.log_every",
+                                                                "train.eval_every",
+                                                                "train.eval_tokens",
+                                                                "train.checkpoint_every",
+                                                                "train.keep_checkpoints",
+                                                                "train.device",
+                                                                "train.precision",
+                                                                "train.peak_tflops",
+                                                                "train.profile_steps"};
+
 struct TrainOptions {
-  bool resume = false;
+  bool resume = false;          // continue from the newest valid checkpoint in run.out_dir
+  bool overwrite = false;       // run.out_dir holds a run: delete it and start over
   bool quiet = false;           // no progress lines
   int64_t stop_after_step = 0;  // for tests: stop (without a final checkpoint) after this step
 };

@@ -7,6 +7,9 @@
 
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "train/device.hpp"
 
 namespace reach::train {
 namespace {
@@ -34,7 +37,7 @@ TEST(TaskTrainer, RunDirectoryLoadsBackToTheSameModel) {
   fs::remove_all(dir);
   const auto c = toy_config(dir, {"model.normalizer=asentmax", "model.positions=nape"});
   model::Gpt trained{nullptr};
-  const auto result = train_task_model(c, true, &trained);
+  const auto result = train_task_model(c, {.quiet = true}, &trained);
   EXPECT_EQ(result.steps, 3);
   EXPECT_TRUE(std::isfinite(result.final_loss));
   for (const char* file : {"config.toml", "model.safetensors", "metrics.jsonl"}) {
@@ -94,9 +97,64 @@ TEST(TaskTrainer, SmallModelLearnsMaxRetrieval) {
       dir, {"train.steps=300", "train.batch=16", "train.lr=0.01", "model.attention=dense",
             "model.positions=nope", "eval.examples=64", "eval.batch=64"});
   model::Gpt trained{nullptr};
-  train_task_model(c, true, &trained);
+  train_task_model(c, {.quiet = true}, &trained);
   const auto acc = evaluate_task_model(trained, c, {1}, nullptr);
   EXPECT_GT(acc[0].accuracy, 0.8);
+  fs::remove_all(dir);
+}
+
+std::vector<std::pair<int64_t, double>> losses(const std::string& dir) {
+  std::ifstream in(fs::path(dir) / "metrics.jsonl");
+  std::vector<std::pair<int64_t, double>> out;
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line);
+    out.emplace_back(j.at("step").get<int64_t>(), j.at("loss").get<double>());
+  }
+  return out;
+}
+
+// A task run stopped after step 4 (last checkpoint at 3) and resumed gives the loss curve of
+// an uninterrupted run, bit for bit; resuming with a changed task key is refused.
+TEST(TaskTrainer, ResumeIsExact) {
+  const auto straight = (fs::temp_directory_path() / "reach_task_resume_straight").string();
+  const auto cut = (fs::temp_directory_path() / "reach_task_resume_cut").string();
+  fs::remove_all(straight);
+  fs::remove_all(cut);
+  const std::vector<std::string> extra{"train.steps=6", "train.checkpoint_every=3",
+                                       "train.log_every=2"};
+  train_task_model(toy_config(straight, extra), {.quiet = true});
+  train_task_model(toy_config(cut, extra), {.quiet = true, .stop_after_step = 4});
+  EXPECT_EQ(losses(cut).size(), 4u);
+  try {
+    auto changed = extra;
+    changed.push_back("task.items=3");
+    train_task_model(toy_config(cut, changed), {.resume = true, .quiet = true});
+    FAIL() << "a resume with another task.items was accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("task.items"), std::string::npos) << e.what();
+  }
+  const auto resumed = train_task_model(toy_config(cut, extra), {.resume = true, .quiet = true});
+  EXPECT_EQ(resumed.steps, 6);
+  EXPECT_EQ(losses(cut), losses(straight));
+  ASSERT_EQ(losses(straight).size(), 6u);
+  fs::remove_all(straight);
+  fs::remove_all(cut);
+}
+
+TEST(TaskTrainerGpu, TrainsAndEvaluatesOnTheGpu) {
+  if (!resolve_device("auto").is_cuda()) GTEST_SKIP() << "no CUDA GPU";
+  const auto dir = (fs::temp_directory_path() / "reach_task_gpu").string();
+  fs::remove_all(dir);
+  const auto c = toy_config(dir, {"train.steps=20", "train.device=cuda"});
+  model::Gpt trained{nullptr};
+  const auto result = train_task_model(c, {.quiet = true}, &trained);
+  EXPECT_TRUE(std::isfinite(result.final_loss));
+  EXPECT_TRUE(trained->parameters().front().is_cuda());
+  const auto acc = evaluate_task_model(trained, c, {1, 2}, nullptr);
+  ASSERT_EQ(acc.size(), 2u);
+  EXPECT_GE(acc[0].accuracy, 0.0);
+  EXPECT_EQ(losses(dir).size(), 20u);
   fs::remove_all(dir);
 }
 
