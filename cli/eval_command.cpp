@@ -6,6 +6,7 @@
 #include <map>
 #include <memory>
 
+#include "cli/checkpoint_choice.hpp"
 #include "cli/commands.hpp"
 #include "cli/eval_device.hpp"
 #include "cli/gnuplot.hpp"
@@ -68,9 +69,9 @@ void run_eval(const EvalOptions& o) {
   std::vector<ModelLengths> table;
   std::map<std::string, int> label_uses;
   for (const auto& given : o.checkpoints) {
-    std::string dir = given;
-    if (auto latest = train::latest_checkpoint(dir)) dir = *latest;
-    auto ckpt = train::load_checkpoint(dir);
+    auto chosen = load_chosen_checkpoint(given, "eval");
+    const std::string dir = chosen.dir;
+    auto ckpt = std::move(chosen.checkpoint);
     const auto lengths = parse_lengths(o.lengths, ckpt.config.seq_len);
     const auto text = text_for(o, ckpt, dir);
     eval::require_heldout_length(

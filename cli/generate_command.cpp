@@ -11,6 +11,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "cli/checkpoint_choice.hpp"
 #include "cli/commands.hpp"
 #include "data/tokenizer/tokenizer.hpp"
 #include "infer/generator.hpp"
@@ -64,9 +65,9 @@ void run(const GenerateOptions& o) {
     throw std::invalid_argument("empty prompt: give --prompt, --prompt-file or text on stdin");
   }
 
-  std::string dir = o.checkpoint;
-  if (auto latest = train::latest_checkpoint(dir)) dir = *latest;
-  auto ckpt = train::load_checkpoint(dir);
+  auto chosen = load_chosen_checkpoint(o.checkpoint, "generate");
+  const std::string dir = chosen.dir;
+  auto ckpt = std::move(chosen.checkpoint);
   const auto tokenizer = data::load_tokenizer(dir);
   const auto text = infer::TokenText::load(tokenizer->kind(), dir);
   for (const auto id : tokenizer->encode(prompt)) request.prompt.push_back(id);

@@ -8,6 +8,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
+#include "cli/checkpoint_choice.hpp"
 #include "cli/commands.hpp"
 #include "cli/model_label.hpp"
 #include "pattern/alpha_schedule.hpp"
@@ -72,9 +73,9 @@ std::string offsets_text(const std::vector<double>& offsets) {
 }
 
 void run_info(const InfoOptions& o) {
-  std::string dir = o.checkpoint;
-  if (auto latest = train::latest_checkpoint(dir)) dir = *latest;
-  const auto ckpt = train::load_checkpoint(dir);
+  auto chosen = load_chosen_checkpoint(o.checkpoint, "info");
+  const std::string dir = chosen.dir;
+  const auto ckpt = std::move(chosen.checkpoint);
   const auto tokenizer = data::load_tokenizer(dir);
   const auto& c = ckpt.config;
   const int64_t parameters = model::parameter_count(*ckpt.model);

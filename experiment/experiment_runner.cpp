@@ -115,7 +115,10 @@ bool train_and_evaluate(const ExperimentSpec& spec, const ExperimentRun& run, ui
 
 RunState run_state(const std::string& directory) {
   if (fs::is_regular_file(fs::path(directory) / kResultFile)) return RunState::finished;
-  return train::latest_checkpoint(directory) ? RunState::resumable : RunState::fresh;
+  // Resumable only when a checkpoint loads (the training falls back past newer broken ones the
+  // same way); a directory whose checkpoints are all broken starts over.
+  return train::newest_valid_checkpoint(directory).dir.empty() ? RunState::fresh
+                                                               : RunState::resumable;
 }
 
 SeedResult read_seed_result(const std::string& directory) {

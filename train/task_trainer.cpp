@@ -296,7 +296,7 @@ std::vector<LengthAccuracy> evaluate_task_model(
         torch::Tensor logits;
         {
           const Bf16Autocast autocast(bf16);
-          // The model may be on a GPU (`reach tasks eval --device`); accuracy is counted on the CPU.
+          // The model may be on a GPU (`tasks eval --device`); accuracy is counted on the CPU.
           logits = model->forward(batch.tokens.to(device)).to(torch::kCPU);
         }
         sum += batch_accuracy(batch, logits) * static_cast<double>(size);

@@ -110,6 +110,17 @@ case $case in
     [[ $(ls "$run/checkpoints") == $'step-00000005\nstep-00000008\nstep-00000009' ]] ||
       fail "kept: $(ls "$run/checkpoints" | tr '\n' ' ')"
     ;;
+  eval_names_the_checkpoint_it_loads)
+    train --set train.steps=4 --set train.checkpoint_every=2 >/dev/null 2>&1
+    printf 'garbage' >"$run/checkpoints/step-00000004/model.safetensors"
+    "$reach" eval "$run" --lengths 1x >"$work/out" 2>&1 ||
+      { cat "$work/out"; fail "eval of a run with an older valid checkpoint failed"; }
+    grep -q "skipping checkpoint .*step-00000004" "$work/out" || fail "no note of the corrupt one"
+    grep -q "checkpoint .*step-00000002 (step 2" "$work/out" ||
+      { cat "$work/out"; fail "eval did not name the checkpoint it loaded"; }
+    "$reach" info "$run" >"$work/out" 2>&1 || { cat "$work/out"; fail "info fell over"; }
+    grep -q "skipping checkpoint .*step-00000004" "$work/out" || fail "info: no note"
+    ;;
   tasks_quiet_is_quiet)
     "$reach" tasks train --set task.num_values=8 --set task.items=4 --set train.length=12 \
       --set train.batch=4 --set train.steps=2 --set eval.examples=2 --set eval.max_length=48 \
