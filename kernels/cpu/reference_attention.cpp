@@ -88,6 +88,7 @@ Gradients backward(const DilatedAttentionParams& p, const std::vector<double>& q
   g.k.assign(k.size(), 0.0);
   g.v.assign(v.size(), 0.0);
   g.offsets.assign(static_cast<size_t>(p.num_offsets), 0.0);
+  g.offsets_magnitude.assign(static_cast<size_t>(p.num_offsets), 0.0);
   for (int64_t bh = 0; bh < p.batch_heads; ++bh) {
     for (int64_t i = 0; i < n; ++i) {
       const int64_t qi = bh * n + i;
@@ -123,7 +124,9 @@ Gradients backward(const DilatedAttentionParams& p, const std::vector<double>& q
           const int64_t hi = bh * n + row[a].hi_row, lo = bh * n + row[a].lo_row;
           const double dsdx = p.scale * (row_dot(q, qi, k, hi, d) - row_dot(q, qi, k, lo, d));
           const double dodx = row_dot(grad_out, qi, v, hi, d) - row_dot(grad_out, qi, v, lo, d);
-          g.offsets[static_cast<size_t>(row[a].offset_index)] += ds * dsdx + prob[a] * dodx;
+          const auto j = static_cast<size_t>(row[a].offset_index);
+          g.offsets[j] += ds * dsdx + prob[a] * dodx;
+          g.offsets_magnitude[j] += std::abs(ds * dsdx) + std::abs(prob[a] * dodx);
         }
       }
     }

@@ -12,6 +12,9 @@ namespace reach::kernels::reference {
 
 struct Gradients {
   std::vector<double> q, k, v, offsets;
+  // Per offset, the sum of the absolute values of the terms summed into `offsets`: the scale
+  // that rounding errors in those terms are relative to (the sum itself may cancel to ~0).
+  std::vector<double> offsets_magnitude;
 };
 
 // out [BH, n, d].

@@ -204,7 +204,7 @@ void run_cuda_case(const CudaCase& c, const std::string& name, Report& r) {
   const auto q = draw(), k = draw(), v = draw(), grad_out = draw();
 
   // float64 reference: dense O(n^2) for short sequences, the CPU kernel for long.
-  std::vector<double> ref_out, ref_dq, ref_dk, ref_dv, ref_doff(K);
+  std::vector<double> ref_out, ref_dq, ref_dk, ref_dv, ref_doff(K), ref_doff_magnitude;
   if (static_cast<int64_t>(c.seq_len) <= 1100) {
     ref_out = kernels::reference::forward(p, q, k, v);
     auto g = kernels::reference::backward(p, q, k, v, grad_out);
@@ -212,6 +212,7 @@ void run_cuda_case(const CudaCase& c, const std::string& name, Report& r) {
     ref_dk = std::move(g.k);
     ref_dv = std::move(g.v);
     ref_doff = std::move(g.offsets);
+    ref_doff_magnitude = std::move(g.offsets_magnitude);
   } else {
     ref_out.resize(count);
     std::vector<double> lse(rows);
@@ -241,7 +242,7 @@ void run_cuda_case(const CudaCase& c, const std::string& name, Report& r) {
   check(cudaDeviceSynchronize(), "forward");
   const auto out = d_out.download();
   bool all_written = all_finite(out);
-  double err_dq = 0, err_dk = 0, err_dv = 0, err_doff = 0;
+  double err_dq = 0, err_dk = 0, err_dv = 0, err_doff = 0, err_doff_per_term = 0;
   // The backward twice: without the offset gradient and, when there are offsets, with
   // it (bf16 at d = 64: the tensor cores' two-row variant; d = 128 and fp32: the CUDA
   // cores). The outputs are poisoned again before each run.
@@ -263,6 +264,10 @@ void run_cuda_case(const CudaCase& c, const std::string& name, Report& r) {
             "download");
       all_written = all_written && all_finite(goff);
       err_doff = rel_l2_error(goff, ref_doff);
+      for (size_t j = 0; j < ref_doff_magnitude.size(); ++j) {
+        err_doff_per_term = std::max(err_doff_per_term, std::abs(goff[j] - ref_doff[j]) /
+                                                            std::max(ref_doff_magnitude[j], 1e-30));
+      }
     }
   }
   if (!all_written) r.fail("an output element was left unwritten (NaN poison) or is not finite");
@@ -271,7 +276,18 @@ void run_cuda_case(const CudaCase& c, const std::string& name, Report& r) {
   r.lt("dq rel-L2", err_dq, c.bf16 ? rule.bound(ref_dq) : 1e-4);
   r.lt("dk rel-L2", err_dk, c.bf16 ? rule.bound(ref_dk) : 1e-4);
   r.lt("dv rel-L2", err_dv, c.bf16 ? rule.bound(ref_dv) : 1e-4);
-  if (K > 0) r.lt("doffsets rel-L2", err_doff, c.bf16 ? 1e-2 : 1e-3);
+  // An offset's gradient is a sum over every query row (and head) of terms of both signs, which
+  // can cancel to far below the terms' size; bf16 rounding errs relative to the terms (one
+  // rounding of P and dS each, unit roundoff 2^-8), not to their sum. So in bf16, where the
+  // float64 reference gives the terms' absolute sum, the error is bounded by 2 x 2^-8 of it
+  // (random-signed rounding errors sum to ~2^-8 / sqrt(terms) of it, so there is margin; a
+  // wrong sign, key row or interpolation weight in over ~1% of the terms' mass fails it);
+  // otherwise rel-L2 as before.
+  if (K > 0 && c.bf16 && !ref_doff_magnitude.empty()) {
+    r.lt("doffsets error / terms' absolute sum", err_doff_per_term, 2.0 / 256);
+  } else if (K > 0) {
+    r.lt("doffsets rel-L2", err_doff, c.bf16 ? 1e-2 : 1e-3);
+  }
 }
 
 REACH_OP_CASES(dilated_attention_cuda_cases) {
