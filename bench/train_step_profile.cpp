@@ -96,9 +96,8 @@ int main(int argc, char** argv) try {
     exp_avg_sq.push_back(torch::zeros_like(p));
     steps.push_back(torch::zeros({}, p.options()));
   }
-  const auto tokens =
-      torch::randint(0, config.vocab_size, {o.batch, o.seq_len + 1},
-                     torch::TensorOptions().dtype(torch::kLong).device(device));
+  const auto tokens = torch::randint(0, config.vocab_size, {o.batch, o.seq_len + 1},
+                                     torch::TensorOptions().dtype(torch::kLong).device(device));
   const auto input = tokens.narrow(1, 0, o.seq_len).contiguous();
   const auto target = tokens.narrow(1, 1, o.seq_len).contiguous().view({-1});
 
@@ -107,8 +106,7 @@ int main(int argc, char** argv) try {
     torch::Tensor loss;
     {
       const Autocast autocast;
-      loss = torch::nn::functional::cross_entropy(net(input).view({-1, config.vocab_size}),
-                                                  target);
+      loss = torch::nn::functional::cross_entropy(net(input).view({-1, config.vocab_size}), target);
     }
     loss.backward();
     torch::NoGradGuard no_grad;
@@ -135,10 +133,11 @@ int main(int argc, char** argv) try {
   }
   std::sort(ms.begin(), ms.end());
   const double median = ms[ms.size() / 2];
-  fmt::print("train_step_profile {} {} x {}: step {:.2f} ms (median of {}; min {:.2f}), {:.0f} "
-             "tokens/s, loss {:.4f}\n",
-             o.attention, o.batch, o.seq_len, median, ms.size(), ms.front(),
-             1e3 * static_cast<double>(o.batch * o.seq_len) / median, loss.item<double>());
+  fmt::print(
+      "train_step_profile {} {} x {}: step {:.2f} ms (median of {}; min {:.2f}), {:.0f} "
+      "tokens/s, loss {:.4f}\n",
+      o.attention, o.batch, o.seq_len, median, ms.size(), ms.front(),
+      1e3 * static_cast<double>(o.batch * o.seq_len) / median, loss.item<double>());
 
   if (!o.trace.empty() && o.profile_steps > 0) {
     namespace prof = torch::autograd::profiler;
