@@ -5,6 +5,9 @@
 #include <cmath>
 
 #include "kernels/cpu/entmax_attention.hpp"
+#ifdef REACH_ENTMAX_ATTENTION_CUDA
+#include "ops/entmax_attention_cuda.hpp"
+#endif
 
 namespace reach::ops {
 
@@ -13,6 +16,11 @@ using torch::Tensor;
 namespace {
 
 constexpr const char* kName = "entmax_attention";
+#ifdef REACH_ENTMAX_ATTENTION_CUDA
+constexpr bool kCuda = true;  // ops/entmax_attention_cuda.cpp: the CUDA kernels
+#else
+constexpr bool kCuda = false;
+#endif
 
 void check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& offsets) {
   TORCH_CHECK(q.defined() && k.defined() && v.defined(), kName,
@@ -22,12 +30,19 @@ void check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
   TORCH_CHECK(k.sizes() == q.sizes() && v.sizes() == q.sizes(), kName,
               ": q, k and v must have the same shape, got q ", q.sizes(), ", k ", k.sizes(), ", v ",
               v.sizes());
-  TORCH_CHECK(q.scalar_type() == torch::kFloat32 || q.scalar_type() == torch::kFloat64, kName,
-              ": dtype must be float32 or float64, got ", q.scalar_type());
   TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), kName,
               ": q, k and v must share one dtype");
-  TORCH_CHECK(q.device().is_cpu() && k.device().is_cpu() && v.device().is_cpu(), kName,
-              ": only the CPU kernel exists so far; got a ", q.device(), " tensor");
+  TORCH_CHECK(k.device() == q.device() && v.device() == q.device(), kName,
+              ": q, k and v must be on one device");
+  TORCH_CHECK(q.device().is_cpu() || (kCuda && q.device().is_cuda()), kName, ": no kernel for ",
+              q.device().type(), " tensors (kernels: CPU", kCuda ? ", CUDA" : "", ")");
+  if (q.device().is_cpu()) {
+    TORCH_CHECK(q.scalar_type() == torch::kFloat32 || q.scalar_type() == torch::kFloat64, kName,
+                ": dtype must be float32 or float64 on the CPU, got ", q.scalar_type());
+  } else {
+    TORCH_CHECK(q.scalar_type() == torch::kFloat32 || q.scalar_type() == torch::kBFloat16, kName,
+                ": dtype must be float32 or bfloat16 on CUDA, got ", q.scalar_type());
+  }
   TORCH_CHECK(q.numel() > 0, kName, ": empty input (shape ", q.sizes(), ")");
   TORCH_CHECK(offsets.defined() && offsets.dim() == 1, kName, ": offsets must be a 1-D tensor");
 }
@@ -128,18 +143,32 @@ class EntmaxAttentionFunction : public torch::autograd::Function<EntmaxAttention
     const Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
     const auto h =
         make_params(q, window, offsets, alpha, delta, beta, gamma, alibi, softmax, scale);
+    Tensor out, saved = torch::empty({0}, torch::kUInt8);
+#ifdef REACH_ENTMAX_ATTENTION_CUDA
+    if (q.is_cuda()) {
+      auto [o, state] = entmax_cuda::forward(q, k, v, h.params, {alpha, delta, beta, gamma, alibi});
+      out = o;
+      saved = state;
+    }
+#endif
+    if (!out.defined()) out = cpu_forward(q, k, v, h.params);
+    ctx->save_for_backward({q, k, v, offsets, alpha, delta, beta, gamma, alibi, saved});
+    ctx->saved_data["window"] = window;
+    ctx->saved_data["softmax"] = softmax;
+    ctx->saved_data["scale"] = scale;
+    return out;
+  }
+
+  static Tensor cpu_forward(const Tensor& q, const Tensor& k, const Tensor& v,
+                            const kernels::EntmaxAttentionParams& params) {
     Tensor out = torch::empty_like(q);
     AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "entmax_attention_forward", [&] {
       run_kernel([&] {
         kernels::entmax_attention_forward_cpu<scalar_t>(
-            h.params, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
+            params, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
             out.data_ptr<scalar_t>());
       });
     });
-    ctx->save_for_backward({q, k, v, offsets, alpha, delta, beta, gamma, alibi});
-    ctx->saved_data["window"] = window;
-    ctx->saved_data["softmax"] = softmax;
-    ctx->saved_data["scale"] = scale;
     return out;
   }
 
@@ -152,6 +181,9 @@ class EntmaxAttentionFunction : public torch::autograd::Function<EntmaxAttention
         make_params(q, ctx->saved_data["window"].toInt(), s[3], alpha, delta, beta, gamma, s[8],
                     ctx->saved_data["softmax"].toBool(), ctx->saved_data["scale"].toDouble());
     const Tensor grad_out = grads[0].to(q.scalar_type()).contiguous();
+#ifdef REACH_ENTMAX_ATTENTION_CUDA
+    if (q.is_cuda()) return cuda_backward(ctx, s, h.params, grad_out);
+#endif
     Tensor dq = torch::empty_like(q), dk = torch::empty_like(k), dv = torch::empty_like(v);
     auto host_grad = [](const Tensor& like) {
       return like.defined() ? torch::zeros_like(like) : Tensor();
@@ -186,6 +218,40 @@ class EntmaxAttentionFunction : public torch::autograd::Function<EntmaxAttention
             Tensor(),
             Tensor()};
   }
+
+#ifdef REACH_ENTMAX_ATTENTION_CUDA
+  // The CUDA backward returns per-row parameter gradients; they are summed per head here
+  // (or kept per query for per-query beta and gamma), on the device.
+  static torch::autograd::variable_list cuda_backward(torch::autograd::AutogradContext* ctx,
+                                                      const torch::autograd::variable_list& s,
+                                                      const kernels::EntmaxAttentionParams& params,
+                                                      const Tensor& grad_out) {
+    const Tensor &q = s[0], &alpha = s[4], &delta = s[5], &beta = s[6], &gamma = s[7];
+    const bool want = ctx->needs_input_grad(4) || ctx->needs_input_grad(5) ||
+                      ctx->needs_input_grad(6) || ctx->needs_input_grad(7);
+    auto [dq, dk, dv, rows] = entmax_cuda::backward(q, s[1], s[2], grad_out, s[9], params,
+                                                    {alpha, delta, beta, gamma, s[8]}, want);
+    const int64_t B = q.size(0), H = q.size(1), n = q.size(2);
+    auto grad = [&](int index, int input, const Tensor& like) -> Tensor {
+      if (!ctx->needs_input_grad(input) || !like.defined() || like.numel() == 0) return Tensor();
+      const Tensor per_row = rows[index].view({B, H, n});
+      const Tensor g = like.dim() == 3 ? per_row : per_row.sum(std::vector<int64_t>{0, 2});
+      return g.to(like.options()).reshape(like.sizes());
+    };
+    return {dq,
+            dk,
+            dv,
+            Tensor(),
+            params.softmax ? Tensor() : grad(0, 4, alpha),
+            params.log_n_scaling ? grad(1, 5, delta) : Tensor(),
+            params.log_n_scaling ? grad(2, 6, beta) : Tensor(),
+            params.log_n_scaling ? grad(3, 7, gamma) : Tensor(),
+            Tensor(),
+            Tensor(),
+            Tensor(),
+            Tensor()};
+  }
+#endif
 };
 
 }  // namespace

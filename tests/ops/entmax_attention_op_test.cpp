@@ -201,5 +201,96 @@ TEST(EntmaxAttentionOp, BadInputsGetClearErrors) {
       "rank 4");
 }
 
+// The op on CUDA (float32 and bf16) against the op on the CPU in float64 on the same inputs,
+// through autograd: outputs, dq, dk, dv, and the per-head (or per-query) gradients of alpha,
+// delta, beta, gamma that the op sums from the kernels' per-row values. Dense causal (tiled
+// kernels) and window + offsets (row kernels), NAPE slopes on half of the heads. Bounds:
+// float32 1e-4 relative L2 (tensors) and 1e-3 (parameters, sums of n float32 row sums); bf16:
+// twice what rounding the float64 result to bf16 costs plus 1e-4 (harness::Bf16Rule), and
+// 1e-3 for the parameters (nothing on their path is rounded to bf16). The kernels' own cases
+// (every normaliser, n up to 70,000): tests/kernels/entmax_attention_cuda_test.cpp.
+TEST(EntmaxAttentionOpCuda, MatchesTheCpuOpInFloat64) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  torch::manual_seed(11);
+  const int64_t B = 2, H = 4, n = 300, d = 64;
+  const auto alibi = torch::tensor({0.0, 0.0, 0.25, 0.0625}, kF64);
+  for (const bool bf16 : {false, true}) {
+    for (const bool dense : {true, false}) {
+      for (const bool per_query : {false, true}) {
+        SCOPED_TRACE(std::string(bf16 ? "bf16" : "f32") + (dense ? " dense" : " fibonacci") +
+                     (per_query ? " per-query" : " per-head"));
+        const auto dtype = bf16 ? torch::kBFloat16 : torch::kFloat32;
+        auto draw = [&](torch::IntArrayRef shape) {
+          return torch::randn(shape, kF64).to(dtype).to(torch::kFloat64);  // same inputs both
+        };
+        const auto q = draw({B, H, n, d}), k = draw({B, H, n, d}), v = draw({B, H, n, d}),
+                   w = draw({B, H, n, d});
+        const auto alpha = torch::tensor({1.5, 1.3, 2.0, 1.7}, kF64);
+        const auto delta = torch::rand({H}, kF64) * 0.5 + 0.5;
+        const auto beta = per_query ? torch::rand({B, H, n}, kF64) * 0.5 + 0.1
+                                    : torch::rand({H}, kF64) * 0.5 + 0.1;
+        const auto gamma =
+            per_query ? torch::rand({B, H, n}, kF64) * 2 - 0.5 : torch::rand({H}, kF64) * 2 - 0.5;
+        const int64_t window = dense ? n : 16;
+        const auto offsets =
+            dense ? torch::empty({0}, kF64) : torch::tensor({16.0, 21, 34, 55, 89, 144, 233}, kF64);
+        std::vector<std::vector<double>> results[2];
+        for (const bool cuda : {false, true}) {
+          const auto device = cuda ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
+          const auto type = cuda ? dtype : torch::kFloat64;
+          auto leaf = [&](const torch::Tensor& t) {
+            return t.to(device, type).detach().requires_grad_();
+          };
+          auto param = [&](const torch::Tensor& t) {
+            return t.to(device, torch::kFloat64).detach().requires_grad_();
+          };
+          auto qq = leaf(q), kk = leaf(k), vv = leaf(v);
+          auto a = param(alpha), dl = param(delta), bt = param(beta), gm = param(gamma);
+          const auto out = entmax_attention(qq, kk, vv, window, offsets, a, dl, bt, gm, false,
+                                            c10::nullopt, alibi);
+          (out.to(torch::kFloat64) * w.to(device)).sum().backward();
+          for (const auto& t :
+               {out, qq.grad(), kk.grad(), vv.grad(), a.grad(), dl.grad(), bt.grad(), gm.grad()}) {
+            results[cuda].push_back(host_values(t));
+          }
+        }
+        const char* names[] = {"out", "dq", "dk", "dv", "dalpha", "ddelta", "dbeta", "dgamma"};
+        const Bf16Rule rule;
+        for (size_t t = 0; t < 8; ++t) {
+          const auto& want = results[0][t];
+          const double bound = t >= 4 ? 1e-3 : (bf16 ? rule.bound(want) : 1e-4);
+          EXPECT_LT(rel_l2_error(results[1][t], want), bound) << names[t];
+        }
+      }
+    }
+  }
+}
+
+TEST(EntmaxAttentionOpCuda, UnsupportedShapesGetClearErrors) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  const auto opts = torch::TensorOptions().device(torch::kCUDA);
+  const auto alpha = torch::tensor({1.5}, kF64);
+  const auto q = torch::randn({1, 1, 8, 4}, opts);
+  expect_error(
+      [&] { entmax_attention(q.to(torch::kFloat64), q, q, 8, torch::empty({0}, kF64), alpha); },
+      "must share one dtype");
+  expect_error(
+      [&] {
+        entmax_attention(q.to(torch::kFloat64), q.to(torch::kFloat64), q.to(torch::kFloat64), 8,
+                         torch::empty({0}, kF64), alpha);
+      },
+      "float32 or bfloat16 on CUDA");
+  const auto wide = torch::randn({1, 1, 8, 256}, opts);
+  expect_error([&] { entmax_attention(wide, wide, wide, 8, torch::empty({0}, kF64), alpha); },
+               "head_dim must be in 1..128 on CUDA");
+  const auto long_q = torch::randn({1, 1, 3000, 4}, opts);
+  expect_error(
+      [&] {
+        entmax_attention(long_q, long_q, long_q, 2000, torch::tensor({2000.0, 2001.0}, kF64),
+                         alpha);
+      },
+      "must be <= 1024 on CUDA");
+}
+
 }  // namespace
 }  // namespace reach::harness

@@ -1,0 +1,1259 @@
+// CUDA kernels of alpha-entmax / ASEntmax / SSMax attention; see entmax_attention.hpp for the
+// design and docs/entmax.md for the definition and the formulas of the backward.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/cuda/entmax_attention.hpp"
+
+namespace reach::kernels::gpu {
+namespace {
+
+constexpr int kTile = 64;      // queries and keys per tile (tiled path)
+constexpr int kThreads = 256;  // 16 x 16 threads, each a 4 x 4 patch of a 64 x 64 tile
+constexpr int kPoints = 8;     // points of the one multi-point bisection pass
+constexpr int kRowWarps = 4;   // queries per block (row path)
+constexpr int kMaskWords = static_cast<int>(kMaxTiledLength / kTile / 32);
+constexpr double kSolveTolerance = 1e-6;  // |f(tau) - 1| at which a row's tau is final
+
+// Everything the kernels read besides the tensors; passed by value.
+struct DeviceParams {
+  int64_t batch_heads, n;
+  int d, heads, window_slots, offsets, slots;  // slots = window_slots + offsets (row path)
+  int64_t window;
+  int offset[kMaxEntmaxOffsets];
+  float scale;
+  bool softmax, scaling, per_query;
+  const double *alpha, *delta, *beta, *gamma, *alibi;
+};
+
+void check(cudaError_t status, const char* what) {
+  if (status != cudaSuccess) {
+    throw std::runtime_error(std::string("entmax attention (CUDA): ") + what + ": " +
+                             cudaGetErrorString(status));
+  }
+}
+
+__device__ __forceinline__ int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+
+__device__ __forceinline__ float load(const float* p) { return *p; }
+__device__ __forceinline__ float load(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+__device__ __forceinline__ void store(float* p, float x) { *p = x; }
+__device__ __forceinline__ void store(__nv_bfloat16* p, float x) { *p = __float2bfloat16(x); }
+
+// How a head normalises: softmax, or entmax with exponent r = 1 / (a - 1) in the three forms
+// that matter for speed (a = 2: r = 1; a = 1.5: r = 2; anything else: pow).
+struct Normaliser {
+  int kind;  // 0 softmax, 1 r == 1, 2 r == 2, 3 general
+  float am1, r;
+  double am1_d, r_d, alpha;
+};
+
+__device__ Normaliser normaliser_of(const DeviceParams& p, int h) {
+  Normaliser m{};
+  if (p.softmax) {
+    m.kind = 0;
+    m.alpha = 1.0;
+    return m;
+  }
+  const double a = p.alpha[h];
+  m.alpha = a;
+  m.am1_d = a - 1.0;
+  m.r_d = 1.0 / (a - 1.0);
+  m.am1 = static_cast<float>(m.am1_d);
+  m.r = static_cast<float>(m.r_d);
+  m.kind = a == 2.0 ? 1 : (a == 1.5 ? 2 : 3);
+  return m;
+}
+
+// y^r for y > 0 (float).
+__device__ __forceinline__ float power(const Normaliser& m, float y) {
+  if (m.kind == 1) return y;
+  if (m.kind == 2) return y * y;
+  return __powf(y, m.r);
+}
+
+// s = p^(2 - a), the weight of the entmax Jacobian (p for softmax), for p > 0.
+__device__ __forceinline__ float jacobian_weight(const Normaliser& m, float prob) {
+  if (m.kind == 0) return prob;
+  if (m.kind == 1) return 1.0f;
+  if (m.kind == 2) return sqrtf(prob);
+  return __powf(prob, 2.0f - static_cast<float>(m.alpha));
+}
+
+// Index of beta and gamma for row i of head bh.
+__device__ __forceinline__ int64_t scale_index(const DeviceParams& p, int64_t bh, int64_t i) {
+  return p.per_query ? bh * p.n + i : bh % p.heads;
+}
+
+// c_i = delta + beta * log(visible + 1)^gamma (1 without scaling).
+__device__ double multiplier(const DeviceParams& p, int64_t bh, int64_t i, int64_t visible) {
+  if (!p.scaling) return 1.0;
+  const int64_t s = scale_index(p, bh, i);
+  const double log_n = log(static_cast<double>(visible) + 1.0);
+  return p.delta[bh % p.heads] + p.beta[s] * pow(log_n, p.gamma[s]);
+}
+
+// The per-row parameter gradients from dL/dc (row_grads layout: [4][rows]).
+__device__ void write_row_grads(const DeviceParams& p, double* row_grads, int64_t bh, int64_t i,
+                                int64_t visible, double dalpha, double dc) {
+  if (!row_grads) return;
+  const int64_t rows = p.batch_heads * p.n, row = bh * p.n + i;
+  row_grads[row] = dalpha;
+  row_grads[rows + row] = dc;
+  double dbeta = 0, dgamma = 0;
+  if (p.scaling) {
+    const int64_t s = scale_index(p, bh, i);
+    const double log_n = log(static_cast<double>(visible) + 1.0);
+    const double lg = pow(log_n, p.gamma[s]);
+    dbeta = dc * lg;
+    dgamma = dc * p.beta[s] * lg * log(log_n);
+  }
+  row_grads[2 * rows + row] = dbeta;
+  row_grads[3 * rows + row] = dgamma;
+}
+
+template <typename T>
+__device__ __forceinline__ T warp_sum(T x) {
+  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return __shfl_sync(0xffffffffu, x, 0);  // one value for every lane (sums' order differs)
+}
+
+// Sum over the 16 lanes that share a tile row (tx = lane % 16); the result in every such lane.
+template <typename T>
+__device__ __forceinline__ T row_sum(T x) {
+  for (int o = 8; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+__device__ __forceinline__ float row_max(float x) {
+  for (int o = 8; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+  return x;
+}
+
+// ------------------------------------------------------------------------------------------
+// Tiled path. Thread (ty, tx) = (tid / 16, tid % 16) owns rows ty + 16 a and columns tx + 16 b
+// (a, b < 4) of a 64 x 64 tile. Shared tiles are float [64][DP + 1] (padding: no bank conflicts).
+
+template <int DP>
+struct Tiles {
+  static constexpr int kLd = DP + 1;
+  static constexpr int kTileFloats = kTile * kLd;
+  static constexpr int kProbFloats = kTile * (kTile + 1);
+};
+
+// Rows [row0, row0 + 64) of a [BH, n, d] tensor into a float tile (zeros past n and d),
+// times `factor`.
+template <typename T, int DP>
+__device__ void load_tile(float* tile, const T* x, int64_t bh, int64_t row0, int64_t n, int d,
+                          float factor) {
+  constexpr int kLd = Tiles<DP>::kLd;
+  for (int idx = threadIdx.x; idx < kTile * DP; idx += kThreads) {
+    const int r = idx / DP, t = idx % DP;
+    const int64_t row = row0 + r;
+    tile[r * kLd + t] = row < n && t < d ? factor * load(x + (bh * n + row) * d + t) : 0.0f;
+  }
+}
+
+// acc[a][b] = A[ty + 16a] . B[tx + 16b] over DP columns.
+template <int DP>
+__device__ __forceinline__ void tile_dots(const float* A, const float* B, float acc[4][4]) {
+  constexpr int kLd = Tiles<DP>::kLd;
+  const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+#pragma unroll
+  for (int a = 0; a < 4; ++a) {
+#pragma unroll
+    for (int b = 0; b < 4; ++b) acc[a][b] = 0.0f;
+  }
+#pragma unroll 8
+  for (int t = 0; t < DP; ++t) {
+    float av[4], bv[4];
+#pragma unroll
+    for (int a = 0; a < 4; ++a) av[a] = A[(ty + 16 * a) * kLd + t];
+#pragma unroll
+    for (int b = 0; b < 4; ++b) bv[b] = B[(tx + 16 * b) * kLd + t];
+#pragma unroll
+    for (int a = 0; a < 4; ++a) {
+#pragma unroll
+      for (int b = 0; b < 4; ++b) acc[a][b] = fmaf(av[a], bv[b], acc[a][b]);
+    }
+  }
+}
+
+// out[a][c] += sum_r W[r][row(a)] X[r][tx + 16c]  (transposed weights: key-centric products)
+// or, with kTransposed false, sum_c W[row(a)][c] X[c][tx + 16c'] (query-centric products).
+template <int DP, bool kTransposed>
+__device__ __forceinline__ void tile_product(const float* W, const float* X,
+                                             float out[4][DP / 16]) {
+  constexpr int kLd = Tiles<DP>::kLd, kWl = kTile + 1;
+  const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+#pragma unroll 4
+  for (int r = 0; r < kTile; ++r) {
+    float w[4], x[DP / 16];
+#pragma unroll
+    for (int a = 0; a < 4; ++a) {
+      w[a] = kTransposed ? W[r * kWl + ty + 16 * a] : W[(ty + 16 * a) * kWl + r];
+    }
+#pragma unroll
+    for (int c = 0; c < DP / 16; ++c) x[c] = X[r * kLd + tx + 16 * c];
+#pragma unroll
+    for (int a = 0; a < 4; ++a) {
+#pragma unroll
+      for (int c = 0; c < DP / 16; ++c) out[a][c] = fmaf(w[a], x[c], out[a][c]);
+    }
+  }
+}
+
+__device__ __forceinline__ bool tile_active(const uint32_t* mask, int64_t kt) {
+  return (mask[kt >> 5] >> (kt & 31)) & 1u;
+}
+
+// Per-row state of a query tile (tiled path).
+struct RowState {
+  double lo[kTile], hi[kTile], t[kTile];
+  float c[kTile], tau[kTile], norm[kTile], mean_g[kTile];
+  int visible[kTile];
+  int done[kTile];
+};
+
+// Key tiles a query tile [i0, i0 + 64) can see: keys i - W < j <= i.
+__device__ __forceinline__ void key_tile_range(const DeviceParams& p, int64_t i0, int64_t& lo,
+                                               int64_t& hi) {
+  const int64_t first = i0 - p.window + 1;
+  lo = first > 0 ? first / kTile : 0;
+  hi = (imin(i0 + kTile, p.n) - 1) / kTile;
+}
+
+// z for row (ty + 16a), column (tx + 16b) of query tile i0 x key tile k0; -inf when invisible.
+__device__ __forceinline__ void logits(const DeviceParams& p, const RowState& rs, int64_t i0,
+                                       int64_t k0, double slope, const float raw[4][4],
+                                       float z[4][4]) {
+  const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+#pragma unroll
+  for (int a = 0; a < 4; ++a) {
+    const int64_t i = i0 + ty + 16 * a;
+#pragma unroll
+    for (int b = 0; b < 4; ++b) {
+      const int64_t j = k0 + tx + 16 * b;
+      const int64_t dist = i - j;
+      const bool visible = i < p.n && dist >= 0 && dist < p.window;
+      z[a][b] =
+          visible ? rs.c[ty + 16 * a] * raw[a][b] - static_cast<float>(slope * dist) : -INFINITY;
+    }
+  }
+}
+
+template <typename T, int DP>
+__global__ void __launch_bounds__(kThreads, 1)
+    tiled_forward(DeviceParams p, const T* __restrict__ q, const T* __restrict__ k,
+                  const T* __restrict__ v, T* __restrict__ out, float* __restrict__ stats,
+                  uint32_t* __restrict__ mask_out, int mask_words) {
+  extern __shared__ float smem[];
+  using Sh = Tiles<DP>;
+  float* Qs = smem;
+  float* Ks = Qs + Sh::kTileFloats;
+  float* Vs = Ks + Sh::kTileFloats;
+  float* Ps = Vs + Sh::kTileFloats;
+  __shared__ RowState rs;
+  __shared__ uint32_t active[kMaskWords];
+  const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
+  const int64_t n = p.n, qt = gridDim.x - 1 - blockIdx.x, bh = blockIdx.y, i0 = qt * kTile;
+  const int h = static_cast<int>(bh % p.heads);
+  const Normaliser nm = normaliser_of(p, h);
+  const double slope = p.alibi ? p.alibi[h] : 0.0;
+  int64_t kt_lo, kt_hi;
+  key_tile_range(p, i0, kt_lo, kt_hi);
+
+  load_tile<T, DP>(Qs, q, bh, i0, n, p.d, p.scale);
+  for (int w = tid; w < mask_words; w += kThreads) active[w] = 0;
+  __syncthreads();
+  for (int64_t kt = kt_lo + tid; kt <= kt_hi; kt += kThreads)
+    atomicOr(&active[kt >> 5], 1u << (kt & 31));
+  if (tid < kTile) {
+    const int64_t i = i0 + tid;
+    const int64_t vis = i < n ? imin(p.window, i + 1) : 1;
+    rs.visible[tid] = static_cast<int>(vis);
+    rs.c[tid] = i < n ? static_cast<float>(multiplier(p, bh, i, vis)) : 1.0f;
+    rs.done[tid] = i < n ? 0 : 1;
+  }
+  __syncthreads();
+
+  float raw[4][4], z[4][4];
+  // Pass 1: the row maximum of z.
+  float run_max[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+  for (int64_t kt = kt_lo; kt <= kt_hi; ++kt) {
+    load_tile<T, DP>(Ks, k, bh, kt * kTile, n, p.d, 1.0f);
+    __syncthreads();
+    tile_dots<DP>(Qs, Ks, raw);
+    logits(p, rs, i0, kt * kTile, slope, raw, z);
+#pragma unroll
+    for (int a = 0; a < 4; ++a) {
+#pragma unroll
+      for (int b = 0; b < 4; ++b) run_max[a] = fmaxf(run_max[a], z[a][b]);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int a = 0; a < 4; ++a) {
+    const float m = row_max(run_max[a]);
+    if (tx == 0) {
+      const int r = ty + 16 * a;
+      if (rs.done[r]) {  // past n
+        rs.t[r] = rs.lo[r] = rs.hi[r] = 0.0;
+      } else if (nm.kind == 0) {
+        rs.t[r] = m;
+      } else {
+        const double xmax = nm.am1_d * m;
+        rs.lo[r] = xmax - 1.0;
+        rs.hi[r] = xmax - pow(static_cast<double>(rs.visible[r]), -nm.am1_d);
+      }
+    }
+  }
+  __syncthreads();
+
+  if (nm.kind != 0) {
+    // Pass 2: f at kPoints evenly spaced points of every row's bracket; keeps the sub-interval
+    // holding the root. Key tiles where no score exceeds the bracket's low end drop out.
+    // Point m of row a: first[a] + step[a] * m (float, recomputed where used: fewer registers).
+    float f[4][kPoints], first[4], step[4];
+#pragma unroll
+    for (int a = 0; a < 4; ++a) {
+      const int r = ty + 16 * a;
+      const double lo = rs.lo[r], hi = rs.hi[r];
+      step[a] = static_cast<float>((hi - lo) / (kPoints + 1));
+      first[a] = static_cast<float>(lo + (hi - lo) / (kPoints + 1));
+#pragma unroll
+      for (int m = 0; m < kPoints; ++m) f[a][m] = 0.0f;
+    }
+    for (int64_t kt = kt_lo; kt <= kt_hi; ++kt) {
+      load_tile<T, DP>(Ks, k, bh, kt * kTile, n, p.d, 1.0f);
+      __syncthreads();
+      tile_dots<DP>(Qs, Ks, raw);
+      logits(p, rs, i0, kt * kTile, slope, raw, z);
+      int any = 0;
+#pragma unroll
+      for (int a = 0; a < 4; ++a) {
+        const float lo = static_cast<float>(rs.lo[ty + 16 * a]);
+#pragma unroll
+        for (int b = 0; b < 4; ++b) {
+          const float x = nm.am1 * z[a][b];
+          if (x > lo) {
+            any = 1;
+#pragma unroll
+            for (int m = 0; m < kPoints; ++m) {
+              const float y = x - fmaf(step[a], static_cast<float>(m), first[a]);
+              if (y > 0.0f) f[a][m] += power(nm, y);
+            }
+          }
+        }
+      }
+      if (!__syncthreads_or(any) && tid == 0) active[kt >> 5] &= ~(1u << (kt & 31));
+    }
+#pragma unroll
+    for (int a = 0; a < 4; ++a) {
+      float sums[kPoints];
+#pragma unroll
+      for (int m = 0; m < kPoints; ++m) sums[m] = row_sum(f[a][m]);
+      const int r = ty + 16 * a;
+      if (tx == 0 && !rs.done[r]) {
+        const double lo = rs.lo[r], hi = rs.hi[r];
+        int last = -1;  // the largest point with f >= 1
+#pragma unroll
+        for (int m = 0; m < kPoints; ++m) {
+          if (sums[m] >= 1.0f) last = m;
+        }
+        // The bracket's ends are the float points f was evaluated at (static indices only:
+        // a dynamic one would put arrays in local memory).
+        double new_lo = lo, new_hi = hi;
+#pragma unroll
+        for (int m = 0; m < kPoints; ++m) {
+          if (m == last) new_lo = fmaf(step[a], static_cast<float>(m), first[a]);
+          if (m == last + 1) new_hi = fmaf(step[a], static_cast<float>(m), first[a]);
+        }
+        rs.lo[r] = new_lo;
+        rs.hi[r] = new_hi;
+        rs.t[r] = new_lo;  // Newton and Halley move monotonically from the left (f convex)
+      }
+    }
+    __syncthreads();
+
+    // Passes 3..: Halley (r >= 2) or Newton steps at t, kept inside the bracket.
+    for (int pass = 0; pass < kMaxSolvePasses; ++pass) {
+      double f0[4] = {0, 0, 0, 0}, f1[4] = {0, 0, 0, 0}, f2[4] = {0, 0, 0, 0};
+      for (int64_t kt = kt_lo; kt <= kt_hi; ++kt) {
+        if (!tile_active(active, kt)) continue;
+        load_tile<T, DP>(Ks, k, bh, kt * kTile, n, p.d, 1.0f);
+        __syncthreads();
+        tile_dots<DP>(Qs, Ks, raw);
+        logits(p, rs, i0, kt * kTile, slope, raw, z);
+        int any = 0;
+#pragma unroll
+        for (int a = 0; a < 4; ++a) {
+          const int r = ty + 16 * a;
+          const double t = rs.t[r];
+          const float lo = static_cast<float>(rs.lo[r]);
+#pragma unroll
+          for (int b = 0; b < 4; ++b) {
+            const float x = nm.am1 * z[a][b];
+            any |= x > lo;
+            const double y = static_cast<double>(x) - t;
+            if (y > 0.0) {
+              if (nm.kind == 1) {
+                f0[a] += y;
+                f1[a] += 1.0;
+              } else if (nm.kind == 2) {
+                f0[a] += y * y;
+                f1[a] += y;
+                f2[a] += 1.0;
+              } else {
+                const double yr1 = pow(y, nm.r_d - 1.0);
+                f0[a] += yr1 * y;
+                f1[a] += yr1;
+                if (nm.r_d >= 2.0) f2[a] += yr1 / y;
+              }
+            }
+          }
+        }
+        if (!__syncthreads_or(any) && tid == 0) active[kt >> 5] &= ~(1u << (kt & 31));
+      }
+      int open = 0;
+#pragma unroll
+      for (int a = 0; a < 4; ++a) {
+        const double s0 = row_sum(f0[a]), s1 = row_sum(f1[a]), s2 = row_sum(f2[a]);
+        const int r = ty + 16 * a;
+        if (tx == 0 && !rs.done[r]) {
+          const double t = rs.t[r], ff = s0 - 1.0;
+          if (fabs(ff) < kSolveTolerance) {
+            rs.done[r] = 1;
+          } else {
+            if (ff > 0) {
+              rs.lo[r] = t;
+            } else {
+              rs.hi[r] = t;
+            }
+            const double df = -nm.r_d * s1;  // f'(t)
+            double next;
+            if (nm.r_d >= 2.0) {
+              const double ddf = nm.r_d * (nm.r_d - 1.0) * s2;
+              next = t - ff * df / (df * df - 0.5 * ff * ddf);
+            } else {
+              next = t - ff / df;
+            }
+            if (!(next > rs.lo[r] && next < rs.hi[r])) next = 0.5 * (rs.lo[r] + rs.hi[r]);
+            if (next == t || rs.hi[r] - rs.lo[r] <= 1e-12 * fmax(1.0, fabs(t))) {
+              rs.done[r] = 1;  // at the resolution of the scores
+            } else {
+              rs.t[r] = next;
+              open = 1;
+            }
+          }
+        }
+      }
+      if (!__syncthreads_or(open)) break;
+    }
+  }
+
+  // Last pass: p = [x - tau]_+^r (or exp(z - max)), normalised; out = p V.
+  if (tid < kTile) rs.tau[tid] = static_cast<float>(rs.t[tid]);
+  __syncthreads();
+  float acc[4][DP / 16];
+  float norm[4] = {0, 0, 0, 0};
+#pragma unroll
+  for (int a = 0; a < 4; ++a) {
+#pragma unroll
+    for (int c = 0; c < DP / 16; ++c) acc[a][c] = 0.0f;
+  }
+  for (int64_t kt = kt_lo; kt <= kt_hi; ++kt) {
+    if (!tile_active(active, kt)) continue;
+    load_tile<T, DP>(Ks, k, bh, kt * kTile, n, p.d, 1.0f);
+    load_tile<T, DP>(Vs, v, bh, kt * kTile, n, p.d, 1.0f);
+    __syncthreads();
+    tile_dots<DP>(Qs, Ks, raw);
+    logits(p, rs, i0, kt * kTile, slope, raw, z);
+    int any = 0;
+#pragma unroll
+    for (int a = 0; a < 4; ++a) {
+      const int r = ty + 16 * a;
+      const float tau = rs.tau[r];
+#pragma unroll
+      for (int b = 0; b < 4; ++b) {
+        float prob;
+        if (nm.kind == 0) {
+          prob = z[a][b] == -INFINITY ? 0.0f : __expf(z[a][b] - tau);
+        } else {
+          const float y = nm.am1 * z[a][b] - tau;
+          prob = y > 0.0f ? power(nm, y) : 0.0f;
+        }
+        any |= prob > 0.0f;
+        norm[a] += prob;
+        Ps[r * (kTile + 1) + tx + 16 * b] = prob;
+      }
+    }
+    if (!__syncthreads_or(any)) {
+      if (tid == 0) active[kt >> 5] &= ~(1u << (kt & 31));
+      continue;  // no support here: nothing to add (and nobody reads Ps before the next sync)
+    }
+    tile_product<DP, false>(Ps, Vs, acc);
+    __syncthreads();
+  }
+#pragma unroll
+  for (int a = 0; a < 4; ++a) {
+    const float total = row_sum(norm[a]);
+    const int r = ty + 16 * a;
+    const int64_t i = i0 + r;
+    if (i < n) {
+      const float inv = 1.0f / total;
+#pragma unroll
+      for (int c = 0; c < DP / 16; ++c) {
+        const int t = tx + 16 * c;
+        if (t < p.d) store(out + (bh * n + i) * p.d + t, acc[a][c] * inv);
+      }
+      if (tx == 0) {
+        float* st = stats + (bh * n + i) * 4;
+        st[0] = rs.tau[r];
+        st[1] = total;
+        st[2] = rs.c[r];
+        st[3] = 0.0f;
+      }
+    }
+  }
+  uint32_t* mask_row = mask_out + (bh * gridDim.x + qt) * mask_words;
+  for (int w = tid; w < mask_words; w += kThreads) mask_row[w] = active[w];
+}
+
+// p (normalised) and the Jacobian weight s of one logit (tiled path, saved tau and norm).
+__device__ __forceinline__ float probability(const Normaliser& nm, float z, float tau, float norm) {
+  if (nm.kind == 0) return z == -INFINITY ? 0.0f : __expf(z - tau) / norm;
+  const float y = nm.am1 * z - tau;
+  return y > 0.0f ? power(nm, y) / norm : 0.0f;
+}
+
+// Query-centric backward: dq, the row sums, d alpha and d c per row, mean_g for the key pass.
+template <typename T, int DP>
+__global__ void __launch_bounds__(kThreads)
+    tiled_backward_queries(DeviceParams p, const T* __restrict__ q, const T* __restrict__ k,
+                           const T* __restrict__ v, const T* __restrict__ grad_out,
+                           float* __restrict__ stats, const uint32_t* __restrict__ mask,
+                           int mask_words, T* __restrict__ grad_q, double* __restrict__ row_grads) {
+  extern __shared__ float smem[];
+  using Sh = Tiles<DP>;
+  float* Qs = smem;
+  float* Gs = Qs + Sh::kTileFloats;  // grad_out rows
+  float* Ks = Gs + Sh::kTileFloats;
+  float* Vs = Ks + Sh::kTileFloats;
+  float* SGs = Vs + Sh::kTileFloats;
+  float* Ss = SGs + Sh::kProbFloats;
+  __shared__ RowState rs;
+  const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
+  const int64_t n = p.n, qt = gridDim.x - 1 - blockIdx.x, bh = blockIdx.y, i0 = qt * kTile;
+  const int h = static_cast<int>(bh % p.heads);
+  const Normaliser nm = normaliser_of(p, h);
+  const double slope = p.alibi ? p.alibi[h] : 0.0;
+  const uint32_t* active = mask + (bh * gridDim.x + qt) * mask_words;
+  int64_t kt_lo, kt_hi;
+  key_tile_range(p, i0, kt_lo, kt_hi);
+  load_tile<T, DP>(Qs, q, bh, i0, n, p.d, p.scale);
+  load_tile<T, DP>(Gs, grad_out, bh, i0, n, p.d, 1.0f);
+  if (tid < kTile) {
+    const int64_t i = i0 + tid;
+    const bool valid = i < n;
+    const float* st = stats + (bh * n + (valid ? i : 0)) * 4;
+    rs.tau[tid] = valid ? st[0] : 0.0f;
+    rs.norm[tid] = valid ? st[1] : 1.0f;
+    rs.c[tid] = valid ? st[2] : 1.0f;
+    rs.visible[tid] = valid ? static_cast<int>(imin(p.window, i + 1)) : 1;
+  }
+  __syncthreads();
+  // Row sums: s, s g, s z, p log p, g s z, g p log p, s g raw, s raw.
+  float sums[8][4];
+#pragma unroll
+  for (int u = 0; u < 8; ++u) {
+#pragma unroll
+    for (int a = 0; a < 4; ++a) sums[u][a] = 0.0f;
+  }
+  float acc_sg[4][DP / 16], acc_s[4][DP / 16];
+#pragma unroll
+  for (int a = 0; a < 4; ++a) {
+#pragma unroll
+    for (int c = 0; c < DP / 16; ++c) acc_sg[a][c] = acc_s[a][c] = 0.0f;
+  }
+  float raw[4][4], z[4][4], g[4][4];
+  for (int64_t kt = kt_lo; kt <= kt_hi; ++kt) {
+    if (!tile_active(active, kt)) continue;
+    load_tile<T, DP>(Ks, k, bh, kt * kTile, n, p.d, 1.0f);
+    load_tile<T, DP>(Vs, v, bh, kt * kTile, n, p.d, 1.0f);
+    __syncthreads();
+    tile_dots<DP>(Qs, Ks, raw);
+    tile_dots<DP>(Gs, Vs, g);
+    logits(p, rs, i0, kt * kTile, slope, raw, z);
+#pragma unroll
+    for (int a = 0; a < 4; ++a) {
+      const int r = ty + 16 * a;
+      const float tau = rs.tau[r], norm = rs.norm[r];
+#pragma unroll
+      for (int b = 0; b < 4; ++b) {
+        const float prob = probability(nm, z[a][b], tau, norm);
+        float s = 0.0f;
+        if (prob > 0.0f) {
+          s = jacobian_weight(nm, prob);
+          const float plogp = prob * __logf(prob);
+          sums[0][a] += s;
+          sums[1][a] += s * g[a][b];
+          sums[2][a] += s * z[a][b];
+          sums[3][a] += plogp;
+          sums[4][a] += g[a][b] * s * z[a][b];
+          sums[5][a] += g[a][b] * plogp;
+          sums[6][a] += s * g[a][b] * raw[a][b];
+          sums[7][a] += s * raw[a][b];
+        }
+        SGs[r * (kTile + 1) + tx + 16 * b] = s * g[a][b];
+        Ss[r * (kTile + 1) + tx + 16 * b] = s;
+      }
+    }
+    __syncthreads();
+    tile_product<DP, false>(SGs, Ks, acc_sg);
+    tile_product<DP, false>(Ss, Ks, acc_s);
+    __syncthreads();
+  }
+#pragma unroll
+  for (int a = 0; a < 4; ++a) {
+    float total[8];
+#pragma unroll
+    for (int u = 0; u < 8; ++u) total[u] = row_sum(sums[u][a]);
+    const int r = ty + 16 * a;
+    const int64_t i = i0 + r;
+    const float mean_g = total[1] / total[0];
+    if (i < n) {
+      const float coef = rs.c[r] * p.scale;
+#pragma unroll
+      for (int c = 0; c < DP / 16; ++c) {
+        const int t = tx + 16 * c;
+        if (t < p.d) {
+          store(grad_q + (bh * n + i) * p.d + t, coef * (acc_sg[a][c] - mean_g * acc_s[a][c]));
+        }
+      }
+      if (tx == 0) {
+        stats[(bh * n + i) * 4 + 3] = mean_g;
+        double dalpha = 0;
+        if (nm.kind != 0) {
+          const double tau_prime = (double(total[2]) - total[3]) / total[0];
+          dalpha = (double(total[4]) - tau_prime * total[1] - total[5]) / nm.am1_d;
+        }
+        const double dc = double(total[6]) - double(mean_g) * total[7];
+        write_row_grads(p, row_grads, bh, i, rs.visible[r], dalpha, dc);
+      }
+    }
+  }
+}
+
+// Key-centric backward: dk and dv of a key tile from the query tiles that see it.
+template <typename T, int DP>
+__global__ void __launch_bounds__(kThreads)
+    tiled_backward_keys(DeviceParams p, const T* __restrict__ q, const T* __restrict__ k,
+                        const T* __restrict__ v, const T* __restrict__ grad_out,
+                        const float* __restrict__ stats, const uint32_t* __restrict__ mask,
+                        int mask_words, T* __restrict__ grad_k, T* __restrict__ grad_v) {
+  extern __shared__ float smem[];
+  using Sh = Tiles<DP>;
+  float* Ks = smem;
+  float* Vs = Ks + Sh::kTileFloats;
+  float* Qs = Vs + Sh::kTileFloats;
+  float* Gs = Qs + Sh::kTileFloats;
+  float* Ps = Gs + Sh::kTileFloats;
+  float* Zs = Ps + Sh::kProbFloats;
+  __shared__ RowState rs;
+  const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
+  const int64_t n = p.n, kt = gridDim.x - 1 - blockIdx.x, bh = blockIdx.y, k0 = kt * kTile;
+  const int64_t query_tiles = gridDim.x;
+  const int h = static_cast<int>(bh % p.heads);
+  const Normaliser nm = normaliser_of(p, h);
+  const double slope = p.alibi ? p.alibi[h] : 0.0;
+  load_tile<T, DP>(Ks, k, bh, k0, n, p.d, 1.0f);
+  load_tile<T, DP>(Vs, v, bh, k0, n, p.d, 1.0f);
+  float acc_k[4][DP / 16], acc_v[4][DP / 16];
+#pragma unroll
+  for (int a = 0; a < 4; ++a) {
+#pragma unroll
+    for (int c = 0; c < DP / 16; ++c) acc_k[a][c] = acc_v[a][c] = 0.0f;
+  }
+  // Queries that see key j: j <= i < j + W.
+  const int64_t last_query = imin(n - 1, k0 + kTile - 1 + p.window - 1);
+  const int64_t qt_hi = last_query / kTile;
+  float raw[4][4], z[4][4], g[4][4];
+  for (int64_t qt = kt; qt <= qt_hi && qt < query_tiles; ++qt) {
+    if (!tile_active(mask + (bh * query_tiles + qt) * mask_words, kt)) continue;
+    const int64_t i0 = qt * kTile;
+    __syncthreads();  // the previous tile's readers are done with Qs, Gs and rs
+    load_tile<T, DP>(Qs, q, bh, i0, n, p.d, p.scale);
+    load_tile<T, DP>(Gs, grad_out, bh, i0, n, p.d, 1.0f);
+    if (tid < kTile) {
+      const int64_t i = i0 + tid;
+      const bool valid = i < n;
+      const float* st = stats + (bh * n + (valid ? i : 0)) * 4;
+      rs.tau[tid] = valid ? st[0] : 0.0f;
+      rs.norm[tid] = valid ? st[1] : 1.0f;
+      rs.c[tid] = valid ? st[2] : 1.0f;
+      rs.mean_g[tid] = valid ? st[3] : 0.0f;
+    }
+    __syncthreads();
+    tile_dots<DP>(Qs, Ks, raw);
+    tile_dots<DP>(Gs, Vs, g);
+    logits(p, rs, i0, k0, slope, raw, z);
+#pragma unroll
+    for (int a = 0; a < 4; ++a) {
+      const int r = ty + 16 * a;
+      const float tau = rs.tau[r], norm = rs.norm[r], mean_g = rs.mean_g[r], c = rs.c[r];
+#pragma unroll
+      for (int b = 0; b < 4; ++b) {
+        const float prob = probability(nm, z[a][b], tau, norm);
+        const float dz = prob > 0.0f ? jacobian_weight(nm, prob) * (g[a][b] - mean_g) : 0.0f;
+        Ps[r * (kTile + 1) + tx + 16 * b] = prob;
+        Zs[r * (kTile + 1) + tx + 16 * b] = dz * c;  // Qs holds scale * q
+      }
+    }
+    __syncthreads();
+    tile_product<DP, true>(Ps, Gs, acc_v);
+    tile_product<DP, true>(Zs, Qs, acc_k);
+  }
+#pragma unroll
+  for (int a = 0; a < 4; ++a) {
+    const int64_t j = k0 + ty + 16 * a;
+    if (j >= n) continue;
+#pragma unroll
+    for (int c = 0; c < DP / 16; ++c) {
+      const int t = tx + 16 * c;
+      if (t < p.d) {
+        store(grad_k + (bh * n + j) * p.d + t, acc_k[a][c]);
+        store(grad_v + (bh * n + j) * p.d + t, acc_v[a][c]);
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// Row path: a warp per query; the row's S scores (scale * q . k) and probabilities live in
+// shared memory, [kRowWarps][S] floats each.
+
+__device__ __forceinline__ int64_t slot_key(const DeviceParams& p, int64_t i, int slot) {
+  return slot < p.window_slots ? i - slot : i - p.offset[slot - p.window_slots];
+}
+
+__device__ __forceinline__ int64_t row_visible(const DeviceParams& p, int64_t i) {
+  int64_t count = imin(p.window_slots, i + 1);
+  for (int o = 0; o < p.offsets; ++o) count += p.offset[o] <= i;
+  return count;
+}
+
+// Scores raw[slot] of query row (bh, i) (NaN for invisible slots), then p[slot] (0 when
+// invisible or outside the support); returns c_i. All lanes of the warp call it.
+template <typename T>
+__device__ double row_probabilities(const DeviceParams& p, const Normaliser& nm, const T* q,
+                                    const T* k, int64_t bh, int64_t i, float* raw, float* prob,
+                                    double slope, int64_t visible) {
+  const int lane = threadIdx.x & 31;
+  const T* qi = q + (bh * p.n + i) * p.d;
+  float qv[kEntmaxMaxHeadDim / 32];
+#pragma unroll
+  for (int c = 0; c < kEntmaxMaxHeadDim / 32; ++c) {
+    const int t = lane + 32 * c;
+    qv[c] = t < p.d ? p.scale * load(qi + t) : 0.0f;
+  }
+  for (int s = 0; s < p.slots; ++s) {
+    const int64_t key = slot_key(p, i, s);
+    if (key < 0) {  // warp-uniform
+      if (lane == 0) raw[s] = NAN;
+      continue;
+    }
+    const T* kj = k + (bh * p.n + key) * p.d;
+    float part = 0.0f;
+#pragma unroll
+    for (int c = 0; c < kEntmaxMaxHeadDim / 32; ++c) {
+      const int t = lane + 32 * c;
+      if (t < p.d) part = fmaf(qv[c], load(kj + t), part);
+    }
+    part = warp_sum(part);
+    if (lane == 0) raw[s] = part;
+  }
+  __syncwarp();
+  const double c = multiplier(p, bh, i, visible);
+  // z = c raw - slope * distance; x = (a - 1) z.
+  auto logit = [&](int s) -> double {
+    const int64_t key = slot_key(p, i, s);
+    return c * raw[s] - slope * static_cast<double>(i - key);
+  };
+  double zmax = -INFINITY;
+  for (int s = lane; s < p.slots; s += 32) {
+    if (!isnan(raw[s])) zmax = fmax(zmax, logit(s));
+  }
+  for (int o = 16; o > 0; o >>= 1) zmax = fmax(zmax, __shfl_xor_sync(0xffffffffu, zmax, o));
+  zmax = __shfl_sync(0xffffffffu, zmax, 0);
+  if (nm.kind == 0) {
+    double total = 0;
+    for (int s = lane; s < p.slots; s += 32) {
+      const double e = isnan(raw[s]) ? 0.0 : exp(logit(s) - zmax);
+      prob[s] = static_cast<float>(e);
+      total += e;
+    }
+    total = warp_sum(total);
+    for (int s = lane; s < p.slots; s += 32) prob[s] = static_cast<float>(prob[s] / total);
+    __syncwarp();
+    return c;
+  }
+  // Bisection in float64 on f(tau) = sum [x - tau]_+^r - 1 to machine precision (as the CPU).
+  const double xmax = nm.am1_d * zmax;
+  double lo = xmax - 1.0, hi = xmax - pow(static_cast<double>(visible), -nm.am1_d);
+  for (int iter = 0; iter < 200; ++iter) {
+    const double mid = 0.5 * (lo + hi);
+    if (mid <= lo || mid >= hi) break;
+    double f = 0;
+    for (int s = lane; s < p.slots; s += 32) {
+      if (isnan(raw[s])) continue;
+      const double y = nm.am1_d * logit(s) - mid;
+      if (y > 0) f += nm.kind == 1 ? y : (nm.kind == 2 ? y * y : pow(y, nm.r_d));
+    }
+    f = warp_sum(f);
+    if (f >= 1.0) {
+      lo = mid;
+    } else {
+      hi = mid;
+    }
+  }
+  double total = 0;
+  for (int s = lane; s < p.slots; s += 32) {
+    double e = 0;
+    if (!isnan(raw[s])) {
+      const double y = nm.am1_d * logit(s) - lo;
+      if (y > 0) e = nm.kind == 1 ? y : (nm.kind == 2 ? y * y : pow(y, nm.r_d));
+    }
+    prob[s] = static_cast<float>(e);
+    total += e;
+  }
+  total = warp_sum(total);
+  for (int s = lane; s < p.slots; s += 32) prob[s] = static_cast<float>(prob[s] / total);
+  __syncwarp();
+  return c;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kRowWarps * 32)
+    row_forward(DeviceParams p, const T* __restrict__ q, const T* __restrict__ k,
+                const T* __restrict__ v, T* __restrict__ out) {
+  extern __shared__ float smem[];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t row = int64_t{blockIdx.x} * kRowWarps + warp;
+  if (row >= p.batch_heads * p.n) return;  // warp-uniform; no block-wide sync below
+  const int64_t bh = row / p.n, i = row % p.n;
+  float* raw = smem + warp * 2 * p.slots;
+  float* prob = raw + p.slots;
+  const int h = static_cast<int>(bh % p.heads);
+  const Normaliser nm = normaliser_of(p, h);
+  const double slope = p.alibi ? p.alibi[h] : 0.0;
+  row_probabilities(p, nm, q, k, bh, i, raw, prob, slope, row_visible(p, i));
+  float acc[kEntmaxMaxHeadDim / 32] = {0, 0, 0, 0};
+  for (int s = 0; s < p.slots; ++s) {
+    const float ps = prob[s];
+    if (ps == 0.0f) continue;  // exact zeros (and invisible slots) skipped
+    const T* vj = v + (bh * p.n + slot_key(p, i, s)) * p.d;
+#pragma unroll
+    for (int c = 0; c < kEntmaxMaxHeadDim / 32; ++c) {
+      const int t = lane + 32 * c;
+      if (t < p.d) acc[c] = fmaf(ps, load(vj + t), acc[c]);
+    }
+  }
+#pragma unroll
+  for (int c = 0; c < kEntmaxMaxHeadDim / 32; ++c) {
+    const int t = lane + 32 * c;
+    if (t < p.d) store(out + row * p.d + t, acc[c]);
+  }
+}
+
+// Backward, query side: dq, per-row gradients, and per slot p and dz * c * scale into the
+// workspace [rows][S][2].
+template <typename T>
+__global__ void __launch_bounds__(kRowWarps * 32)
+    row_backward_queries(DeviceParams p, const T* __restrict__ q, const T* __restrict__ k,
+                         const T* __restrict__ v, const T* __restrict__ grad_out,
+                         T* __restrict__ grad_q, float2* __restrict__ slots_out,
+                         double* __restrict__ row_grads) {
+  extern __shared__ float smem[];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t row = int64_t{blockIdx.x} * kRowWarps + warp;
+  if (row >= p.batch_heads * p.n) return;
+  const int64_t bh = row / p.n, i = row % p.n;
+  float* raw = smem + warp * 3 * p.slots;
+  float* prob = raw + p.slots;
+  float* gs = prob + p.slots;
+  const int h = static_cast<int>(bh % p.heads);
+  const Normaliser nm = normaliser_of(p, h);
+  const double slope = p.alibi ? p.alibi[h] : 0.0;
+  const int64_t visible = row_visible(p, i);
+  const double c = row_probabilities(p, nm, q, k, bh, i, raw, prob, slope, visible);
+  const T* go = grad_out + row * p.d;
+  float gov[kEntmaxMaxHeadDim / 32];
+#pragma unroll
+  for (int u = 0; u < kEntmaxMaxHeadDim / 32; ++u) {
+    const int t = lane + 32 * u;
+    gov[u] = t < p.d ? load(go + t) : 0.0f;
+  }
+  // g_j = grad_out . v_j on the support.
+  for (int s = 0; s < p.slots; ++s) {
+    if (prob[s] == 0.0f) {
+      if (lane == 0) gs[s] = 0.0f;
+      continue;
+    }
+    const T* vj = v + (bh * p.n + slot_key(p, i, s)) * p.d;
+    float part = 0.0f;
+#pragma unroll
+    for (int u = 0; u < kEntmaxMaxHeadDim / 32; ++u) {
+      const int t = lane + 32 * u;
+      if (t < p.d) part = fmaf(gov[u], load(vj + t), part);
+    }
+    part = warp_sum(part);
+    if (lane == 0) gs[s] = part;
+  }
+  __syncwarp();
+  double sum_s = 0, sum_sg = 0, sum_sz = 0, sum_plogp = 0, sum_gsz = 0, sum_gplogp = 0,
+         sum_sgraw = 0, sum_sraw = 0;
+  for (int s = lane; s < p.slots; s += 32) {
+    const float ps = prob[s];
+    if (ps == 0.0f) continue;
+    const double pj = ps, g = gs[s], r = raw[s];
+    const double z = c * r - slope * static_cast<double>(i - slot_key(p, i, s));
+    const double w = nm.kind == 0 ? pj : (nm.kind == 1 ? 1.0 : pow(pj, 2.0 - nm.alpha));
+    const double plogp = pj * log(pj);
+    sum_s += w;
+    sum_sg += w * g;
+    sum_sz += w * z;
+    sum_plogp += plogp;
+    sum_gsz += g * w * z;
+    sum_gplogp += g * plogp;
+    sum_sgraw += w * g * r;
+    sum_sraw += w * r;
+  }
+  sum_s = warp_sum(sum_s);
+  sum_sg = warp_sum(sum_sg);
+  sum_sz = warp_sum(sum_sz);
+  sum_plogp = warp_sum(sum_plogp);
+  sum_gsz = warp_sum(sum_gsz);
+  sum_gplogp = warp_sum(sum_gplogp);
+  sum_sgraw = warp_sum(sum_sgraw);
+  sum_sraw = warp_sum(sum_sraw);
+  const double mean_g = sum_sg / sum_s;
+  const float coef = static_cast<float>(c * p.scale);
+  float dq[kEntmaxMaxHeadDim / 32] = {0, 0, 0, 0};
+  float2* out_slots = slots_out + row * p.slots;
+  for (int s = 0; s < p.slots; ++s) {
+    const float ps = prob[s];
+    float dzc = 0.0f;
+    if (ps != 0.0f) {
+      const double w = nm.kind == 0 ? ps : (nm.kind == 1 ? 1.0 : pow(double(ps), 2.0 - nm.alpha));
+      const float dz = static_cast<float>(w * (gs[s] - mean_g));
+      dzc = dz * coef;
+      const T* kj = k + (bh * p.n + slot_key(p, i, s)) * p.d;
+#pragma unroll
+      for (int u = 0; u < kEntmaxMaxHeadDim / 32; ++u) {
+        const int t = lane + 32 * u;
+        if (t < p.d) dq[u] = fmaf(dzc, load(kj + t), dq[u]);
+      }
+    }
+    if (lane == 0) out_slots[s] = make_float2(ps, dzc);
+  }
+#pragma unroll
+  for (int u = 0; u < kEntmaxMaxHeadDim / 32; ++u) {
+    const int t = lane + 32 * u;
+    if (t < p.d) store(grad_q + row * p.d + t, dq[u]);
+  }
+  if (lane == 0) {
+    double dalpha = 0;
+    if (nm.kind != 0) {
+      const double tau_prime = (sum_sz - sum_plogp) / sum_s;
+      dalpha = (sum_gsz - tau_prime * sum_sg - sum_gplogp) / nm.am1_d;
+    }
+    write_row_grads(p, row_grads, bh, i, visible, dalpha, sum_sgraw - mean_g * sum_sraw);
+  }
+}
+
+// Backward, key side: key j of head bh gathers dv = sum p grad_out_i and dk = sum dz c scale q_i
+// over the (query, slot) pairs (i = j + distance(slot), slot) that saw it.
+template <typename T>
+__global__ void __launch_bounds__(kRowWarps * 32)
+    row_backward_keys(DeviceParams p, const T* __restrict__ q, const T* __restrict__ grad_out,
+                      const float2* __restrict__ slots_in, T* __restrict__ grad_k,
+                      T* __restrict__ grad_v) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t row = int64_t{blockIdx.x} * kRowWarps + warp;
+  if (row >= p.batch_heads * p.n) return;
+  const int64_t bh = row / p.n, j = row % p.n;
+  float dk[kEntmaxMaxHeadDim / 32] = {0, 0, 0, 0}, dv[kEntmaxMaxHeadDim / 32] = {0, 0, 0, 0};
+  for (int s = 0; s < p.slots; ++s) {
+    const int64_t i = j + (s < p.window_slots ? s : p.offset[s - p.window_slots]);
+    if (i >= p.n) continue;
+    const float2 w = slots_in[(bh * p.n + i) * p.slots + s];
+    if (w.x == 0.0f && w.y == 0.0f) continue;
+    const T* qi = q + (bh * p.n + i) * p.d;
+    const T* go = grad_out + (bh * p.n + i) * p.d;
+#pragma unroll
+    for (int u = 0; u < kEntmaxMaxHeadDim / 32; ++u) {
+      const int t = lane + 32 * u;
+      if (t < p.d) {
+        dv[u] = fmaf(w.x, load(go + t), dv[u]);
+        dk[u] = fmaf(w.y, load(qi + t), dk[u]);
+      }
+    }
+  }
+#pragma unroll
+  for (int u = 0; u < kEntmaxMaxHeadDim / 32; ++u) {
+    const int t = lane + 32 * u;
+    if (t < p.d) {
+      store(grad_k + row * p.d + t, dk[u]);
+      store(grad_v + row * p.d + t, dv[u]);
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// Host side.
+
+int64_t visible_offsets(const EntmaxAttentionParams& params) {
+  const auto& b = params.base;
+  int64_t count = 0;
+  for (int64_t o = 0; o < b.num_offsets; ++o) count += b.offsets[o] < b.seq_len;
+  return count;
+}
+
+int64_t query_tiles(const EntmaxAttentionParams& params) {
+  return (params.base.seq_len + kTile - 1) / kTile;
+}
+int mask_words_of(const EntmaxAttentionParams& params) {
+  return static_cast<int>((query_tiles(params) + 31) / 32);
+}
+
+DeviceParams device_params(const EntmaxAttentionParams& params) {
+  const auto& b = params.base;
+  DeviceParams p{};
+  p.batch_heads = b.batch_heads;
+  p.n = b.seq_len;
+  p.d = static_cast<int>(b.head_dim);
+  p.heads = static_cast<int>(params.num_heads);
+  p.window = std::min(b.window, b.seq_len);
+  p.window_slots = static_cast<int>(b.window_slots());
+  p.offsets = static_cast<int>(visible_offsets(params));
+  for (int o = 0; o < p.offsets; ++o) p.offset[o] = static_cast<int>(b.offsets[o]);
+  p.slots = p.window_slots + p.offsets;
+  p.scale = static_cast<float>(b.scale);
+  p.softmax = params.softmax;
+  p.scaling = params.log_n_scaling;
+  p.per_query = params.per_query_scale;
+  p.alpha = params.alpha;
+  p.delta = params.delta;
+  p.beta = params.beta;
+  p.gamma = params.gamma;
+  p.alibi = params.alibi_slopes;
+  return p;
+}
+
+void require_supported(const EntmaxAttentionParams& params) {
+  if (auto problem = entmax_cuda_support_problem(params); !problem.empty()) {
+    throw std::invalid_argument("entmax attention (CUDA): " + problem);
+  }
+}
+
+int padded_dim(int64_t d) { return d <= 32 ? 32 : (d <= 64 ? 64 : 128); }
+
+template <int DP>
+size_t forward_smem() {
+  return (3 * Tiles<DP>::kTileFloats + Tiles<DP>::kProbFloats) * sizeof(float);
+}
+template <int DP>
+size_t backward_smem() {
+  return (4 * Tiles<DP>::kTileFloats + 2 * Tiles<DP>::kProbFloats) * sizeof(float);
+}
+
+template <typename Kernel>
+void allow_smem(Kernel kernel, size_t bytes) {
+  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(bytes)),
+        "cudaFuncSetAttribute");
+}
+
+template <typename T, int DP>
+void tiled_forward_launch(const DeviceParams& p, const EntmaxAttentionParams& params, const void* q,
+                          const void* k, const void* v, void* out, void* saved,
+                          cudaStream_t stream) {
+  const size_t smem = forward_smem<DP>();
+  allow_smem(tiled_forward<T, DP>, smem);
+  const dim3 grid(static_cast<unsigned>(query_tiles(params)), static_cast<unsigned>(p.batch_heads));
+  float* stats = static_cast<float*>(saved);
+  auto* mask = reinterpret_cast<uint32_t*>(stats + p.batch_heads * p.n * 4);
+  tiled_forward<T, DP><<<grid, kThreads, smem, stream>>>(
+      p, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
+      static_cast<T*>(out), stats, mask, mask_words_of(params));
+}
+
+template <typename T, int DP>
+void tiled_backward_launch(const DeviceParams& p, const EntmaxAttentionParams& params,
+                           const void* q, const void* k, const void* v, const void* grad_out,
+                           const void* saved, void* grad_q, void* grad_k, void* grad_v,
+                           double* row_grads, cudaStream_t stream) {
+  const size_t smem = backward_smem<DP>();
+  allow_smem(tiled_backward_queries<T, DP>, smem);
+  allow_smem(tiled_backward_keys<T, DP>, smem);
+  const dim3 grid(static_cast<unsigned>(query_tiles(params)), static_cast<unsigned>(p.batch_heads));
+  // The query pass adds mean_g to the saved row statistics (their 4th column).
+  auto* stats = static_cast<float*>(const_cast<void*>(saved));
+  const auto* mask = reinterpret_cast<const uint32_t*>(stats + p.batch_heads * p.n * 4);
+  const int words = mask_words_of(params);
+  tiled_backward_queries<T, DP><<<grid, kThreads, smem, stream>>>(
+      p, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
+      static_cast<const T*>(grad_out), stats, mask, words, static_cast<T*>(grad_q), row_grads);
+  tiled_backward_keys<T, DP><<<grid, kThreads, smem, stream>>>(
+      p, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
+      static_cast<const T*>(grad_out), stats, mask, words, static_cast<T*>(grad_k),
+      static_cast<T*>(grad_v));
+}
+
+template <typename T>
+void forward_typed(const EntmaxAttentionParams& params, const void* q, const void* k, const void* v,
+                   void* out, void* saved, cudaStream_t stream) {
+  const DeviceParams p = device_params(params);
+  if (entmax_uses_tiles(params)) {
+    switch (padded_dim(p.d)) {
+      case 32:
+        tiled_forward_launch<T, 32>(p, params, q, k, v, out, saved, stream);
+        break;
+      case 64:
+        tiled_forward_launch<T, 64>(p, params, q, k, v, out, saved, stream);
+        break;
+      default:
+        tiled_forward_launch<T, 128>(p, params, q, k, v, out, saved, stream);
+        break;
+    }
+  } else {
+    const size_t smem = size_t{kRowWarps} * 2 * p.slots * sizeof(float);
+    allow_smem(row_forward<T>, smem);
+    const auto blocks = static_cast<unsigned>((p.batch_heads * p.n + kRowWarps - 1) / kRowWarps);
+    row_forward<T><<<blocks, kRowWarps * 32, smem, stream>>>(
+        p, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
+        static_cast<T*>(out));
+  }
+  check(cudaGetLastError(), "forward launch");
+}
+
+template <typename T>
+void backward_typed(const EntmaxAttentionParams& params, const void* q, const void* k,
+                    const void* v, const void* grad_out, const void* saved, void* grad_q,
+                    void* grad_k, void* grad_v, double* row_grads, void* workspace,
+                    cudaStream_t stream) {
+  const DeviceParams p = device_params(params);
+  if (entmax_uses_tiles(params)) {
+    switch (padded_dim(p.d)) {
+      case 32:
+        tiled_backward_launch<T, 32>(p, params, q, k, v, grad_out, saved, grad_q, grad_k, grad_v,
+                                     row_grads, stream);
+        break;
+      case 64:
+        tiled_backward_launch<T, 64>(p, params, q, k, v, grad_out, saved, grad_q, grad_k, grad_v,
+                                     row_grads, stream);
+        break;
+      default:
+        tiled_backward_launch<T, 128>(p, params, q, k, v, grad_out, saved, grad_q, grad_k, grad_v,
+                                      row_grads, stream);
+        break;
+    }
+  } else {
+    const size_t smem = size_t{kRowWarps} * 3 * p.slots * sizeof(float);
+    allow_smem(row_backward_queries<T>, smem);
+    const auto blocks = static_cast<unsigned>((p.batch_heads * p.n + kRowWarps - 1) / kRowWarps);
+    auto* slots = static_cast<float2*>(workspace);
+    row_backward_queries<T><<<blocks, kRowWarps * 32, smem, stream>>>(
+        p, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
+        static_cast<const T*>(grad_out), static_cast<T*>(grad_q), slots, row_grads);
+    row_backward_keys<T><<<blocks, kRowWarps * 32, 0, stream>>>(
+        p, static_cast<const T*>(q), static_cast<const T*>(grad_out), slots,
+        static_cast<T*>(grad_k), static_cast<T*>(grad_v));
+  }
+  check(cudaGetLastError(), "backward launch");
+}
+
+size_t align16(size_t bytes) { return (bytes + 15) / 16 * 16; }
+
+}  // namespace
+
+bool entmax_uses_tiles(const EntmaxAttentionParams& params) { return visible_offsets(params) == 0; }
+
+std::string entmax_cuda_support_problem(const EntmaxAttentionParams& params) {
+  const auto& b = params.base;
+  if (b.head_dim < 1 || b.head_dim > kEntmaxMaxHeadDim) {
+    return "head_dim must be in 1..128 on CUDA, got " + std::to_string(b.head_dim);
+  }
+  if (b.num_offsets > kMaxEntmaxOffsets) {
+    return "at most " + std::to_string(kMaxEntmaxOffsets) + " offsets on CUDA, got " +
+           std::to_string(b.num_offsets);
+  }
+  if (entmax_uses_tiles(params)) {
+    if (b.seq_len > kMaxTiledLength) {
+      return "n must be <= " + std::to_string(kMaxTiledLength) +
+             " for dense or window entmax attention on CUDA, got " + std::to_string(b.seq_len);
+    }
+  } else {
+    const int64_t slots = b.window_slots() + visible_offsets(params);
+    if (slots > kMaxRowSlots) {
+      return "window + offsets (" + std::to_string(slots) +
+             " slots) must be <= " + std::to_string(kMaxRowSlots) +
+             " on CUDA when offsets are visible";
+    }
+    if (b.seq_len * b.batch_heads >= (int64_t{1} << 31) * kRowWarps) {
+      return "batch * heads * n is too large for the CUDA grid";
+    }
+  }
+  return {};
+}
+
+size_t entmax_attention_saved_bytes(const EntmaxAttentionParams& params) {
+  if (!entmax_uses_tiles(params)) return 16;
+  const auto& b = params.base;
+  const size_t stats = static_cast<size_t>(b.batch_heads * b.seq_len) * 4 * sizeof(float);
+  const size_t mask = static_cast<size_t>(b.batch_heads * query_tiles(params)) *
+                      static_cast<size_t>(mask_words_of(params)) * sizeof(uint32_t);
+  return align16(stats + mask);
+}
+
+size_t entmax_attention_backward_workspace_bytes(const EntmaxAttentionParams& params) {
+  if (entmax_uses_tiles(params)) return 16;
+  const auto& b = params.base;
+  const int64_t slots = b.window_slots() + visible_offsets(params);
+  return align16(static_cast<size_t>(b.batch_heads * b.seq_len * slots) * sizeof(float) * 2);
+}
+
+void entmax_attention_forward_cuda(const EntmaxAttentionParams& params, ScalarType type,
+                                   const void* q, const void* k, const void* v, void* out,
+                                   void* saved, void* stream) {
+  require_supported(params);
+  auto s = static_cast<cudaStream_t>(stream);
+  if (type == ScalarType::kBFloat16) {
+    forward_typed<__nv_bfloat16>(params, q, k, v, out, saved, s);
+  } else {
+    forward_typed<float>(params, q, k, v, out, saved, s);
+  }
+}
+
+void entmax_attention_backward_cuda(const EntmaxAttentionParams& params, ScalarType type,
+                                    const void* q, const void* k, const void* v,
+                                    const void* grad_out, const void* saved, void* grad_q,
+                                    void* grad_k, void* grad_v, double* row_grads, void* workspace,
+                                    void* stream) {
+  require_supported(params);
+  auto s = static_cast<cudaStream_t>(stream);
+  if (type == ScalarType::kBFloat16) {
+    backward_typed<__nv_bfloat16>(params, q, k, v, grad_out, saved, grad_q, grad_k, grad_v,
+                                  row_grads, workspace, s);
+  } else {
+    backward_typed<float>(params, q, k, v, grad_out, saved, grad_q, grad_k, grad_v, row_grads,
+                          workspace, s);
+  }
+}
+
+}  // namespace reach::kernels::gpu
