@@ -233,7 +233,8 @@ TEST(EntmaxAttentionOpCuda, MatchesTheCpuOpInFloat64) {
             per_query ? torch::rand({B, H, n}, kF64) * 2 - 0.5 : torch::rand({H}, kF64) * 2 - 0.5;
         const int64_t window = dense ? n : 16;
         const auto offsets =
-            dense ? torch::empty({0}, kF64) : torch::tensor({16.0, 21, 34, 55, 89, 144, 233}, kF64);
+            dense ? torch::empty({0}, kF64)
+                  : torch::tensor({16.0, 21.0, 34.0, 55.0, 89.0, 144.0, 233.0}, kF64);
         std::vector<std::vector<double>> results[2];
         for (const bool cuda : {false, true}) {
           const auto device = cuda ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
