@@ -53,7 +53,8 @@ std::pair<torch::Tensor, torch::Tensor> EntmaxAttention::scaling() const {
   torch::Tensor delta = delta_, beta = beta_;
   if (delta.defined() && config().positions == Positions::nape) {
     // As in the authors' code, NAPE scales only its NoPE heads: the ALiBi heads get c = 1.
-    const auto nope = (slopes_ == 0).to(delta.dtype());
+    // (The slopes live on the CPU; the mask goes where the parameters are.)
+    const auto nope = (slopes_ == 0).to(delta.device(), delta.dtype());
     delta = delta * nope + (1 - nope);
     beta = beta * nope;
   }
