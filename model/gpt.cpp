@@ -40,7 +40,8 @@ GptImpl::GptImpl(const ModelConfig& config) : config_(config) {
     const auto& name = p.key();
     // Schedule and normaliser parameters keep their own initial values.
     if (name.ends_with("theta") || name.ends_with("attn.delta") || name.ends_with("attn.beta") ||
-        name.ends_with("attn.gamma")) {
+        name.ends_with("attn.gamma") || name.ends_with("attn.alpha_logit") ||
+        name.find("attn.scale_") != std::string::npos) {
       continue;
     }
     if (name.ends_with(".bias")) {

@@ -9,8 +9,8 @@
 namespace reach::model {
 namespace {
 
-template <class E>
-using Names = std::array<std::pair<E, const char*>, 4>;
+template <class E, size_t N = 4>
+using Names = std::array<std::pair<E, const char*>, N>;
 
 constexpr Names<AttentionFamily> kAttention{{{AttentionFamily::dense, "dense"},
                                              {AttentionFamily::window, "window"},
@@ -24,9 +24,13 @@ constexpr Names<Normalizer> kNormalizer{{{Normalizer::softmax, "softmax"},
                                          {Normalizer::entmax, "entmax"},
                                          {Normalizer::asentmax, "asentmax"},
                                          {Normalizer::ssmax, "ssmax"}}};
+constexpr Names<EntmaxScale, 2> kEntmaxScale{
+    {{EntmaxScale::per_head, "per_head"}, {EntmaxScale::per_query, "per_query"}}};
+constexpr Names<EntmaxAlpha, 2> kEntmaxAlpha{
+    {{EntmaxAlpha::fixed, "fixed"}, {EntmaxAlpha::learned, "learned"}}};
 
-template <class E>
-std::vector<std::string> names_of(const Names<E>& names) {
+template <class E, size_t N>
+std::vector<std::string> names_of(const Names<E, N>& names) {
   std::vector<std::string> out;
   for (const auto& [value, name] : names) out.emplace_back(name);
   return out;
@@ -48,16 +52,16 @@ std::string alternatives(const std::vector<std::string>& names) {
                               got + "'");
 }
 
-template <class E>
-E parse_name(const char* key, const Names<E>& names, const std::string& name) {
+template <class E, size_t N>
+E parse_name(const char* key, const Names<E, N>& names, const std::string& name) {
   for (const auto& [value, text] : names) {
     if (name == text) return value;
   }
   bad_name(key, names_of(names), name);
 }
 
-template <class E>
-std::string name_of(const Names<E>& names, E value) {
+template <class E, size_t N>
+std::string name_of(const Names<E, N>& names, E value) {
   for (const auto& [v, text] : names) {
     if (v == value) return text;
   }
@@ -86,6 +90,14 @@ Normalizer parse_normalizer(const std::string& name) {
   return parse_name("model.normalizer", kNormalizer, name);
 }
 
+EntmaxScale parse_entmax_scale(const std::string& name) {
+  return parse_name("model.entmax_scale", kEntmaxScale, name);
+}
+
+EntmaxAlpha parse_entmax_alpha(const std::string& name) {
+  return parse_name("model.entmax_alpha_mode", kEntmaxAlpha, name);
+}
+
 AlphaSchedule parse_schedule(const std::string& name) {
   try {
     return pattern::parse_alpha_schedule(name);
@@ -97,10 +109,14 @@ AlphaSchedule parse_schedule(const std::string& name) {
 std::string to_string(AttentionFamily family) { return name_of(kAttention, family); }
 std::string to_string(Positions positions) { return name_of(kPositions, positions); }
 std::string to_string(Normalizer normalizer) { return name_of(kNormalizer, normalizer); }
+std::string to_string(EntmaxScale scale) { return name_of(kEntmaxScale, scale); }
+std::string to_string(EntmaxAlpha alpha) { return name_of(kEntmaxAlpha, alpha); }
 
 std::vector<std::string> attention_family_names() { return names_of(kAttention); }
 std::vector<std::string> positions_names() { return names_of(kPositions); }
 std::vector<std::string> normalizer_names() { return names_of(kNormalizer); }
+std::vector<std::string> entmax_scale_names() { return names_of(kEntmaxScale); }
+std::vector<std::string> entmax_alpha_names() { return names_of(kEntmaxAlpha); }
 std::vector<std::string> schedule_names() {
   std::vector<std::string> out;
   for (auto s : {AlphaSchedule::fixed, AlphaSchedule::stagger, AlphaSchedule::coprime,
@@ -157,6 +173,26 @@ void validate(const ModelConfig& c) {
   if (!(c.entmax_alpha > 1.0 && c.entmax_alpha <= 2.0)) {
     throw std::invalid_argument("model.entmax_alpha must be in (1, 2], got " +
                                 std::to_string(c.entmax_alpha));
+  }
+  if (c.entmax_scale == EntmaxScale::per_query && c.normalizer != Normalizer::asentmax) {
+    throw std::invalid_argument(
+        "model.entmax_scale = 'per_query' needs model.normalizer = "
+        "'asentmax', got '" +
+        to_string(c.normalizer) + "'");
+  }
+  if (c.entmax_alpha_mode == EntmaxAlpha::learned) {
+    if (c.normalizer != Normalizer::entmax && c.normalizer != Normalizer::asentmax) {
+      throw std::invalid_argument(
+          "model.entmax_alpha_mode = 'learned' needs model.normalizer = 'entmax' or "
+          "'asentmax', got '" +
+          to_string(c.normalizer) + "'");
+    }
+    if (!(c.entmax_alpha < 2.0)) {
+      throw std::invalid_argument(
+          "model.entmax_alpha_mode = 'learned' keeps alpha in (1, 2): model.entmax_alpha must "
+          "be < 2 to start from, got " +
+          std::to_string(c.entmax_alpha));
+    }
   }
   const bool bias_or_normalizer =
       has_distance_bias(c.positions) || c.normalizer != Normalizer::softmax;

@@ -23,6 +23,13 @@ enum class Positions { rope, alibi, nope, nape };
 // three learned per head); SSMax (softmax of scores times beta_h * log(n + 1), beta_h learned).
 // n is the number of keys the query sees. See docs/entmax.md.
 enum class Normalizer { softmax, entmax, asentmax, ssmax };
+// ASEntmax's beta and gamma: learned per head, or per query from the layer's input h_i
+// (beta_i = softplus(w_beta . h_i + b), gamma_i = 2 tanh(w_gamma . h_i + b), per head: the
+// authors' "adapt-softplus-tanh" variant). See docs/entmax.md.
+enum class EntmaxScale { per_head, per_query };
+// entmax / asentmax alpha: fixed at entmax_alpha, or learned per head as 1 + sigmoid(theta_h)
+// in (1, 2), starting at entmax_alpha.
+enum class EntmaxAlpha { fixed, learned };
 using pattern::AlphaSchedule;
 
 // Parsers of the config names (the names to_string gives, plus the aliases pattern/ accepts:
@@ -31,15 +38,21 @@ using pattern::AlphaSchedule;
 AttentionFamily parse_attention_family(const std::string& name);
 Positions parse_positions(const std::string& name);
 Normalizer parse_normalizer(const std::string& name);
+EntmaxScale parse_entmax_scale(const std::string& name);
+EntmaxAlpha parse_entmax_alpha(const std::string& name);
 AlphaSchedule parse_schedule(const std::string& name);
 std::string to_string(AttentionFamily family);
 std::string to_string(Positions positions);
 std::string to_string(Normalizer normalizer);
+std::string to_string(EntmaxScale scale);
+std::string to_string(EntmaxAlpha alpha);
 using pattern::to_string;
 // The names each parser accepts (without aliases), in declaration order, for help and errors.
 std::vector<std::string> attention_family_names();
 std::vector<std::string> positions_names();
 std::vector<std::string> normalizer_names();
+std::vector<std::string> entmax_scale_names();
+std::vector<std::string> entmax_alpha_names();
 std::vector<std::string> schedule_names();
 
 // Window plus dilated offsets (fibonacci, power_of_two): the families with an alpha schedule.
@@ -65,8 +78,10 @@ struct ModelConfig {
   int64_t reach = 0;  // maximum offset R; 0 = the training sequence length
   Positions positions = Positions::rope;
   double rope_base = 10000.0;
-  Normalizer normalizer = Normalizer::softmax;  // over whichever key set `attention` gives
-  double entmax_alpha = 1.5;                    // in (1, 2]
+  Normalizer normalizer = Normalizer::softmax;         // over whichever key set `attention` gives
+  double entmax_alpha = 1.5;                           // in (1, 2]
+  EntmaxScale entmax_scale = EntmaxScale::per_head;    // asentmax only
+  EntmaxAlpha entmax_alpha_mode = EntmaxAlpha::fixed;  // entmax / asentmax only
 };
 
 // Throws std::invalid_argument naming the first bad field.

@@ -176,7 +176,12 @@ void add_model_keys(ConfigKeys& keys, model::ModelConfig& m) {
       .add("model.rope_base", &m.rope_base, "RoPE base (theta)", above(0))
       .add("model.normalizer", choice(&m.normalizer, parse_normalizer, normalizer_names()),
            "scores to weights (docs/entmax.md)")
-      .add("model.entmax_alpha", &m.entmax_alpha, "alpha of entmax / asentmax", above_up_to(1, 2));
+      .add("model.entmax_alpha", &m.entmax_alpha, "alpha of entmax / asentmax", above_up_to(1, 2))
+      .add("model.entmax_alpha_mode",
+           choice(&m.entmax_alpha_mode, parse_entmax_alpha, entmax_alpha_names()),
+           "entmax / asentmax alpha: fixed, or learned per head (starts at model.entmax_alpha)")
+      .add("model.entmax_scale", choice(&m.entmax_scale, parse_entmax_scale, entmax_scale_names()),
+           "asentmax beta, gamma: learned per head, or per query from the hidden state");
 }
 
 namespace {

@@ -1,5 +1,7 @@
 #include "model/attention/entmax.hpp"
 
+#include <cmath>
+
 #include "model/attention/cached_decode.hpp"
 #include "model/attention/layer_offsets.hpp"
 #include "ops/entmax_attention.hpp"
@@ -17,8 +19,25 @@ EntmaxAttention::EntmaxAttention(const ModelConfig& config, int64_t layer)
   const int64_t h = config.heads;
   if (config.normalizer == Normalizer::entmax || config.normalizer == Normalizer::asentmax) {
     entmax_alpha_ = torch::full({h}, config.entmax_alpha, torch::kFloat64);
+    if (config.entmax_alpha_mode == EntmaxAlpha::learned) {
+      // alpha = 1 + sigmoid(theta) stays in (1, 2); theta starts at alpha = entmax_alpha.
+      const double start = config.entmax_alpha - 1.0;
+      alpha_logit_ =
+          register_parameter("alpha_logit", torch::full({h}, std::log(start / (1.0 - start))));
+    }
   }
-  if (config.normalizer == Normalizer::asentmax) {
+  if (config.normalizer == Normalizer::asentmax && config.entmax_scale == EntmaxScale::per_query) {
+    // Zero weights: every query starts at beta = softplus(b) = 0.1, gamma = 0, i.e.
+    // c = delta + 0.1 (close to plain entmax); training makes them depend on h_i.
+    delta_ = register_parameter("delta", torch::ones({h}));
+    scale_beta_ = register_module("scale_beta", torch::nn::Linear(config.d_model, h));
+    scale_gamma_ = register_module("scale_gamma", torch::nn::Linear(config.d_model, h));
+    torch::NoGradGuard no_grad;
+    scale_beta_->weight.zero_();
+    scale_beta_->bias.fill_(std::log(std::expm1(0.1)));
+    scale_gamma_->weight.zero_();
+    scale_gamma_->bias.zero_();
+  } else if (config.normalizer == Normalizer::asentmax) {
     // Starts as plain entmax (c = 1); training moves beta and gamma.
     delta_ = register_parameter("delta", torch::ones({h}));
     beta_ = register_parameter("beta", torch::zeros({h}));
@@ -40,41 +59,69 @@ torch::Tensor EntmaxAttention::attend(const torch::Tensor& q, const torch::Tenso
   auto optional = [](const torch::Tensor& t) {
     return t.defined() ? c10::optional<torch::Tensor>(t) : c10::nullopt;
   };
-  const auto [delta, beta] = scaling();
+  const auto s = scaling(q.size(2));
   const bool softmax =
       config().normalizer == Normalizer::ssmax || config().normalizer == Normalizer::softmax;
   return ops::entmax_attention(q, k, v, window,
                                beyond_window(within_budget(distances_, context.budget), window),
-                               optional(entmax_alpha_), optional(delta), optional(beta),
-                               optional(gamma_), softmax, c10::nullopt, optional(slopes_));
+                               optional(alphas()), optional(s.delta), optional(s.beta),
+                               optional(s.gamma), softmax, c10::nullopt, optional(slopes_));
 }
 
-std::pair<torch::Tensor, torch::Tensor> EntmaxAttention::scaling() const {
-  torch::Tensor delta = delta_, beta = beta_;
-  if (delta.defined() && config().positions == Positions::nape) {
+AttentionOutput EntmaxAttention::compute(const torch::Tensor& x, ForwardContext& context) {
+  if (scale_beta_) {
+    // [B, T, D] -> [B, H, T]; float32 whatever autocast made of the projections.
+    query_beta_ =
+        torch::nn::functional::softplus(scale_beta_(x).to(torch::kFloat32)).permute({0, 2, 1});
+    query_gamma_ = (2.0 * torch::tanh(scale_gamma_(x).to(torch::kFloat32))).permute({0, 2, 1});
+  }
+  return AttentionLayer::compute(x, context);
+}
+
+torch::Tensor EntmaxAttention::alphas() const {
+  if (!alpha_logit_.defined()) return entmax_alpha_;
+  return (1.0 + torch::sigmoid(alpha_logit_)).to(torch::kFloat64);
+}
+
+EntmaxAttention::Scaling EntmaxAttention::scaling(int64_t queries) const {
+  Scaling s{delta_, beta_, gamma_};
+  if (scale_beta_) {
+    s.beta = query_beta_;
+    s.gamma = query_gamma_;
+    const int64_t t = s.beta.size(2);
+    if (t < queries) {  // a decode call: only the last t queries' outputs are kept
+      s.beta = torch::nn::functional::pad(s.beta,
+                                          torch::nn::functional::PadFuncOptions({queries - t, 0}));
+      s.gamma = torch::nn::functional::pad(s.gamma,
+                                           torch::nn::functional::PadFuncOptions({queries - t, 0}));
+    }
+  }
+  if (s.delta.defined() && config().positions == Positions::nape) {
     // As in the authors' code, NAPE scales only its NoPE heads: the ALiBi heads get c = 1.
     // (The slopes live on the CPU; the mask goes where the parameters are.)
-    const auto nope = (slopes_ == 0).to(delta.device(), delta.dtype());
-    delta = delta * nope + (1 - nope);
-    beta = beta * nope;
+    const auto nope = (slopes_ == 0).to(s.delta.device(), s.delta.dtype());
+    s.delta = s.delta * nope + (1 - nope);
+    s.beta = s.beta.dim() == 3 ? s.beta * nope.view({1, -1, 1}) : s.beta * nope;
   }
-  return {delta, beta};
+  return s;
 }
 
 torch::Tensor EntmaxAttention::attend_cached(const torch::Tensor& q, const LayerKvCache& cache,
                                              const ForwardContext& context) {
-  if (!decode_kernel_applies(q)) return AttentionLayer::attend_cached(q, cache, context);
+  if (!decode_kernel_applies(q) || scale_beta_) {
+    return AttentionLayer::attend_cached(q, cache, context);
+  }
   const bool dense = config().attention == AttentionFamily::dense;
   ops::DecodeAttentionOptions key_set;
   key_set.window = dense ? cache.length() : config().window;
   key_set.offsets.assign(offsets_.begin(), offsets_.end());
   key_set.entmax =
       config().normalizer == Normalizer::entmax || config().normalizer == Normalizer::asentmax;
-  key_set.entmax_alpha = entmax_alpha_;
-  const auto [delta, beta] = scaling();
-  key_set.delta = delta;
-  key_set.beta = beta;
-  key_set.gamma = gamma_;
+  key_set.entmax_alpha = alphas();
+  const auto s = scaling(q.size(2));
+  key_set.delta = s.delta;
+  key_set.beta = s.beta;
+  key_set.gamma = s.gamma;
   key_set.alibi_slopes = slopes_;
   return decode_with_kernel(q, cache, key_set, context, /*windowed=*/!dense);
 }

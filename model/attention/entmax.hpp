@@ -20,19 +20,34 @@ class EntmaxAttention : public AttentionLayer {
   // Honours budget.rungs on dilated key sets.
   torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                        const ForwardContext& context) override;
-  // Decode steps through the single-query kernel (model/attention/cached_decode.hpp).
+  // Decode steps through the single-query kernel (model/attention/cached_decode.hpp); with
+  // per-query scaling, the generic path (the kernel takes per-head beta, gamma only).
   torch::Tensor attend_cached(const torch::Tensor& q, const LayerKvCache& cache,
                               const ForwardContext& context) override;
+  // With per-query scaling, beta and gamma of this call's queries come from x first.
+  AttentionOutput compute(const torch::Tensor& x, ForwardContext& context) override;
 
  private:
-  // delta and beta of the log-n scaling as the op takes them (NAPE: c = 1 on ALiBi heads).
-  std::pair<torch::Tensor, torch::Tensor> scaling() const;
+  // delta, beta and gamma of the log-n scaling as the op takes them for `queries` queries
+  // (NAPE: c = 1 on ALiBi heads; per query: [B, H, queries], earlier positions of a decode
+  // call, whose outputs are dropped, get beta = 0).
+  struct Scaling {
+    torch::Tensor delta, beta, gamma;
+  };
+  Scaling scaling(int64_t queries) const;
+  // alpha per head as the op takes it (learned: 1 + sigmoid(theta)); undefined for softmax.
+  torch::Tensor alphas() const;
   double alpha_ = 0;
   std::vector<int64_t> offsets_;
   torch::Tensor distances_;             // offsets_ as float64 (empty: window or dense)
   torch::Tensor slopes_;                // [heads] float64 (0 for NoPE heads); undefined: no bias
   torch::Tensor entmax_alpha_;          // [heads] float64, entmax / asentmax
   torch::Tensor delta_, beta_, gamma_;  // [heads] log-n scaling (asentmax, ssmax)
+  torch::Tensor alpha_logit_;           // [heads] learned alpha = 1 + sigmoid(alpha_logit)
+  // Per-query scaling: beta_i = softplus(scale_beta(h_i)), gamma_i = 2 tanh(scale_gamma(h_i)),
+  // and this call's values ([B, H, T], set by compute).
+  torch::nn::Linear scale_beta_{nullptr}, scale_gamma_{nullptr};
+  torch::Tensor query_beta_, query_gamma_;
 };
 
 }  // namespace reach::model::attention

@@ -30,6 +30,21 @@ ModelConfig micro(AttentionFamily attention, AlphaSchedule schedule = AlphaSched
   return c;
 }
 
+// ASEntmax with per-query beta, gamma and a learned alpha per head (trained a little so the
+// projections are not zero and alpha is not 1.5).
+ModelConfig per_query_learned(ModelConfig c) {
+  c.entmax_scale = EntmaxScale::per_query;
+  c.entmax_alpha_mode = EntmaxAlpha::learned;
+  return c;
+}
+
+// Moves every parameter of net by a seeded random step (so zero-initialised projections and
+// the alpha logits take generic values).
+void perturb(Gpt& net, double size) {
+  torch::NoGradGuard no_grad;
+  for (auto& p : net->parameters()) p.add_(torch::randn_like(p) * size);
+}
+
 template <class Family>
 bool is(const std::shared_ptr<AttentionLayer>& layer) {
   return std::dynamic_pointer_cast<Family>(layer) != nullptr;
@@ -83,6 +98,10 @@ TEST(Attention, ParameterNamesAreTheCheckpointKeys) {
   EXPECT_EQ(names(micro(AttentionFamily::fibonacci, AlphaSchedule::fixed, Normalizer::ssmax,
                         Positions::nape)),
             with({"beta", "qkv.weight", "proj.weight"}));
+  EXPECT_EQ(names(per_query_learned(
+                micro(AttentionFamily::fibonacci, AlphaSchedule::fixed, Normalizer::asentmax))),
+            with({"alpha_logit", "delta", "qkv.weight", "proj.weight", "scale_beta.weight",
+                  "scale_beta.bias", "scale_gamma.weight", "scale_gamma.bias"}));
   Gpt net(micro(AttentionFamily::dense));
   EXPECT_TRUE(net->named_parameters().contains("blocks.1.attn.qkv.weight"));
   EXPECT_TRUE(net->named_parameters().contains("wte.weight"));
@@ -102,6 +121,9 @@ TEST(Attention, DecodeOverTheCacheMatchesTheFullForward) {
             Positions::nape),
       micro(AttentionFamily::dense, AlphaSchedule::fixed, Normalizer::asentmax),
       micro(AttentionFamily::window, AlphaSchedule::fixed, Normalizer::ssmax, Positions::alibi),
+      per_query_learned(micro(AttentionFamily::fibonacci, AlphaSchedule::fixed,
+                              Normalizer::asentmax, Positions::nape)),
+      per_query_learned(micro(AttentionFamily::dense, AlphaSchedule::fixed, Normalizer::asentmax)),
   };
   torch::manual_seed(3);
   const auto tokens = torch::randint(0, 256, {2, 40}, torch::kInt64);
@@ -110,6 +132,7 @@ TEST(Attention, DecodeOverTheCacheMatchesTheFullForward) {
     const std::string what = to_string(c.attention) + "/" + to_string(c.schedule) + "/" +
                              to_string(c.normalizer) + "/" + to_string(c.positions);
     Gpt net(c);
+    if (c.entmax_scale == EntmaxScale::per_query) perturb(net, 0.05);
     torch::NoGradGuard no_grad;
     const auto full = net(tokens);
     attention::KvCache cache(c.layers);
@@ -210,6 +233,12 @@ TEST(Attention, ConfigNamesParseOnceAndPrintBack) {
   for (const auto& name : positions_names()) EXPECT_EQ(to_string(parse_positions(name)), name);
   for (const auto& name : normalizer_names()) EXPECT_EQ(to_string(parse_normalizer(name)), name);
   for (const auto& name : schedule_names()) EXPECT_EQ(to_string(parse_schedule(name)), name);
+  for (const auto& name : entmax_scale_names()) {
+    EXPECT_EQ(to_string(parse_entmax_scale(name)), name);
+  }
+  for (const auto& name : entmax_alpha_names()) {
+    EXPECT_EQ(to_string(parse_entmax_alpha(name)), name);
+  }
   // pattern/'s aliases.
   EXPECT_EQ(parse_attention_family("fib"), AttentionFamily::fibonacci);
   EXPECT_EQ(parse_attention_family("pow2"), AttentionFamily::power_of_two);
@@ -227,6 +256,63 @@ TEST(Attention, ConfigNamesParseOnceAndPrintBack) {
   } catch (const std::invalid_argument& e) {
     EXPECT_STREQ(e.what(),
                  "model.attention must be dense, window, fibonacci or power_of_two, got 'ring'");
+  }
+}
+
+// A learned alpha starts at model.entmax_alpha: before training the model equals the one with
+// that alpha fixed (same seed, same weights; 1 + sigmoid(0) = 1.5 exactly), to rounding.
+// Training moves alpha and the per-query projections: every new parameter gets a gradient.
+TEST(Attention, LearnedAlphaAndPerQueryScalingStartWhereTheyShouldAndTrain) {
+  const auto tokens = torch::randint(0, 256, {2, 30}, torch::kInt64);
+  for (const auto attention : {AttentionFamily::dense, AttentionFamily::fibonacci}) {
+    auto fixed = micro(attention, AlphaSchedule::fixed, Normalizer::entmax, Positions::nape);
+    auto learned = fixed;
+    learned.entmax_alpha_mode = EntmaxAlpha::learned;
+    torch::manual_seed(9);
+    Gpt a(fixed);
+    torch::manual_seed(9);
+    Gpt b(learned);
+    torch::NoGradGuard no_grad;
+    EXPECT_LT((a(tokens) - b(tokens)).abs().max().item<double>(), 1e-5) << to_string(attention);
+  }
+  for (const auto attention : {AttentionFamily::dense, AttentionFamily::fibonacci}) {
+    Gpt net(per_query_learned(
+        micro(attention, AlphaSchedule::fixed, Normalizer::asentmax, Positions::nape)));
+    perturb(net, 0.05);
+    const auto logits = net(tokens);
+    ASSERT_TRUE(torch::isfinite(logits).all().item<bool>());
+    logits.logsumexp(-1).mean().backward();
+    for (const auto& name : {"alpha_logit", "delta", "scale_beta.weight", "scale_gamma.weight"}) {
+      const auto p = net->blocks[0]->attn->named_parameters()[name];
+      ASSERT_TRUE(p.grad().defined()) << name;
+      EXPECT_GT(p.grad().abs().sum().item<double>(), 0) << name << " " << to_string(attention);
+    }
+  }
+}
+
+TEST(Attention, EntmaxModelOptionsNeedTheirNormalizer) {
+  auto expect_error = [](ModelConfig c, const std::string& fragment) {
+    try {
+      validate(c);
+      FAIL() << "accepted: " << fragment;
+    } catch (const std::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
+    }
+  };
+  auto c = micro(AttentionFamily::fibonacci, AlphaSchedule::fixed, Normalizer::entmax);
+  c.entmax_scale = EntmaxScale::per_query;
+  expect_error(c, "model.entmax_scale = 'per_query' needs model.normalizer = 'asentmax'");
+  c = micro(AttentionFamily::fibonacci, AlphaSchedule::fixed, Normalizer::ssmax);
+  c.entmax_alpha_mode = EntmaxAlpha::learned;
+  expect_error(c, "model.entmax_alpha_mode = 'learned' needs model.normalizer = 'entmax'");
+  c.normalizer = Normalizer::asentmax;
+  c.entmax_alpha = 2.0;
+  expect_error(c, "model.entmax_alpha must be < 2");
+  try {
+    parse_entmax_scale("per_token");
+    FAIL() << "per_token parsed";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_STREQ(e.what(), "model.entmax_scale must be per_head or per_query, got 'per_token'");
   }
 }
 
