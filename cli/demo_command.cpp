@@ -46,11 +46,14 @@ void run_demo(const DemoOptions& o) {
         config.corpus, data::split_options(config.heldout_fraction, config.heldout_files),
         result.checkpoint, config.cache_dir);
     fmt::print(stderr, "[demo] evaluating {} at 1x, 2x, 4x, 8x\n", name);
-    table.push_back({name, config.seq_len,
+    table.push_back({name,
+                     config.seq_len,
                      eval::evaluate_lengths(
                          [&](const torch::Tensor& x) { return ckpt.model(x); }, corpus.heldout,
                          parse_lengths("1x,2x,4x,8x", config.seq_len), o.max_tokens),
-                     result.checkpoint, "held-out part of " + config.corpus});
+                     result.checkpoint,
+                     "held-out part of " + config.corpus,
+                     {}});
   }
   fmt::print("{}", markdown_table(table));
   const std::string png = o.out_dir + "/perplexity_vs_length.png";

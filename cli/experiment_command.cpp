@@ -54,7 +54,7 @@ void run_experiment_command(const ExperimentOptions& o) {
     for (const auto& run : result.runs) {
       if (run.seeds.empty()) continue;
       curves.push_back(
-          {run.run.name, run.seeds.front().seq_len, run.seeds.front().lengths, "", ""});
+          {run.run.name, run.seeds.front().seq_len, run.seeds.front().lengths, "", "", {}});
     }
     png = (out / "perplexity_vs_length.png").string();
     write_reports(curves, "", "", png);

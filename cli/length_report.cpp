@@ -66,19 +66,52 @@ std::string multiple_label(int64_t length, int64_t train_length) {
   return fmt::format("{:.3g}x", m);
 }
 
+nlohmann::json budget_json(const infer::BudgetUsed& b) {
+  nlohmann::json j{{"rule", b.rule}, {"length", b.length}};
+  j["window"] = b.resolved.window ? nlohmann::json(*b.resolved.window) : nlohmann::json();
+  j["rungs"] = b.resolved.rungs ? nlohmann::json(*b.resolved.rungs) : nlohmann::json();
+  j["mass"] = b.resolved.mass ? nlohmann::json(*b.resolved.mass) : nlohmann::json();
+  j["keys_per_query"] = b.measured ? nlohmann::json(b.keys_per_query) : nlohmann::json();
+  return j;
+}
+
+std::string budget_label(const infer::ResolvedBudget& budget) {
+  std::string out;
+  auto add = [&](const std::string& part) { out += (out.empty() ? "" : ", ") + part; };
+  if (budget.window) add(fmt::format("W {}", *budget.window));
+  if (budget.rungs) add(fmt::format("K {}", *budget.rungs));
+  if (budget.mass) add(fmt::format("p {}", *budget.mass));
+  return out.empty() ? "trained" : out;
+}
+
 std::string markdown_table(const std::vector<ModelLengths>& models) {
-  bool bytes = !models.empty();
-  for (const auto& m : models)
-    for (const auto& r : m.results) bytes = bytes && r.bytes > 0;
-  std::string out = fmt::format(
-      "| model | length | x train | windows | tokens | NLL (nats/token) | perplexity (per "
-      "token) |{}\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |{}\n",
-      bytes ? " bits/byte |" : "", bytes ? " ---: |" : "");
+  bool bytes = !models.empty(), budgets = false;
   for (const auto& m : models) {
-    for (const auto& r : m.results) {
-      out += fmt::format("| {} | {} | {} | {} | {} | {:.4f} | {:.3f} |{}\n", m.label, r.length,
-                         multiple_label(r.length, m.train_length), r.windows, r.tokens, r.mean_nll,
-                         r.perplexity, bytes ? fmt::format(" {:.4f} |", r.bits_per_byte) : "");
+    for (const auto& r : m.results) bytes = bytes && r.bytes > 0;
+    budgets = budgets || !m.budgets.empty();
+  }
+  std::string out = fmt::format(
+      "| model |{} length | x train | windows | tokens | NLL (nats/token) | perplexity (per "
+      "token) |{}\n| --- |{} ---: | ---: | ---: | ---: | ---: | ---: |{}\n",
+      budgets ? " budget | at this length | keys/query |" : "", bytes ? " bits/byte |" : "",
+      budgets ? " --- | --- | ---: |" : "", bytes ? " ---: |" : "");
+  for (const auto& m : models) {
+    for (size_t i = 0; i < m.results.size(); ++i) {
+      const auto& r = m.results[i];
+      std::string budget;
+      if (budgets) {
+        if (i < m.budgets.size()) {
+          const auto& b = m.budgets[i];
+          budget = fmt::format(" {} | {} | {} |", b.rule, budget_label(b.resolved),
+                               b.measured ? fmt::format("{:.1f}", b.keys_per_query) : "—");
+        } else {
+          budget = " full | trained | — |";
+        }
+      }
+      out += fmt::format("| {} |{} {} | {} | {} | {} | {:.4f} | {:.3f} |{}\n", m.label, budget,
+                         r.length, multiple_label(r.length, m.train_length), r.windows, r.tokens,
+                         r.mean_nll, r.perplexity,
+                         bytes ? fmt::format(" {:.4f} |", r.bits_per_byte) : "");
     }
   }
   return out;
@@ -89,7 +122,8 @@ void write_reports(const std::vector<ModelLengths>& models, const std::string& j
   if (!json_path.empty()) {
     nlohmann::json j = nlohmann::json::array();
     for (const auto& m : models) {
-      for (const auto& r : m.results) {
+      for (size_t i = 0; i < m.results.size(); ++i) {
+        const auto& r = m.results[i];
         nlohmann::json row{{"model", m.label},           {"train_length", m.train_length},
                            {"length", r.length},         {"windows", r.windows},
                            {"tokens", r.tokens},         {"mean_nll", r.mean_nll},
@@ -100,6 +134,7 @@ void write_reports(const std::vector<ModelLengths>& models, const std::string& j
         }
         if (!m.checkpoint.empty()) row["checkpoint"] = m.checkpoint;
         if (!m.text.empty()) row["text"] = m.text;
+        if (i < m.budgets.size()) row["budget"] = budget_json(m.budgets[i]);
         j.push_back(row);
       }
     }

@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
   reach::cli::add_tasks_command(app);
   reach::cli::add_experiment_command(app);
   reach::cli::add_generate_command(app);
+  reach::cli::add_budget_study_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

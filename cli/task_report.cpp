@@ -11,6 +11,7 @@
 #include <stdexcept>
 
 #include "cli/gnuplot.hpp"
+#include "cli/length_report.hpp"
 #include "cli/model_label.hpp"
 
 namespace reach::cli {
@@ -31,8 +32,11 @@ std::string task_markdown_table(const std::vector<TaskRunResults>& runs) {
       }
     }
   }
-  std::string out = "| model | task | trained at |";
-  std::string rule = "|---|---|---:|";
+  bool budgets = false;
+  for (const auto& run : runs) budgets = budgets || !run.budgets.empty();
+  std::string out =
+      budgets ? "| model | task | trained at | budget |" : "| model | task | trained at |";
+  std::string rule = budgets ? "|---|---|---:|---|" : "|---|---|---:|";
   for (int64_t m : multipliers) {
     out += fmt::format(" {}x |", m);
     rule += "---:|";
@@ -40,13 +44,18 @@ std::string task_markdown_table(const std::vector<TaskRunResults>& runs) {
   out += "\n" + rule + "\n";
   for (const auto& run : runs) {
     out += fmt::format("| {} | {} | {} |", run.label, run.config.task, run.config.train_length);
+    if (budgets) out += fmt::format(" {} |", run.budgets.empty() ? "full" : run.budgets[0].rule);
     for (int64_t m : multipliers) {
       auto it = std::find_if(run.results.begin(), run.results.end(),
                              [&](const auto& r) { return r.multiplier == m; });
       if (it == run.results.end() || !it->skipped.empty()) {
         out += " — |";
       } else {
-        out += fmt::format(" {:.1f}% |", 100.0 * it->accuracy);
+        const auto index = static_cast<size_t>(it - run.results.begin());
+        const bool keys = index < run.budgets.size() && run.budgets[index].measured;
+        out += fmt::format(
+            " {:.1f}%{} |", 100.0 * it->accuracy,
+            keys ? fmt::format(" ({:.1f} keys)", run.budgets[index].keys_per_query) : "");
       }
     }
     out += "\n";
@@ -60,13 +69,15 @@ void write_task_reports(const std::vector<TaskRunResults>& runs, const std::stri
     nlohmann::json j = nlohmann::json::array();
     for (const auto& run : runs) {
       nlohmann::json results = nlohmann::json::array();
-      for (const auto& r : run.results) {
+      for (size_t i = 0; i < run.results.size(); ++i) {
+        const auto& r = run.results[i];
         nlohmann::json e{{"multiplier", r.multiplier},
                          {"length", r.length},
                          {"examples", r.examples},
                          {"accuracy", r.accuracy},
                          {"seconds", r.seconds}};
         if (!r.skipped.empty()) e["skipped"] = r.skipped;
+        if (r.skipped.empty() && i < run.budgets.size()) e["budget"] = budget_json(run.budgets[i]);
         results.push_back(e);
       }
       const auto& m = run.config.model;

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "infer/budgeted_forward.hpp"
 #include "train/task_trainer.hpp"
 
 namespace reach::cli {
@@ -14,6 +15,8 @@ struct TaskRunResults {
   std::string dir;
   train::TaskRunConfig config;
   std::vector<train::LengthAccuracy> results;
+  // Per result (same order; unmeasured for skipped lengths) under a --budget; empty: none.
+  std::vector<infer::BudgetUsed> budgets;
 };
 
 // "normalizer + positions (attention)" of a run's model.

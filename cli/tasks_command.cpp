@@ -4,7 +4,9 @@
 #include <fmt/core.h>
 
 #include <filesystem>
+#include <map>
 #include <memory>
+#include <optional>
 
 #include "cli/commands.hpp"
 #include "cli/config_file_option.hpp"
@@ -12,6 +14,7 @@
 #include "cli/gnuplot.hpp"
 #include "cli/task_report.hpp"
 #include "cli/validators.hpp"
+#include "infer/budgeted_forward.hpp"
 #include "train/task_config.hpp"
 #include "train/task_trainer.hpp"
 
@@ -35,6 +38,7 @@ struct TasksEvalOptions {
   int64_t max_length = 0;
   std::string device = "auto";
   std::string json, markdown, png;
+  std::string budget;  // empty: the plain forward
 };
 
 void print_progress(const std::string& label, const train::LengthAccuracy& r) {
@@ -48,8 +52,24 @@ void print_progress(const std::string& label, const train::LengthAccuracy& r) {
 }
 
 TaskRunResults evaluate_run(const std::string& dir, model::Gpt& model,
-                            const train::TaskRunConfig& config, bool quiet) {
-  TaskRunResults run{task_run_label(config), dir, config, {}};
+                            const train::TaskRunConfig& config, bool quiet,
+                            const std::optional<infer::BudgetRule>& budget = std::nullopt) {
+  TaskRunResults run{task_run_label(config), dir, config, {}, {}};
+  // Under a budget: a mass budget counts the keys read over every batch; any other is the
+  // fused forward, counted on one example per length (on the CPU).
+  std::map<int64_t, model::attention::BudgetUsage> counted;
+  std::map<int64_t, infer::BudgetUsed> measured;
+  train::TaskLogits logits;
+  if (budget) {
+    logits = [&](const torch::Tensor& tokens) {
+      const int64_t length = tokens.size(1);
+      if (budget->mass) return infer::budgeted_logits(model, tokens, *budget, &counted[length]);
+      if (!measured.contains(length)) {
+        measured[length] = infer::measure_budget(model, tokens[0], *budget);
+      }
+      return infer::budgeted_logits(model, tokens, *budget);
+    };
+  }
   // Long lengths take minutes on a CPU: say how far each is once it has run a while.
   auto batches = [&](int64_t length, int64_t done, int64_t total, double seconds) {
     if (!quiet && seconds > 10 && done < total) {
@@ -63,7 +83,19 @@ TaskRunResults evaluate_run(const std::string& dir, model::Gpt& model,
       [&](const train::LengthAccuracy& r) {
         if (!quiet) print_progress(run.label, r);
       },
-      batches);
+      batches, logits);
+  if (budget) {
+    for (const auto& r : run.results) {
+      infer::BudgetUsed used{budget->text, r.length, budget->at(r.length), 0, false};
+      if (budget->mass && counted.contains(r.length)) {
+        used.keys_per_query = infer::keys_per_query(counted[r.length]);
+        used.measured = true;
+      } else if (measured.contains(r.length)) {
+        used = measured[r.length];
+      }
+      run.budgets.push_back(used);
+    }
+  }
   return run;
 }
 
@@ -153,6 +185,11 @@ void add_tasks_command(CLI::App& app) {
                    "auto (a CUDA GPU when there is one), cpu, cuda or cuda:N; fp32 on every "
                    "device")
       ->capture_default_str();
+  eval_cmd->add_option("--budget", e->budget,
+                       "Evaluate under a per-request attention budget over the same weights: "
+                       "full | window=W,rungs=K | rungs=2*log2(n) | mass=0.9 (rules of n take n "
+                       "= each length; mass runs on the CPU); the table and JSON report the keys "
+                       "read per query (docs/inference.md)");
   eval_cmd->add_option("--json", e->json, "Write results as JSON");
   eval_cmd->add_option("--markdown", e->markdown, "Write a Markdown table");
   eval_cmd->add_option("--png", e->png, "Plot accuracy vs length (gnuplot)");
@@ -161,6 +198,14 @@ void add_tasks_command(CLI::App& app) {
     check_output_path(e->markdown, "--markdown");
     check_output_path(e->png, "--png");
     const EvalDevice where = resolve_eval_device(e->device, "fp32");
+    std::optional<infer::BudgetRule> budget;
+    if (!e->budget.empty()) {
+      try {
+        budget = infer::parse_budget_rule(e->budget);
+      } catch (const std::invalid_argument& error) {
+        throw std::invalid_argument(std::string("--budget: ") + error.what());
+      }
+    }
     std::vector<std::string> overrides;
     if (!e->multipliers.empty()) overrides.push_back("eval.multipliers=\"" + e->multipliers + "\"");
     if (e->examples > 0) overrides.push_back(fmt::format("eval.examples={}", e->examples));
@@ -173,7 +218,7 @@ void add_tasks_command(CLI::App& app) {
       fmt::print(stderr, "[tasks] evaluating {} ({}) on {}\n", dir, task_run_label(config),
                  where.describe());
       prepare_for_eval(*run.model, where, "task run '" + dir + "'");
-      runs.push_back(evaluate_run(dir, run.model, config, false));
+      runs.push_back(evaluate_run(dir, run.model, config, false, budget));
     }
     fmt::print("{}", task_markdown_table(runs));
     write_task_reports(runs, e->json, e->markdown, e->png);

@@ -30,7 +30,9 @@ torch::Tensor Session::forward(const std::vector<int64_t>& tokens) {
   context.budget.window = budget.window;
   context.budget.rungs = budget.rungs;
   context.budget.mass = budget.mass;
-  context.usage = &usage_;
+  // The budget used is counted over decode steps (a counted prefill would run the prompt's
+  // rows through the decode kernel instead of the fused forward).
+  if (length() > 0) context.usage = &usage_;
   const auto input = torch::tensor(tokens, torch::kLong).view({1, t});
   return model_->forward_with(context, input)[0].to(torch::kFloat32);
 }

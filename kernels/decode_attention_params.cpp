@@ -41,6 +41,7 @@ std::string validate_decode_params(const DecodeAttentionParams& p) {
   if (p.head_dim < 1) return "head_dim must be >= 1, got " + std::to_string(p.head_dim);
   if (p.capacity < 1) return "cache capacity must be >= 1, got " + std::to_string(p.capacity);
   if (p.lengths == nullptr) return "lengths pointer is null";
+  if (p.queries < 1) return "queries per request must be >= 1, got " + std::to_string(p.queries);
   if (p.window < 1) return "window W must be >= 1, got " + std::to_string(p.window);
   if (!std::isfinite(p.scale) || p.scale <= 0.0) {
     return "scale must be a positive finite number, got " + std::to_string(p.scale);
@@ -63,6 +64,10 @@ std::string validate_decode_params(const DecodeAttentionParams& p) {
     if (p.lengths[b] < 1 || p.lengths[b] > p.capacity) {
       return at("lengths", b) + " = " + std::to_string(p.lengths[b]) + " is outside 1..capacity (" +
              std::to_string(p.capacity) + ")";
+    }
+    if (p.lengths[b] < p.queries) {
+      return at("lengths", b) + " = " + std::to_string(p.lengths[b]) +
+             " holds fewer keys than its " + std::to_string(p.queries) + " queries";
     }
     if (p.window_of(b) < 1) {
       return "budget window of request " + std::to_string(b) + " must be >= 1, got " +

@@ -19,7 +19,10 @@
 // Dynamic budget: when mass[b] < 1, the slots are ranked by probability and only the
 // smallest prefix whose probability mass reaches mass[b] is kept, renormalised (ties at
 // the cut keep the earlier slot). mass[b] = 1 keeps every slot.
-// Layout: q and out [batch, heads, d]; caches [batch, kv_heads, capacity, d] (rows
+// Several queries per request (queries = Q > 1): the last Q positions of request b,
+// t = lengths[b] - Q .. lengths[b] - 1, each with the key set of its own row (what a full
+// forward computes at those rows; used to score a whole window under a dynamic budget).
+// Layout: q and out [batch, heads, Q, d]; caches [batch, kv_heads, capacity, d] (rows
 // 0..lengths[b]-1 filled); query head h reads kv head h / (heads / kv_heads).
 // Nothing here depends on torch.
 #pragma once
@@ -35,7 +38,8 @@ struct DecodeAttentionParams {
   int64_t kv_heads = 0;              // >= 1, divides heads
   int64_t head_dim = 0;              // d >= 1
   int64_t capacity = 0;              // cache rows per (request, kv head), >= every length
-  const int64_t* lengths = nullptr;  // [batch], each in 1..capacity
+  const int64_t* lengths = nullptr;  // [batch], each in queries..capacity
+  int64_t queries = 1;               // Q >= 1 queries per request: its last Q positions
 
   int64_t window = 1;               // W >= 1, every request's window unless `windows`
   const double* offsets = nullptr;  // K real distances, strictly increasing, each >= W

@@ -31,8 +31,9 @@ DecodeAttentionResult decode_attention(const torch::Tensor& q, const torch::Tens
                                        const torch::Tensor& value_buffer,
                                        const std::vector<int64_t>& lengths,
                                        const DecodeAttentionOptions& o) {
-  require(q.dim() == 4 && q.size(2) == 1,
-          "q must be [batch, heads, 1, head_dim] (one new token per request)");
+  require(q.dim() == 4 && q.size(2) >= 1,
+          "q must be [batch, heads, queries, head_dim] (the last queries positions of each "
+          "request)");
   require(key_buffer.dim() == 4 && key_buffer.sizes() == value_buffer.sizes(),
           "key and value buffers must both be [batch, kv_heads, capacity, head_dim]");
   require(key_buffer.size(0) == q.size(0) && key_buffer.size(3) == q.size(3),
@@ -45,7 +46,7 @@ DecodeAttentionResult decode_attention(const torch::Tensor& q, const torch::Tens
           "q and the cache must share one dtype, float32 or float64");
   require(key_buffer.is_contiguous() && value_buffer.is_contiguous(),
           "cache buffers must be contiguous");
-  const int64_t batch = q.size(0), heads = q.size(1), d = q.size(3);
+  const int64_t batch = q.size(0), heads = q.size(1), queries = q.size(2), d = q.size(3);
   require(static_cast<int64_t>(lengths.size()) == batch,
           "lengths has " + std::to_string(lengths.size()) + " entries for " +
               std::to_string(batch) + " requests");
@@ -69,6 +70,7 @@ DecodeAttentionResult decode_attention(const torch::Tensor& q, const torch::Tens
   p.head_dim = d;
   p.capacity = key_buffer.size(2);
   p.lengths = lengths.data();
+  p.queries = queries;
   p.window = o.window;
   p.offsets = o.offsets.data();
   p.num_offsets = static_cast<int64_t>(o.offsets.size());
@@ -86,7 +88,7 @@ DecodeAttentionResult decode_attention(const torch::Tensor& q, const torch::Tens
 
   const auto qc = q.contiguous();
   DecodeAttentionResult result{torch::empty_like(qc),
-                               std::vector<int64_t>(static_cast<size_t>(batch * heads))};
+                               std::vector<int64_t>(static_cast<size_t>(batch * heads * queries))};
   if (q.scalar_type() == torch::kFloat64) {
     kernels::decode_attention_cpu<double>(p, qc.data_ptr<double>(), key_buffer.data_ptr<double>(),
                                           value_buffer.data_ptr<double>(),

@@ -1,9 +1,10 @@
 // LibTorch binding of the single-query decode kernel (kernels/cpu/decode_attention.hpp):
 // one new token per request over a preallocated KV cache, inference only (no autograd).
 //
-// q: [batch, heads, 1, head_dim]; key_buffer, value_buffer: [batch, kv_heads, capacity,
-// head_dim] contiguous, rows 0..lengths[b]-1 filled (the new token's own key and value
-// included); float32 or float64 on the CPU. Returns [batch, heads, 1, head_dim].
+// q: [batch, heads, Q, head_dim], the last Q positions of each request (Q = 1: one new
+// token); key_buffer, value_buffer: [batch, kv_heads, capacity, head_dim] contiguous, rows
+// 0..lengths[b]-1 filled (the new tokens' own keys and values included); float32 or float64
+// on the CPU. Returns [batch, heads, Q, head_dim].
 #pragma once
 
 #include <torch/torch.h>
@@ -29,8 +30,8 @@ struct DecodeAttentionOptions {
 };
 
 struct DecodeAttentionResult {
-  torch::Tensor out;               // [batch, heads, 1, head_dim]
-  std::vector<int64_t> keys_read;  // [batch * heads]: slots whose value was read
+  torch::Tensor out;               // [batch, heads, Q, head_dim]
+  std::vector<int64_t> keys_read;  // [batch * heads * Q]: slots whose value was read
 };
 
 // Throws std::invalid_argument naming the problem (shapes, dtypes, devices, budgets).

@@ -270,8 +270,8 @@ TaskRun load_task_run(const std::string& dir) {
 
 std::vector<LengthAccuracy> evaluate_task_model(
     model::Gpt& model, const TaskRunConfig& c, const std::vector<int64_t>& multipliers,
-    const std::function<void(const LengthAccuracy&)>& progress,
-    const BatchProgress& batch_progress) {
+    const std::function<void(const LengthAccuracy&)>& progress, const BatchProgress& batch_progress,
+    const TaskLogits& task_logits) {
   set_threads(c);
   const auto task = make_task(c);
   torch::NoGradGuard no_grad;
@@ -297,7 +297,8 @@ std::vector<LengthAccuracy> evaluate_task_model(
         {
           const Bf16Autocast autocast(bf16);
           // The model may be on a GPU (`tasks eval --device`); accuracy is counted on the CPU.
-          logits = model->forward(batch.tokens.to(device)).to(torch::kCPU);
+          const auto tokens = batch.tokens.to(device);
+          logits = (task_logits ? task_logits(tokens) : model->forward(tokens)).to(torch::kCPU);
         }
         sum += batch_accuracy(batch, logits) * static_cast<double>(size);
         done += size;

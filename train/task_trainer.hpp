@@ -82,9 +82,12 @@ struct LengthAccuracy {
 // skipped. `progress` (may be empty) is told each finished length; `batch_progress` (may be
 // empty) each finished batch: (length, examples done, examples in all, seconds so far).
 using BatchProgress = std::function<void(int64_t, int64_t, int64_t, double)>;
+// `logits` (may be empty: the model's plain forward) maps a batch of tokens [B, T] on the
+// model's device to logits [B, T, V]: e.g. the forward under a per-request attention budget.
+using TaskLogits = std::function<torch::Tensor(const torch::Tensor& tokens)>;
 std::vector<LengthAccuracy> evaluate_task_model(
     model::Gpt& model, const TaskRunConfig& config, const std::vector<int64_t>& multipliers,
     const std::function<void(const LengthAccuracy&)>& progress,
-    const BatchProgress& batch_progress = {});
+    const BatchProgress& batch_progress = {}, const TaskLogits& logits = {});
 
 }  // namespace reach::train

@@ -44,8 +44,9 @@ void axpy(double alpha, const T* __restrict x, double* __restrict y, int64_t d) 
   for (int64_t t = 0; t < d; ++t) y[t] += alpha * static_cast<double>(x[t]);
 }
 
-void key_set(const DecodeAttentionParams& p, int64_t b, std::vector<Slot>& slots) {
-  const int64_t length = p.lengths[b], t = length - 1;
+// The slots of request b's query at position t.
+void key_set(const DecodeAttentionParams& p, int64_t b, int64_t t, std::vector<Slot>& slots) {
+  const int64_t length = t + 1;
   const int64_t window = p.window_of(b), rungs = p.rungs_of(b);
   slots.clear();
   const int64_t nw = std::min(window, length);
@@ -82,16 +83,17 @@ void keep_mass(std::vector<double>& weight, double mass, std::vector<int64_t>& o
 }
 
 template <typename T>
-int64_t decode_one(const DecodeAttentionParams& p, int64_t b, int64_t h, const T* q,
+int64_t decode_one(const DecodeAttentionParams& p, int64_t b, int64_t h, int64_t i, const T* q,
                    const T* k_cache, const T* v_cache, T* out, Scratch& s) {
   const int64_t d = p.head_dim;
   const int64_t kv = h / (p.heads / p.kv_heads);
   const int64_t cache_offset = (b * p.kv_heads + kv) * p.capacity * d;
   const T* kh = k_cache + cache_offset;
   const T* vh = v_cache + cache_offset;
-  const T* qi = q + (b * p.heads + h) * d;
+  const int64_t row = (b * p.heads + h) * p.queries + i;  // of q and out
+  const T* qi = q + row * d;
 
-  key_set(p, b, s.slots);
+  key_set(p, b, p.lengths[b] - p.queries + i, s.slots);
   const size_t size = s.slots.size();
   double multiplier = 1.0;
   if (p.log_n_scaling) {
@@ -125,7 +127,7 @@ int64_t decode_one(const DecodeAttentionParams& p, int64_t b, int64_t h, const T
     axpy((1.0 - slot.frac) * w, vh + slot.row * d, s.acc.data(), d);
     if (slot.frac > 0.0) axpy(slot.frac * w, vh + (slot.row - 1) * d, s.acc.data(), d);
   }
-  T* o = out + (b * p.heads + h) * d;
+  T* o = out + row * d;
   for (int64_t t = 0; t < d; ++t) o[t] = static_cast<T>(s.acc[static_cast<size_t>(t)]);
   return read;
 }
@@ -138,14 +140,14 @@ void decode_attention_cpu(const DecodeAttentionParams& p, const T* q, const T* k
   if (auto message = validate_decode_params(p); !message.empty()) {
     throw std::invalid_argument("decode attention: " + message);
   }
-  const int64_t tasks = p.batch * p.heads;
+  const int64_t tasks = p.batch * p.heads * p.queries;
   // Threads only when there is enough work: a small model's step is microseconds of
   // arithmetic, less than waking a team (on a loaded machine, much less).
   double work = 0;
   for (int64_t b = 0; b < p.batch; ++b) {
     work += static_cast<double>(std::min(p.window_of(b), p.lengths[b]) + p.rungs_of(b));
   }
-  work *= static_cast<double>(p.heads * p.head_dim);
+  work *= static_cast<double>(p.heads * p.head_dim * p.queries);
   constexpr double kParallelWork = 1 << 16;  // multiply-adds
   // An exception must not leave an OpenMP region (NaN scores make entmax throw): the first
   // message is kept and rethrown after it.
@@ -156,9 +158,10 @@ void decode_attention_cpu(const DecodeAttentionParams& p, const T* q, const T* k
     // Dynamic: requests of different lengths cost different amounts (dense: O(length)).
 #pragma omp for schedule(dynamic)
     for (int64_t task = 0; task < tasks; ++task) {
-      const int64_t b = task / p.heads, h = task % p.heads;
+      const int64_t i = task % p.queries, bh = task / p.queries;
+      const int64_t b = bh / p.heads, h = bh % p.heads;
       try {
-        const int64_t read = decode_one<T>(p, b, h, q, k_cache, v_cache, out, scratch);
+        const int64_t read = decode_one<T>(p, b, h, i, q, k_cache, v_cache, out, scratch);
         if (keys_read) keys_read[task] = read;
       } catch (const std::exception& e) {
 #pragma omp critical(reach_decode_error)

@@ -13,8 +13,8 @@
 
 namespace reach::kernels {
 
-// q, out: [batch, heads, d]; k_cache, v_cache: [batch, kv_heads, capacity, d].
-// keys_read (may be null): [batch, heads], the number of slots whose value was read (weight
+// q, out: [batch, heads, queries, d]; k_cache, v_cache: [batch, kv_heads, capacity, d].
+// keys_read (may be null): [batch, heads, queries], the number of slots whose value was read (weight
 // > 0 after the normaliser and the mass budget): the budget actually used.
 // Throws std::invalid_argument when params are invalid.
 template <typename T>

@@ -13,8 +13,8 @@
 namespace reach::kernels::reference {
 
 struct DecodeResult {
-  std::vector<double> out;         // [batch, heads, d]
-  std::vector<int64_t> keys_read;  // [batch, heads]
+  std::vector<double> out;         // [batch, heads, queries, d]
+  std::vector<int64_t> keys_read;  // [batch, heads, queries]
 };
 
 DecodeResult decode_forward(const DecodeAttentionParams& p, const std::vector<double>& q,

@@ -35,6 +35,15 @@ AttentionOutput AttentionLayer::compute(const torch::Tensor& x, ForwardContext& 
     q = apply_rope(q, cos, sin);
     k = apply_rope(k, cos, sin);
   }
+  // A dynamic (mass) budget is a cut per query, and counting the keys read needs each query's
+  // key set: both run every query through the decode kernel (the same operator, row by row).
+  const bool per_query = context.budget.mass.has_value() || context.usage != nullptr;
+  if (context.budget.mass && !q.device().is_cpu()) {
+    throw std::invalid_argument(
+        "attention budget: mass (the dynamic budget) runs on the CPU decode kernel only; the "
+        "model is on " +
+        q.device().str());
+  }
   torch::Tensor y;  // [B, H, T, hd]
   if (context.cache != nullptr) {
     auto& cache = context.cache->layer(layer_);
@@ -45,8 +54,14 @@ AttentionOutput AttentionLayer::compute(const torch::Tensor& x, ForwardContext& 
                                   std::to_string(cache.length()) + " tokens");
     }
     cache.append(k.contiguous(), v.contiguous());
-    y = cache.length() == t ? attend(q.contiguous(), cache.keys, cache.values, context)
-                            : attend_cached(q.contiguous(), cache, context);
+    y = cache.length() == t && !per_query
+            ? attend(q.contiguous(), cache.keys, cache.values, context)
+            : attend_cached(q.contiguous(), cache, context);
+  } else if (per_query) {
+    LayerKvCache rows;
+    rows.keys = k.contiguous();
+    rows.values = v.contiguous();
+    y = attend_cached(q.contiguous(), rows, context);
   } else {
     y = attend(q.contiguous(), k.contiguous(), v.contiguous(), context);
   }

@@ -7,7 +7,7 @@
 
 namespace reach::model::attention {
 
-bool decode_kernel_applies(const torch::Tensor& q) { return q.size(2) == 1 && q.device().is_cpu(); }
+bool decode_kernel_applies(const torch::Tensor& q) { return q.device().is_cpu(); }
 
 torch::Tensor decode_with_kernel(const torch::Tensor& q, const LayerKvCache& cache,
                                  ops::DecodeAttentionOptions key_set, const ForwardContext& context,

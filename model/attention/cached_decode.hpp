@@ -10,10 +10,12 @@
 
 namespace reach::model::attention {
 
-// Whether the kernel serves this step: one query per request, on the CPU.
+// Whether the kernel serves these queries: on the CPU (any number per request: the last
+// q.size(2) positions of the cache).
 bool decode_kernel_applies(const torch::Tensor& q);
 
-// q: [B, H, 1, hd] at position cache.length() - 1 (its key and value already appended).
+// q: [B, H, Q, hd] at positions cache.length() - Q .. cache.length() - 1 (their keys and
+// values already appended).
 // `key_set` gives the family's window, offsets and normaliser; the context's budget (rungs,
 // mass, and the window when `windowed`: dense key sets have none) is applied on top, and the
 // keys read are added to context.usage.

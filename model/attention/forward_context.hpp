@@ -43,7 +43,8 @@ class ForwardContext {
   // Set: the layers append their keys and values to it and attend over it (prefill when it
   // is empty, decode after). Null: plain causal attention over the input.
   KvCache* cache = nullptr;
-  // Set: decode steps add the keys they read.
+  // Set: the layers add the keys they read (every query then runs through the decode
+  // kernel, which counts them; on the CPU only).
   BudgetUsage* usage = nullptr;
 
   // Tensors a layer computes once for the layers above it in the same forward (the chunk

@@ -346,16 +346,17 @@ void check_normaliser(int which, harness::Report& report) {
 
 // Everything at once against the reference: GQA, budgets per request, mass cut, ALiBi,
 // fractional offsets, entmax, both dtypes.
+// queries > 1: the last `queries` positions of every request at once.
 template <typename T>
-void check_against_reference(bool entmax, harness::Report& report) {
-  std::mt19937_64 rng(entmax ? 11 : 12);
+void check_against_reference(bool entmax, int64_t queries, harness::Report& report) {
+  std::mt19937_64 rng((entmax ? 11 : 12) + static_cast<uint64_t>(queries));
   const int64_t batch = 5, heads = 4, kv_heads = 2, d = 24, capacity = 120;
   const std::vector<double> offsets{7, 11.5, 19, 30.25, 50, 81};
-  const std::vector<int64_t> lengths{120, 1, 57, 83, 31}, windows{7, 2, 12, 7, 40},
+  const std::vector<int64_t> lengths{120, queries, 57, 83, 31}, windows{7, 2, 12, 7, 40},
       rungs{6, 6, 3, 0, 6};
   const std::vector<double> mass{1.0, 0.5, 0.9, 0.3, 0.75};
   const std::vector<double> alpha{1.5, 1.2, 2.0, 1.7}, slopes{0, 0.1, 0.5, 0.02};
-  auto in_q = random_vector(static_cast<size_t>(batch * heads * d), rng);
+  auto in_q = random_vector(static_cast<size_t>(batch * heads * queries * d), rng);
   auto in_k = random_vector(static_cast<size_t>(batch * kv_heads * capacity * d), rng);
   auto in_v = random_vector(in_k.size(), rng);
   // The reference sees the same (rounded) inputs as the kernel.
@@ -370,6 +371,7 @@ void check_against_reference(bool entmax, harness::Report& report) {
   p.head_dim = d;
   p.capacity = capacity;
   p.lengths = lengths.data();
+  p.queries = queries;
   p.window = 7;
   p.offsets = offsets.data();
   p.num_offsets = static_cast<int64_t>(offsets.size());
@@ -382,16 +384,56 @@ void check_against_reference(bool entmax, harness::Report& report) {
   p.alibi_slopes = slopes.data();
   const auto want = reference::decode_forward(p, in_q, in_k, in_v);
   std::vector<T> out(q.size(), T(NAN));
-  std::vector<int64_t> read(static_cast<size_t>(batch * heads), -1);
+  std::vector<int64_t> read(static_cast<size_t>(batch * heads * queries), -1);
   decode_attention_cpu<T>(p, q.data(), kc.data(), vc.data(), out.data(), read.data());
+
   // float32 here differs from the reference only by the output's rounding (the kernel
   // computes in float64 on the same float32 inputs).
   report.lt("max-rel vs the reference", relative_error(out, want.out),
             sizeof(T) == 8 ? 1e-12 : 1e-6);
   if (read != want.keys_read) report.fail("keys read differ from the reference's");
   // The mass cut reads fewer keys than the key set (request 3: p = 0.3, W 7, no rungs).
-  if (!(read[3 * heads] < 7)) report.fail("the mass cut did not read fewer keys (request 3)");
-  if (read[1 * heads] != 1) report.fail("length 1 read more than the token itself");
+  if (!(read[static_cast<size_t>(3 * heads * queries)] < 7)) {
+    report.fail("the mass cut did not read fewer keys (request 3)");
+  }
+  // Request 1's first query sits at position 0: it reads only its own key.
+  if (read[static_cast<size_t>(1 * heads * queries)] != 1) {
+    report.fail("position 0 read more than the token itself");
+  }
+}
+
+// Several queries per request: all rows of every request at once (Q = the shortest
+// request's length) equal the full forward's last Q rows.
+template <typename T>
+void check_queries_equal_full_forward(const FamilyCase& c, uint64_t seed, harness::Report& report) {
+  std::mt19937_64 rng(seed);
+  const auto r = make_requests(c.heads, c.d, c.lengths, rng);
+  const int64_t batch = static_cast<int64_t>(c.lengths.size()), h = c.heads, d = c.d;
+  const int64_t queries = *std::min_element(c.lengths.begin(), c.lengths.end());
+  const auto in = decode_inputs(r, c.lengths, rng);  // the cache (its q is one row: unused)
+  std::vector<double> q, want;
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t n = c.lengths[static_cast<size_t>(b)];
+    const auto p = full_params(h, n, d, c.window, c.offsets);
+    const auto qb = cast<T>(r.q[static_cast<size_t>(b)]), kb = cast<T>(r.k[static_cast<size_t>(b)]),
+               vb = cast<T>(r.v[static_cast<size_t>(b)]);
+    std::vector<T> o(qb.size()), lse(static_cast<size_t>(h * n));
+    dilated_attention_forward_cpu<T>(p, qb.data(), kb.data(), vb.data(), o.data(), lse.data());
+    for (int64_t head = 0; head < h; ++head) {
+      const auto first = static_cast<size_t>((head * n + n - queries) * d);
+      const auto end = first + static_cast<size_t>(queries * d);
+      q.insert(q.end(), r.q[static_cast<size_t>(b)].begin() + static_cast<std::ptrdiff_t>(first),
+               r.q[static_cast<size_t>(b)].begin() + static_cast<std::ptrdiff_t>(end));
+      want.insert(want.end(), o.begin() + static_cast<std::ptrdiff_t>(first),
+                  o.begin() + static_cast<std::ptrdiff_t>(end));
+    }
+  }
+  auto p = decode_params(r, c.lengths, c.window, c.offsets);
+  p.queries = queries;
+  const auto qt = cast<T>(q), kc = cast<T>(in.k_cache), vc = cast<T>(in.v_cache);
+  std::vector<T> out(qt.size(), T(NAN));
+  decode_attention_cpu<T>(p, qt.data(), kc.data(), vc.data(), out.data(), nullptr);
+  report.lt("max-rel vs the full forward's last rows", relative_error(out, want), tolerance<T>());
 }
 
 std::string family_shape(const FamilyCase& c) {
@@ -414,6 +456,14 @@ REACH_OP_CASES(decode_attention_cpu_cases) {
                   [c, shape](harness::Report& r) {
                     check_decode_equals_full_forward<float>(c, harness::seed_of(shape), r);
                   }});
+    registry.add({"decode_attention", "cpu", "f64", shape + "_all_rows", "vs_full_forward",
+                  [c, shape](harness::Report& r) {
+                    check_queries_equal_full_forward<double>(c, harness::seed_of(shape), r);
+                  }});
+    registry.add({"decode_attention", "cpu", "f32", shape + "_all_rows", "vs_full_forward",
+                  [c, shape](harness::Report& r) {
+                    check_queries_equal_full_forward<float>(c, harness::seed_of(shape), r);
+                  }});
   }
   // Enough work for the threaded path.
   registry.add({"decode_attention", "cpu", "f64", "h4_d32_dense_threaded", "vs_full_forward",
@@ -427,11 +477,18 @@ REACH_OP_CASES(decode_attention_cpu_cases) {
   }
   // Everything at once against the reference.
   for (const bool entmax : {false, true}) {
-    const std::string shape = std::string("b5_h4_hkv2_d24_") + (entmax ? "entmax" : "softmax");
-    registry.add({"decode_attention", "cpu", "f64", shape, "vs_reference",
-                  [entmax](harness::Report& r) { check_against_reference<double>(entmax, r); }});
-    registry.add({"decode_attention", "cpu", "f32", shape, "vs_reference",
-                  [entmax](harness::Report& r) { check_against_reference<float>(entmax, r); }});
+    for (const int64_t queries : {1, 9}) {
+      const std::string shape = std::string("b5_h4_hkv2_d24_q") + std::to_string(queries) + "_" +
+                                (entmax ? "entmax" : "softmax");
+      registry.add({"decode_attention", "cpu", "f64", shape, "vs_reference",
+                    [entmax, queries](harness::Report& r) {
+                      check_against_reference<double>(entmax, queries, r);
+                    }});
+      registry.add({"decode_attention", "cpu", "f32", shape, "vs_reference",
+                    [entmax, queries](harness::Report& r) {
+                      check_against_reference<float>(entmax, queries, r);
+                    }});
+    }
   }
 }
 
@@ -483,6 +540,11 @@ TEST(DecodeAttentionCpu, BadParamsGiveClearErrors) {
   auto p = good;
   p.lengths = too_long.data();
   expect_error(p, "lengths[0] = 11 is outside 1..capacity (10)");
+  p = good;
+  p.queries = 11;
+  expect_error(p, "lengths[0] = 10 holds fewer keys than its 11 queries");
+  p.queries = 0;
+  expect_error(p, "queries per request must be >= 1, got 0");
   p = good;
   p.kv_heads = 3;
   expect_error(p, "kv_heads (3) must be >= 1 and divide heads (2)");
