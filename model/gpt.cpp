@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "model/attention/factory.hpp"
+#include "ops/block_ops.hpp"
 
 namespace reach::model {
 
@@ -22,6 +23,24 @@ torch::Tensor BlockImpl::forward(const torch::Tensor& x, attention::ForwardConte
   auto h = x + a.residual;
   const auto mlp_in = a.mlp_input.defined() ? h + a.mlp_input : h;
   return h + out_(torch::gelu(fc_(ln2_(mlp_in))));
+}
+
+std::pair<torch::Tensor, torch::Tensor> BlockImpl::forward_fused(
+    const torch::Tensor& x, const torch::Tensor& pending, attention::ForwardContext& context) {
+  const auto norm = [](const torch::nn::LayerNorm& ln, const torch::Tensor& a,
+                       const torch::Tensor& b) {
+    return ops::add_layer_norm(a, b, ln->weight, ln->bias, ln->options.eps());
+  };
+  const auto [s, y1] = norm(ln1_, x, pending);
+  const auto a = attn->forward(y1, context);
+  torch::Tensor h, y2;
+  if (a.mlp_input.defined()) {
+    h = s + a.residual;
+    y2 = norm(ln2_, h, a.mlp_input).second;
+  } else {
+    std::tie(h, y2) = norm(ln2_, s, a.residual);
+  }
+  return {h, out_(torch::gelu(fc_(y2)))};
 }
 
 GptImpl::GptImpl(const ModelConfig& config) : config_(config) {
@@ -93,6 +112,13 @@ torch::Tensor GptImpl::forward_with(attention::ForwardContext& context,
     }
   }
   auto x = wte_(tokens);
+  if (ops::add_layer_norm_supports(x, config_.d_model)) {
+    torch::Tensor pending;
+    for (auto& block : blocks) std::tie(x, pending) = block->forward_fused(x, pending, context);
+    const auto y =
+        ops::add_layer_norm(x, pending, ln_f_->weight, ln_f_->bias, ln_f_->options.eps()).second;
+    return torch::matmul(y, wte_->weight.t());  // tied output head
+  }
   for (auto& block : blocks) x = block->forward(x, context);
   return torch::matmul(ln_f_(x), wte_->weight.t());  // tied output head
 }

@@ -17,6 +17,13 @@ class BlockImpl : public torch::nn::Module {
  public:
   BlockImpl(const ModelConfig& config, int64_t layer);
   torch::Tensor forward(const torch::Tensor& x, attention::ForwardContext& context);
+  // The same block on the GPU's fused kernels (ops/block_ops.hpp), with the residual stream
+  // carried as a pair: the block's input is x + pending (pending undefined: x), and it returns
+  // {h, mlp_out} whose sum is its output, so each residual add happens inside the next
+  // LayerNorm's kernel. Same function as forward, other rounding.
+  std::pair<torch::Tensor, torch::Tensor> forward_fused(const torch::Tensor& x,
+                                                        const torch::Tensor& pending,
+                                                        attention::ForwardContext& context);
   std::shared_ptr<attention::AttentionLayer> attn;  // registered as "attn"
 
  private:

@@ -3,6 +3,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "ops/block_ops.hpp"
+
 namespace reach::model::attention {
 
 AttentionLayer::AttentionLayer(const ModelConfig& config, int64_t layer)
@@ -25,6 +27,24 @@ torch::Tensor AttentionLayer::forward(const torch::Tensor& x) {
 
 AttentionOutput AttentionLayer::compute(const torch::Tensor& x, ForwardContext& context) {
   const int64_t b = x.size(0), t = x.size(1);
+  // On a GPU, one kernel splits qkv into the attention layout and applies RoPE (issue 15:
+  // the tensor ops below cost ~25 ms of a 127 ms training step there). The CPU keeps them.
+  if (x.is_cuda() && ops::fused_block_kernels_enabled() && context.cache == nullptr &&
+      config_.positions == Positions::rope) {
+    const auto projected = qkv_(x);
+    const auto [cos, sin] =
+        rope_.get(context.position, t, projected.options().dtype(torch::kFloat32));
+    const auto [q, k, v] = ops::rope_split(projected, config_.heads, cos.contiguous(),
+                                           sin.contiguous(), attends_token_major(projected));
+    const auto y = attend(q, k, v, context);
+    // A token-major output is already [B, T, H, hd] in memory (the reshape is a view); a
+    // heads-first one moves in one 16-byte-wide pass (LibTorch's strided copy is ~3x slower).
+    const bool as_laid_out = y.transpose(1, 2).is_contiguous();
+    const bool wide_rows = y.size(3) * static_cast<int64_t>(y.element_size()) % 16 == 0;
+    return {proj_(as_laid_out || !wide_rows ? y.transpose(1, 2).reshape({b, t, config_.d_model})
+                                            : ops::merge_heads(y)),
+            {}};
+  }
   auto qkv = qkv_(x).view({b, t, 3, config_.heads, head_dim_}).permute({2, 0, 3, 1, 4});
   // unbind, not qkv[0], qkv[1], qkv[2]: its backward stacks the three gradients once, where
   // each index's would write a zero-filled gradient of all of qkv and then sum the three.

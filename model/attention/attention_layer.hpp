@@ -54,7 +54,8 @@ class AttentionLayer : public torch::nn::Module {
   virtual void freeze_schedule() {}
 
  protected:
-  // q, k, v: [B, H, T, head_dim] contiguous, RoPE applied; causal attention of each query
+  // q, k, v: [B, H, T, head_dim] contiguous (or token-major views: attends_token_major()),
+  // RoPE applied; causal attention of each query
   // over the keys of this family -> [B, H, T, head_dim].
   virtual torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k,
                                const torch::Tensor& v, const ForwardContext& context) = 0;
@@ -64,6 +65,10 @@ class AttentionLayer : public torch::nn::Module {
   // it reads every key); families override it to read only the keys they need.
   virtual torch::Tensor attend_cached(const torch::Tensor& q, const LayerKvCache& cache,
                                       const ForwardContext& context);
+  // Whether attend() takes q, k, v as [B, H, T, head_dim] views of [B, T, H, head_dim]
+  // tensors (scaled_dot_product_attention does: it reads and writes that layout, so the fused
+  // GPU path then needs no layout copy on either side of attention).
+  virtual bool attends_token_major(const torch::Tensor& /*q*/) const { return false; }
   // The whole layer; the default projects, applies RoPE, keeps the cache and calls attend /
   // attend_cached.
   virtual AttentionOutput compute(const torch::Tensor& x, ForwardContext& context);

@@ -49,6 +49,15 @@ torch::Tensor DenseAttention::attend(const torch::Tensor& q, const torch::Tensor
   return torch::cat(parts, 2);
 }
 
+bool DenseAttention::attends_token_major(const torch::Tensor& q) const {
+#if TORCH_VERSION_MAJOR >= 2
+  return q.is_cuda() && !slopes_.defined();
+#else
+  (void)q;
+  return false;
+#endif
+}
+
 torch::Tensor DenseAttention::attend_cached(const torch::Tensor& q, const LayerKvCache& cache,
                                             const ForwardContext& context) {
   if (!decode_kernel_applies(q)) return AttentionLayer::attend_cached(q, cache, context);

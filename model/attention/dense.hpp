@@ -15,6 +15,8 @@ class DenseAttention : public AttentionLayer {
   // it runs in query blocks so long sequences need no T x T score matrix.
   torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                        const ForwardContext& context) override;
+  // On a GPU without a bias (SDPA): yes.
+  bool attends_token_major(const torch::Tensor& q) const override;
   // Decode steps through the single-query kernel (model/attention/cached_decode.hpp).
   torch::Tensor attend_cached(const torch::Tensor& q, const LayerKvCache& cache,
                               const ForwardContext& context) override;

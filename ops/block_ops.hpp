@@ -1,0 +1,50 @@
+// Fused CUDA ops for a transformer block's element-wise work (issue 15), with autograd:
+//  * rope_split: the qkv projection's output [B, T, 3 * H * hd] -> q, k, v [B, H, T, hd]
+//    contiguous, RoPE applied to q and k (kernels/cuda/rope_split.hpp);
+//  * merge_heads: the attention output [B, H, T, hd] -> [B, T, H * hd];
+//  * add_layer_norm: h = x + r and y = layer_norm(h) (r undefined: h is x itself), y in the
+//    autocast dtype when CUDA autocast is on, else in x's (kernels/cuda/add_layer_norm.hpp).
+// The model uses them on CUDA tensors only, when switched on (model/gpt.cpp,
+// model/attention/attention_layer.cpp); on the CPU it keeps the tensor-op path, so what reach
+// computes there does not change.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <array>
+#include <utility>
+
+namespace reach::ops {
+
+// Whether this build has the CUDA kernels (a LibTorch with CUDA).
+bool fused_block_kernels_built();
+// Whether the model uses them on CUDA tensors: built, and switched on by the environment variable
+// REACH_FUSED_KERNELS=1 or set_fused_block_kernels(true). Off by default until the model's fused
+// path has passed `ctest -L gpu` and the 200-step loss-curve check on a GPU (docs/benchmarks.md,
+// "fused block kernels": the first GPU run found a bug in the op layer, fixed since, not re-run).
+bool fused_block_kernels_enabled();
+void set_fused_block_kernels(bool enabled);
+
+// Whether the fused path takes these tensors (CUDA, float32 residual stream, a supported size).
+bool add_layer_norm_supports(const torch::Tensor& x, int64_t dim);
+
+// qkv [B, T, 3 * heads * hd] (float32 or bf16, CUDA), cos and sin float32 [T, hd / 2].
+// Returns q, k, v of shape [B, H, T, hd]: contiguous, or with token_major transposed views of
+// [B, T, H, hd] tensors (for scaled_dot_product_attention, which reads and writes that layout).
+// Throws std::invalid_argument naming the problem for anything else.
+std::array<torch::Tensor, 3> rope_split(const torch::Tensor& qkv, int64_t heads,
+                                        const torch::Tensor& cos, const torch::Tensor& sin,
+                                        bool token_major = false);
+
+// y [B, H, T, hd] (CUDA, hd x element size a multiple of 16 bytes) -> [B, T, H * hd]: the
+// attention output in the output projection's layout (kernels/cuda/head_layout.hpp).
+torch::Tensor merge_heads(const torch::Tensor& y);
+
+// x float32 [..., D] (CUDA), r undefined or float32 / bf16 of x's shape, gamma and beta
+// float32 [D]. Returns {h, y}; h is x when r is undefined.
+std::pair<torch::Tensor, torch::Tensor> add_layer_norm(const torch::Tensor& x,
+                                                       const torch::Tensor& r,
+                                                       const torch::Tensor& gamma,
+                                                       const torch::Tensor& beta, double eps);
+
+}  // namespace reach::ops

@@ -1,0 +1,266 @@
+// The fused block ops on CUDA (ops/block_ops.hpp): autograd functions over the kernels of
+// kernels/cuda/rope_split.hpp and kernels/cuda/add_layer_norm.hpp, on the current stream;
+// nothing here waits for the GPU.
+#include <ATen/autocast_mode.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/torch.h>
+
+#include <array>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda/add_layer_norm.hpp"
+#include "kernels/cuda/head_layout.hpp"
+#include "kernels/cuda/rope_split.hpp"
+#include "ops/block_ops.hpp"
+
+namespace reach::ops {
+namespace {
+
+using torch::Tensor;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+namespace gpu = kernels::gpu;
+
+void* stream() { return at::cuda::getCurrentCUDAStream().stream(); }
+
+gpu::ScalarType kernel_type(torch::ScalarType type, const char* op, const char* name) {
+  if (type == torch::kFloat32) return gpu::ScalarType::kFloat32;
+  if (type == torch::kBFloat16) return gpu::ScalarType::kBFloat16;
+  throw std::invalid_argument(std::string(op) + ": " + name + " must be float32 or bfloat16, got " +
+                              std::string(c10::toString(type)));
+}
+gpu::ScalarType kernel_type(const Tensor& t, const char* op, const char* name) {
+  return kernel_type(t.scalar_type(), op, name);
+}
+
+void require(bool ok, const std::string& message) {
+  if (!ok) throw std::invalid_argument(message);
+}
+
+struct RopeSplit : torch::autograd::Function<RopeSplit> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& qkv_in, int64_t heads,
+                               const Tensor& cos, const Tensor& sin, bool token_major) {
+    const c10::cuda::CUDAGuard guard(qkv_in.device());
+    const auto qkv = qkv_in.contiguous();
+    const int64_t b = qkv.size(0), t = qkv.size(1), hd = qkv.size(2) / (3 * heads);
+    const kernels::cpu::RopeSplitShape shape{b, t, heads, hd, token_major};
+    const auto sizes =
+        token_major ? std::vector<int64_t>{b, t, heads, hd} : std::vector<int64_t>{b, heads, t, hd};
+    auto q = torch::empty(sizes, qkv.options());
+    auto k = torch::empty_like(q), v = torch::empty_like(q);
+    gpu::rope_split_forward_cuda(shape, kernel_type(qkv, "rope_split", "qkv"), qkv.data_ptr(),
+                                 cos.data_ptr<float>(), sin.data_ptr<float>(), q.data_ptr(),
+                                 k.data_ptr(), v.data_ptr(), stream());
+    ctx->save_for_backward({cos, sin});
+    ctx->saved_data["b"] = b;
+    ctx->saved_data["t"] = t;
+    ctx->saved_data["heads"] = heads;
+    ctx->saved_data["hd"] = hd;
+    ctx->saved_data["token_major"] = token_major;
+    return {q, k, v};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const kernels::cpu::RopeSplitShape shape{
+        ctx->saved_data["b"].toInt(), ctx->saved_data["t"].toInt(),
+        ctx->saved_data["heads"].toInt(), ctx->saved_data["hd"].toInt()};
+    // An output nobody used has no gradient: zeros of the right shape stand in.
+    Tensor like;
+    for (const auto& g : grads) {
+      if (g.defined()) like = g;
+    }
+    const c10::cuda::CUDAGuard guard(like.device());
+    std::array<Tensor, 3> g;
+    for (size_t i = 0; i < 3; ++i) {
+      g[i] = grads[i].defined() ? grads[i].to(like.scalar_type()).contiguous()
+                                : torch::zeros_like(like);
+    }
+    auto dqkv = torch::empty({shape.batch, shape.seq_len, 3 * shape.heads * shape.head_dim},
+                             like.options());
+    gpu::rope_split_backward_cuda(shape, kernel_type(like, "rope_split", "gradient"),
+                                  g[0].data_ptr(), g[1].data_ptr(), g[2].data_ptr(),
+                                  saved[0].data_ptr<float>(), saved[1].data_ptr<float>(),
+                                  dqkv.data_ptr(), stream());
+    return {dqkv, Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+gpu::HeadLayout head_layout(int64_t b, int64_t h, int64_t t, const Tensor& like, int64_t hd) {
+  return {b, h, t, hd * static_cast<int64_t>(like.element_size())};
+}
+
+struct MergeHeads : torch::autograd::Function<MergeHeads> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& y_in) {
+    const c10::cuda::CUDAGuard guard(y_in.device());
+    const auto y = y_in.contiguous();
+    const int64_t b = y.size(0), h = y.size(1), t = y.size(2), hd = y.size(3);
+    auto out = torch::empty({b, t, h * hd}, y.options());
+    gpu::permute_heads_cuda(head_layout(b, h, t, y, hd), /*heads_to_tokens=*/true, y.data_ptr(),
+                            out.data_ptr(), stream());
+    ctx->saved_data["b"] = b;
+    ctx->saved_data["h"] = h;
+    ctx->saved_data["t"] = t;
+    ctx->saved_data["hd"] = hd;
+    return {out};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const int64_t b = ctx->saved_data["b"].toInt(), h = ctx->saved_data["h"].toInt(),
+                  t = ctx->saved_data["t"].toInt(), hd = ctx->saved_data["hd"].toInt();
+    const auto g = grads[0].contiguous();
+    const c10::cuda::CUDAGuard guard(g.device());
+    auto dy = torch::empty({b, h, t, hd}, g.options());
+    gpu::permute_heads_cuda(head_layout(b, h, t, g, hd), /*heads_to_tokens=*/false, g.data_ptr(),
+                            dy.data_ptr(), stream());
+    return {dy};
+  }
+};
+
+torch::ScalarType output_type(const Tensor& x) {
+  return at::autocast::is_autocast_enabled(at::kCUDA) ? at::autocast::get_autocast_dtype(at::kCUDA)
+                                                      : x.scalar_type();
+}
+
+// The shared forward and backward of the two functions below; r undefined: no residual add
+// (LibTorch's Function::apply takes no undefined tensor inputs, hence two functions).
+variable_list add_layer_norm_forward(AutogradContext* ctx, const Tensor& x_in, const Tensor& r_in,
+                                     const Tensor& gamma, const Tensor& beta, double eps,
+                                     int64_t y_type) {
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const auto x = x_in.contiguous();
+  const bool has_r = r_in.defined();
+  const auto r = has_r ? r_in.contiguous() : Tensor();
+  const int64_t dim = x.size(-1), rows = x.numel() / dim;
+  const auto out_type = static_cast<torch::ScalarType>(y_type);
+  gpu::AddLayerNormArgs args{
+      rows, dim, eps, has_r ? kernel_type(r, "add_layer_norm", "r") : gpu::ScalarType::kFloat32,
+      kernel_type(out_type, "add_layer_norm", "the output")};
+  auto h = has_r ? torch::empty_like(x) : x;
+  auto y = torch::empty(x.sizes(), x.options().dtype(out_type));
+  auto mean = torch::empty({rows}, x.options()), rstd = torch::empty({rows}, x.options());
+  gpu::add_layer_norm_forward_cuda(args, x.data_ptr<float>(), has_r ? r.data_ptr() : nullptr,
+                                   gamma.data_ptr<float>(), beta.data_ptr<float>(),
+                                   has_r ? h.data_ptr<float>() : nullptr, y.data_ptr(),
+                                   mean.data_ptr<float>(), rstd.data_ptr<float>(), stream());
+  ctx->save_for_backward({h, mean, rstd, gamma});
+  ctx->saved_data["eps"] = eps;
+  ctx->saved_data["r_type"] = static_cast<int64_t>(has_r ? r.scalar_type() : torch::kFloat32);
+  if (has_r) return {h, y};
+  return {y};
+}
+
+// -> {dx, dr (undefined without r), dgamma, dbeta}; dh: the gradient flowing into h (or none).
+std::array<Tensor, 4> add_layer_norm_backward(AutogradContext* ctx, bool has_r, const Tensor& dh_in,
+                                              Tensor dy) {
+  const auto saved = ctx->get_saved_variables();
+  const auto &h = saved[0], &mean = saved[1], &rstd = saved[2], &gamma = saved[3];
+  const auto r_type = static_cast<torch::ScalarType>(ctx->saved_data["r_type"].toInt());
+  const Tensor dh = dh_in.defined() ? dh_in.to(torch::kFloat32).contiguous() : Tensor();
+  const c10::cuda::CUDAGuard guard(h.device());
+  const int64_t dim = h.size(-1), rows = h.numel() / dim;
+  if (!dy.defined()) dy = torch::zeros(h.sizes(), h.options());
+  dy = dy.contiguous();
+  gpu::AddLayerNormArgs args{
+      rows, dim, ctx->saved_data["eps"].toDouble(),
+      has_r ? kernel_type(r_type, "add_layer_norm", "r") : gpu::ScalarType::kFloat32,
+      kernel_type(dy, "add_layer_norm", "the output gradient")};
+  const int64_t blocks = gpu::add_layer_norm_backward_blocks(args);
+  auto dx = torch::empty_like(h);
+  auto dr = has_r && r_type != torch::kFloat32 ? torch::empty(h.sizes(), h.options().dtype(r_type))
+                                               : Tensor();
+  auto dgamma = torch::empty({blocks, dim}, h.options());
+  auto dbeta = torch::empty({blocks, dim}, h.options());
+  gpu::add_layer_norm_backward_cuda(
+      args, dy.data_ptr(), dh.defined() ? dh.data_ptr<float>() : nullptr, h.data_ptr<float>(),
+      mean.data_ptr<float>(), rstd.data_ptr<float>(), gamma.data_ptr<float>(), dx.data_ptr<float>(),
+      dr.defined() ? dr.data_ptr() : nullptr, dgamma.data_ptr<float>(), dbeta.data_ptr<float>(),
+      stream());
+  Tensor grad_r;
+  // (A copy when r is float32: one tensor handed back for two inputs could be accumulated
+  // into in place for one of them.)
+  if (has_r) grad_r = dr.defined() ? dr : dx.clone();
+  return {dx, grad_r, dgamma.sum(0), dbeta.sum(0)};
+}
+
+// h = x + r, y = layer_norm(h): outputs {h, y}.
+struct AddLayerNorm : torch::autograd::Function<AddLayerNorm> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& r,
+                               const Tensor& gamma, const Tensor& beta, double eps,
+                               int64_t y_type) {
+    return add_layer_norm_forward(ctx, x, r, gamma, beta, eps, y_type);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto g = add_layer_norm_backward(ctx, true, grads[0], grads[1]);
+    return {g[0], g[1], g[2], g[3], Tensor(), Tensor()};
+  }
+};
+
+// y = layer_norm(x): output {y}.
+struct LayerNormOnly : torch::autograd::Function<LayerNormOnly> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& gamma,
+                               const Tensor& beta, double eps, int64_t y_type) {
+    return add_layer_norm_forward(ctx, x, Tensor(), gamma, beta, eps, y_type);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto g = add_layer_norm_backward(ctx, false, Tensor(), grads[0]);
+    return {g[0], g[2], g[3], Tensor(), Tensor()};
+  }
+};
+
+}  // namespace
+
+std::array<Tensor, 3> rope_split(const Tensor& qkv, int64_t heads, const Tensor& cos,
+                                 const Tensor& sin, bool token_major) {
+  require(qkv.is_cuda() && cos.is_cuda() && sin.is_cuda(),
+          "rope_split: qkv, cos and sin must be CUDA tensors");
+  require(qkv.dim() == 3 && heads >= 1 && qkv.size(2) % (6 * heads) == 0,
+          "rope_split: qkv must be [B, T, 3 * heads * head_dim] with an even head_dim, got " +
+              c10::str(qkv.sizes()) + " for " + std::to_string(heads) + " heads");
+  const int64_t hd = qkv.size(2) / (3 * heads);
+  require(cos.scalar_type() == torch::kFloat32 && sin.scalar_type() == torch::kFloat32 &&
+              cos.is_contiguous() && sin.is_contiguous() && cos.dim() == 2 &&
+              cos.sizes() == sin.sizes() && cos.size(0) == qkv.size(1) && cos.size(1) == hd / 2,
+          "rope_split: cos and sin must be contiguous float32 [T, head_dim / 2] = [" +
+              std::to_string(qkv.size(1)) + ", " + std::to_string(hd / 2) + "], got " +
+              c10::str(cos.sizes()));
+  kernel_type(qkv, "rope_split", "qkv");
+  const auto out = RopeSplit::apply(qkv, heads, cos, sin, token_major);
+  // Token-major outputs are [B, T, H, hd]: the [B, H, T, hd] views (autograd transposes
+  // their gradients back, which the kernel then reads as laid out).
+  if (token_major) return {out[0].transpose(1, 2), out[1].transpose(1, 2), out[2].transpose(1, 2)};
+  return {out[0], out[1], out[2]};
+}
+
+Tensor merge_heads(const Tensor& y) {
+  require(y.is_cuda() && y.dim() == 4, "merge_heads: y must be a [B, H, T, hd] CUDA tensor");
+  require(y.size(3) * static_cast<int64_t>(y.element_size()) % 16 == 0,
+          "merge_heads: head_dim x element size must be a multiple of 16 bytes, got " +
+              std::to_string(y.size(3)) + " x " + std::to_string(y.element_size()));
+  return MergeHeads::apply(y)[0];
+}
+
+std::pair<Tensor, Tensor> add_layer_norm(const Tensor& x, const Tensor& r, const Tensor& gamma,
+                                         const Tensor& beta, double eps) {
+  require(x.is_cuda() && x.scalar_type() == torch::kFloat32 && x.dim() >= 1,
+          "add_layer_norm: x must be a float32 CUDA tensor");
+  const int64_t dim = x.size(-1);
+  require(dim >= 1 && dim <= gpu::kMaxLayerNormDim,
+          "add_layer_norm: the last dimension must be 1.." + std::to_string(gpu::kMaxLayerNormDim) +
+              ", got " + std::to_string(dim));
+  require(!r.defined() || (r.sizes() == x.sizes() && r.device() == x.device()),
+          "add_layer_norm: r must have x's shape and device");
+  require(gamma.scalar_type() == torch::kFloat32 && beta.scalar_type() == torch::kFloat32 &&
+              gamma.numel() == dim && beta.numel() == dim && gamma.is_contiguous() &&
+              beta.is_contiguous() && gamma.device() == x.device(),
+          "add_layer_norm: gamma and beta must be contiguous float32 [D] on x's device");
+  if (r.defined()) kernel_type(r, "add_layer_norm", "r");
+  const auto y_type = static_cast<int64_t>(output_type(x));
+  if (!r.defined()) return {x, LayerNormOnly::apply(x, gamma, beta, eps, y_type)[0]};
+  const auto out = AddLayerNorm::apply(x, r, gamma, beta, eps, y_type);
+  return {out[0], out[1]};
+}
+
+}  // namespace reach::ops

@@ -1,0 +1,319 @@
+// The fused block kernels on CUDA (kernels/cuda/rope_split.hpp, kernels/cuda/add_layer_norm.hpp)
+// against their float64 references on random inputs, forward and backward: op harness cases on
+// backend "cuda" (ctest label gpu), which skip without a GPU. RoPE split cases cover both output
+// layouts (heads first, token major). Every output buffer is poisoned
+// with NaN first, so an unwritten element fails.
+//
+// Error rule (relative L2 against the float64 reference on the same, rounded, inputs):
+//  * float32 outputs within 1e-5: each element is a handful of float32 operations (RoPE) or
+//    sums of at most D = 768 float32 terms per row (LayerNorm; dgamma/dbeta: per-block float32
+//    partials of <= rows / 512 * 8 terms, then summed in float64 here), eps 6e-8, so the
+//    expected error is ~1e-6;
+//  * bf16 outputs (q, k, v, dqkv of the bf16 kernels; y and dr of the bf16 LayerNorm) within
+//    the bf16 rule (harness::Bf16Rule: 2x what rounding the float64 result to bf16 costs +
+//    1e-4): the kernels compute in float32 and round once;
+//  * permute_heads (kernels/cuda/head_layout.hpp) moves bytes only: exact equality with the
+//    host permutation.
+#include <cuda_runtime_api.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/cpu/reference_add_layer_norm.hpp"
+#include "kernels/cpu/reference_rope_split.hpp"
+#include "kernels/cuda/add_layer_norm.hpp"
+#include "kernels/cuda/head_layout.hpp"
+#include "kernels/cuda/rope_split.hpp"
+#include "tests/kernels/harness.hpp"
+
+namespace reach::harness {
+namespace {
+
+using kernels::cpu::RopeSplitShape;
+using kernels::gpu::ScalarType;
+
+void check(cudaError_t status, const char* what) {
+  if (status != cudaSuccess) {
+    throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(status));
+  }
+}
+
+bool cuda_device_available() {
+  int count = 0;
+  return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
+}
+
+uint16_t to_bf16_bits(float x) {  // round to nearest even (inputs are finite)
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  u += 0x7FFFu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+double from_bf16_bits(uint16_t b) {
+  const uint32_t u = static_cast<uint32_t>(b) << 16;
+  float x;
+  std::memcpy(&x, &u, 4);
+  return x;
+}
+
+// A NaN-poisoned device buffer holding a host vector in bf16 or float32.
+struct DeviceTensor {
+  void* ptr = nullptr;
+  size_t count = 0;
+  bool bf16 = false;
+  DeviceTensor(size_t n, bool is_bf16) : count(n), bf16(is_bf16) {
+    check(cudaMalloc(&ptr, n * (bf16 ? 2 : 4)), "cudaMalloc");
+    check(cudaMemset(ptr, 0xFF, count * (bf16 ? 2 : 4)), "cudaMemset");
+  }
+  DeviceTensor(const DeviceTensor&) = delete;
+  DeviceTensor& operator=(const DeviceTensor&) = delete;
+  ~DeviceTensor() { cudaFree(ptr); }
+  void upload(const std::vector<double>& x) {
+    if (bf16) {
+      std::vector<uint16_t> h(count);
+      for (size_t t = 0; t < count; ++t) h[t] = to_bf16_bits(static_cast<float>(x[t]));
+      check(cudaMemcpy(ptr, h.data(), count * 2, cudaMemcpyHostToDevice), "upload");
+    } else {
+      std::vector<float> h(x.begin(), x.end());
+      check(cudaMemcpy(ptr, h.data(), count * 4, cudaMemcpyHostToDevice), "upload");
+    }
+  }
+  std::vector<double> download() const {
+    check(cudaDeviceSynchronize(), "kernel");
+    std::vector<double> x(count);
+    if (bf16) {
+      std::vector<uint16_t> h(count);
+      check(cudaMemcpy(h.data(), ptr, count * 2, cudaMemcpyDeviceToHost), "download");
+      for (size_t t = 0; t < count; ++t) x[t] = from_bf16_bits(h[t]);
+    } else {
+      std::vector<float> h(count);
+      check(cudaMemcpy(h.data(), ptr, count * 4, cudaMemcpyDeviceToHost), "download");
+      for (size_t t = 0; t < count; ++t) x[t] = h[t];
+    }
+    return x;
+  }
+  float* f32() const { return static_cast<float*>(ptr); }
+};
+
+// What the device holds after upload: the values rounded to the buffer's type.
+std::vector<double> rounded(const std::vector<double>& x, bool bf16) {
+  std::vector<double> out(x.size());
+  for (size_t i = 0; i < x.size(); ++i) {
+    out[i] = bf16 ? from_bf16_bits(to_bf16_bits(static_cast<float>(x[i])))
+                  : static_cast<double>(static_cast<float>(x[i]));
+  }
+  return out;
+}
+
+void compare(Report& r, const std::string& what, bool bf16, const std::vector<double>& got,
+             const std::vector<double>& want) {
+  if (bf16) {
+    r.bf16(what, got, want);
+  } else {
+    r.rel_l2(what, got, want, 1e-5);
+  }
+}
+
+}  // namespace
+
+REACH_OP_CASES(rope_split_cuda_cases) {
+  for (const bool bf16 : {false, true}) {
+    for (const RopeSplitShape s :
+         {RopeSplitShape{2, 5, 3, 8}, RopeSplitShape{1, 37, 2, 64}, RopeSplitShape{3, 129, 8, 64},
+          RopeSplitShape{2, 17, 4, 128}, RopeSplitShape{2, 5, 3, 8, true},
+          RopeSplitShape{3, 129, 8, 64, true}}) {
+      const std::string shape = shape_part("b", static_cast<double>(s.batch)) + "_" +
+                                shape_part("t", static_cast<double>(s.seq_len)) + "_" +
+                                shape_part("h", static_cast<double>(s.heads)) + "_" +
+                                shape_part("d", static_cast<double>(s.head_dim)) +
+                                (s.token_major ? "_token_major" : "");
+      const std::string dtype = bf16 ? "bf16" : "f32";
+      registry.add(
+          {"rope_split", "cuda", dtype, shape, "forward_backward", [=](Report& r) {
+             if (!cuda_device_available()) return r.skip("no CUDA device");
+             Rng rng(seed_of("rope_split_cuda" + dtype + shape));
+             const auto n = static_cast<size_t>(s.head_count());
+             const auto qkv = rounded(rng.normal(static_cast<size_t>(s.qkv_count())), bf16);
+             // RoPE's own angles: position t times base^(-i / half).
+             const int64_t half = s.head_dim / 2;
+             std::vector<double> cos(static_cast<size_t>(s.table_count())), sin(cos.size());
+             for (int64_t t = 0; t < s.seq_len; ++t) {
+               for (int64_t i = 0; i < half; ++i) {
+                 const double a =
+                     static_cast<double>(t) *
+                     std::pow(10000.0, -static_cast<double>(i) / static_cast<double>(half));
+                 cos[static_cast<size_t>(t * half + i)] = static_cast<float>(std::cos(a));
+                 sin[static_cast<size_t>(t * half + i)] = static_cast<float>(std::sin(a));
+               }
+             }
+             DeviceTensor d_qkv(qkv.size(), bf16), d_cos(cos.size(), false),
+                 d_sin(sin.size(), false), d_q(n, bf16), d_k(n, bf16), d_v(n, bf16);
+             d_qkv.upload(qkv);
+             d_cos.upload(cos);
+             d_sin.upload(sin);
+             kernels::gpu::rope_split_forward_cuda(
+                 s, bf16 ? ScalarType::kBFloat16 : ScalarType::kFloat32, d_qkv.ptr, d_cos.f32(),
+                 d_sin.f32(), d_q.ptr, d_k.ptr, d_v.ptr, nullptr);
+             std::vector<double> q, k, v;
+             kernels::cpu::reference_rope_split_forward(s, qkv, cos, sin, q, k, v);
+             compare(r, "q", bf16, d_q.download(), q);
+             compare(r, "k", bf16, d_k.download(), k);
+             compare(r, "v", bf16, d_v.download(), v);
+
+             const auto gq = rounded(rng.normal(n), bf16), gk = rounded(rng.normal(n), bf16),
+                        gv = rounded(rng.normal(n), bf16);
+             DeviceTensor d_gq(n, bf16), d_gk(n, bf16), d_gv(n, bf16), d_dqkv(qkv.size(), bf16);
+             d_gq.upload(gq);
+             d_gk.upload(gk);
+             d_gv.upload(gv);
+             kernels::gpu::rope_split_backward_cuda(
+                 s, bf16 ? ScalarType::kBFloat16 : ScalarType::kFloat32, d_gq.ptr, d_gk.ptr,
+                 d_gv.ptr, d_cos.f32(), d_sin.f32(), d_dqkv.ptr, nullptr);
+             std::vector<double> dqkv;
+             kernels::cpu::reference_rope_split_backward(s, gq, gk, gv, cos, sin, dqkv);
+             compare(r, "dqkv", bf16, d_dqkv.download(), dqkv);
+           }});
+    }
+  }
+}
+
+// A pure permutation: every byte must land exactly where the host permutation puts it.
+REACH_OP_CASES(permute_heads_cuda_cases) {
+  for (const kernels::gpu::HeadLayout s :
+       {kernels::gpu::HeadLayout{1, 1, 1, 16}, kernels::gpu::HeadLayout{2, 3, 5, 16},
+        kernels::gpu::HeadLayout{2, 8, 129, 128}, kernels::gpu::HeadLayout{3, 4, 33, 256}}) {
+    for (const bool to_tokens : {true, false}) {
+      const std::string shape = shape_part("b", static_cast<double>(s.batch)) + "_" +
+                                shape_part("h", static_cast<double>(s.heads)) + "_" +
+                                shape_part("t", static_cast<double>(s.seq_len)) + "_" +
+                                shape_part("bytes", static_cast<double>(s.row_bytes)) +
+                                (to_tokens ? "_heads_to_tokens" : "_tokens_to_heads");
+      registry.add(
+          {"permute_heads", "cuda", "bytes", shape, "exact", [=](Report& r) {
+             if (!cuda_device_available()) return r.skip("no CUDA device");
+             const int64_t words = s.row_bytes / 4;
+             const auto count = static_cast<size_t>(s.batch * s.heads * s.seq_len * words);
+             std::mt19937_64 rng(seed_of("permute_heads" + shape));
+             std::vector<uint32_t> src(count);
+             for (auto& w : src) w = static_cast<uint32_t>(rng());
+             void *d_src = nullptr, *d_dst = nullptr;
+             check(cudaMalloc(&d_src, count * 4), "cudaMalloc");
+             check(cudaMalloc(&d_dst, count * 4), "cudaMalloc");
+             check(cudaMemset(d_dst, 0xFF, count * 4), "cudaMemset");
+             check(cudaMemcpy(d_src, src.data(), count * 4, cudaMemcpyHostToDevice), "upload");
+             kernels::gpu::permute_heads_cuda(s, to_tokens, d_src, d_dst, nullptr);
+             std::vector<uint32_t> got(count);
+             check(cudaDeviceSynchronize(), "kernel");
+             check(cudaMemcpy(got.data(), d_dst, count * 4, cudaMemcpyDeviceToHost), "download");
+             cudaFree(d_src);
+             cudaFree(d_dst);
+             size_t wrong = 0;
+             for (int64_t b = 0; b < s.batch; ++b) {
+               for (int64_t h = 0; h < s.heads; ++h) {
+                 for (int64_t t = 0; t < s.seq_len; ++t) {
+                   const int64_t hf = ((b * s.heads + h) * s.seq_len + t) * words;
+                   const int64_t tm = ((b * s.seq_len + t) * s.heads + h) * words;
+                   for (int64_t w = 0; w < words; ++w) {
+                     const auto from = static_cast<size_t>((to_tokens ? hf : tm) + w);
+                     const auto to = static_cast<size_t>((to_tokens ? tm : hf) + w);
+                     wrong += got[to] != src[from];
+                   }
+                 }
+               }
+             }
+             r.lt("misplaced words", static_cast<double>(wrong), 0.5);
+           }});
+    }
+  }
+}
+
+REACH_OP_CASES(add_layer_norm_cuda_cases) {
+  struct Shape {
+    int64_t rows, dim;
+  };
+  for (const bool bf16 : {false, true}) {
+    for (const Shape s : {Shape{1, 1}, Shape{3, 7}, Shape{33, 96}, Shape{1000, 512},
+                          Shape{4100, 512}, Shape{5, 768}}) {
+      for (const bool with_r : {false, true}) {
+        for (const bool with_dh : {false, true}) {
+          const std::string dtype = bf16 ? "bf16" : "f32";
+          const std::string shape = shape_part("rows", static_cast<double>(s.rows)) + "_" +
+                                    shape_part("d", static_cast<double>(s.dim)) +
+                                    (with_r ? "_r" : "") + (with_dh ? "_dh" : "");
+          registry.add(
+              {"add_layer_norm", "cuda", dtype, shape, "forward_backward", [=](Report& r) {
+                 if (!cuda_device_available()) return r.skip("no CUDA device");
+                 Rng rng(seed_of("add_layer_norm_cuda" + dtype + shape));
+                 const auto n = static_cast<size_t>(s.rows * s.dim);
+                 const auto d = static_cast<size_t>(s.dim);
+                 // r and y (and dy) in bf16 for the bf16 case (autocast); x, h, gamma, beta
+                 // float32.
+                 const auto x = rounded(rng.normal(n, 2.0), false);
+                 const auto res = with_r ? rounded(rng.normal(n), bf16) : std::vector<double>{};
+                 const auto gamma = rounded(rng.normal(d), false),
+                            beta = rounded(rng.normal(d), false);
+                 kernels::gpu::AddLayerNormArgs args{
+                     s.rows, s.dim, 1e-5, bf16 ? ScalarType::kBFloat16 : ScalarType::kFloat32,
+                     bf16 ? ScalarType::kBFloat16 : ScalarType::kFloat32};
+                 DeviceTensor d_x(n, false), d_r(with_r ? n : 1, bf16), d_gamma(d, false),
+                     d_beta(d, false), d_h(n, false), d_y(n, bf16),
+                     d_mean(static_cast<size_t>(s.rows), false),
+                     d_rstd(static_cast<size_t>(s.rows), false);
+                 d_x.upload(x);
+                 if (with_r) d_r.upload(res);
+                 d_gamma.upload(gamma);
+                 d_beta.upload(beta);
+                 kernels::gpu::add_layer_norm_forward_cuda(
+                     args, d_x.f32(), with_r ? d_r.ptr : nullptr, d_gamma.f32(), d_beta.f32(),
+                     with_r ? d_h.f32() : nullptr, d_y.ptr, d_mean.f32(), d_rstd.f32(), nullptr);
+                 std::vector<double> h, y, mean, rstd;
+                 kernels::cpu::reference_add_layer_norm_forward(s.rows, s.dim, x, res, gamma, beta,
+                                                                1e-5, h, y, mean, rstd);
+                 if (with_r) r.rel_l2("h", d_h.download(), h, 1e-5);
+                 compare(r, "y", bf16, d_y.download(), y);
+                 r.rel_l2("mean", d_mean.download(), mean, 1e-5);
+                 r.rel_l2("rstd", d_rstd.download(), rstd, 1e-5);
+
+                 const auto dy = rounded(rng.normal(n), bf16);
+                 const auto dh = with_dh ? rounded(rng.normal(n), false) : std::vector<double>{};
+                 const auto blocks =
+                     static_cast<size_t>(kernels::gpu::add_layer_norm_backward_blocks(args));
+                 DeviceTensor d_dy(n, bf16), d_dh(with_dh ? n : 1, false), d_dx(n, false),
+                     d_dr(n, bf16), d_pg(blocks * d, false), d_pb(blocks * d, false);
+                 d_dy.upload(dy);
+                 if (with_dh) d_dh.upload(dh);
+                 // The kernel reads h (x itself when there is no r), mean and rstd from the
+                 // forward.
+                 const float* saved_h = with_r ? d_h.f32() : d_x.f32();
+                 kernels::gpu::add_layer_norm_backward_cuda(
+                     args, d_dy.ptr, with_dh ? d_dh.f32() : nullptr, saved_h, d_mean.f32(),
+                     d_rstd.f32(), d_gamma.f32(), d_dx.f32(), d_dr.ptr, d_pg.f32(), d_pb.f32(),
+                     nullptr);
+                 std::vector<double> dx, dgamma, dbeta;
+                 kernels::cpu::reference_add_layer_norm_backward(s.rows, s.dim, dy, dh, h, gamma,
+                                                                 1e-5, dx, dgamma, dbeta);
+                 r.rel_l2("dx", d_dx.download(), dx, 1e-5);
+                 compare(r, "dr", bf16, d_dr.download(), dx);
+                 const auto pg = d_pg.download(), pb = d_pb.download();
+                 std::vector<double> got_g(d, 0.0), got_b(d, 0.0);
+                 for (size_t blk = 0; blk < blocks; ++blk) {
+                   for (size_t c = 0; c < d; ++c) {
+                     got_g[c] += pg[blk * d + c];
+                     got_b[c] += pb[blk * d + c];
+                   }
+                 }
+                 r.rel_l2("dgamma", got_g, dgamma, 1e-5);
+                 r.rel_l2("dbeta", got_b, dbeta, 1e-5);
+               }});
+        }
+      }
+    }
+  }
+}
+
+}  // namespace reach::harness

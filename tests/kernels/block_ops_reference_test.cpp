@@ -1,0 +1,171 @@
+// The float64 references of the fused block kernels (kernels/cpu/reference_rope_split.hpp,
+// kernels/cpu/reference_add_layer_norm.hpp): forwards against independent formulations, and
+// backwards against central finite differences of a random linear functional of the outputs.
+// Bounds: the references are float64 and the losses are linear (RoPE) or smooth (LayerNorm)
+// in the inputs, so finite differences with h = 1e-6 agree to ~1e-8; 1e-6 leaves a margin
+// while any wrong term (a sign, a missing 1/D) is O(1). Forwards: 1e-12 (float64 rounding).
+#include <cmath>
+#include <complex>
+
+#include "kernels/cpu/reference_add_layer_norm.hpp"
+#include "kernels/cpu/reference_rope_split.hpp"
+#include "tests/kernels/harness.hpp"
+
+namespace reach::harness {
+namespace {
+
+using kernels::cpu::RopeSplitShape;
+
+double dot(const std::vector<double>& a, const std::vector<double>& b) {
+  double s = 0;
+  for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
+  return s;
+}
+
+}  // namespace
+
+REACH_OP_CASES(rope_split_reference_cases) {
+  for (const RopeSplitShape s : {RopeSplitShape{1, 3, 1, 2}, RopeSplitShape{2, 5, 3, 8}}) {
+    const std::string shape = shape_part("b", static_cast<double>(s.batch)) + "_" +
+                              shape_part("t", static_cast<double>(s.seq_len)) + "_" +
+                              shape_part("h", static_cast<double>(s.heads)) + "_" +
+                              shape_part("d", static_cast<double>(s.head_dim));
+    registry.add(
+        {"rope_split", "reference", "f64", shape, "forward", [s](Report& r) {
+           Rng rng(seed_of("rope_split_forward" + std::to_string(s.head_dim)));
+           const auto qkv = rng.normal(static_cast<size_t>(s.qkv_count()));
+           const auto angle = rng.uniform(static_cast<size_t>(s.table_count()), -3, 3);
+           std::vector<double> cos(angle.size()), sin(angle.size());
+           for (size_t i = 0; i < angle.size(); ++i) {
+             cos[i] = std::cos(angle[i]);
+             sin[i] = std::sin(angle[i]);
+           }
+           std::vector<double> q, k, v;
+           kernels::cpu::reference_rope_split_forward(s, qkv, cos, sin, q, k, v);
+           // Independent: pair (x_i, x_{i + hd/2}) as a complex number times e^{i angle}.
+           std::vector<double> want_q(q.size()), want_k(q.size()), want_v(q.size());
+           const int64_t half = s.head_dim / 2;
+           for (int64_t b = 0; b < s.batch; ++b) {
+             for (int64_t t = 0; t < s.seq_len; ++t) {
+               for (int64_t p = 0; p < 3; ++p) {
+                 for (int64_t h = 0; h < s.heads; ++h) {
+                   for (int64_t i = 0; i < half; ++i) {
+                     const auto at = [&](int64_t d) {
+                       return qkv[static_cast<size_t>(
+                           (((b * s.seq_len + t) * 3 + p) * s.heads + h) * s.head_dim + d)];
+                     };
+                     std::complex<double> z(at(i), at(i + half));
+                     if (p < 2) z *= std::polar(1.0, angle[static_cast<size_t>(t * half + i)]);
+                     auto& out = p == 0 ? want_q : p == 1 ? want_k : want_v;
+                     const auto o =
+                         static_cast<size_t>(((b * s.heads + h) * s.seq_len + t) * s.head_dim);
+                     out[o + static_cast<size_t>(i)] = z.real();
+                     out[o + static_cast<size_t>(i + half)] = z.imag();
+                   }
+                 }
+               }
+             }
+           }
+           r.max_diff("q", q, want_q, 1e-12);
+           r.max_diff("k", k, want_k, 1e-12);
+           r.max_diff("v", v, want_v, 1e-12);
+         }});
+    registry.add({"rope_split", "reference", "f64", shape, "fd", [s](Report& r) {
+                    Rng rng(seed_of("rope_split_fd" + std::to_string(s.head_dim)));
+                    auto qkv = rng.normal(static_cast<size_t>(s.qkv_count()));
+                    const auto angle = rng.uniform(static_cast<size_t>(s.table_count()), -3, 3);
+                    std::vector<double> cos(angle.size()), sin(angle.size());
+                    for (size_t i = 0; i < angle.size(); ++i) {
+                      cos[i] = std::cos(angle[i]);
+                      sin[i] = std::sin(angle[i]);
+                    }
+                    const auto n = static_cast<size_t>(s.head_count());
+                    const auto wq = rng.normal(n), wk = rng.normal(n), wv = rng.normal(n);
+                    std::vector<double> dqkv;
+                    kernels::cpu::reference_rope_split_backward(s, wq, wk, wv, cos, sin, dqkv);
+                    const auto loss = [&] {
+                      std::vector<double> q, k, v;
+                      kernels::cpu::reference_rope_split_forward(s, qkv, cos, sin, q, k, v);
+                      return dot(q, wq) + dot(k, wk) + dot(v, wv);
+                    };
+                    r.fd("dqkv", finite_difference_error(qkv, dqkv, loss), 1e-6);
+                  }});
+  }
+}
+
+REACH_OP_CASES(add_layer_norm_reference_cases) {
+  for (const bool with_r : {false, true}) {
+    for (const int64_t dim : {int64_t{1}, int64_t{7}, int64_t{96}}) {
+      const int64_t rows = 5;
+      const std::string shape = shape_part("rows", static_cast<double>(rows)) + "_" +
+                                shape_part("d", static_cast<double>(dim)) + (with_r ? "_r" : "");
+      registry.add({"add_layer_norm", "reference", "f64", shape, "forward", [=](Report& r) {
+                      Rng rng(seed_of("add_layer_norm_forward" + shape));
+                      const auto x = rng.normal(static_cast<size_t>(rows * dim), 2.0);
+                      const auto res = with_r ? rng.normal(x.size()) : std::vector<double>{};
+                      const auto gamma = rng.normal(static_cast<size_t>(dim));
+                      const auto beta = rng.normal(static_cast<size_t>(dim));
+                      std::vector<double> h, y, mean, rstd;
+                      kernels::cpu::reference_add_layer_norm_forward(rows, dim, x, res, gamma, beta,
+                                                                     1e-5, h, y, mean, rstd);
+                      // Undo the affine map: each row of (y - beta) / gamma has mean 0 and
+                      // variance var / (var + eps); h is x + r.
+                      double worst_mean = 0, worst_var = 0, worst_h = 0;
+                      for (int64_t row = 0; row < rows; ++row) {
+                        double m = 0, var = 0, zm = 0, zv = 0;
+                        for (int64_t c = 0; c < dim; ++c) {
+                          const auto i = static_cast<size_t>(row * dim + c);
+                          worst_h =
+                              std::max(worst_h, std::abs(h[i] - x[i] - (with_r ? res[i] : 0)));
+                          m += h[i] / static_cast<double>(dim);
+                        }
+                        for (int64_t c = 0; c < dim; ++c) {
+                          const auto i = static_cast<size_t>(row * dim + c);
+                          var += (h[i] - m) * (h[i] - m) / static_cast<double>(dim);
+                          const double z =
+                              (y[i] - beta[static_cast<size_t>(c)]) / gamma[static_cast<size_t>(c)];
+                          zm += z / static_cast<double>(dim);
+                          zv += z * z / static_cast<double>(dim);
+                        }
+                        worst_mean = std::max(worst_mean, std::abs(zm));
+                        worst_var = std::max(worst_var, std::abs(zv - var / (var + 1e-5)));
+                        worst_mean =
+                            std::max(worst_mean, std::abs(mean[static_cast<size_t>(row)] - m));
+                      }
+                      r.lt("h = x + r", worst_h, 1e-12);
+                      r.lt("row mean of the normalised values", worst_mean, 1e-9);
+                      r.lt("row variance of the normalised values", worst_var, 1e-9);
+                    }});
+      for (const bool with_dh : {false, true}) {
+        registry.add({"add_layer_norm", "reference", "f64", shape + (with_dh ? "_dh" : ""), "fd",
+                      [=](Report& r) {
+                        Rng rng(seed_of("add_layer_norm_fd" + shape + (with_dh ? "dh" : "")));
+                        const auto n = static_cast<size_t>(rows * dim);
+                        auto x = rng.normal(n, 2.0);
+                        auto res = with_r ? rng.normal(n) : std::vector<double>{};
+                        auto gamma = rng.normal(static_cast<size_t>(dim));
+                        auto beta = rng.normal(static_cast<size_t>(dim));
+                        const auto wy = rng.normal(n);
+                        const auto wh = with_dh ? rng.normal(n) : std::vector<double>{};
+                        const auto loss = [&] {
+                          std::vector<double> h, y, mean, rstd;
+                          kernels::cpu::reference_add_layer_norm_forward(
+                              rows, dim, x, res, gamma, beta, 1e-5, h, y, mean, rstd);
+                          return dot(y, wy) + (with_dh ? dot(h, wh) : 0.0);
+                        };
+                        std::vector<double> h, y, mean, rstd, dx, dgamma, dbeta;
+                        kernels::cpu::reference_add_layer_norm_forward(
+                            rows, dim, x, res, gamma, beta, 1e-5, h, y, mean, rstd);
+                        kernels::cpu::reference_add_layer_norm_backward(rows, dim, wy, wh, h, gamma,
+                                                                        1e-5, dx, dgamma, dbeta);
+                        r.fd("dx", finite_difference_error(x, dx, loss), 1e-6);
+                        if (with_r) r.fd("dr", finite_difference_error(res, dx, loss), 1e-6);
+                        r.fd("dgamma", finite_difference_error(gamma, dgamma, loss), 1e-6);
+                        r.fd("dbeta", finite_difference_error(beta, dbeta, loss), 1e-6);
+                      }});
+      }
+    }
+  }
+}
+
+}  // namespace reach::harness
