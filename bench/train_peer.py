@@ -23,7 +23,8 @@ window min(W, i + 1) plus the offsets that fit), over the 989.4 TFLOP/s bf16 den
 reach assumes for an H200.
 
 Timing: --warmup steps (compilation included) and then --steps steps between two device
-synchronizations; one line of JSON per run with --json.
+synchronizations; one line of JSON per run with --json. --wait-for FILE holds the timed steps
+until FILE exists (compile in the background while something else builds, time alone).
 """
 import argparse
 import json
@@ -187,6 +188,9 @@ def main():
     p.add_argument("--reach-bin", default="build-gpu/reach", help="reach, to run `reach pattern`")
     p.add_argument("--corpus", help="a folder of text files to train on (default: random bytes)")
     p.add_argument("--json", help="append one JSON line with the result to this file")
+    p.add_argument("--wait-for", help="after the warm-up (compilation), wait until this file "
+                   "exists before the timed steps (so a script can compile while it builds "
+                   "something else and still time the steps alone on the machine)")
     args = p.parse_args()
     if not torch.cuda.is_available():
         sys.exit("train_peer: needs a CUDA device")
@@ -246,6 +250,14 @@ def main():
         step()
     torch.cuda.synchronize()
     warmup_s = time.perf_counter() - start
+    if args.wait_for:
+        print(f"peer {args.variant}: warm ({warmup_s:.0f} s), waiting for {args.wait_for}",
+              flush=True)
+        while not os.path.exists(args.wait_for):
+            time.sleep(0.2)
+        for _ in range(2):  # the GPU may have idled meanwhile: clocks back up
+            step()
+        torch.cuda.synchronize()
     start = time.perf_counter()
     losses = [step() for _ in range(args.steps)]
     torch.cuda.synchronize()
