@@ -10,8 +10,9 @@ namespace reach::infer {
 namespace {
 
 [[noreturn]] void fail(const std::string& part, const std::string& why) {
-  throw std::invalid_argument("budget part '" + part + "': " + why +
-                              " (expected e.g. full, window=16, rungs=2*log2(n), mass=0.9)");
+  throw std::invalid_argument(
+      "budget part '" + part + "': " + why +
+      " (expected e.g. full, window=16, rungs=2*log2(n), mass=0.9, chunks=2)");
 }
 
 double parse_number(const std::string& text, const std::string& part) {
@@ -78,6 +79,7 @@ ResolvedBudget BudgetRule::at(int64_t n) const {
   ResolvedBudget b;
   if (window) b.window = std::max<int64_t>(window->at(n), 1);
   if (rungs) b.rungs = std::max<int64_t>(rungs->at(n), 0);
+  if (chunks) b.chunks = std::max<int64_t>(chunks->at(n), 1);
   b.mass = mass;
   return b;
 }
@@ -103,13 +105,16 @@ BudgetRule parse_budget_rule(const std::string& text) {
     } else if (key == "rungs") {
       if (rule.rungs) fail(part, "rungs given twice");
       rule.rungs = parse_length_rule(value, part);
+    } else if (key == "chunks") {
+      if (rule.chunks) fail(part, "chunks given twice");
+      rule.chunks = parse_length_rule(value, part);
     } else if (key == "mass") {
       if (rule.mass) fail(part, "mass given twice");
       const double p = parse_number(value, part);
       if (!(p > 0.0 && p <= 1.0)) fail(part, "mass must be in (0, 1]");
       rule.mass = p;
     } else {
-      fail(part, "unknown key '" + key + "' (window, rungs or mass)");
+      fail(part, "unknown key '" + key + "' (window, rungs, mass or chunks)");
     }
   }
   return rule;

@@ -7,7 +7,8 @@
 //   "window=0.05*n,rungs=log2(n)"   both
 //   "mass=0.9"                      dynamic: per query, keep keys in score order until their
 //                                   attention mass reaches 0.9 (within the key set above)
-// Parts are comma-separated and combine; each of window, rungs, mass at most once.
+//   "chunks=2" / "chunks=log2(n)"   chunk family: top-k chunks a query reads
+// Parts are comma-separated and combine; each of window, rungs, mass, chunks at most once.
 #pragma once
 
 #include <cstdint>
@@ -28,15 +29,16 @@ struct ResolvedBudget {
   std::optional<int64_t> window;  // W (>= 1)
   std::optional<int64_t> rungs;   // offsets beyond the window (>= 0)
   std::optional<double> mass;     // p in (0, 1]
+  std::optional<int64_t> chunks;  // top-k chunks (>= 1)
 };
 
 struct BudgetRule {
-  std::optional<LengthRule> window, rungs;
+  std::optional<LengthRule> window, rungs, chunks;
   std::optional<double> mass;
   std::string text = "full";  // as given, for reports
 
-  bool is_full() const { return !window && !rungs && !mass; }
-  // The budget at length n (window clamped to >= 1, rungs to >= 0).
+  bool is_full() const { return !window && !rungs && !mass && !chunks; }
+  // The budget at length n (window and chunks clamped to >= 1, rungs to >= 0).
   ResolvedBudget at(int64_t n) const;
 };
 

@@ -30,6 +30,7 @@ torch::Tensor Session::forward(const std::vector<int64_t>& tokens) {
   context.budget.window = budget.window;
   context.budget.rungs = budget.rungs;
   context.budget.mass = budget.mass;
+  context.budget.chunks = budget.chunks;
   // The budget used is counted over decode steps (a counted prefill would run the prompt's
   // rows through the decode kernel instead of the fused forward).
   if (length() > 0) context.usage = &usage_;

@@ -12,10 +12,17 @@ namespace {
 template <class E, size_t N = 4>
 using Names = std::array<std::pair<E, const char*>, N>;
 
-constexpr Names<AttentionFamily> kAttention{{{AttentionFamily::dense, "dense"},
-                                             {AttentionFamily::window, "window"},
-                                             {AttentionFamily::fibonacci, "fibonacci"},
-                                             {AttentionFamily::power_of_two, "power_of_two"}}};
+constexpr Names<AttentionFamily, 5> kAttention{{{AttentionFamily::dense, "dense"},
+                                                {AttentionFamily::window, "window"},
+                                                {AttentionFamily::fibonacci, "fibonacci"},
+                                                {AttentionFamily::power_of_two, "power_of_two"},
+                                                {AttentionFamily::chunk, "chunk"}}};
+constexpr Names<ChunkLandmark, 2> kChunkLandmark{
+    {{ChunkLandmark::cls, "cls"}, {ChunkLandmark::mean, "mean"}}};
+constexpr Names<ChunkResidual, 2> kChunkResidual{
+    {{ChunkResidual::bypass, "bypass"}, {ChunkResidual::standard, "standard"}}};
+constexpr Names<ChunkSparsity, 2> kChunkSparsity{
+    {{ChunkSparsity::enforced, "enforced"}, {ChunkSparsity::none, "none"}}};
 constexpr Names<Positions> kPositions{{{Positions::rope, "rope"},
                                        {Positions::alibi, "alibi"},
                                        {Positions::nope, "nope"},
@@ -68,11 +75,47 @@ std::string name_of(const Names<E, N>& names, E value) {
   throw std::logic_error("enum value without a name");
 }
 
+void validate_chunk(const ModelConfig& c) {
+  auto at_least = [](int64_t v, int64_t min, const char* name) {
+    if (v < min) {
+      throw std::invalid_argument(std::string("model.") + name + " must be >= " +
+                                  std::to_string(min) + ", got " + std::to_string(v));
+    }
+  };
+  at_least(c.chunk_size, 1, "chunk_size");
+  at_least(c.chunk_top_k, 1, "chunk_top_k");
+  at_least(c.chunk_encoder_layers, 0, "chunk_encoder_layers");
+  at_least(c.chunk_encoder_mlp_ratio, 1, "chunk_encoder_mlp_ratio");
+  at_least(c.chunk_every, 1, "chunk_every");
+  if (!(c.chunk_fraction > 0.0 && c.chunk_fraction <= 1.0)) {
+    throw std::invalid_argument("model.chunk_fraction must be in (0, 1], got " +
+                                std::to_string(c.chunk_fraction));
+  }
+  if (c.chunk_encoder_layers == 0 && c.chunk_landmark == ChunkLandmark::cls) {
+    throw std::invalid_argument(
+        "model.chunk_encoder_layers = 0 (a linear encoder: no layer reads the CLS token) needs "
+        "model.chunk_landmark = 'mean'");
+  }
+  if (c.positions != Positions::rope && c.positions != Positions::nope) {
+    throw std::invalid_argument(
+        "model.attention = 'chunk' works with model.positions = 'rope' "
+        "or 'nope' (its window layers), got '" +
+        to_string(c.positions) + "'");
+  }
+  if (c.normalizer != Normalizer::softmax) {
+    throw std::invalid_argument(
+        "model.attention = 'chunk' works with model.normalizer = "
+        "'softmax' only, got '" +
+        to_string(c.normalizer) + "'");
+  }
+}
+
 }  // namespace
 
 AttentionFamily parse_attention_family(const std::string& name) {
   if (name == "dense") return AttentionFamily::dense;
   if (name == "window") return AttentionFamily::window;
+  if (name == "chunk") return AttentionFamily::chunk;
   try {
     return pattern::parse_offset_base(name) == pattern::OffsetBase::fibonacci
                ? AttentionFamily::fibonacci
@@ -106,7 +149,27 @@ AlphaSchedule parse_schedule(const std::string& name) {
   }
 }
 
+ChunkLandmark parse_chunk_landmark(const std::string& name) {
+  return parse_name("model.chunk_landmark", kChunkLandmark, name);
+}
+ChunkResidual parse_chunk_residual(const std::string& name) {
+  return parse_name("model.chunk_residual", kChunkResidual, name);
+}
+ChunkSparsity parse_chunk_sparsity(const std::string& name) {
+  return parse_name("model.chunk_sparsity", kChunkSparsity, name);
+}
+ChunkWeighting parse_chunk_weighting(const std::string& name) {
+  try {
+    return kernels::parse_chunk_weighting(name);
+  } catch (const std::invalid_argument&) {
+    bad_name("model.chunk_weighting", chunk_weighting_names(), name);
+  }
+}
+
 std::string to_string(AttentionFamily family) { return name_of(kAttention, family); }
+std::string to_string(ChunkLandmark landmark) { return name_of(kChunkLandmark, landmark); }
+std::string to_string(ChunkResidual residual) { return name_of(kChunkResidual, residual); }
+std::string to_string(ChunkSparsity sparsity) { return name_of(kChunkSparsity, sparsity); }
 std::string to_string(Positions positions) { return name_of(kPositions, positions); }
 std::string to_string(Normalizer normalizer) { return name_of(kNormalizer, normalizer); }
 std::string to_string(EntmaxScale scale) { return name_of(kEntmaxScale, scale); }
@@ -117,6 +180,13 @@ std::vector<std::string> positions_names() { return names_of(kPositions); }
 std::vector<std::string> normalizer_names() { return names_of(kNormalizer); }
 std::vector<std::string> entmax_scale_names() { return names_of(kEntmaxScale); }
 std::vector<std::string> entmax_alpha_names() { return names_of(kEntmaxAlpha); }
+std::vector<std::string> chunk_landmark_names() { return names_of(kChunkLandmark); }
+std::vector<std::string> chunk_residual_names() { return names_of(kChunkResidual); }
+std::vector<std::string> chunk_sparsity_names() { return names_of(kChunkSparsity); }
+std::vector<std::string> chunk_weighting_names() {
+  return {kernels::to_string(ChunkWeighting::softmax),
+          kernels::to_string(ChunkWeighting::stick_breaking)};
+}
 std::vector<std::string> schedule_names() {
   std::vector<std::string> out;
   for (auto s : {AlphaSchedule::fixed, AlphaSchedule::stagger, AlphaSchedule::coprime,
@@ -138,6 +208,7 @@ pattern::OffsetBase offset_base(AttentionFamily family) {
       return pattern::OffsetBase::power_of_two;
     case AttentionFamily::dense:
     case AttentionFamily::window:
+    case AttentionFamily::chunk:
       break;
   }
   throw std::logic_error("model.attention = '" + to_string(family) + "' has no offset base");
@@ -204,6 +275,15 @@ void validate(const ModelConfig& c) {
         "' need integer offsets (a static schedule)");
   }
   if (c.reach < 0) throw std::invalid_argument("model.reach must be >= 0 (0 = seq_len)");
+  if (c.attention == AttentionFamily::chunk) validate_chunk(c);
+}
+
+int64_t chunk_encoder_layer(const ModelConfig& c) { return c.layers / 2; }
+
+bool is_chunk_retrieval_layer(const ModelConfig& c, int64_t layer) {
+  const int64_t first = chunk_encoder_layer(c);
+  return c.attention == AttentionFamily::chunk && layer >= first &&
+         (layer - first) % c.chunk_every == 0;
 }
 
 ModelConfig preset(const std::string& name) {

@@ -6,14 +6,29 @@
 #include <string>
 #include <vector>
 
+#include "kernels/chunk_attention_params.hpp"
 #include "pattern/alpha_schedule.hpp"
 #include "pattern/dilated_offsets.hpp"
 
 namespace reach::model {
 
-// Which keys a query sees: every earlier key, its local window, or the window plus dilated
-// offsets from a base sequence (pattern::OffsetBase) scaled by the layer's alpha.
-enum class AttentionFamily { dense, window, fibonacci, power_of_two };
+// Which keys a query sees: every earlier key, its local window, the window plus dilated
+// offsets from a base sequence (pattern::OffsetBase) scaled by the layer's alpha, or
+// hierarchical chunk sparse attention (docs/chunk_attention.md: window layers below, the
+// chunk encoder at the middle layer, window + top-k chunk retrieval from there up).
+enum class AttentionFamily { dense, window, fibonacci, power_of_two, chunk };
+// Chunk family: what a chunk's landmark is made from: the encoder's output at a learned CLS
+// token appended to the chunk, or the mean of the chunk's encoded tokens (the ablation).
+enum class ChunkLandmark { cls, mean };
+// Chunk family: where the retrieved output goes: only into the MLP's input (the bypassing
+// path, out = h + mlp(norm(h + retrieved))) or into the residual stream like any attention.
+enum class ChunkResidual { bypass, standard };
+// Chunk family: enforced selection sparsity. enforced: a query with C candidate chunks reads
+// clamp(ceil(chunk_fraction * C), 1, chunk_top_k) of them, so every query with >= 2
+// candidates must choose, at any training length; none: min(C, chunk_top_k), so queries with
+// C <= chunk_top_k read every candidate (no choice while the training length is short).
+enum class ChunkSparsity { enforced, none };
+using kernels::ChunkWeighting;
 // How positions enter attention: RoPE on queries and keys, an ALiBi distance bias, none
 // (NoPE), or NAPE (the first half of the heads NoPE, the second half ALiBi with the slopes
 // of a model with that many heads).
@@ -41,7 +56,15 @@ Normalizer parse_normalizer(const std::string& name);
 EntmaxScale parse_entmax_scale(const std::string& name);
 EntmaxAlpha parse_entmax_alpha(const std::string& name);
 AlphaSchedule parse_schedule(const std::string& name);
+ChunkLandmark parse_chunk_landmark(const std::string& name);
+ChunkResidual parse_chunk_residual(const std::string& name);
+ChunkSparsity parse_chunk_sparsity(const std::string& name);
+ChunkWeighting parse_chunk_weighting(const std::string& name);
 std::string to_string(AttentionFamily family);
+std::string to_string(ChunkLandmark landmark);
+std::string to_string(ChunkResidual residual);
+std::string to_string(ChunkSparsity sparsity);
+using kernels::to_string;
 std::string to_string(Positions positions);
 std::string to_string(Normalizer normalizer);
 std::string to_string(EntmaxScale scale);
@@ -54,6 +77,10 @@ std::vector<std::string> normalizer_names();
 std::vector<std::string> entmax_scale_names();
 std::vector<std::string> entmax_alpha_names();
 std::vector<std::string> schedule_names();
+std::vector<std::string> chunk_landmark_names();
+std::vector<std::string> chunk_residual_names();
+std::vector<std::string> chunk_sparsity_names();
+std::vector<std::string> chunk_weighting_names();
 
 // Window plus dilated offsets (fibonacci, power_of_two): the families with an alpha schedule.
 bool is_dilated(AttentionFamily family);
@@ -82,10 +109,27 @@ struct ModelConfig {
   double entmax_alpha = 1.5;                           // in (1, 2]
   EntmaxScale entmax_scale = EntmaxScale::per_head;    // asentmax only
   EntmaxAlpha entmax_alpha_mode = EntmaxAlpha::fixed;  // entmax / asentmax only
+
+  // Chunk family (attention = chunk; docs/chunk_attention.md).
+  int64_t chunk_size = 64;              // S: tokens per chunk
+  int64_t chunk_top_k = 8;              // k: most chunks a query reads
+  int64_t chunk_encoder_layers = 1;     // bidirectional encoder layers; 0 = linear (no encoder)
+  int64_t chunk_encoder_mlp_ratio = 4;  // encoder MLP hidden size / d_model
+  ChunkLandmark chunk_landmark = ChunkLandmark::cls;
+  ChunkResidual chunk_residual = ChunkResidual::bypass;
+  ChunkSparsity chunk_sparsity = ChunkSparsity::enforced;
+  double chunk_fraction = 0.5;  // enforced sparsity: share of the candidates read, in (0, 1]
+  ChunkWeighting chunk_weighting = ChunkWeighting::softmax;
+  int64_t chunk_every = 1;  // from the middle layer up, every chunk_every-th layer retrieves
 };
 
 // Throws std::invalid_argument naming the first bad field.
 void validate(const ModelConfig& config);
+
+// Chunk family: the layer holding the chunk encoder (layers / 2), and whether layer `layer`
+// retrieves (the encoder layer and every chunk_every-th layer above it).
+int64_t chunk_encoder_layer(const ModelConfig& config);
+bool is_chunk_retrieval_layer(const ModelConfig& config, int64_t layer);
 
 // Named presets: "paper" (16 layers, 512 hidden, 8 heads, W 64: the main paper's recipe; with a
 // 16,384-token vocabulary it has 58.8M parameters, the paper's ~60M, which does not state its

@@ -161,7 +161,8 @@ void add_model_keys(ConfigKeys& keys, model::ModelConfig& m) {
       .add("model.mlp_ratio", &m.mlp_ratio, "MLP hidden size / d_model", at_least(1))
       .add("model.attention",
            choice(&m.attention, parse_attention_family, attention_family_names()),
-           "keys a query sees: all, its window, or window + dilated offsets")
+           "keys a query sees: all, its window, window + dilated offsets, or window + top-k "
+           "chunk retrieval (docs/chunk_attention.md)")
       .add("model.schedule", choice(&m.schedule, parse_schedule, schedule_names()),
            "alpha across depth (fibonacci / power_of_two)")
       .add("model.alpha", &m.alpha, "alpha of the fixed schedule", above(0))
@@ -181,7 +182,31 @@ void add_model_keys(ConfigKeys& keys, model::ModelConfig& m) {
            choice(&m.entmax_alpha_mode, parse_entmax_alpha, entmax_alpha_names()),
            "entmax / asentmax alpha: fixed, or learned per head (starts at model.entmax_alpha)")
       .add("model.entmax_scale", choice(&m.entmax_scale, parse_entmax_scale, entmax_scale_names()),
-           "asentmax beta, gamma: learned per head, or per query from the hidden state");
+           "asentmax beta, gamma: learned per head, or per query from the hidden state")
+      .add("model.chunk_size", &m.chunk_size, "chunk: tokens per chunk S", at_least(1))
+      .add("model.chunk_top_k", &m.chunk_top_k, "chunk: most chunks a query reads (k)", at_least(1))
+      .add("model.chunk_encoder_layers", &m.chunk_encoder_layers,
+           "chunk: bidirectional chunk-encoder layers (0 = linear: no encoder, mean landmarks)",
+           at_least(0))
+      .add("model.chunk_encoder_mlp_ratio", &m.chunk_encoder_mlp_ratio,
+           "chunk: encoder MLP hidden size / d_model", at_least(1))
+      .add("model.chunk_landmark",
+           choice(&m.chunk_landmark, parse_chunk_landmark, chunk_landmark_names()),
+           "chunk: landmark = the encoder's output at a CLS token, or the mean of the chunk")
+      .add("model.chunk_residual",
+           choice(&m.chunk_residual, parse_chunk_residual, chunk_residual_names()),
+           "chunk: retrieved output into the MLP input only (bypass) or the residual stream")
+      .add("model.chunk_sparsity",
+           choice(&m.chunk_sparsity, parse_chunk_sparsity, chunk_sparsity_names()),
+           "chunk: enforced = read ceil(chunk_fraction x C) of C candidates (<= k); none = "
+           "min(C, k)")
+      .add("model.chunk_fraction", &m.chunk_fraction,
+           "chunk: share of the candidate chunks read under enforced sparsity", above_up_to(0, 1))
+      .add("model.chunk_weighting",
+           choice(&m.chunk_weighting, parse_chunk_weighting, chunk_weighting_names()),
+           "chunk: fuse the chunks' outputs by a softmax of their scores or stick-breaking")
+      .add("model.chunk_every", &m.chunk_every,
+           "chunk: from the middle layer up, every n-th layer retrieves", at_least(1));
 }
 
 namespace {

@@ -1,5 +1,6 @@
 #include "model/attention/factory.hpp"
 
+#include "model/attention/chunk_retrieval.hpp"
 #include "model/attention/dense.hpp"
 #include "model/attention/dilated.hpp"
 #include "model/attention/entmax.hpp"
@@ -26,6 +27,12 @@ std::shared_ptr<AttentionLayer> make_attention(const ModelConfig& c, int64_t lay
         return std::make_shared<LearnedDilatedAttention>(c, layer);
       }
       return std::make_shared<DilatedAttention>(c, layer);
+    case AttentionFamily::chunk:
+      // Window layers below the middle; retrieval layers (the first one encoding) above.
+      if (is_chunk_retrieval_layer(c, layer)) {
+        return std::make_shared<ChunkRetrievalAttention>(c, layer);
+      }
+      return std::make_shared<WindowAttention>(c, layer);
   }
   throw std::logic_error("model.attention has no attention family");
 }

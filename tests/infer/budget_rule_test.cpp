@@ -42,6 +42,15 @@ TEST(BudgetRule, MassIsDynamic) {
   EXPECT_DOUBLE_EQ(*b.mass, 0.9);
 }
 
+TEST(BudgetRule, ChunksForTheChunkFamily) {
+  const auto rule = parse_budget_rule("chunks=log2(n)");
+  EXPECT_FALSE(rule.is_full());
+  EXPECT_EQ(rule.at(1024).chunks, 10);
+  EXPECT_EQ(rule.at(1).chunks, 1);  // clamped: a query reads at least one chunk
+  EXPECT_EQ(parse_budget_rule("window=8,chunks=2").at(99).chunks, 2);
+  EXPECT_FALSE(parse_budget_rule("rungs=2").at(99).chunks);
+}
+
 TEST(BudgetRule, BadRulesAreClearErrors) {
   auto expect_error = [](const std::string& text, const std::string& fragment) {
     try {
@@ -58,6 +67,7 @@ TEST(BudgetRule, BadRulesAreClearErrors) {
   expect_error("rungs=2*exp(n)", "'exp(n)' is not one of n, sqrt(n), log2(n)");
   expect_error("rungs=-1", "a count must be >= 0");
   expect_error("mass=1.5", "mass must be in (0, 1]");
+  expect_error("chunks=2,chunks=3", "chunks given twice");
   expect_error("mass=0", "mass must be in (0, 1]");
   expect_error("window=4,window=8", "window given twice");
 }

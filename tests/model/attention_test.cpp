@@ -254,8 +254,9 @@ TEST(Attention, ConfigNamesParseOnceAndPrintBack) {
     parse_attention_family("ring");
     FAIL() << "ring parsed";
   } catch (const std::invalid_argument& e) {
-    EXPECT_STREQ(e.what(),
-                 "model.attention must be dense, window, fibonacci or power_of_two, got 'ring'");
+    EXPECT_STREQ(
+        e.what(),
+        "model.attention must be dense, window, fibonacci, power_of_two or chunk, got 'ring'");
   }
 }
 

@@ -65,12 +65,13 @@ TEST(TrainConfig, HelpListsEveryKeyWithItsValidValues) {
   }
   EXPECT_GT(keys, 30);
   EXPECT_NE(help.find("attention = \"fibonacci\""), std::string::npos) << help;
-  EXPECT_NE(help.find("(dense, window, fibonacci or power_of_two)"), std::string::npos);
+  EXPECT_NE(help.find("(dense, window, fibonacci, power_of_two or chunk)"), std::string::npos);
   EXPECT_NE(help.find("(softmax, entmax, asentmax or ssmax)"), std::string::npos);
   EXPECT_NE(help.find("(auto, fp32 or bf16)"), std::string::npos);
   EXPECT_NE(help.find("lr = 0.003"), std::string::npos);
-  expect_error("", {"model.attention=ring"},
-               "model.attention must be dense, window, fibonacci or power_of_two, got 'ring'");
+  expect_error(
+      "", {"model.attention=ring"},
+      "model.attention must be dense, window, fibonacci, power_of_two or chunk, got 'ring'");
   expect_error("", {"model.schedule=spiral"},
                "model.schedule must be fixed, stagger, coprime or learned, got 'spiral'");
 }

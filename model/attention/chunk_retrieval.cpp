@@ -1,0 +1,174 @@
+#include "model/attention/chunk_retrieval.hpp"
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+#include "model/attention/layer_offsets.hpp"
+#include "ops/chunk_attention.hpp"
+#include "ops/chunk_attention_decode.hpp"
+
+namespace reach::model::attention {
+namespace {
+
+constexpr const char* kKeys = "chunk.keys";
+constexpr const char* kValues = "chunk.values";
+constexpr const char* kLandmarks = "chunk.landmarks";
+constexpr const char* kPending = "chunk.pending";
+
+// `buffer` with at least `rows` rows along dim 2 (zeros beyond the old ones), growing by
+// doubling so a decode step rarely copies.
+torch::Tensor with_rows(const torch::Tensor& buffer, int64_t rows, const torch::Tensor& like,
+                        int64_t reserve) {
+  if (buffer.defined() && buffer.size(2) >= rows) return buffer;
+  const int64_t old = buffer.defined() ? buffer.size(2) : 0;
+  const int64_t capacity = std::max({rows, 2 * old, reserve});
+  auto shape = like.sizes().vec();
+  shape[2] = capacity;
+  auto grown = torch::zeros(shape, like.options());
+  if (old > 0) grown.narrow(2, 0, old).copy_(buffer);
+  return grown;
+}
+
+// [B, H, t, d] -> [B, H, n, d]: zero rows after the first t.
+torch::Tensor zero_padded(const torch::Tensor& x, int64_t n) {
+  if (x.size(2) == n) return x;
+  auto shape = x.sizes().vec();
+  shape[2] = n - x.size(2);
+  return torch::cat({x, torch::zeros(shape, x.options())}, 2);
+}
+
+}  // namespace
+
+ChunkRetrievalAttention::ChunkRetrievalAttention(const ModelConfig& config, int64_t layer)
+    : WindowAttention(config, layer) {
+  const int64_t d = config.d_model;
+  if (layer == chunk_encoder_layer(config)) {
+    encoder_ = register_module("encoder", ChunkEncoder(config));
+  }
+  query_ = register_module("retrieval_query",
+                           torch::nn::Linear(torch::nn::LinearOptions(d, 2 * d).bias(false)));
+  retrieval_proj_ = register_module("retrieval_proj",
+                                    torch::nn::Linear(torch::nn::LinearOptions(d, d).bias(false)));
+}
+
+pattern::ChunkSelection ChunkRetrievalAttention::selection(const AttentionBudget& budget) const {
+  const auto& c = config();
+  pattern::ChunkSelection s;
+  s.chunk_size = c.chunk_size;
+  s.top_k = c.chunk_top_k;
+  if (budget.chunks) {
+    if (*budget.chunks < 1) {
+      throw std::invalid_argument("attention budget: chunks must be >= 1, got " +
+                                  std::to_string(*budget.chunks));
+    }
+    s.top_k = *budget.chunks;
+  }
+  // Chunks wholly inside the local window are the window's already.
+  s.window = budget_window(c.window, budget);
+  if (c.chunk_sparsity == ChunkSparsity::enforced) {
+    s.rule = pattern::ChunkBudgetRule::fraction;
+    s.fraction = c.chunk_fraction;
+    s.min_k = 1;
+  }
+  return s;
+}
+
+AttentionOutput ChunkRetrievalAttention::compute(const torch::Tensor& x, ForwardContext& context) {
+  auto local = AttentionLayer::compute(x, context);  // the window, through WindowAttention
+  if (encodes()) publish_memory(x, context);
+  auto retrieved = retrieve(x, context);
+  if (config().chunk_residual == ChunkResidual::bypass) return {local.residual, retrieved};
+  return {local.residual + retrieved, {}};
+}
+
+void ChunkRetrievalAttention::publish_memory(const torch::Tensor& x, ForwardContext& context) {
+  const int64_t b = x.size(0), t = x.size(1), s = config().chunk_size;
+  const int64_t heads = config().heads, hd = head_dim();
+  const auto empty = [&](int64_t rows) { return torch::zeros({b, heads, rows, hd}, x.options()); };
+  if (context.cache == nullptr) {
+    const int64_t chunks = t / s;
+    if (chunks == 0) {
+      context.publish(kKeys, empty(t));
+      context.publish(kValues, empty(t));
+      context.publish(kLandmarks, empty(0));
+      return;
+    }
+    const auto memory = encoder_(x.narrow(1, 0, chunks * s));
+    // The trailing partial chunk's rows are never read (it has no landmark).
+    context.publish(kKeys, zero_padded(memory.keys, t));
+    context.publish(kValues, zero_padded(memory.values, t));
+    context.publish(kLandmarks, memory.landmarks);
+    return;
+  }
+  // Decode: the inputs of the unfinished chunk wait in the cache until it completes.
+  auto& state = context.cache->layer(layer()).state;
+  const int64_t n = context.position + t, done = context.position / s, now = n / s;
+  const auto& pending = state[kPending];
+  const auto inputs = pending.defined() ? torch::cat({pending, x}, 1) : x;
+  const auto reserve = context.cache->layer(layer()).capacity;
+  auto keys = with_rows(state[kKeys], n, empty(0), reserve);
+  auto values = with_rows(state[kValues], n, empty(0), reserve);
+  // The decode kernel wants >= capacity / S landmark rows.
+  auto landmarks = with_rows(state[kLandmarks], keys.size(2) / s + 1, empty(0), 0);
+  if (now > done) {
+    const auto memory = encoder_(inputs.narrow(1, 0, (now - done) * s));
+    keys.narrow(2, done * s, (now - done) * s).copy_(memory.keys);
+    values.narrow(2, done * s, (now - done) * s).copy_(memory.values);
+    landmarks.narrow(2, done, now - done).copy_(memory.landmarks);
+  }
+  state[kPending] = inputs.narrow(1, (now - done) * s, inputs.size(1) - (now - done) * s).clone();
+  state[kKeys] = keys;
+  state[kValues] = values;
+  state[kLandmarks] = landmarks;
+  context.publish(kKeys, keys);
+  context.publish(kValues, values);
+  context.publish(kLandmarks, landmarks);
+}
+
+torch::Tensor ChunkRetrievalAttention::retrieve(const torch::Tensor& x,
+                                                const ForwardContext& context) {
+  const int64_t b = x.size(0), t = x.size(1), d = config().d_model, heads = config().heads;
+  const auto parts = query_(x).view({b, t, 2, heads, head_dim()}).permute({2, 0, 3, 1, 4});
+  const auto q = parts[0].contiguous(), r = parts[1].contiguous();  // NoPE
+  const auto options_of = [&] {
+    ops::ChunkAttentionOptions o;
+    o.selection = selection(context.budget);
+    o.weighting = config().chunk_weighting;
+    return o;
+  };
+  const auto options = options_of();
+  const auto dtype = q.scalar_type();
+  const auto keys = context.read(kKeys).to(dtype), values = context.read(kValues).to(dtype),
+             landmarks = context.read(kLandmarks).to(dtype);
+  torch::Tensor out;  // [B, H, t, hd]
+  if (context.cache == nullptr) {
+    out = ops::chunk_attention(q, keys, values, r, landmarks, options);
+  } else {
+    const int64_t n = context.position + t, s = config().chunk_size;
+    if (t == 1 && q.device().is_cpu() && !torch::GradMode::is_enabled()) {
+      const auto lengths = torch::full({b}, n, torch::kLong);
+      out = ops::chunk_attention_decode(q.squeeze(2), r.squeeze(2), keys, values, landmarks,
+                                        lengths, options)
+                .unsqueeze(2);
+      if (context.usage) {
+        const auto& sel = options.selection;
+        const int64_t read = pattern::selected_chunks(sel, pattern::candidate_chunks(sel, n - 1));
+        context.usage->keys += b * heads * read * s;
+      }
+    } else {
+      // Exact for any number of new tokens: zero queries before them, their rows kept.
+      const auto pad = [&](const torch::Tensor& y) {
+        auto shape = y.sizes().vec();
+        shape[2] = context.position;
+        return torch::cat({torch::zeros(shape, y.options()), y}, 2);
+      };
+      out = ops::chunk_attention(pad(q), keys.narrow(2, 0, n), values.narrow(2, 0, n), pad(r),
+                                 landmarks.narrow(2, 0, n / s), options)
+                .narrow(2, context.position, t);
+    }
+  }
+  return retrieval_proj_(out.transpose(1, 2).reshape({b, t, d}));
+}
+
+}  // namespace reach::model::attention
