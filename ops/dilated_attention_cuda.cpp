@@ -42,8 +42,26 @@ Tensor host_offsets(const Tensor& offsets) {
   return offsets.detach().to(torch::kCPU, torch::kFloat64).contiguous();
 }
 
+// The kernels are built for head_dim 64 and 128 (their tiles); a smaller head_dim is zero-padded
+// up to the next of those, which is exact: zero columns add nothing to q.k, and the zero columns
+// of v give zero output columns, sliced off. It costs the padded width's compute, which small
+// models (head_dim 16 or 32) can afford; head_dim > 128 stays an error.
+int64_t kernel_head_dim(int64_t head_dim) {
+  if (head_dim <= 64) return 64;
+  return head_dim <= 128 ? 128 : head_dim;
+}
+
+Tensor padded_head_dim(const Tensor& t, int64_t width) {
+  if (t.size(3) == width) return t.contiguous();
+  return torch::constant_pad_nd(t, {0, width - t.size(3)}).contiguous();
+}
+
+Tensor unpadded_head_dim(const Tensor& t, int64_t head_dim) {
+  return t.size(3) == head_dim ? t : t.narrow(3, 0, head_dim).contiguous();
+}
+
 kernels::DilatedAttentionParams cuda_params(const Tensor& q, int64_t window, const Tensor& off,
-                                            c10::optional<double> scale) {
+                                            double scale) {
   kernels::DilatedAttentionParams p;
   p.batch_heads = q.size(0) * q.size(1);
   p.seq_len = q.size(2);
@@ -51,7 +69,7 @@ kernels::DilatedAttentionParams cuda_params(const Tensor& q, int64_t window, con
   p.window = window;
   p.offsets = off.data_ptr<double>();
   p.num_offsets = off.numel();
-  p.scale = scale.value_or(1.0 / std::sqrt(static_cast<double>(q.size(3))));
+  p.scale = scale;
   const std::string problem = kernels::validate_params(p);
   TORCH_CHECK(problem.empty(), "dilated_attention: ", problem);
   const std::string unsupported = kernels::gpu::cuda_support_problem(p);
@@ -64,15 +82,18 @@ std::tuple<Tensor, Tensor> forward_cuda(const Tensor& q_in, const Tensor& k_in, 
                                         c10::optional<double> scale) {
   const auto type = check_cuda_inputs(q_in, k_in, v_in);
   const c10::cuda::CUDAGuard guard(q_in.device());
-  const Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
+  const int64_t head_dim = q_in.size(3), width = kernel_head_dim(head_dim);
+  const Tensor q = padded_head_dim(q_in, width), k = padded_head_dim(k_in, width),
+               v = padded_head_dim(v_in, width);
   const Tensor off = host_offsets(offsets);
-  const auto p = cuda_params(q, window, off, scale);
+  const auto p =
+      cuda_params(q, window, off, scale.value_or(1.0 / std::sqrt(static_cast<double>(head_dim))));
   Tensor out = torch::empty_like(q);
   Tensor lse = torch::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(torch::kFloat));
   kernels::gpu::dilated_attention_forward_cuda(p, type, q.data_ptr(), k.data_ptr(), v.data_ptr(),
                                                out.data_ptr(), lse.data_ptr<float>(),
                                                at::cuda::getCurrentCUDAStream().stream());
-  return {out, lse};
+  return {unpadded_head_dim(out, head_dim), lse};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> backward_cuda(
@@ -86,12 +107,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> backward_cuda(
   TORCH_CHECK(lse_in.numel() == q_in.size(0) * q_in.size(1) * q_in.size(2),
               "dilated_attention backward: lse must have batch * heads * n elements");
   const c10::cuda::CUDAGuard guard(q_in.device());
-  const Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
-  const Tensor out = out_in.to(q.scalar_type()).contiguous();
-  const Tensor grad_out = grad_out_in.to(q.scalar_type()).contiguous();
+  const int64_t head_dim = q_in.size(3), width = kernel_head_dim(head_dim);
+  const Tensor q = padded_head_dim(q_in, width), k = padded_head_dim(k_in, width),
+               v = padded_head_dim(v_in, width);
+  const Tensor out = padded_head_dim(out_in.to(q.scalar_type()), width);
+  const Tensor grad_out = padded_head_dim(grad_out_in.to(q.scalar_type()), width);
   const Tensor lse = lse_in.to(torch::kFloat).contiguous();
   const Tensor off = host_offsets(offsets);
-  const auto p = cuda_params(q, window, off, scale);
+  const auto p =
+      cuda_params(q, window, off, scale.value_or(1.0 / std::sqrt(static_cast<double>(head_dim))));
   Tensor dq = torch::empty_like(q), dk = torch::empty_like(k), dv = torch::empty_like(v);
   Tensor doff = torch::zeros({off.numel()}, q.options().dtype(torch::kFloat64));
   const auto bytes =
@@ -105,7 +129,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> backward_cuda(
       at::cuda::getCurrentCUDAStream().stream());
   // d offsets on q's device, like the other gradients: the autograd functions move it where
   // the offsets live when that is wanted (a copy to the host would wait for the GPU).
-  return {dq, dk, dv, doff};
+  return {unpadded_head_dim(dq, head_dim), unpadded_head_dim(dk, head_dim),
+          unpadded_head_dim(dv, head_dim), doff};
 }
 
 }  // namespace

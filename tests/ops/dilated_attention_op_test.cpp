@@ -106,15 +106,16 @@ void check_learned_alpha(Report& r) {
 
 // The CUDA op (bf16) against the float64 CPU op through autograd, on the same bf16-rounded
 // inputs: learned fractional offsets (CUDA cores, with the offset gradient) and integer
-// Fibonacci offsets (tensor cores).
-void check_cuda_op(const std::vector<double>& offsets, bool learn_offsets, uint64_t seed,
-                   Report& r) {
+// Fibonacci offsets (tensor cores). A head_dim other than 64 or 128 runs zero-padded to the
+// kernels' width (exact, so the same bf16 rule holds).
+void check_cuda_op(const std::vector<double>& offsets, bool learn_offsets, uint64_t seed, Report& r,
+                   int64_t head_dim = 64) {
   if (!torch::cuda::is_available()) return r.skip("no CUDA device");
   torch::manual_seed(seed);
   const int64_t window = 16;
   const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
   auto draw = [&] {
-    return torch::randn({2, 3, 777, 64}, f64).to(torch::kBFloat16).to(torch::kFloat64);
+    return torch::randn({2, 3, 777, head_dim}, f64).to(torch::kBFloat16).to(torch::kFloat64);
   };
   const auto q = draw(), k = draw(), v = draw(), g = draw();
   const auto offs = torch::tensor(offsets, f64);
@@ -162,6 +163,16 @@ REACH_OP_CASES(dilated_attention_op_cases) {
                   const auto ints = pattern::integer_offsets(
                       {pattern::OffsetBase::fibonacci, 1.0, 21, 610});  // 21, 34, ..., 610
                   check_cuda_op(std::vector<double>(ints.begin(), ints.end()), false, 1, r);
+                }});
+  registry.add(
+      {"dilated_attention", "torch_cuda", "bf16", "b2_h3_n777_d16_W16_K8_padded", "fwd_bwd",
+       [](Report& r) {
+         const auto ints = pattern::integer_offsets({pattern::OffsetBase::fibonacci, 1.0, 21, 610});
+         check_cuda_op(std::vector<double>(ints.begin(), ints.end()), false, 2, r, 16);
+       }});
+  registry.add({"dilated_attention", "torch_cuda", "bf16", "b2_h3_n777_d96_W16_K6_frac_padded",
+                "fwd_bwd_doffsets", [](Report& r) {
+                  check_cuda_op({21.5, 34.0, 55.25, 89.75, 144.0, 233.5}, true, 3, r, 96);
                 }});
 }
 
