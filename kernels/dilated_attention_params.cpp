@@ -6,6 +6,10 @@ namespace reach::kernels {
 
 std::string validate_params(const DilatedAttentionParams& p) {
   if (p.batch_heads < 1) return "batch * heads must be >= 1, got " + std::to_string(p.batch_heads);
+  if (p.kv_group < 1 || p.batch_heads % p.kv_group != 0) {
+    return "query heads per K/V head (kv_group = " + std::to_string(p.kv_group) +
+           ") must be >= 1 and divide batch * heads (" + std::to_string(p.batch_heads) + ")";
+  }
   if (p.seq_len < 1) return "sequence length must be >= 1, got " + std::to_string(p.seq_len);
   if (p.head_dim < 1) return "head_dim must be >= 1, got " + std::to_string(p.head_dim);
   if (p.window < 1) return "window W must be >= 1, got " + std::to_string(p.window);

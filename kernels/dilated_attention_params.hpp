@@ -1,6 +1,9 @@
 // The operator contract shared by the CPU and CUDA kernels of dilated attention.
 //
-// Tensors are contiguous [batch_heads, seq_len, head_dim]. A query at position i
+// Tensors are contiguous [batch_heads, seq_len, head_dim]; with grouped-query attention k and v
+// (and their gradients) hold batch_heads / kv_group heads, query head bh reading K/V head
+// bh / kv_group (consecutive query heads share one K/V head: [batch, kv_heads * group] order).
+// A query at position i
 // sees, causally:
 //   * window slots w = 0..W-1: key i - w (when i - w >= 0);
 //   * offset slots k = 0..K-1: the key at real distance x_k >= W. With lo = floor(x_k)
@@ -26,6 +29,9 @@ struct DilatedAttentionParams {
   const double* offsets = nullptr;  // K real distances, strictly increasing, each >= W
   int64_t num_offsets = 0;          // K >= 0
   double scale = 1.0;               // softmax scale, usually 1 / sqrt(d)
+  int64_t kv_group = 1;             // query heads per K/V head (GQA), divides batch_heads
+
+  int64_t kv_batch_heads() const { return batch_heads / kv_group; }
 
   // Slots per query: min(W, n) window slots followed by K offset slots.
   int64_t window_slots() const { return window < seq_len ? window : seq_len; }

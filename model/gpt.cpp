@@ -7,28 +7,49 @@
 
 namespace reach::model {
 
-BlockImpl::BlockImpl(const ModelConfig& config, int64_t layer) {
-  ln1_ =
-      register_module("ln1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({config.d_model})));
+RmsNormImpl::RmsNormImpl(int64_t dim) : weight_(register_parameter("weight", torch::ones({dim}))) {}
+
+torch::Tensor RmsNormImpl::forward(const torch::Tensor& x) {
+  return x * torch::rsqrt(x.pow(2).mean(-1, /*keepdim=*/true) + 1e-6) * weight_;
+}
+
+torch::nn::AnyModule make_norm(const ModelConfig& config) {
+  if (config.norm == Norm::rmsnorm) return torch::nn::AnyModule(RmsNorm(config.d_model));
+  return torch::nn::AnyModule(torch::nn::LayerNorm(torch::nn::LayerNormOptions({config.d_model})));
+}
+
+BlockImpl::BlockImpl(const ModelConfig& config, int64_t layer) : kind_(config.mlp) {
+  ln1_ = make_norm(config);
+  register_module("ln1", ln1_.ptr());
   attn = register_module("attn", attention::make_attention(config, layer));
-  ln2_ =
-      register_module("ln2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({config.d_model})));
-  fc_ = register_module("fc", torch::nn::Linear(config.d_model, config.mlp_ratio * config.d_model));
-  out_ =
-      register_module("out", torch::nn::Linear(config.mlp_ratio * config.d_model, config.d_model));
+  ln2_ = make_norm(config);
+  register_module("ln2", ln2_.ptr());
+  const int64_t hidden = mlp_hidden_of(config);
+  const auto linear = [&](int64_t in, int64_t out) {
+    return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(config.bias));
+  };
+  fc_ = register_module("fc", linear(config.d_model, hidden));
+  if (kind_ == Mlp::swiglu) up_ = register_module("up", linear(config.d_model, hidden));
+  out_ = register_module("out", linear(hidden, config.d_model));
+}
+
+torch::Tensor BlockImpl::mlp(const torch::Tensor& x) {
+  if (kind_ == Mlp::swiglu) return out_(torch::silu(fc_(x)) * up_(x));
+  return out_(torch::gelu(fc_(x)));
 }
 
 torch::Tensor BlockImpl::forward(const torch::Tensor& x, attention::ForwardContext& context) {
-  const auto a = attn->forward(ln1_(x), context);
+  const auto a = attn->forward(ln1_.forward(x), context);
   auto h = x + a.residual;
   const auto mlp_in = a.mlp_input.defined() ? h + a.mlp_input : h;
-  return h + out_(torch::gelu(fc_(ln2_(mlp_in))));
+  return h + mlp(ln2_.forward(mlp_in));
 }
 
 std::pair<torch::Tensor, torch::Tensor> BlockImpl::forward_fused(
     const torch::Tensor& x, const torch::Tensor& pending, attention::ForwardContext& context) {
-  const auto norm = [](const torch::nn::LayerNorm& ln, const torch::Tensor& a,
+  const auto norm = [](const torch::nn::AnyModule& module, const torch::Tensor& a,
                        const torch::Tensor& b) {
+    const auto& ln = module.get<torch::nn::LayerNorm>();
     return ops::add_layer_norm(a, b, ln->weight, ln->bias, ln->options.eps());
   };
   const auto [s, y1] = norm(ln1_, x, pending);
@@ -40,7 +61,7 @@ std::pair<torch::Tensor, torch::Tensor> BlockImpl::forward_fused(
   } else {
     std::tie(h, y2) = norm(ln2_, s, a.residual);
   }
-  return {h, out_(torch::gelu(fc_(y2)))};
+  return {h, mlp(y2)};
 }
 
 GptImpl::GptImpl(const ModelConfig& config) : config_(config) {
@@ -51,9 +72,9 @@ GptImpl::GptImpl(const ModelConfig& config) : config_(config) {
     blocks.push_back(Block(config, l));
     block_list_->push_back(blocks.back());
   }
-  ln_f_ =
-      register_module("ln_f", torch::nn::LayerNorm(torch::nn::LayerNormOptions({config.d_model})));
-  // GPT-2 initialisation: N(0, 0.02), residual projections scaled by 1/sqrt(2L).
+  ln_f_ = make_norm(config);
+  register_module("ln_f", ln_f_.ptr());
+  // GPT-2 initialisation: N(0, init_std = 0.02), residual projections scaled by 1/sqrt(2L).
   torch::NoGradGuard no_grad;
   for (auto& p : named_parameters()) {
     const auto& name = p.key();
@@ -69,7 +90,8 @@ GptImpl::GptImpl(const ModelConfig& config) : config_(config) {
       p.value().fill_(1.0);
     } else {
       const bool residual = name.ends_with("proj.weight") || name.ends_with("out.weight");
-      p.value().normal_(0.0, residual ? 0.02 / std::sqrt(2.0 * config.layers) : 0.02);
+      const double std = config.init_std;
+      p.value().normal_(0.0, residual ? std / std::sqrt(2.0 * config.layers) : std);
     }
   }
 }
@@ -112,15 +134,17 @@ torch::Tensor GptImpl::forward_with(attention::ForwardContext& context,
     }
   }
   auto x = wte_(tokens);
-  if (ops::add_layer_norm_supports(x, config_.d_model)) {
+  // The fused residual add + norm kernels are LayerNorm's (RMSNorm takes the plain path).
+  if (config_.norm == Norm::layernorm && ops::add_layer_norm_supports(x, config_.d_model)) {
     torch::Tensor pending;
     for (auto& block : blocks) std::tie(x, pending) = block->forward_fused(x, pending, context);
+    const auto& ln_f = ln_f_.get<torch::nn::LayerNorm>();
     const auto y =
-        ops::add_layer_norm(x, pending, ln_f_->weight, ln_f_->bias, ln_f_->options.eps()).second;
+        ops::add_layer_norm(x, pending, ln_f->weight, ln_f->bias, ln_f->options.eps()).second;
     return torch::matmul(y, wte_->weight.t());  // tied output head
   }
   for (auto& block : blocks) x = block->forward(x, context);
-  return torch::matmul(ln_f_(x), wte_->weight.t());  // tied output head
+  return torch::matmul(ln_f_.forward(x), wte_->weight.t());  // tied output head
 }
 
 int64_t parameter_count(const torch::nn::Module& module) {

@@ -13,6 +13,21 @@
 
 namespace reach::model {
 
+// RMSNorm: x / sqrt(mean(x^2) + eps) * weight (no bias, no centring), eps 1e-6 as the main
+// paper's code. Its parameter is "weight", like LayerNorm's.
+class RmsNormImpl : public torch::nn::Module {
+ public:
+  explicit RmsNormImpl(int64_t dim);
+  torch::Tensor forward(const torch::Tensor& x);
+
+ private:
+  torch::Tensor weight_;
+};
+TORCH_MODULE(RmsNorm);
+
+// The block's normalisation layer as the config names it (LayerNorm or RMSNorm).
+torch::nn::AnyModule make_norm(const ModelConfig& config);
+
 class BlockImpl : public torch::nn::Module {
  public:
   BlockImpl(const ModelConfig& config, int64_t layer);
@@ -27,8 +42,11 @@ class BlockImpl : public torch::nn::Module {
   std::shared_ptr<attention::AttentionLayer> attn;  // registered as "attn"
 
  private:
-  torch::nn::LayerNorm ln1_{nullptr}, ln2_{nullptr};
-  torch::nn::Linear fc_{nullptr}, out_{nullptr};
+  torch::Tensor mlp(const torch::Tensor& x);
+  Mlp kind_;
+  torch::nn::AnyModule ln1_, ln2_;
+  // GELU: fc -> gelu -> out. SwiGLU: out(silu(fc x) * up x) (fc is the gate).
+  torch::nn::Linear fc_{nullptr}, up_{nullptr}, out_{nullptr};
 };
 TORCH_MODULE(Block);
 
@@ -49,7 +67,7 @@ class GptImpl : public torch::nn::Module {
  private:
   ModelConfig config_;
   torch::nn::Embedding wte_{nullptr};
-  torch::nn::LayerNorm ln_f_{nullptr};
+  torch::nn::AnyModule ln_f_;
   torch::nn::ModuleList block_list_{nullptr};
 };
 TORCH_MODULE(Gpt);

@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "pattern/dilated_offsets.hpp"
+#include "pattern/paper_convention.hpp"
 
 namespace reach::model {
 namespace {
@@ -35,6 +36,8 @@ constexpr Names<EntmaxScale, 2> kEntmaxScale{
     {{EntmaxScale::per_head, "per_head"}, {EntmaxScale::per_query, "per_query"}}};
 constexpr Names<EntmaxAlpha, 2> kEntmaxAlpha{
     {{EntmaxAlpha::fixed, "fixed"}, {EntmaxAlpha::learned, "learned"}}};
+constexpr Names<Norm, 2> kNorm{{{Norm::layernorm, "layernorm"}, {Norm::rmsnorm, "rmsnorm"}}};
+constexpr Names<Mlp, 2> kMlp{{{Mlp::gelu, "gelu"}, {Mlp::swiglu, "swiglu"}}};
 
 template <class E, size_t N>
 std::vector<std::string> names_of(const Names<E, N>& names) {
@@ -141,6 +144,17 @@ EntmaxAlpha parse_entmax_alpha(const std::string& name) {
   return parse_name("model.entmax_alpha_mode", kEntmaxAlpha, name);
 }
 
+Norm parse_norm(const std::string& name) { return parse_name("model.norm", kNorm, name); }
+Mlp parse_mlp(const std::string& name) { return parse_name("model.mlp", kMlp, name); }
+
+pattern::OffsetConvention parse_convention(const std::string& name) {
+  try {
+    return pattern::parse_offset_convention(name);
+  } catch (const std::invalid_argument&) {
+    bad_name("model.convention", convention_names(), name);
+  }
+}
+
 AlphaSchedule parse_schedule(const std::string& name) {
   try {
     return pattern::parse_alpha_schedule(name);
@@ -174,6 +188,8 @@ std::string to_string(Positions positions) { return name_of(kPositions, position
 std::string to_string(Normalizer normalizer) { return name_of(kNormalizer, normalizer); }
 std::string to_string(EntmaxScale scale) { return name_of(kEntmaxScale, scale); }
 std::string to_string(EntmaxAlpha alpha) { return name_of(kEntmaxAlpha, alpha); }
+std::string to_string(Norm norm) { return name_of(kNorm, norm); }
+std::string to_string(Mlp mlp) { return name_of(kMlp, mlp); }
 
 std::vector<std::string> attention_family_names() { return names_of(kAttention); }
 std::vector<std::string> positions_names() { return names_of(kPositions); }
@@ -186,6 +202,28 @@ std::vector<std::string> chunk_sparsity_names() { return names_of(kChunkSparsity
 std::vector<std::string> chunk_weighting_names() {
   return {kernels::to_string(ChunkWeighting::softmax),
           kernels::to_string(ChunkWeighting::stick_breaking)};
+}
+
+std::vector<std::string> norm_names() { return names_of(kNorm); }
+std::vector<std::string> mlp_names() { return names_of(kMlp); }
+std::vector<std::string> convention_names() {
+  return {pattern::to_string(pattern::OffsetConvention::reach),
+          pattern::to_string(pattern::OffsetConvention::paper)};
+}
+
+int64_t kv_heads_of(const ModelConfig& c) { return c.kv_heads == 0 ? c.heads : c.kv_heads; }
+
+int64_t mlp_hidden_of(const ModelConfig& c) {
+  if (c.mlp_hidden > 0) return c.mlp_hidden;
+  if (c.mlp == Mlp::gelu) return c.mlp_ratio * c.d_model;
+  // SwiGLU: 8/3 of d_model (as many weights as a 4x GELU MLP), rounded up to even, as the main
+  // paper's code does (d_model 512 -> 1366).
+  const auto h = static_cast<int64_t>(static_cast<double>(c.d_model) * 8.0 / 3.0);
+  return (h + 1) / 2 * 2;
+}
+
+int64_t kernel_window(const ModelConfig& c) {
+  return c.convention == pattern::OffsetConvention::paper ? c.window + 1 : c.window;
 }
 std::vector<std::string> schedule_names() {
   std::vector<std::string> out;
@@ -275,6 +313,32 @@ void validate(const ModelConfig& c) {
         "' need integer offsets (a static schedule)");
   }
   if (c.reach < 0) throw std::invalid_argument("model.reach must be >= 0 (0 = seq_len)");
+  if (c.kv_heads < 0 || (c.kv_heads > 0 && c.heads % c.kv_heads != 0)) {
+    throw std::invalid_argument("model.kv_heads (" + std::to_string(c.kv_heads) +
+                                ") must divide model.heads (" + std::to_string(c.heads) +
+                                "), or be 0 (= model.heads)");
+  }
+  if (c.kv_heads > 0 && c.kv_heads < c.heads && c.attention == AttentionFamily::chunk) {
+    throw std::invalid_argument(
+        "model.kv_heads < model.heads (grouped-query attention) is not built for model.attention "
+        "= 'chunk' (its retrieval has its own K/V projections)");
+  }
+  if (c.kv_heads > 0 && c.kv_heads < c.heads && c.normalizer != Normalizer::softmax) {
+    throw std::invalid_argument(
+        "model.kv_heads < model.heads (grouped-query attention) works with softmax only; "
+        "model.normalizer = '" +
+        to_string(c.normalizer) + "'");
+  }
+  if (c.mlp_hidden < 0) throw std::invalid_argument("model.mlp_hidden must be >= 0 (0 = derive)");
+  if (!(c.init_std > 0)) throw std::invalid_argument("model.init_std must be > 0");
+  if (c.convention == pattern::OffsetConvention::paper) {
+    if (c.schedule == AlphaSchedule::learned && is_dilated(c.attention)) {
+      throw std::invalid_argument(
+          "model.convention = 'paper' has the static schedules (fixed, stagger, coprime); the "
+          "paper's learned gather is not built: use model.convention = 'reach' for "
+          "model.schedule = 'learned'");
+    }
+  }
   if (c.attention == AttentionFamily::chunk) validate_chunk(c);
 }
 
@@ -294,6 +358,21 @@ ModelConfig preset(const std::string& name) {
     c.d_model = 512;
     c.heads = 8;
     c.window = 64;
+  } else if (name == "paper-exact") {
+    // The main paper's model exactly (its authors' code): 16 x 512, 8 query heads over 2 K/V
+    // heads, SwiGLU 1366, RMSNorm, no biases, N(0, 512^-1/2) initialisation, 32,768-token
+    // vocabulary, window W = 12 in the paper's convention: 60,850,688 parameters.
+    c.vocab_size = 32768;
+    c.layers = 16;
+    c.d_model = 512;
+    c.heads = 8;
+    c.kv_heads = 2;
+    c.norm = Norm::rmsnorm;
+    c.mlp = Mlp::swiglu;
+    c.bias = false;
+    c.init_std = 0.044194173824159216;  // 1 / sqrt(512)
+    c.convention = pattern::OffsetConvention::paper;
+    c.window = 12;
   } else if (name == "tiny") {
     c.layers = 4;
     c.d_model = 128;
@@ -306,7 +385,7 @@ ModelConfig preset(const std::string& name) {
     c.window = 8;
   } else {
     throw std::invalid_argument("unknown model preset '" + name +
-                                "' (expected paper, tiny or micro)");
+                                "' (expected paper, paper-exact, tiny or micro)");
   }
   return c;
 }

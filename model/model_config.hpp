@@ -9,6 +9,7 @@
 #include "kernels/chunk_attention_params.hpp"
 #include "pattern/alpha_schedule.hpp"
 #include "pattern/dilated_offsets.hpp"
+#include "pattern/paper_convention.hpp"
 
 namespace reach::model {
 
@@ -45,6 +46,10 @@ enum class EntmaxScale { per_head, per_query };
 // entmax / asentmax alpha: fixed at entmax_alpha, or learned per head as 1 + sigmoid(theta_h)
 // in (1, 2), starting at entmax_alpha.
 enum class EntmaxAlpha { fixed, learned };
+// The blocks' normalisation layers: LayerNorm (with bias) or RMSNorm (scale only, eps 1e-6).
+enum class Norm { layernorm, rmsnorm };
+// The MLP: GELU (fc -> gelu -> out) or SwiGLU (down(silu(gate x) * up x)).
+enum class Mlp { gelu, swiglu };
 using pattern::AlphaSchedule;
 
 // Parsers of the config names (the names to_string gives, plus the aliases pattern/ accepts:
@@ -55,6 +60,9 @@ Positions parse_positions(const std::string& name);
 Normalizer parse_normalizer(const std::string& name);
 EntmaxScale parse_entmax_scale(const std::string& name);
 EntmaxAlpha parse_entmax_alpha(const std::string& name);
+Norm parse_norm(const std::string& name);
+Mlp parse_mlp(const std::string& name);
+pattern::OffsetConvention parse_convention(const std::string& name);
 AlphaSchedule parse_schedule(const std::string& name);
 ChunkLandmark parse_chunk_landmark(const std::string& name);
 ChunkResidual parse_chunk_residual(const std::string& name);
@@ -69,6 +77,8 @@ std::string to_string(Positions positions);
 std::string to_string(Normalizer normalizer);
 std::string to_string(EntmaxScale scale);
 std::string to_string(EntmaxAlpha alpha);
+std::string to_string(Norm norm);
+std::string to_string(Mlp mlp);
 using pattern::to_string;
 // The names each parser accepts (without aliases), in declaration order, for help and errors.
 std::vector<std::string> attention_family_names();
@@ -76,6 +86,9 @@ std::vector<std::string> positions_names();
 std::vector<std::string> normalizer_names();
 std::vector<std::string> entmax_scale_names();
 std::vector<std::string> entmax_alpha_names();
+std::vector<std::string> norm_names();
+std::vector<std::string> mlp_names();
+std::vector<std::string> convention_names();
 std::vector<std::string> schedule_names();
 std::vector<std::string> chunk_landmark_names();
 std::vector<std::string> chunk_residual_names();
@@ -121,7 +134,25 @@ struct ModelConfig {
   double chunk_fraction = 0.5;  // enforced sparsity: share of the candidates read, in (0, 1]
   ChunkWeighting chunk_weighting = ChunkWeighting::softmax;
   int64_t chunk_every = 1;  // from the middle layer up, every chunk_every-th layer retrieves
+  // Grouped-query attention: K/V heads, each shared by heads / kv_heads query heads (0 = heads).
+  int64_t kv_heads = 0;
+  Norm norm = Norm::layernorm;
+  Mlp mlp = Mlp::gelu;
+  int64_t mlp_hidden = 0;  // 0 = derive (mlp_hidden_of)
+  bool bias = true;        // biases in the MLP's linear layers (attention has none)
+  double init_std = 0.02;  // N(0, init_std) weights; residual projections / sqrt(2 layers)
+  // Whose definition of window and offsets: reach's general form, or the main paper's exact
+  // one (window = distances 0..W, capped rungs, its rounding; pattern/paper_convention.hpp).
+  pattern::OffsetConvention convention = pattern::OffsetConvention::reach;
 };
+
+// K/V heads (kv_heads, or heads when 0).
+int64_t kv_heads_of(const ModelConfig& config);
+// The MLP's hidden width: mlp_hidden, else mlp_ratio * d_model (GELU) or the paper's SwiGLU
+// width, 8/3 d_model rounded up to even.
+int64_t mlp_hidden_of(const ModelConfig& config);
+// Keys in the local window as the kernels count them: W (reach), W + 1 (paper: distances 0..W).
+int64_t kernel_window(const ModelConfig& config);
 
 // Throws std::invalid_argument naming the first bad field.
 void validate(const ModelConfig& config);

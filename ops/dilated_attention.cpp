@@ -20,9 +20,13 @@ void check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, int64_t win
               "dilated_attention: q must have rank 4 [batch, heads, n, head_dim], "
               "got rank ",
               q.dim());
-  TORCH_CHECK(k.sizes() == q.sizes() && v.sizes() == q.sizes(),
-              "dilated_attention: q, k and v must have the same shape, got q ", q.sizes(), ", k ",
-              k.sizes(), ", v ", v.sizes());
+  // Grouped-query attention: k and v may have fewer heads than q, a divisor of q's.
+  TORCH_CHECK(k.dim() == 4 && k.sizes() == v.sizes() && k.size(0) == q.size(0) &&
+                  k.size(2) == q.size(2) && k.size(3) == q.size(3) && k.size(1) >= 1 &&
+                  q.size(1) % k.size(1) == 0,
+              "dilated_attention: k and v must be [batch, kv_heads, n, head_dim] with q's batch, "
+              "n and head_dim and kv_heads dividing q's heads, got q ",
+              q.sizes(), ", k ", k.sizes(), ", v ", v.sizes());
   TORCH_CHECK(q.scalar_type() == torch::kFloat32 || q.scalar_type() == torch::kFloat64 ||
                   (q.scalar_type() == torch::kBFloat16 && q.is_cuda()),
               "dilated_attention: dtype must be float32 or float64 (or bfloat16 on CUDA), got ",
@@ -38,10 +42,11 @@ void check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, int64_t win
   TORCH_CHECK(offsets.is_floating_point(), "dilated_attention: offsets must be floating point");
 }
 
-kernels::DilatedAttentionParams make_params(const Tensor& q, int64_t window,
+kernels::DilatedAttentionParams make_params(const Tensor& q, const Tensor& k, int64_t window,
                                             const Tensor& offsets_cpu, double scale) {
   kernels::DilatedAttentionParams p;
   p.batch_heads = q.size(0) * q.size(1);
+  p.kv_group = q.size(1) / k.size(1);
   p.seq_len = q.size(2);
   p.head_dim = q.size(3);
   p.window = window;
@@ -73,7 +78,7 @@ std::tuple<Tensor, Tensor> forward_cpu(const Tensor& q_in, const Tensor& k_in, c
               " tensor");
   const Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
   const Tensor off = offsets_on_host(offsets);
-  const auto p = make_params(q, window, off, resolve_scale(scale, q.size(3)));
+  const auto p = make_params(q, k, window, off, resolve_scale(scale, q.size(3)));
   Tensor out = torch::empty_like(q);
   Tensor lse = torch::empty({q.size(0), q.size(1), q.size(2)}, q.options());
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "dilated_attention_forward", [&] {
@@ -95,7 +100,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> backward_cpu(
   const Tensor grad_out = grad_out_in.to(q.scalar_type()).contiguous();
   const Tensor lse = lse_in.contiguous();
   const Tensor off = offsets_on_host(offsets);
-  const auto p = make_params(q, window, off, resolve_scale(scale, q.size(3)));
+  const auto p = make_params(q, k, window, off, resolve_scale(scale, q.size(3)));
   Tensor dq = torch::empty_like(q), dk = torch::empty_like(k), dv = torch::empty_like(v);
   Tensor doff = torch::zeros({off.numel()}, off.options());
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "dilated_attention_backward", [&] {

@@ -6,7 +6,9 @@
 //   reach::dilated_attention_forward(...)  -> (Tensor out, Tensor lse)
 //   reach::dilated_attention_backward(...) -> (Tensor dq, Tensor dk, Tensor dv, Tensor doffsets)
 //     (doffsets on q's device)
-// q, k, v: [batch, heads, n, head_dim], float32 or float64, same device.
+// q: [batch, heads, n, head_dim]; k, v: [batch, kv_heads, n, head_dim] with kv_heads dividing
+// heads (grouped-query attention: query head h reads K/V head h / (heads / kv_heads), and no
+// K/V is copied per query head); float32 or float64 (bfloat16 on CUDA), same device.
 // offsets: 1-D float64 real distances (strictly increasing, each >= window); it may
 // require grad (the learned schedule), in which case d loss / d offsets is returned.
 #pragma once

@@ -20,9 +20,12 @@ kernels::gpu::ScalarType check_cuda_inputs(const Tensor& q, const Tensor& k, con
               "dilated_attention: q must have rank 4 [batch, heads, n, head_dim], "
               "got rank ",
               q.dim());
-  TORCH_CHECK(k.sizes() == q.sizes() && v.sizes() == q.sizes(),
-              "dilated_attention: q, k and v must have the same shape, got q ", q.sizes(), ", k ",
-              k.sizes(), ", v ", v.sizes());
+  TORCH_CHECK(k.dim() == 4 && k.sizes() == v.sizes() && k.size(0) == q.size(0) &&
+                  k.size(2) == q.size(2) && k.size(3) == q.size(3) && k.size(1) >= 1 &&
+                  q.size(1) % k.size(1) == 0,
+              "dilated_attention: k and v must be [batch, kv_heads, n, head_dim] with q's batch, "
+              "n and head_dim and kv_heads dividing q's heads, got q ",
+              q.sizes(), ", k ", k.sizes(), ", v ", v.sizes());
   TORCH_CHECK(k.device() == q.device() && v.device() == q.device(),
               "dilated_attention: q, k and v must be on one device");
   TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
@@ -60,10 +63,11 @@ Tensor unpadded_head_dim(const Tensor& t, int64_t head_dim) {
   return t.size(3) == head_dim ? t : t.narrow(3, 0, head_dim).contiguous();
 }
 
-kernels::DilatedAttentionParams cuda_params(const Tensor& q, int64_t window, const Tensor& off,
-                                            double scale) {
+kernels::DilatedAttentionParams cuda_params(const Tensor& q, const Tensor& k, int64_t window,
+                                            const Tensor& off, double scale) {
   kernels::DilatedAttentionParams p;
   p.batch_heads = q.size(0) * q.size(1);
+  p.kv_group = q.size(1) / k.size(1);
   p.seq_len = q.size(2);
   p.head_dim = q.size(3);
   p.window = window;
@@ -86,8 +90,8 @@ std::tuple<Tensor, Tensor> forward_cuda(const Tensor& q_in, const Tensor& k_in, 
   const Tensor q = padded_head_dim(q_in, width), k = padded_head_dim(k_in, width),
                v = padded_head_dim(v_in, width);
   const Tensor off = host_offsets(offsets);
-  const auto p =
-      cuda_params(q, window, off, scale.value_or(1.0 / std::sqrt(static_cast<double>(head_dim))));
+  const auto p = cuda_params(q, k, window, off,
+                             scale.value_or(1.0 / std::sqrt(static_cast<double>(head_dim))));
   Tensor out = torch::empty_like(q);
   Tensor lse = torch::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(torch::kFloat));
   kernels::gpu::dilated_attention_forward_cuda(p, type, q.data_ptr(), k.data_ptr(), v.data_ptr(),
@@ -114,9 +118,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> backward_cuda(
   const Tensor grad_out = padded_head_dim(grad_out_in.to(q.scalar_type()), width);
   const Tensor lse = lse_in.to(torch::kFloat).contiguous();
   const Tensor off = host_offsets(offsets);
-  const auto p =
-      cuda_params(q, window, off, scale.value_or(1.0 / std::sqrt(static_cast<double>(head_dim))));
-  Tensor dq = torch::empty_like(q), dk = torch::empty_like(k), dv = torch::empty_like(v);
+  const auto p = cuda_params(q, k, window, off,
+                             scale.value_or(1.0 / std::sqrt(static_cast<double>(head_dim))));
+  // The kernels write dK and dV per query head; with grouped-query attention each group's
+  // heads are summed into their shared K/V head's gradient below (K and V themselves are
+  // read in place, never copied per query head).
+  Tensor dq = torch::empty_like(q), dk = torch::empty_like(q), dv = torch::empty_like(q);
   Tensor doff = torch::zeros({off.numel()}, q.options().dtype(torch::kFloat64));
   const auto bytes =
       kernels::gpu::dilated_attention_backward_workspace_bytes(p, type, need_offsets_grad);
@@ -129,6 +136,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> backward_cuda(
       at::cuda::getCurrentCUDAStream().stream());
   // d offsets on q's device, like the other gradients: the autograd functions move it where
   // the offsets live when that is wanted (a copy to the host would wait for the GPU).
+  if (p.kv_group > 1) {
+    const auto grouped = [&](const Tensor& g) {
+      return g.view({k.size(0), k.size(1), p.kv_group, k.size(2), k.size(3)})
+          .sum(2, /*keepdim=*/false, torch::kFloat)
+          .to(k.scalar_type());
+    };
+    dk = grouped(dk);
+    dv = grouped(dv);
+  }
   return {unpadded_head_dim(dq, head_dim), unpadded_head_dim(dk, head_dim),
           unpadded_head_dim(dv, head_dim), doff};
 }

@@ -206,7 +206,33 @@ void add_model_keys(ConfigKeys& keys, model::ModelConfig& m) {
            choice(&m.chunk_weighting, parse_chunk_weighting, chunk_weighting_names()),
            "chunk: fuse the chunks' outputs by a softmax of their scores or stick-breaking")
       .add("model.chunk_every", &m.chunk_every,
-           "chunk: from the middle layer up, every n-th layer retrieves", at_least(1));
+           "chunk: from the middle layer up, every n-th layer retrieves", at_least(1))
+      .add("model.kv_heads", &m.kv_heads,
+           "K/V heads, each shared by heads / kv_heads query heads (GQA; 0 = model.heads)",
+           at_least(0))
+      .add("model.norm", choice(&m.norm, parse_norm, norm_names()),
+           "the blocks' normalisation: LayerNorm or RMSNorm")
+      .add("model.mlp", choice(&m.mlp, parse_mlp, mlp_names()), "MLP: GELU or SwiGLU")
+      .add("model.mlp_hidden", &m.mlp_hidden,
+           "MLP hidden width (0 = mlp_ratio * d_model for GELU, 8/3 d_model rounded up to even "
+           "for SwiGLU)",
+           at_least(0))
+      .add("model.bias",
+           ChoiceField{[&m](const std::string& v) {
+                         if (v != "true" && v != "false") {
+                           throw std::invalid_argument("model.bias must be true or false, got '" +
+                                                       v + "'");
+                         }
+                         m.bias = v == "true";
+                       },
+                       [&m] { return std::string(m.bias ? "true" : "false"); },
+                       {"true", "false"}},
+           "biases in the MLP's linear layers")
+      .add("model.init_std", &m.init_std,
+           "std of the N(0, std) initial weights (residual projections / sqrt(2 layers))", above(0))
+      .add("model.convention", choice(&m.convention, parse_convention, convention_names()),
+           "window and offsets: reach's general form, or the main paper's exact one "
+           "(docs/paper_convention.md)");
 }
 
 namespace {

@@ -56,12 +56,13 @@ std::vector<double> forward(const DilatedAttentionParams& p, const std::vector<d
   const int64_t n = p.seq_len, d = p.head_dim;
   std::vector<double> out(static_cast<size_t>(p.batch_heads * n * d), 0.0);
   for (int64_t bh = 0; bh < p.batch_heads; ++bh) {
+    const int64_t kvh = bh / p.kv_group;  // the K/V head this query head reads (GQA)
     for (int64_t i = 0; i < n; ++i) {
       const int64_t qi = bh * n + i;
       std::vector<double> s;
       for (const auto& slot : slots[i]) {
         double score = 0;
-        for (auto [row, w] : slot.rows) score += w * row_dot(q, qi, k, bh * n + row, d);
+        for (auto [row, w] : slot.rows) score += w * row_dot(q, qi, k, kvh * n + row, d);
         s.push_back(p.scale * score);
       }
       double m = -INFINITY, z = 0;
@@ -70,7 +71,7 @@ std::vector<double> forward(const DilatedAttentionParams& p, const std::vector<d
       for (size_t a = 0; a < s.size(); ++a) {
         for (auto [row, w] : slots[i][a].rows) {
           for (int64_t t = 0; t < d; ++t)
-            out[qi * d + t] += s[a] / z * w * v[(bh * n + row) * d + t];
+            out[qi * d + t] += s[a] / z * w * v[(kvh * n + row) * d + t];
         }
       }
     }
@@ -90,6 +91,7 @@ Gradients backward(const DilatedAttentionParams& p, const std::vector<double>& q
   g.offsets.assign(static_cast<size_t>(p.num_offsets), 0.0);
   g.offsets_magnitude.assign(static_cast<size_t>(p.num_offsets), 0.0);
   for (int64_t bh = 0; bh < p.batch_heads; ++bh) {
+    const int64_t kvh = bh / p.kv_group;  // the K/V head this query head reads (GQA)
     for (int64_t i = 0; i < n; ++i) {
       const int64_t qi = bh * n + i;
       const auto& row = slots[i];
@@ -97,8 +99,8 @@ Gradients backward(const DilatedAttentionParams& p, const std::vector<double>& q
       for (const auto& slot : row) {
         double score = 0, dov = 0;
         for (auto [r, w] : slot.rows) {
-          score += w * row_dot(q, qi, k, bh * n + r, d);
-          dov += w * row_dot(grad_out, qi, v, bh * n + r, d);
+          score += w * row_dot(q, qi, k, kvh * n + r, d);
+          dov += w * row_dot(grad_out, qi, v, kvh * n + r, d);
         }
         s.push_back(p.scale * score);
         eff_v_dot.push_back(dov);
@@ -113,7 +115,7 @@ Gradients backward(const DilatedAttentionParams& p, const std::vector<double>& q
       for (size_t a = 0; a < s.size(); ++a) {
         const double ds = prob[a] * (eff_v_dot[a] - di);
         for (auto [r, w] : row[a].rows) {
-          const int64_t kr = bh * n + r;
+          const int64_t kr = kvh * n + r;
           for (int64_t t = 0; t < d; ++t) {
             g.q[qi * d + t] += p.scale * ds * w * k[kr * d + t];
             g.k[kr * d + t] += p.scale * ds * w * q[qi * d + t];
@@ -121,7 +123,7 @@ Gradients backward(const DilatedAttentionParams& p, const std::vector<double>& q
           }
         }
         if (row[a].offset_index >= 0 && row[a].hi_row >= 0) {
-          const int64_t hi = bh * n + row[a].hi_row, lo = bh * n + row[a].lo_row;
+          const int64_t hi = kvh * n + row[a].hi_row, lo = kvh * n + row[a].lo_row;
           const double dsdx = p.scale * (row_dot(q, qi, k, hi, d) - row_dot(q, qi, k, lo, d));
           const double dodx = row_dot(grad_out, qi, v, hi, d) - row_dot(grad_out, qi, v, lo, d);
           const auto j = static_cast<size_t>(row[a].offset_index);

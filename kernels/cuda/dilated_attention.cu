@@ -108,7 +108,7 @@ template <typename T, int D>
 __global__ void __launch_bounds__(kThreads)
     forward_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                    T* __restrict__ out, float* __restrict__ lse, int n, int window_slots,
-                   float scale, OffsetTable table) {
+                   float scale, OffsetTable table, int kv_group) {
   constexpr int kGroup = D / kDims;
   constexpr int kQueriesPerBlock = kThreads / kGroup;
   const int part = threadIdx.x % kGroup;
@@ -116,8 +116,9 @@ __global__ void __launch_bounds__(kThreads)
   const bool active = i < n;
   const int ic = active ? i : n - 1;
   const size_t head = static_cast<size_t>(blockIdx.y) * n * D + part * kDims;
-  const T* kh = k + head;
-  const T* vh = v + head;
+  const size_t kv_head = static_cast<size_t>(blockIdx.y / kv_group) * n * D + part * kDims;
+  const T* kh = k + kv_head;
+  const T* vh = v + kv_head;
 
   float qr[kDims], acc[kDims];
   load_row(q + head + static_cast<size_t>(ic) * D, qr);
@@ -194,7 +195,7 @@ __global__ void __launch_bounds__(kThreads)
                           const T* __restrict__ grad_out, T* __restrict__ grad_q,
                           float* __restrict__ prob, float* __restrict__ dscore,
                           float* __restrict__ offset_partials, int n, int window_slots, float scale,
-                          OffsetTable table) {
+                          OffsetTable table, int kv_group) {
   constexpr int kGroup = D / kDims;
   constexpr int kQueriesPerBlock = kThreads / kGroup;
   __shared__ float block_goff[kWarps][kMaxOffsets];
@@ -205,8 +206,9 @@ __global__ void __launch_bounds__(kThreads)
   const int ic = active ? i : n - 1;
   const bool writer = active && part == 0;
   const size_t head = static_cast<size_t>(blockIdx.y) * n * D + part * kDims;
-  const T* kh = k + head;
-  const T* vh = v + head;
+  const size_t kv_head = static_cast<size_t>(blockIdx.y / kv_group) * n * D + part * kDims;
+  const T* kh = k + kv_head;
+  const T* vh = v + kv_head;
   const int slots = window_slots + table.count;
   float* prob_h = prob + static_cast<size_t>(blockIdx.y) * slots * n;
   float* dscore_h = dscore + static_cast<size_t>(blockIdx.y) * slots * n;
@@ -414,7 +416,7 @@ void launch_forward(const DilatedAttentionParams& p, const void* q, const void* 
   forward_kernel<T, D><<<grid, kThreads, 0, stream>>>(
       static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
       static_cast<T*>(out), lse, n, static_cast<int>(p.window_slots()), static_cast<float>(p.scale),
-      make_table(p));
+      make_table(p), static_cast<int>(p.kv_group));
   check_cuda(cudaGetLastError(), "forward launch");
 }
 
@@ -451,7 +453,7 @@ void launch_backward(const DilatedAttentionParams& p, const void* q, const void*
       static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
       static_cast<const T*>(out), lse, static_cast<const T*>(grad_out), static_cast<T*>(grad_q),
       w.prob, w.dscore, want_offsets ? w.offset_partials : nullptr, n, ws,
-      static_cast<float>(p.scale), table);
+      static_cast<float>(p.scale), table, static_cast<int>(p.kv_group));
   check_cuda(cudaGetLastError(), "backward query-pass launch");
   backward_key_kernel<T, D><<<grid, kThreads, 0, stream>>>(
       static_cast<const T*>(q), static_cast<const T*>(grad_out), w.prob, w.dscore,
@@ -546,7 +548,7 @@ void tc_forward_group(const DilatedAttentionParams& p, const void* q, const void
   allow_smem(tc::forward_kernel<D, G, Frac>, smem);
   tc::forward_kernel<D, G, Frac><<<t.grid, tc::kThreads, smem, stream>>>(
       static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
-      static_cast<T*>(out), lse, t.n, t.window, t.scale_log2, t.offs);
+      static_cast<T*>(out), lse, t.n, t.window, t.scale_log2, t.offs, static_cast<int>(p.kv_group));
   check_cuda(cudaGetLastError(), "forward launch (tensor cores)");
 }
 
@@ -591,14 +593,15 @@ void tc_backward_group(const DilatedAttentionParams& p, const void* q, const voi
       static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
       static_cast<const T*>(out), lse, static_cast<const T*>(grad_out), static_cast<T*>(grad_q),
       delta, prob, dscore, want_offsets ? partials : nullptr, t.n, t.window, t.scale, t.scale_log2,
-      t.offs);
+      t.offs, static_cast<int>(p.kv_group));
   check_cuda(cudaGetLastError(), "backward query-pass launch (tensor cores)");
   constexpr size_t smem_k = tc::backward_key_smem_bytes<D>();
   allow_smem(tc::backward_key_kernel<D, G, Frac>, smem_k);
   tc::backward_key_kernel<D, G, Frac><<<t.grid, tc::kThreads, smem_k, stream>>>(
       static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), lse,
       static_cast<const T*>(grad_out), delta, prob, dscore, static_cast<T*>(grad_k),
-      static_cast<T*>(grad_v), t.n, t.window, t.scale, t.scale_log2, t.offs);
+      static_cast<T*>(grad_v), t.n, t.window, t.scale, t.scale_log2, t.offs,
+      static_cast<int>(p.kv_group));
   check_cuda(cudaGetLastError(), "backward key-pass launch (tensor cores)");
   if (want_offsets) {
     reduce_offset_partials<<<static_cast<unsigned>(p.num_offsets), 256, 0, stream>>>(

@@ -37,8 +37,9 @@ inline constexpr int64_t kMaxOffsets = 64;
 // n < 2^31), else a message naming the problem.
 std::string cuda_support_problem(const DilatedAttentionParams& params);
 
-// q, k, v, out: [BH, n, d] of `type`; lse: [BH, n] float32. stream: a cudaStream_t
-// (nullptr: the default stream). Throws std::invalid_argument on bad params and
+// q, out: [BH, n, d] of `type`; k, v: [BH / kv_group, n, d] (grouped-query attention reads
+// each K/V head in place for its kv_group query heads); lse: [BH, n] float32. stream: a
+// cudaStream_t (nullptr: the default stream). Throws std::invalid_argument on bad params and
 // std::runtime_error on a CUDA error.
 void dilated_attention_forward_cuda(const DilatedAttentionParams& params, ScalarType type,
                                     const void* q, const void* k, const void* v, void* out,
@@ -56,6 +57,8 @@ size_t dilated_attention_backward_workspace_bytes(const DilatedAttentionParams& 
                                                   ScalarType type, bool offsets_grad);
 size_t dilated_attention_backward_workspace_bytes(const DilatedAttentionParams& params);
 
+// grad_k, grad_v: [BH, n, d], one per QUERY head: with kv_group > 1 the caller sums each group of
+// kv_group consecutive heads into its K/V head's gradient.
 // grad_offsets: null, or K doubles on the device (dLoss/d offset distance, summed
 // over batch, heads and queries). workspace: at least
 // dilated_attention_backward_workspace_bytes(params, type, grad_offsets != nullptr)

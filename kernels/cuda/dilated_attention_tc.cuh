@@ -527,7 +527,7 @@ template <int D, int G, bool Frac>
 __global__ void __launch_bounds__(kThreads)
     forward_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
                    const bf16* __restrict__ v, bf16* __restrict__ out, float* __restrict__ lse,
-                   int n, int window, float scale_log2, IntOffsets offs) {
+                   int n, int window, float scale_log2, IntOffsets offs, int kv_group) {
   using S = Shape<D>;
   constexpr int RC = S::kRowChunks;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -544,9 +544,10 @@ __global__ void __launch_bounds__(kThreads)
   const int wrow = 16 * warp;
   const int rows[2] = {t0 + wrow + g, t0 + wrow + g + 8};
   const size_t head = static_cast<size_t>(blockIdx.y) * n * D;
+  const size_t kv_head = static_cast<size_t>(blockIdx.y / kv_group) * n * D;  // GQA
   const bf16* qh = q + head;
-  const bf16* kh = k + head;
-  const bf16* vh = v + head;
+  const bf16* kh = k + kv_head;
+  const bf16* vh = v + kv_head;
   load_offsets(offs, s_off);
 
   const int first = first_band_chunk(t0, window);
@@ -669,7 +670,7 @@ __global__ void __launch_bounds__(kThreads)
                           bf16* __restrict__ grad_q, float* __restrict__ delta,
                           float* __restrict__ prob, float* __restrict__ dscore,
                           float* __restrict__ offset_partials, int n, int window, float scale,
-                          float scale_log2, IntOffsets offs) {
+                          float scale_log2, IntOffsets offs, int kv_group) {
   using S = Shape<D>;
   constexpr int RC = S::kRowChunks;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -691,9 +692,10 @@ __global__ void __launch_bounds__(kThreads)
   const int wrow = 16 * warp;
   const int rows[2] = {t0 + wrow + g, t0 + wrow + g + 8};
   const size_t head = static_cast<size_t>(blockIdx.y) * n * D;
+  const size_t kv_head = static_cast<size_t>(blockIdx.y / kv_group) * n * D;  // GQA
   const bf16* qh = q + head;
-  const bf16* kh = k + head;
-  const bf16* vh = v + head;
+  const bf16* kh = k + kv_head;
+  const bf16* vh = v + kv_head;
   const size_t row_base = static_cast<size_t>(blockIdx.y) * n;  // into [BH, n] arrays
   load_offsets(offs, s_off);
 
@@ -866,7 +868,7 @@ __global__ void __launch_bounds__(kThreads)
                         const bf16* __restrict__ grad_out, const float* __restrict__ delta,
                         const float* __restrict__ prob, const float* __restrict__ dscore,
                         bf16* __restrict__ grad_k, bf16* __restrict__ grad_v, int n, int window,
-                        float scale, float scale_log2, IntOffsets offs) {
+                        float scale, float scale_log2, IntOffsets offs, int kv_group) {
   using S = Shape<D>;
   constexpr int RC = S::kRowChunks;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -904,8 +906,11 @@ __global__ void __launch_bounds__(kThreads)
     const float* src = (t < 64 ? lse : delta) + row_base + (valid ? i : 0);
     cp_async4((t < 64 ? sL : sDl) + stage * kTile + (t & 63), src, valid);
   };
-  load_tile<D>(sK, k + head, j0, n);
-  load_tile<D>(sV, v + head, j0, n);
+  // K/V of this query head's group (GQA); dK/dV are written per query head (the caller sums
+  // each group).
+  const size_t kv_head = static_cast<size_t>(blockIdx.y / kv_group) * n * D;
+  load_tile<D>(sK, k + kv_head, j0, n);
+  load_tile<D>(sV, v + kv_head, j0, n);
   load_chunk(0, j0);
   cp_async_commit();
 

@@ -12,9 +12,12 @@ AttentionLayer::AttentionLayer(const ModelConfig& config, int64_t layer)
       layer_(layer),
       head_dim_(config.d_model / config.heads),
       rope_(config.d_model / config.heads, config.rope_base) {
+  // q: heads x head_dim, k and v: kv_heads x head_dim each (grouped-query attention).
+  const int64_t kv_width = kv_heads_of(config) * head_dim_;
   qkv_ = register_module(
       "qkv",
-      torch::nn::Linear(torch::nn::LinearOptions(config.d_model, 3 * config.d_model).bias(false)));
+      torch::nn::Linear(
+          torch::nn::LinearOptions(config.d_model, config.d_model + 2 * kv_width).bias(false)));
   proj_ = register_module(
       "proj",
       torch::nn::Linear(torch::nn::LinearOptions(config.d_model, config.d_model).bias(false)));
@@ -30,7 +33,7 @@ AttentionOutput AttentionLayer::compute(const torch::Tensor& x, ForwardContext& 
   // On a GPU, one kernel splits qkv into the attention layout and applies RoPE (issue 15:
   // the tensor ops below cost ~25 ms of a 127 ms training step there). The CPU keeps them.
   if (x.is_cuda() && ops::fused_block_kernels_enabled() && context.cache == nullptr &&
-      config_.positions == Positions::rope) {
+      config_.positions == Positions::rope && kv_heads_of(config_) == config_.heads) {
     const auto projected = qkv_(x);
     const auto [cos, sin] =
         rope_.get(context.position, t, projected.options().dtype(torch::kFloat32));
@@ -45,11 +48,21 @@ AttentionOutput AttentionLayer::compute(const torch::Tensor& x, ForwardContext& 
                                             : ops::merge_heads(y)),
             {}};
   }
-  auto qkv = qkv_(x).view({b, t, 3, config_.heads, head_dim_}).permute({2, 0, 3, 1, 4});
-  // unbind, not qkv[0], qkv[1], qkv[2]: its backward stacks the three gradients once, where
-  // each index's would write a zero-filled gradient of all of qkv and then sum the three.
-  const auto parts = qkv.unbind(0);
-  auto q = parts[0], k = parts[1], v = parts[2];
+  const int64_t kv_heads = kv_heads_of(config_);
+  torch::Tensor q, k, v;
+  if (kv_heads == config_.heads) {
+    auto qkv = qkv_(x).view({b, t, 3, config_.heads, head_dim_}).permute({2, 0, 3, 1, 4});
+    // unbind, not qkv[0], qkv[1], qkv[2]: its backward stacks the three gradients once, where
+    // each index's would write a zero-filled gradient of all of qkv and then sum the three.
+    const auto parts = qkv.unbind(0);
+    q = parts[0], k = parts[1], v = parts[2];
+  } else {
+    const auto parts =
+        qkv_(x).split_with_sizes({config_.d_model, kv_heads * head_dim_, kv_heads * head_dim_}, -1);
+    q = parts[0].view({b, t, config_.heads, head_dim_}).transpose(1, 2);
+    k = parts[1].view({b, t, kv_heads, head_dim_}).transpose(1, 2);
+    v = parts[2].view({b, t, kv_heads, head_dim_}).transpose(1, 2);
+  }
   if (config_.positions == Positions::rope) {
     const auto [cos, sin] = rope_.get(context.position, t, q.options());
     q = apply_rope(q, cos, sin);
@@ -63,6 +76,13 @@ AttentionOutput AttentionLayer::compute(const torch::Tensor& x, ForwardContext& 
         "attention budget: mass (the dynamic budget) runs on the CPU decode kernel only; the "
         "model is on " +
         q.device().str());
+  }
+  const int64_t group = config_.heads / kv_heads;
+  if (group > 1 && (context.cache != nullptr || per_query || !reads_grouped_kv())) {
+    // Families without grouped K/V in their kernels, the KV cache and the per-query decode
+    // kernel (for now) get K/V per query head: exact, but without GQA's memory saving there.
+    k = k.repeat_interleave(group, 1);
+    v = v.repeat_interleave(group, 1);
   }
   torch::Tensor y;  // [B, H, T, hd]
   if (context.cache != nullptr) {

@@ -54,9 +54,12 @@ class AttentionLayer : public torch::nn::Module {
   virtual void freeze_schedule() {}
 
  protected:
-  // q, k, v: [B, H, T, head_dim] contiguous (or token-major views: attends_token_major()),
-  // RoPE applied; causal attention of each query
-  // over the keys of this family -> [B, H, T, head_dim].
+  // True when attend() takes k, v with kv_heads < heads (grouped-query attention: query head h
+  // reads K/V head h / (heads / kv_heads)); otherwise the base hands it K/V per query head.
+  virtual bool reads_grouped_kv() const { return false; }
+  // q: [B, H, T, head_dim], k, v: [B, H or kv_heads, T, head_dim], contiguous (or token-major
+  // views: attends_token_major()), RoPE applied; causal attention of each query over the keys
+  // of this family -> [B, H, T, head_dim].
   virtual torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k,
                                const torch::Tensor& v, const ForwardContext& context) = 0;
   // Decode: q holds the last t positions of cache (which already has their keys and values);

@@ -16,7 +16,7 @@ DilatedAttention::DilatedAttention(const ModelConfig& config, int64_t layer)
 
 torch::Tensor DilatedAttention::attend(const torch::Tensor& q, const torch::Tensor& k,
                                        const torch::Tensor& v, const ForwardContext& context) {
-  const int64_t window = budget_window(config().window, context.budget);
+  const int64_t window = budget_window(kernel_window(config()), context.budget);
   return ops::dilated_attention(q, k, v, window,
                                 beyond_window(within_budget(distances_, context.budget), window));
 }
@@ -25,7 +25,7 @@ torch::Tensor DilatedAttention::attend_cached(const torch::Tensor& q, const Laye
                                               const ForwardContext& context) {
   if (!decode_kernel_applies(q)) return AttentionLayer::attend_cached(q, cache, context);
   ops::DecodeAttentionOptions key_set;
-  key_set.window = config().window;
+  key_set.window = kernel_window(config());
   key_set.offsets.assign(offsets_.begin(), offsets_.end());
   return decode_with_kernel(q, cache, key_set, context);
 }

@@ -14,6 +14,7 @@ class DilatedAttention : public AttentionLayer {
   std::vector<int64_t> integer_offsets() const override { return offsets_; }
 
  protected:
+  bool reads_grouped_kv() const override { return true; }  // the dilated op reads K/V groups
   // Honours budget.rungs (the nearest offsets only).
   torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                        const ForwardContext& context) override;

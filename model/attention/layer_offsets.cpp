@@ -5,6 +5,7 @@
 #include <string>
 
 #include "pattern/dilated_offsets.hpp"
+#include "pattern/paper_convention.hpp"
 
 namespace reach::model::attention {
 
@@ -16,12 +17,20 @@ void check_reach(const ModelConfig& config) {
 }
 
 double schedule_alpha(const ModelConfig& config, int64_t layer) {
+  if (config.convention == pattern::OffsetConvention::paper) {
+    return pattern::paper_layer_alphas(config.schedule, config.layers)[static_cast<size_t>(layer)];
+  }
   const pattern::ScheduleSpec schedule{config.schedule, config.layers, config.alpha,
                                        config.alpha_min, config.alpha_max};
   return pattern::layer_alphas(schedule)[static_cast<size_t>(layer)];
 }
 
 std::vector<int64_t> layer_offsets(const ModelConfig& config, double alpha) {
+  if (config.convention == pattern::OffsetConvention::paper) {
+    // Rungs up to T - 1 with T the trained length (config.reach resolves to it).
+    return pattern::paper_offsets(
+        {offset_base(config.attention), alpha, config.window, config.reach});
+  }
   return pattern::integer_offsets(
       {offset_base(config.attention), alpha, config.window, config.reach});
 }

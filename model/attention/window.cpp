@@ -11,7 +11,7 @@ WindowAttention::WindowAttention(const ModelConfig& config, int64_t layer)
 
 torch::Tensor WindowAttention::attend(const torch::Tensor& q, const torch::Tensor& k,
                                       const torch::Tensor& v, const ForwardContext& context) {
-  return ops::dilated_attention(q, k, v, budget_window(config().window, context.budget),
+  return ops::dilated_attention(q, k, v, budget_window(kernel_window(config()), context.budget),
                                 no_offsets_);
 }
 
@@ -19,7 +19,7 @@ torch::Tensor WindowAttention::attend_cached(const torch::Tensor& q, const Layer
                                              const ForwardContext& context) {
   if (!decode_kernel_applies(q)) return AttentionLayer::attend_cached(q, cache, context);
   ops::DecodeAttentionOptions key_set;
-  key_set.window = config().window;
+  key_set.window = kernel_window(config());
   return decode_with_kernel(q, cache, key_set, context);
 }
 

@@ -10,6 +10,7 @@ class WindowAttention : public AttentionLayer {
   WindowAttention(const ModelConfig& config, int64_t layer);
 
  protected:
+  bool reads_grouped_kv() const override { return true; }  // the dilated op reads K/V groups
   torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                        const ForwardContext& context) override;
   // Decode steps through the single-query kernel (model/attention/cached_decode.hpp).

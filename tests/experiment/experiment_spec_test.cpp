@@ -7,6 +7,9 @@
 #include <stdexcept>
 #include <string>
 
+#include "model/gpt.hpp"
+#include "train/train_config.hpp"
+
 namespace reach::experiment {
 namespace {
 
@@ -79,6 +82,27 @@ TEST(ExperimentSpec, ConfigPathsAreRelativeToTheMatrix) {
   const auto spec = load_experiment((dir / "matrix.toml").string());
   EXPECT_EQ(spec.runs[0].config_path, (dir / "configs" / "base.toml").string());
   std::filesystem::remove_all(dir);
+}
+
+// The shipped paper matrix: 22 runs (the authors' f01..f21 and dense), every run's config
+// parses, and each model builds with the paper's parameter count (60,850,688 with its
+// 32,768-token vocabulary; the learned rows' reach convention has the same weights plus one
+// theta per layer).
+TEST(ExperimentSpec, ThePaperMatrixParsesAndBuildsThePapersModel) {
+  const auto spec =
+      load_experiment(std::string(REACH_SOURCE_DIR) + "/configs/experiments/paper-matrix.toml");
+  EXPECT_EQ(spec.runs.size(), 22u);
+  EXPECT_EQ(spec.multipliers, (std::vector<int64_t>{1, 2, 4}));
+  for (const auto& run : spec.runs) {
+    auto config = train::load_train_config(run.config_path, run.overrides);
+    config.model.vocab_size = 32768;
+    config.model.reach = config.seq_len;
+    EXPECT_EQ(config.seq_len, 1024) << run.name;
+    EXPECT_EQ(config.batch * config.seq_len, 32768) << run.name;
+    model::Gpt net(config.model);
+    const int64_t thetas = config.model.schedule == model::AlphaSchedule::learned ? 16 : 0;
+    EXPECT_EQ(model::parameter_count(*net), 60850688 + thetas) << run.name;
+  }
 }
 
 }  // namespace

@@ -28,6 +28,9 @@ struct Family {
   AlphaSchedule schedule = AlphaSchedule::stagger;
   Normalizer normalizer = Normalizer::softmax;
   Positions positions = Positions::rope;
+  // The main paper's model options: grouped-query attention (2 query heads over 1 K/V head),
+  // SwiGLU, RMSNorm, no biases, its offset convention.
+  bool paper_options = false;
 };
 
 std::vector<Family> families() {
@@ -46,6 +49,10 @@ std::vector<Family> families() {
        Positions::alibi},
       {"fibonacci nope", AttentionFamily::fibonacci, AlphaSchedule::stagger, Normalizer::softmax,
        Positions::nope},
+      {"fibonacci stagger, paper model (GQA, SwiGLU, RMSNorm)", AttentionFamily::fibonacci,
+       AlphaSchedule::stagger, Normalizer::softmax, Positions::rope, true},
+      {"dense, paper model (GQA, SwiGLU, RMSNorm)", AttentionFamily::dense, AlphaSchedule::stagger,
+       Normalizer::softmax, Positions::rope, true},
   };
 }
 
@@ -58,6 +65,14 @@ model::Gpt make_model(const Family& f) {
   c.alpha_min = 1.0;
   c.alpha_max = 2.3;  // learned: alpha * b is fractional, so freezing changes the offsets
   c.reach = 40;
+  if (f.paper_options) {
+    c.kv_heads = 1;
+    c.mlp = model::Mlp::swiglu;
+    c.norm = model::Norm::rmsnorm;
+    c.bias = false;
+    c.convention = pattern::OffsetConvention::paper;
+    c.window = 4;
+  }
   torch::manual_seed(5);
   model::Gpt net(c);
   // Non-trivial normaliser parameters (they start at values that make them identities).

@@ -23,15 +23,19 @@ struct Shape {
   int64_t bh, n, d, window;
   std::vector<double> offsets;
   const char* why;
+  int64_t group = 1;  // query heads per K/V head (grouped-query attention)
 
   size_t size() const { return static_cast<size_t>(bh * n * d); }
+  size_t kv_size() const { return static_cast<size_t>(bh / group * n * d); }
   size_t rows() const { return static_cast<size_t>(bh * n); }
   std::string name() const {
     bool fractional = false;
     for (const double x : offsets) fractional |= x != std::floor(x);
-    return shape_part("bh", double(bh)) + "_" + shape_part("n", double(n)) + "_" +
-           shape_part("d", double(d)) + "_" + shape_part("W", double(window)) + "_" +
-           shape_part("K", double(offsets.size())) + (fractional ? "_frac" : "");
+    std::string name = shape_part("bh", double(bh)) + "_" + shape_part("n", double(n)) + "_" +
+                       shape_part("d", double(d)) + "_" + shape_part("W", double(window)) + "_" +
+                       shape_part("K", double(offsets.size())) + (fractional ? "_frac" : "");
+    if (group > 1) name.append("_").append(shape_part("gqa", double(group)));
+    return name;
   }
   DilatedAttentionParams params() const {
     DilatedAttentionParams p;
@@ -42,6 +46,7 @@ struct Shape {
     p.offsets = offsets.data();
     p.num_offsets = static_cast<int64_t>(offsets.size());
     p.scale = 1.0 / std::sqrt(static_cast<double>(d));
+    p.kv_group = group;
     return p;
   }
 };
@@ -55,6 +60,9 @@ std::vector<Shape> shapes() {
       {2, 130, 128, 16, {16.5, 26.4, 42.9, 69.3}, "fractional (learned) offsets, d = 128"},
       {1, 64, 24, 3, {3.0, 4.25, 7.75, 12.0, 19.5}, "mixed integer and fractional"},
       {4, 33, 48, 1, {1.5, 2.0, 3.5}, "W = 1"},
+      {4, 61, 32, 6, {6, 10, 16, 26, 42}, "grouped-query attention: 4 heads over 2 K/V", 2},
+      {8, 45, 16, 4, {4.5, 7.25, 11.0, 18.5}, "GQA 8 over 2 K/V, fractional offsets", 4},
+      {3, 20, 16, 64, {}, "GQA, every query head on one K/V: dense causal", 3},
   };
 }
 
@@ -79,7 +87,8 @@ struct Inputs {
 
 Inputs inputs(const Shape& s, const std::string& name) {
   Rng rng(seed_of(name));
-  return {rng.normal(s.size()), rng.normal(s.size()), rng.normal(s.size()), rng.normal(s.size())};
+  return {rng.normal(s.size()), rng.normal(s.kv_size()), rng.normal(s.kv_size()),
+          rng.normal(s.size())};
 }
 
 template <typename T>
@@ -102,7 +111,7 @@ void check_backward(const Shape& s, const std::string& name, double bound, doubl
   const std::vector<T> q(in.q.begin(), in.q.end()), k(in.k.begin(), in.k.end()),
       v(in.v.begin(), in.v.end()), go(in.grad_out.begin(), in.grad_out.end());
   const auto f = forward<T>(p, q, k, v);
-  std::vector<T> dq(s.size(), NAN), dk(s.size(), NAN), dv(s.size(), NAN);
+  std::vector<T> dq(s.size(), NAN), dk(s.kv_size(), NAN), dv(s.kv_size(), NAN);
   std::vector<double> doff(s.offsets.size(), NAN);
   const bool with_offsets = offsets_bound > 0 && !s.offsets.empty();
   kernels::dilated_attention_backward_cpu<T>(p, q.data(), k.data(), v.data(), f.out.data(),
@@ -119,7 +128,7 @@ void check_backward(const Shape& s, const std::string& name, double bound, doubl
 void check_finite_differences(Shape s, Report& r) {
   Rng rng(7);
   auto p = s.params();
-  auto q = rng.normal(s.size()), k = rng.normal(s.size()), v = rng.normal(s.size());
+  auto q = rng.normal(s.size()), k = rng.normal(s.kv_size()), v = rng.normal(s.kv_size());
   const auto g = rng.normal(s.size());
   std::vector<double> out(s.size()), lse(s.rows());
   auto loss = [&]() {
@@ -131,13 +140,13 @@ void check_finite_differences(Shape s, Report& r) {
     return l;
   };
   loss();
-  std::vector<double> dq(s.size()), dk(s.size()), dv(s.size()), doff(s.offsets.size());
+  std::vector<double> dq(s.size()), dk(s.kv_size()), dv(s.kv_size()), doff(s.offsets.size());
   kernels::dilated_attention_backward_cpu<double>(p, q.data(), k.data(), v.data(), out.data(),
                                                   lse.data(), g.data(), dq.data(), dk.data(),
                                                   dv.data(), doff.data());
   for (auto [x, grad, what] :
        {std::tuple{&q, &dq, "dq"}, std::tuple{&k, &dk, "dk"}, std::tuple{&v, &dv, "dv"}}) {
-    const auto picks = sample_indices(s.size(), 25, rng.engine());
+    const auto picks = sample_indices(x->size(), 25, rng.engine());
     r.fd(what, finite_difference_error(*x, *grad, loss, picks), 1e-6);
   }
   r.fd("doffsets", finite_difference_error(s.offsets, doff, loss), 1e-6);
@@ -161,6 +170,9 @@ REACH_OP_CASES(dilated_attention_cpu_cases) {
   const Shape fd_shape{2, 40, 16, 4, {4.3, 6.9, 11.2, 18.1, 29.3}, "fractional offsets"};
   registry.add({"dilated_attention", "cpu", "f64", fd_shape.name(), "fd",
                 [fd_shape](Report& r) { check_finite_differences(fd_shape, r); }});
+  const Shape fd_gqa{4, 30, 16, 3, {3.5, 5.4, 8.75, 14.2}, "GQA, fractional offsets", 2};
+  registry.add({"dilated_attention", "cpu", "f64", fd_gqa.name(), "fd",
+                [fd_gqa](Report& r) { check_finite_differences(fd_gqa, r); }});
 }
 
 TEST(DilatedAttentionCpu, RejectsInvalidParams) {
@@ -189,6 +201,10 @@ TEST(DilatedAttentionCpu, RejectsInvalidParams) {
   EXPECT_THROW(run(bad), std::invalid_argument);
   bad = p;
   bad.scale = -1;
+  EXPECT_THROW(run(bad), std::invalid_argument);
+  bad = p;
+  bad.batch_heads = 3;
+  bad.kv_group = 2;  // must divide batch * heads
   EXPECT_THROW(run(bad), std::invalid_argument);
   bad = p;
   bad.num_offsets = 3;  // null pointer

@@ -47,6 +47,7 @@ struct CudaCase {
   int head_dim = 64;
   int window = 1;
   std::vector<double> offsets;
+  int group = 1;  // query heads per K/V head (grouped-query attention)
 
   DilatedAttentionParams params() const {
     DilatedAttentionParams p;
@@ -57,6 +58,7 @@ struct CudaCase {
     p.offsets = offsets.data();
     p.num_offsets = static_cast<int64_t>(offsets.size());
     p.scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
+    p.kv_group = group;
     return p;
   }
   kernels::gpu::ScalarType type() const {
@@ -66,10 +68,13 @@ struct CudaCase {
     bool fractional = false;
     for (const double x : offsets) fractional |= x != std::floor(x);
     const auto p = params();
-    return shape_part("bh", batch_heads) + "_" + shape_part("n", seq_len) + "_" +
-           shape_part("d", head_dim) + "_" + shape_part("W", window) + "_" +
-           shape_part("K", double(offsets.size())) + (fractional ? "_frac" : "") +
-           (kernels::gpu::dilated_attention_uses_tensor_cores(p, type(), false) ? "_tc" : "");
+    std::string name =
+        shape_part("bh", batch_heads) + "_" + shape_part("n", seq_len) + "_" +
+        shape_part("d", head_dim) + "_" + shape_part("W", window) + "_" +
+        shape_part("K", double(offsets.size())) + (fractional ? "_frac" : "") +
+        (kernels::gpu::dilated_attention_uses_tensor_cores(p, type(), false) ? "_tc" : "");
+    if (group > 1) name.append("_").append(shape_part("gqa", group));
+    return name;
   }
 };
 
@@ -181,6 +186,11 @@ std::vector<CudaCase> cuda_cases() {
     cases.push_back({bf16, 1, 700, 64, 1024, {}});
     cases.push_back({bf16, 2, 1000, 128, 100, {144, 233, 377, 610, 987}});
     cases.push_back({bf16, 40, 130, 64, 64, fibonacci_offsets(64, 130)});
+    // Grouped-query attention (the paper's 8 query heads over 2 K/V heads, and 2 over 1),
+    // integer offsets (tensor cores in bf16) and fractional ones (CUDA cores).
+    cases.push_back({bf16, 16, 777, 64, 12, fibonacci_offsets(12, 777), 4});
+    cases.push_back({bf16, 4, 300, 128, 8, fractional, 2});
+    cases.push_back({bf16, 8, 200, 64, 256, {}, 4});  // dense causal
   }
   // Long sequences: the reference is the CPU fast kernel in float64 (itself tested
   // against the dense reference), so every row is still checked.
@@ -196,12 +206,23 @@ void run_cuda_case(const CudaCase& c, const std::string& name, Report& r) {
   if (!cuda_device_available()) return r.skip("no CUDA device");
   const auto p = c.params();
   const size_t count = static_cast<size_t>(c.batch_heads) * c.seq_len * c.head_dim;
+  const size_t kv_count = count / static_cast<size_t>(c.group);
   const size_t rows = static_cast<size_t>(c.batch_heads) * c.seq_len;
   const size_t K = c.offsets.size();
 
   Rng rng(seed_of(name));
-  auto draw = [&] { return c.bf16 ? round_bf16(rng.normal(count)) : rng.normal(count); };
-  const auto q = draw(), k = draw(), v = draw(), grad_out = draw();
+  auto draw = [&](size_t size) { return c.bf16 ? round_bf16(rng.normal(size)) : rng.normal(size); };
+  const auto q = draw(count), k = draw(kv_count), v = draw(kv_count), grad_out = draw(count);
+  // The kernel writes dK, dV per query head; a K/V head's gradient is its group's sum.
+  auto group_sum = [&](const std::vector<double>& per_query_head) {
+    if (c.group == 1) return per_query_head;
+    std::vector<double> sum(kv_count, 0.0);
+    const size_t head = static_cast<size_t>(c.seq_len) * c.head_dim;
+    for (size_t x = 0; x < count; ++x) {
+      sum[(x / head) / c.group * head + x % head] += per_query_head[x];
+    }
+    return sum;
+  };
 
   // float64 reference: dense O(n^2) for short sequences, the CPU kernel for long.
   std::vector<double> ref_out, ref_dq, ref_dk, ref_dv, ref_doff(K), ref_doff_magnitude;
@@ -219,14 +240,14 @@ void run_cuda_case(const CudaCase& c, const std::string& name, Report& r) {
     kernels::dilated_attention_forward_cpu<double>(p, q.data(), k.data(), v.data(), ref_out.data(),
                                                    lse.data());
     ref_dq.resize(count);
-    ref_dk.resize(count);
-    ref_dv.resize(count);
+    ref_dk.resize(kv_count);
+    ref_dv.resize(kv_count);
     kernels::dilated_attention_backward_cpu<double>(
         p, q.data(), k.data(), v.data(), ref_out.data(), lse.data(), grad_out.data(), ref_dq.data(),
         ref_dk.data(), ref_dv.data(), K ? ref_doff.data() : nullptr);
   }
 
-  DeviceTensor dq_in(count, c.bf16), dk_in(count, c.bf16), dv_in(count, c.bf16);
+  DeviceTensor dq_in(count, c.bf16), dk_in(kv_count, c.bf16), dv_in(kv_count, c.bf16);
   DeviceTensor d_do(count, c.bf16), d_out(count, c.bf16);
   DeviceTensor d_gq(count, c.bf16), d_gk(count, c.bf16), d_gv(count, c.bf16);
   dq_in.upload(q);
@@ -253,7 +274,8 @@ void run_cuda_case(const CudaCase& c, const std::string& name, Report& r) {
         p, type, dq_in.ptr, dk_in.ptr, dv_in.ptr, d_out.ptr, lse.as<float>(), d_do.ptr, d_gq.ptr,
         d_gk.ptr, d_gv.ptr, offsets_grad ? doff.as<double>() : nullptr, workspace.ptr, nullptr);
     check(cudaDeviceSynchronize(), "backward");
-    const auto gq = d_gq.download(), gk = d_gk.download(), gv = d_gv.download();
+    const auto gq = d_gq.download(), gk = group_sum(d_gk.download()),
+               gv = group_sum(d_gv.download());
     all_written = all_written && all_finite(gq) && all_finite(gk) && all_finite(gv);
     err_dq = std::max(err_dq, rel_l2_error(gq, ref_dq));
     err_dk = std::max(err_dk, rel_l2_error(gk, ref_dk));

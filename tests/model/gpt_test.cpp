@@ -32,6 +32,72 @@ TEST(Gpt, EveryAttentionKindRunsForwardAndBackward) {
   }
 }
 
+// The main paper's model (its authors' code: GQA 8 over 2, SwiGLU 1366, RMSNorm, no biases,
+// tied 32,768-token embedding): 60,850,688 parameters, the paper's "60.9M".
+TEST(Gpt, PaperExactPresetHasThePapersParameterCount) {
+  auto c = preset("paper-exact");
+  c.reach = 1024;
+  EXPECT_EQ(mlp_hidden_of(c), 1366);
+  EXPECT_EQ(kv_heads_of(c), 2);
+  EXPECT_EQ(kernel_window(c), 13);  // distances 0..12
+  Gpt net(c);
+  EXPECT_EQ(parameter_count(*net), 60850688);
+  // Its layers read the paper's offsets: at the stagger's last layer (alpha 1.5), the rungs
+  // round(1.5 f) with 12 < d <= 1023, ties to even (19.5 -> 20, 82.5 -> 82, 133.5 -> 134).
+  EXPECT_EQ(net->blocks[15]->attn->integer_offsets(),
+            (std::vector<int64_t>{20, 32, 51, 82, 134, 216, 350, 566, 915}));
+}
+
+// Grouped-query attention through the dilated op (K/V read per group) equals the same
+// weights with K/V expanded per query head (the dense path), forward and backward; and the
+// paper's model options train.
+TEST(Gpt, GroupedQueryAttentionModelsTrain) {
+  for (const auto attention : {AttentionFamily::dense, AttentionFamily::fibonacci}) {
+    auto c = preset("micro");
+    c.heads = 4;
+    c.kv_heads = 2;
+    c.mlp = Mlp::swiglu;
+    c.norm = Norm::rmsnorm;
+    c.bias = false;
+    c.attention = attention;
+    c.reach = 24;
+    Gpt net(c);
+    auto logits = net(torch::randint(0, 256, {2, 30}, torch::kInt64));
+    ASSERT_TRUE(torch::isfinite(logits).all().item<bool>());
+    logits.logsumexp(-1).mean().backward();
+    for (const auto& p : net->named_parameters()) {
+      ASSERT_TRUE(p.value().grad().defined()) << p.key();
+      EXPECT_EQ(p.key().find(".bias"), std::string::npos) << p.key();
+    }
+    // q: 32 x 32, k and v: 2 heads x 8 each: qkv has 32 + 2 * 16 = 64 outputs.
+    EXPECT_EQ(net->blocks[0]->attn->named_parameters()["qkv.weight"].size(0), 64);
+  }
+}
+
+TEST(Gpt, BadModelOptionsAreClearErrors) {
+  auto expect_error = [](ModelConfig c, const std::string& text) {
+    try {
+      validate(c);
+      FAIL() << "accepted: " << text;
+    } catch (const std::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find(text), std::string::npos) << e.what();
+    }
+  };
+  auto c = preset("micro");
+  c.kv_heads = 3;
+  expect_error(c, "model.kv_heads (3) must divide model.heads (2)");
+  c = preset("micro");
+  c.kv_heads = 1;
+  c.normalizer = Normalizer::entmax;
+  expect_error(c, "grouped-query attention) works with softmax only");
+  c = preset("micro");
+  c.convention = pattern::OffsetConvention::paper;
+  c.schedule = AlphaSchedule::learned;
+  expect_error(c, "the paper's learned gather is not built");
+  EXPECT_THROW(parse_norm("batchnorm"), std::invalid_argument);
+  EXPECT_THROW(parse_mlp("relu"), std::invalid_argument);
+}
+
 TEST(Gpt, NonIntegerTokensAreAClearError) {
   auto c = preset("micro");
   c.reach = 24;

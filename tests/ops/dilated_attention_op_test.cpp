@@ -176,6 +176,51 @@ REACH_OP_CASES(dilated_attention_op_cases) {
                 }});
 }
 
+// Grouped-query attention: K/V with fewer heads, read in place, equals the op over K/V
+// repeated per query head; the K/V gradient is the sum over each group's heads. Float64 on
+// the CPU (1e-12: only summation order differs); bf16 on CUDA against the float64 CPU op
+// (the bf16 rule).
+void check_grouped_kv(torch::Device device, torch::ScalarType dtype, Report& r) {
+  if (device.is_cuda() && !torch::cuda::is_available()) return r.skip("no CUDA device");
+  torch::manual_seed(11);
+  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  const int64_t heads = 8, kv_heads = 2, n = 300, d = 64, window = 13;
+  auto draw = [&](int64_t h) {
+    return torch::randn({2, h, n, d}, f64).to(torch::kBFloat16).to(torch::kFloat64);
+  };
+  const auto q = draw(heads), k = draw(kv_heads), v = draw(kv_heads), g = draw(heads);
+  const auto offsets = torch::tensor(std::vector<double>{20, 32, 51, 82, 134, 216}, f64);
+  auto run = [&](torch::Device dev, torch::ScalarType type, bool grouped) {
+    auto leaf = [&](const torch::Tensor& t) {
+      return t.to(dev, type).detach().clone().requires_grad_();
+    };
+    auto qq = leaf(q), kk = leaf(k), vv = leaf(v);
+    const auto kin = grouped ? kk : kk.repeat_interleave(heads / kv_heads, 1);
+    const auto vin = grouped ? vv : vv.repeat_interleave(heads / kv_heads, 1);
+    auto out = dilated_attention(qq, kin, vin, window, offsets);
+    out.backward(g.to(dev, type));
+    return std::vector<std::vector<double>>{host_values(out), host_values(qq.grad()),
+                                            host_values(kk.grad()), host_values(vv.grad())};
+  };
+  const auto want = run(torch::kCPU, torch::kFloat64, false);
+  const auto got = run(device, dtype, true);
+  const char* names[] = {"out", "dq", "dk", "dv"};
+  for (int t = 0; t < 4; ++t) {
+    if (dtype == torch::kBFloat16) {
+      r.bf16(names[t], got[t], want[t]);
+    } else {
+      r.rel_l2(names[t], got[t], want[t], 1e-12);
+    }
+  }
+}
+
+REACH_OP_CASES(dilated_attention_gqa_cases) {
+  registry.add({"dilated_attention", "torch", "f64", "b2_hq8_hkv2_n300_d64_W13_K6_gqa", "fwd_bwd",
+                [](Report& r) { check_grouped_kv(torch::kCPU, torch::kFloat64, r); }});
+  registry.add({"dilated_attention", "torch_cuda", "bf16", "b2_hq8_hkv2_n300_d64_W13_K6_gqa",
+                "fwd_bwd", [](Report& r) { check_grouped_kv(torch::kCUDA, torch::kBFloat16, r); }});
+}
+
 TEST(DilatedAttentionOp, LearnedAlphaGradientKeepsAlphasDtypeAndShape) {
   torch::manual_seed(4);
   auto q = torch::randn({1, 1, 40, 8}), k = torch::randn({1, 1, 40, 8}),
@@ -238,7 +283,15 @@ TEST(DilatedAttentionOp, BadInputGivesClearErrors) {
     }
   };
   expect_error([&] { dilated_attention(q[0], q[0], q[0], 4, offsets); }, "rank 4");
-  expect_error([&] { dilated_attention(q, q.narrow(2, 0, 8), q, 4, offsets); }, "same shape");
+  expect_error([&] { dilated_attention(q, q.narrow(2, 0, 8), q, 4, offsets); },
+               "must be [batch, kv_heads, n, head_dim]");
+  // Grouped-query attention needs kv_heads dividing the query heads (3 of 4 does not).
+  expect_error(
+      [&] {
+        dilated_attention(torch::randn({1, 4, 16, 8}), torch::randn({1, 3, 16, 8}),
+                          torch::randn({1, 3, 16, 8}), 4, offsets);
+      },
+      "kv_heads dividing q's heads");
   expect_error(
       [&] {
         auto h = q.to(torch::kHalf);

@@ -51,8 +51,12 @@ case $case in
     [[ $(wc -l <"$run/metrics.jsonl") == 3 ]] || fail "metrics.jsonl mixes runs"
     ;;
   concurrent_training_is_locked)
-    train --set train.steps=100000 --set train.checkpoint_every=100000 >"$work/first" 2>&1 &
+    # reach itself in the background (not the shell function: a TERM to the function's
+    # subshell would leave the training running).
+    "$reach" train /dev/null --set run.out_dir="$run" "${common[@]}" --set train.steps=100000 \
+      --set train.checkpoint_every=100000 >"$work/first" 2>&1 &
     pid=$!
+    trap 'kill "$pid" 2>/dev/null || true' EXIT  # never left running, also when a check fails
     for _ in $(seq 1 600); do
       grep -q "step 10/" "$work/first" 2>/dev/null && break
       sleep 0.05
