@@ -31,7 +31,7 @@ struct EvalOptions {
   int64_t max_tokens = 32768;
   std::string device = "auto", precision = "fp32";
   std::string json, markdown, png;
-  std::string budget;  // empty: the trained key set, the plain forward
+  std::string budget;   // empty: the trained key set, the plain forward
   bool freeze = false;  // learned schedules: integer offsets, as inference uses them
 };
 

@@ -14,9 +14,9 @@
 namespace reach::kernels {
 
 // q, out: [batch, heads, queries, d]; k_cache, v_cache: [batch, kv_heads, capacity, d].
-// keys_read (may be null): [batch, heads, queries], the number of slots whose value was read (weight
-// > 0 after the normaliser and the mass budget): the budget actually used.
-// Throws std::invalid_argument when params are invalid.
+// keys_read (may be null): [batch, heads, queries], the number of slots whose value was read
+// (weight > 0 after the normaliser and the mass budget): the budget actually used. Throws
+// std::invalid_argument when params are invalid.
 template <typename T>
 void decode_attention_cpu(const DecodeAttentionParams& params, const T* q, const T* k_cache,
                           const T* v_cache, T* out, int64_t* keys_read);
