@@ -80,6 +80,9 @@ TEST(TrainConfig, ValuesOutOfRangeNameTheKeyAndTheRange) {
   expect_error("", {"train.warmup=-1"}, "train.warmup must be >= 0, got -1");
   expect_error("", {"data.seq_len=1"}, "data.seq_len must be >= 2, got 1");
   expect_error("", {"model.rope_base=0"}, "model.rope_base must be > 0, got 0");
+  expect_error("", {"model.bias=maybe"}, "model.bias must be true or false, got 'maybe'");
+  expect_error("", {"model.convention=authors"}, "model.convention must be");
+  expect_error("", {"model.kv_heads=3"}, "model.kv_heads (3) must divide model.heads");
   expect_error("", {"model.entmax_alpha=2.5"}, "model.entmax_alpha must be in (1, 2], got 2.5");
   expect_error("", {"train.min_lr=0.01", "train.lr=0.001"}, "train.min_lr (0.01) must be <=");
 }
