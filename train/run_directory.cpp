@@ -15,6 +15,9 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "train/checkpoint.hpp"
+#include "train/loop.hpp"
+
 namespace reach::train {
 namespace fs = std::filesystem;
 namespace {
@@ -129,6 +132,63 @@ void check_resume_config(const std::string& checkpoint_toml, const std::string& 
         "or the data stream depend on it (keys that may change on resume: {})",
         key, new_value, checkpoint, old_value, allowed));
   }
+}
+
+std::unique_ptr<RunLock> open_run_directory(const std::string& dir, const RunDirectoryRules& rules,
+                                            bool resume, bool overwrite) {
+  fs::create_directories(dir);
+  auto lock = std::make_unique<RunLock>(dir);
+  remove_unfinished_removals(dir);
+  for (const auto& partial : remove_partial_checkpoints(dir)) {
+    fmt::print(stderr, "{} removed {} (left by a checkpoint write or removal that was cut short)\n",
+               rules.log_prefix, partial);
+  }
+  const auto existing = existing_run_entries(dir, rules.entries);
+  if (!resume && !existing.empty()) {
+    if (!overwrite) {
+      std::string what;
+      for (const auto& e : existing) what += (what.empty() ? "" : ", ") + e;
+      throw std::invalid_argument(
+          fmt::format("{} '{}' already holds a run ({}); continue it with --resume, or start "
+                      "over with --overwrite (deletes it)",
+                      rules.name, dir, what));
+    }
+    remove_run_entries(dir, existing);
+    fmt::print(stderr, "{} --overwrite: removed the previous run in {}\n", rules.log_prefix, dir);
+  }
+  return lock;
+}
+
+void report_resume_choice(const std::string& dir, const RunDirectoryRules& rules,
+                          const std::string& chosen, const std::vector<std::string>& skipped) {
+  for (const auto& s : skipped)
+    fmt::print(stderr, "{} skipping checkpoint {}\n", rules.log_prefix, s);
+  if (chosen.empty()) {
+    throw std::invalid_argument(
+        fmt::format("--resume: {} '{}' holds no checkpoint {}to resume from", rules.name, dir,
+                    skipped.empty() ? "" : "that loads "));
+  }
+}
+
+void remove_checkpoints_after_resume_point(const RunDirectoryRules& rules,
+                                           const std::string& chosen,
+                                           const std::vector<std::string>& skipped_dirs) {
+  if (skipped_dirs.empty()) return;
+  remove_unloadable_checkpoints(skipped_dirs);
+  fmt::print(stderr,
+             "{} resuming from the newest valid checkpoint, {} (removed the {} newer one(s) that "
+             "do not load)\n",
+             rules.log_prefix, chosen, skipped_dirs.size());
+}
+
+std::ofstream open_metrics(const std::string& dir, std::optional<int64_t> resumed_step) {
+  const fs::path path = fs::path(dir) / "metrics.jsonl";
+  if (resumed_step) {
+    keep_metrics_through(path.string(), *resumed_step);
+  } else {
+    std::ofstream(path, std::ios::trunc);
+  }
+  return std::ofstream(path, std::ios::app);
 }
 
 }  // namespace reach::train

@@ -3,6 +3,10 @@
 // (--overwrite), never trained over.
 #pragma once
 
+#include <cstdint>
+#include <fstream>
+#include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -39,5 +43,33 @@ void remove_run_entries(const std::string& dir, const std::vector<std::string>& 
 // (model.preset, a name for the model.* values, is not compared).
 void check_resume_config(const std::string& checkpoint_toml, const std::string& config_toml,
                          std::span<const char* const> may_change, const std::string& checkpoint);
+
+// How a run kind names its run directory and what a run in it consists of.
+struct RunDirectoryRules {
+  std::string name;                  // in messages: "run.out_dir", "run directory"
+  std::string log_prefix;            // starts stderr lines: "[train]", "[tasks]"
+  std::vector<std::string> entries;  // what a run directory holds besides its lock
+};
+
+// What every run kind does first with its run directory: creates and locks it, deletes what a
+// checkpoint write or a removal cut short left behind (saying so), and refuses a directory that
+// already holds a run (std::invalid_argument naming it) unless resuming, or removes that run
+// first with `overwrite`. The directory stays locked while the returned lock lives.
+std::unique_ptr<RunLock> open_run_directory(const std::string& dir, const RunDirectoryRules& rules,
+                                            bool resume, bool overwrite);
+
+// The outcome of picking a checkpoint to resume from: prints each newer one skipped and throws
+// std::invalid_argument when none (`chosen` empty) loads.
+void report_resume_choice(const std::string& dir, const RunDirectoryRules& rules,
+                          const std::string& chosen, const std::vector<std::string>& skipped);
+
+// Deletes the newer checkpoints that did not load (training recomputes their steps), saying so.
+void remove_checkpoints_after_resume_point(const RunDirectoryRules& rules,
+                                           const std::string& chosen,
+                                           const std::vector<std::string>& skipped_dirs);
+
+// <dir>/metrics.jsonl opened for appending: a resumed run (resumed_step set) keeps the lines
+// through that step, a new run starts it empty.
+std::ofstream open_metrics(const std::string& dir, std::optional<int64_t> resumed_step);
 
 }  // namespace reach::train

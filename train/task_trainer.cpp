@@ -21,10 +21,12 @@ namespace reach::train {
 namespace fs = std::filesystem;
 namespace {
 
-// What a task run directory holds besides its lock (config.toml is rewritten by every run).
-const std::vector<std::string> kTaskRunEntries{"checkpoints",       "metrics.jsonl",
-                                               "model.safetensors", "accuracy.json",
-                                               "accuracy.md",       "accuracy.png"};
+// A task run directory: what it holds besides its lock (config.toml is rewritten by every
+// run), and how messages name it.
+const RunDirectoryRules kTaskRunRules{"run directory",
+                                      "[tasks]",
+                                      {"checkpoints", "metrics.jsonl", "model.safetensors",
+                                       "accuracy.json", "accuracy.md", "accuracy.png"}};
 
 // Stream tags keep training and evaluation examples apart for one seed.
 constexpr uint64_t kTrainStream = 0x7261696e;  // "rain"
@@ -119,27 +121,7 @@ TaskTrainResult train_task_model(const TaskRunConfig& c, const TaskTrainOptions&
   const fs::path dir(c.out_dir);
 
   // The run directory first: one training at a time, and never a new run over an old one.
-  fs::create_directories(dir);
-  const RunLock lock(c.out_dir);
-  remove_unfinished_removals(c.out_dir);
-  for (const auto& partial : remove_partial_checkpoints(c.out_dir)) {
-    fmt::print(stderr,
-               "[tasks] removed {} (left by a checkpoint write or removal that was cut short)\n",
-               partial);
-  }
-  const auto existing = existing_run_entries(c.out_dir, kTaskRunEntries);
-  if (!options.resume && !existing.empty()) {
-    if (!options.overwrite) {
-      std::string what;
-      for (const auto& e : existing) what += (what.empty() ? "" : ", ") + e;
-      throw std::invalid_argument(
-          fmt::format("run directory '{}' already holds a run ({}); continue it with --resume, "
-                      "or start over with --overwrite (deletes it)",
-                      c.out_dir, what));
-    }
-    remove_run_entries(c.out_dir, existing);
-    fmt::print(stderr, "[tasks] --overwrite: removed the previous run in {}\n", c.out_dir);
-  }
+  const auto lock = open_run_directory(c.out_dir, kTaskRunRules, options.resume, options.overwrite);
   std::string resume_dir;
   std::optional<TaskRun> resumed;
   int64_t start_step = 0;
@@ -148,21 +130,9 @@ TaskTrainResult train_task_model(const TaskRunConfig& c, const TaskTrainOptions&
     resume_dir = newest_loadable_checkpoint(
         c.out_dir, [&](const std::string& d) { resumed = load_task_checkpoint(d, start_step); },
         skipped, &skipped_dirs);
-    for (const auto& s : skipped) fmt::print(stderr, "[tasks] skipping checkpoint {}\n", s);
-    if (resume_dir.empty()) {
-      throw std::invalid_argument(
-          fmt::format("--resume: run directory '{}' holds no checkpoint {}to resume from",
-                      c.out_dir, skipped.empty() ? "" : "that loads "));
-    }
+    report_resume_choice(c.out_dir, kTaskRunRules, resume_dir, skipped);
     check_resume_config(to_toml(resumed->config), to_toml(c), kTaskResumeMutableKeys, resume_dir);
-    if (!skipped.empty()) {
-      // Newer than the resume point and unloadable: training recomputes their steps.
-      remove_unloadable_checkpoints(skipped_dirs);
-      fmt::print(stderr,
-                 "[tasks] resuming from the newest valid checkpoint, {} (removed the {} newer "
-                 "one(s) that do not load)\n",
-                 resume_dir, skipped_dirs.size());
-    }
+    remove_checkpoints_after_resume_point(kTaskRunRules, resume_dir, skipped_dirs);
   }
   write_text_atomically(dir / "config.toml", to_toml(c));
 
@@ -182,13 +152,8 @@ TaskTrainResult train_task_model(const TaskRunConfig& c, const TaskTrainOptions&
                bf16 ? " (bf16 autocast)" : "",
                resumed ? fmt::format(", resuming from step {}", start_step) : "");
   }
-  const fs::path metrics_path = dir / "metrics.jsonl";
-  if (resumed) {
-    keep_metrics_through(metrics_path.string(), start_step);
-  } else {
-    std::ofstream(metrics_path, std::ios::trunc);
-  }
-  std::ofstream metrics(metrics_path, std::ios::app);
+  std::ofstream metrics =
+      open_metrics(c.out_dir, resumed ? std::optional<int64_t>(start_step) : std::nullopt);
 
   LoopSettings settings;
   settings.steps = c.steps;

@@ -4,7 +4,6 @@
 #include <torch/torch.h>
 
 #include <cmath>
-#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -21,11 +20,10 @@
 #include "train/run_directory.hpp"
 
 namespace reach::train {
-namespace fs = std::filesystem;
 namespace {
 
-// What a language-model run directory holds besides its lock.
-const std::vector<std::string> kRunEntries{"checkpoints", "metrics.jsonl"};
+// A language-model run directory: what it holds besides its lock, and how messages name it.
+const RunDirectoryRules kRunRules{"run.out_dir", "[train]", {"checkpoints", "metrics.jsonl"}};
 
 // Tokens for `step`, [batch, seq_len + 1] (inputs and targets overlap by all but one): starts
 // drawn from an RNG seeded by (seed, step) only. Pinned memory lets the copy to a GPU run
@@ -79,38 +77,11 @@ TrainResult run_training(const TrainConfig& config_in, const TrainOptions& optio
   const bool bf16 = resolve_bf16(c.precision, device);
 
   // The run directory first: one training at a time, and never a new run over an old one.
-  fs::create_directories(c.out_dir);
-  const RunLock lock(c.out_dir);
-  remove_unfinished_removals(c.out_dir);
-  for (const auto& partial : remove_partial_checkpoints(c.out_dir)) {
-    fmt::print(stderr,
-               "[train] removed {} (left by a checkpoint write or removal that was cut short)\n",
-               partial);
-  }
-  const auto existing = existing_run_entries(c.out_dir, kRunEntries);
-  if (!options.resume && !existing.empty()) {
-    if (!options.overwrite) {
-      std::string what;
-      for (const auto& e : existing) what += (what.empty() ? "" : ", ") + e;
-      throw std::invalid_argument(
-          fmt::format("run.out_dir '{}' already holds a run ({}); continue it with --resume, or "
-                      "start over with --overwrite (deletes it)",
-                      c.out_dir, what));
-    }
-    remove_run_entries(c.out_dir, existing);
-    fmt::print(stderr, "[train] --overwrite: removed the previous run in {}\n", c.out_dir);
-  }
+  const auto lock = open_run_directory(c.out_dir, kRunRules, options.resume, options.overwrite);
   std::optional<CheckpointChoice> resume_from;
   if (options.resume) {
     resume_from = newest_valid_checkpoint(c.out_dir);
-    for (const auto& skipped : resume_from->skipped) {
-      fmt::print(stderr, "[train] skipping checkpoint {}\n", skipped);
-    }
-    if (resume_from->dir.empty()) {
-      throw std::invalid_argument(
-          fmt::format("--resume: run.out_dir '{}' holds no checkpoint {}to resume from", c.out_dir,
-                      resume_from->skipped.empty() ? "" : "that loads "));
-    }
+    report_resume_choice(c.out_dir, kRunRules, resume_from->dir, resume_from->skipped);
   }
 
   const TokenData corpus = load_token_data(
@@ -129,14 +100,7 @@ TrainResult run_training(const TrainConfig& config_in, const TrainOptions& optio
   if (resume_from) {
     check_resume_config(to_toml(resume_from->checkpoint.config), to_toml(c), kResumeMutableKeys,
                         resume_from->dir);
-    if (!resume_from->skipped.empty()) {
-      // Newer than the resume point and unloadable: training recomputes their steps.
-      remove_unloadable_checkpoints(resume_from->skipped_dirs);
-      fmt::print(stderr,
-                 "[train] resuming from the newest valid checkpoint, {} (removed the {} newer "
-                 "one(s) that do not load)\n",
-                 resume_from->dir, resume_from->skipped_dirs.size());
-    }
+    remove_checkpoints_after_resume_point(kRunRules, resume_from->dir, resume_from->skipped_dirs);
   }
 
   torch::manual_seed(c.seed);
@@ -156,13 +120,8 @@ TrainResult run_training(const TrainConfig& config_in, const TrainOptions& optio
   const double peak_flops =
       c.peak_tflops > 0 ? c.peak_tflops * 1e12 : peak_flops_from_name(hardware, bf16);
 
-  const fs::path metrics_path = fs::path(c.out_dir) / "metrics.jsonl";
-  if (resume_from) {
-    keep_metrics_through(metrics_path.string(), start_step);
-  } else {
-    std::ofstream(metrics_path, std::ios::trunc);
-  }
-  std::ofstream metrics(metrics_path, std::ios::app);
+  std::ofstream metrics =
+      open_metrics(c.out_dir, resume_from ? std::optional<int64_t>(start_step) : std::nullopt);
   if (!options.quiet) {
     fmt::print(stderr, "[train] {} parameters, attention={} schedule={} W={} R={}, {} steps{}\n",
                model::parameter_count(*net), model::to_string(c.model.attention),
