@@ -2,6 +2,7 @@
 
 #include <torch/library.h>
 
+#include <array>
 #include <cmath>
 
 #include "kernels/cpu/entmax_attention.hpp"
@@ -133,6 +134,100 @@ void run_kernel(F&& f) {
   }
 }
 
+Tensor cpu_forward(const Tensor& q, const Tensor& k, const Tensor& v,
+                   const kernels::EntmaxAttentionParams& params) {
+  Tensor out = torch::empty_like(q);
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "entmax_attention_forward", [&] {
+    run_kernel([&] {
+      kernels::entmax_attention_forward_cpu<scalar_t>(
+          params, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
+          out.data_ptr<scalar_t>());
+    });
+  });
+  return out;
+}
+
+// The forward shared by the autograd op and reach::entmax_attention_forward: {out, saved}
+// (saved: the CUDA kernels' forward state, empty on the CPU, whose backward recomputes).
+// q, k, v contiguous.
+std::array<Tensor, 2> entmax_forward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                     const Tensor& offsets, const Tensor& alpha,
+                                     const Tensor& delta, const Tensor& beta, const Tensor& gamma,
+                                     const Tensor& alibi, int64_t window, bool softmax,
+                                     double scale, bool shape_sized_state = false) {
+  const auto h = make_params(q, window, offsets, alpha, delta, beta, gamma, alibi, softmax, scale);
+#ifdef REACH_ENTMAX_ATTENTION_CUDA
+  if (q.is_cuda()) {
+    auto [out, state] = entmax_cuda::forward(q, k, v, h.params, {alpha, delta, beta, gamma, alibi},
+                                             shape_sized_state);
+    return {out, state};
+  }
+#else
+  (void)shape_sized_state;
+#endif
+  return {cpu_forward(q, k, v, h.params), torch::empty({0}, torch::kUInt8)};
+}
+
+// The backward shared by the autograd op and reach::entmax_attention_backward:
+// {dq, dk, dv, d alpha, d delta, d beta, d gamma}; a parameter's gradient is undefined unless
+// `need` asks for it and the parameter takes part (alpha unless softmax, delta/beta/gamma with
+// the log-n scaling). q, k, v contiguous.
+std::array<Tensor, 7> entmax_backward(const Tensor& grad_out_in, const Tensor& q, const Tensor& k,
+                                      const Tensor& v, const Tensor& saved, const Tensor& offsets,
+                                      const Tensor& alpha, const Tensor& delta, const Tensor& beta,
+                                      const Tensor& gamma, const Tensor& alibi, int64_t window,
+                                      bool softmax, double scale, std::array<bool, 4> need) {
+  const auto h = make_params(q, window, offsets, alpha, delta, beta, gamma, alibi, softmax, scale);
+  const Tensor grad_out = grad_out_in.to(q.scalar_type()).contiguous();
+#ifdef REACH_ENTMAX_ATTENTION_CUDA
+  if (q.is_cuda()) {
+    // The CUDA backward returns per-row parameter gradients; they are summed per head here
+    // (or kept per query for per-query beta and gamma), on the device.
+    const bool want = need[0] || need[1] || need[2] || need[3];
+    auto [dq, dk, dv, rows] = entmax_cuda::backward(q, k, v, grad_out, saved, h.params,
+                                                    {alpha, delta, beta, gamma, alibi}, want);
+    const int64_t B = q.size(0), H = q.size(1), n = q.size(2);
+    auto grad = [&](int index, const Tensor& like) -> Tensor {
+      if (!need[index] || !like.defined() || like.numel() == 0) return Tensor();
+      const Tensor per_row = rows[index].view({B, H, n});
+      const Tensor g = like.dim() == 3 ? per_row : per_row.sum(std::vector<int64_t>{0, 2});
+      return g.to(like.options()).reshape(like.sizes());
+    };
+    const auto& p = h.params;
+    return {dq,
+            dk,
+            dv,
+            p.softmax ? Tensor() : grad(0, alpha),
+            p.log_n_scaling ? grad(1, delta) : Tensor(),
+            p.log_n_scaling ? grad(2, beta) : Tensor(),
+            p.log_n_scaling ? grad(3, gamma) : Tensor()};
+  }
+#else
+  (void)saved;
+#endif
+  Tensor dq = torch::empty_like(q), dk = torch::empty_like(k), dv = torch::empty_like(v);
+  auto host_grad = [](const Tensor& like) {
+    return like.defined() ? torch::zeros_like(like) : Tensor();
+  };
+  Tensor da = need[0] ? host_grad(h.alpha) : Tensor();
+  Tensor dd = need[1] ? host_grad(h.delta) : Tensor();
+  Tensor db = need[2] ? host_grad(h.beta) : Tensor();
+  Tensor dg = need[3] ? host_grad(h.gamma) : Tensor();
+  auto ptr = [](Tensor& t) { return t.defined() ? t.data_ptr<double>() : nullptr; };
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "entmax_attention_backward", [&] {
+    run_kernel([&] {
+      kernels::entmax_attention_backward_cpu<scalar_t>(
+          h.params, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
+          grad_out.data_ptr<scalar_t>(), dq.data_ptr<scalar_t>(), dk.data_ptr<scalar_t>(),
+          dv.data_ptr<scalar_t>(), ptr(da), ptr(dd), ptr(db), ptr(dg));
+    });
+  });
+  auto back = [](const Tensor& g, const Tensor& like) {
+    return g.defined() && g.numel() > 0 ? g.to(like.options()).reshape(like.sizes()) : Tensor();
+  };
+  return {dq, dk, dv, back(da, alpha), back(dd, delta), back(db, beta), back(dg, gamma)};
+}
+
 class EntmaxAttentionFunction : public torch::autograd::Function<EntmaxAttentionFunction> {
  public:
   static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& q_in,
@@ -141,17 +236,8 @@ class EntmaxAttentionFunction : public torch::autograd::Function<EntmaxAttention
                         const Tensor& gamma, const Tensor& alibi, int64_t window, bool softmax,
                         double scale) {
     const Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
-    const auto h =
-        make_params(q, window, offsets, alpha, delta, beta, gamma, alibi, softmax, scale);
-    Tensor out, saved = torch::empty({0}, torch::kUInt8);
-#ifdef REACH_ENTMAX_ATTENTION_CUDA
-    if (q.is_cuda()) {
-      auto [o, state] = entmax_cuda::forward(q, k, v, h.params, {alpha, delta, beta, gamma, alibi});
-      out = o;
-      saved = state;
-    }
-#endif
-    if (!out.defined()) out = cpu_forward(q, k, v, h.params);
+    auto [out, saved] =
+        entmax_forward(q, k, v, offsets, alpha, delta, beta, gamma, alibi, window, softmax, scale);
     ctx->save_for_backward({q, k, v, offsets, alpha, delta, beta, gamma, alibi, saved});
     ctx->saved_data["window"] = window;
     ctx->saved_data["softmax"] = softmax;
@@ -159,100 +245,63 @@ class EntmaxAttentionFunction : public torch::autograd::Function<EntmaxAttention
     return out;
   }
 
-  static Tensor cpu_forward(const Tensor& q, const Tensor& k, const Tensor& v,
-                            const kernels::EntmaxAttentionParams& params) {
-    Tensor out = torch::empty_like(q);
-    AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "entmax_attention_forward", [&] {
-      run_kernel([&] {
-        kernels::entmax_attention_forward_cpu<scalar_t>(
-            params, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
-            out.data_ptr<scalar_t>());
-      });
-    });
-    return out;
-  }
-
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const auto s = ctx->get_saved_variables();
-    const Tensor &q = s[0], &k = s[1], &v = s[2], &alpha = s[4], &delta = s[5], &beta = s[6],
-                 &gamma = s[7];
-    const auto h =
-        make_params(q, ctx->saved_data["window"].toInt(), s[3], alpha, delta, beta, gamma, s[8],
-                    ctx->saved_data["softmax"].toBool(), ctx->saved_data["scale"].toDouble());
-    const Tensor grad_out = grads[0].to(q.scalar_type()).contiguous();
-#ifdef REACH_ENTMAX_ATTENTION_CUDA
-    if (q.is_cuda()) return cuda_backward(ctx, s, h.params, grad_out);
-#endif
-    Tensor dq = torch::empty_like(q), dk = torch::empty_like(k), dv = torch::empty_like(v);
-    auto host_grad = [](const Tensor& like) {
-      return like.defined() ? torch::zeros_like(like) : Tensor();
-    };
     // Tensor inputs: q0 k1 v2 offsets3 alpha4 delta5 beta6 gamma7 alibi8.
-    Tensor da = ctx->needs_input_grad(4) ? host_grad(h.alpha) : Tensor();
-    Tensor dd = ctx->needs_input_grad(5) ? host_grad(h.delta) : Tensor();
-    Tensor db = ctx->needs_input_grad(6) ? host_grad(h.beta) : Tensor();
-    Tensor dg = ctx->needs_input_grad(7) ? host_grad(h.gamma) : Tensor();
-    auto ptr = [](Tensor& t) { return t.defined() ? t.data_ptr<double>() : nullptr; };
-    AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "entmax_attention_backward", [&] {
-      run_kernel([&] {
-        kernels::entmax_attention_backward_cpu<scalar_t>(
-            h.params, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
-            grad_out.data_ptr<scalar_t>(), dq.data_ptr<scalar_t>(), dk.data_ptr<scalar_t>(),
-            dv.data_ptr<scalar_t>(), ptr(da), ptr(dd), ptr(db), ptr(dg));
-      });
-    });
-    auto back = [](const Tensor& g, const Tensor& like) {
-      return g.defined() && g.numel() > 0 ? g.to(like.options()).reshape(like.sizes()) : Tensor();
-    };
-    return {dq,
-            dk,
-            dv,
-            Tensor(),
-            back(da, alpha),
-            back(dd, delta),
-            back(db, beta),
-            back(dg, gamma),
-            Tensor(),  // alibi (fixed)
-            Tensor(),
-            Tensor(),
-            Tensor()};
+    auto [dq, dk, dv, da, dd, db, dg] =
+        entmax_backward(grads[0], s[0], s[1], s[2], s[9], s[3], s[4], s[5], s[6], s[7], s[8],
+                        ctx->saved_data["window"].toInt(), ctx->saved_data["softmax"].toBool(),
+                        ctx->saved_data["scale"].toDouble(),
+                        {ctx->needs_input_grad(4), ctx->needs_input_grad(5),
+                         ctx->needs_input_grad(6), ctx->needs_input_grad(7)});
+    return {dq, dk, dv, Tensor(), da, dd, db, dg, Tensor(), Tensor(), Tensor(), Tensor()};
   }
-
-#ifdef REACH_ENTMAX_ATTENTION_CUDA
-  // The CUDA backward returns per-row parameter gradients; they are summed per head here
-  // (or kept per query for per-query beta and gamma), on the device.
-  static torch::autograd::variable_list cuda_backward(torch::autograd::AutogradContext* ctx,
-                                                      const torch::autograd::variable_list& s,
-                                                      const kernels::EntmaxAttentionParams& params,
-                                                      const Tensor& grad_out) {
-    const Tensor &q = s[0], &alpha = s[4], &delta = s[5], &beta = s[6], &gamma = s[7];
-    const bool want = ctx->needs_input_grad(4) || ctx->needs_input_grad(5) ||
-                      ctx->needs_input_grad(6) || ctx->needs_input_grad(7);
-    auto [dq, dk, dv, rows] = entmax_cuda::backward(q, s[1], s[2], grad_out, s[9], params,
-                                                    {alpha, delta, beta, gamma, s[8]}, want);
-    const int64_t B = q.size(0), H = q.size(1), n = q.size(2);
-    auto grad = [&](int index, int input, const Tensor& like) -> Tensor {
-      if (!ctx->needs_input_grad(input) || !like.defined() || like.numel() == 0) return Tensor();
-      const Tensor per_row = rows[index].view({B, H, n});
-      const Tensor g = like.dim() == 3 ? per_row : per_row.sum(std::vector<int64_t>{0, 2});
-      return g.to(like.options()).reshape(like.sizes());
-    };
-    return {dq,
-            dk,
-            dv,
-            Tensor(),
-            params.softmax ? Tensor() : grad(0, 4, alpha),
-            params.log_n_scaling ? grad(1, 5, delta) : Tensor(),
-            params.log_n_scaling ? grad(2, 6, beta) : Tensor(),
-            params.log_n_scaling ? grad(3, 7, gamma) : Tensor(),
-            Tensor(),
-            Tensor(),
-            Tensor(),
-            Tensor()};
-  }
-#endif
 };
+
+// The primitive ops behind Python's autograd registration (python/reach): the same forward
+// and backward, with "not given" and "no gradient" as empty tensors (an op returns tensors).
+Tensor defined_or_empty(const Tensor& t, const Tensor& q) {
+  return t.defined() ? t : torch::empty({0}, q.options());
+}
+
+std::tuple<Tensor, Tensor> entmax_forward_op(const Tensor& q, const Tensor& k, const Tensor& v,
+                                             int64_t window, const Tensor& offsets,
+                                             const c10::optional<Tensor>& alpha,
+                                             const c10::optional<Tensor>& delta,
+                                             const c10::optional<Tensor>& beta,
+                                             const c10::optional<Tensor>& gamma, bool softmax,
+                                             double scale, const c10::optional<Tensor>& alibi) {
+  check_inputs(q, k, v, offsets);
+  TORCH_CHECK(std::isfinite(scale) && scale > 0, kName, ": scale must be positive, got ", scale);
+  auto [out, saved] = entmax_forward(q.contiguous(), k.contiguous(), v.contiguous(), offsets,
+                                     or_empty(alpha), or_empty(delta), or_empty(beta),
+                                     or_empty(gamma), or_empty(alibi), window, softmax, scale,
+                                     /*shape_sized_state=*/true);
+  return {out, saved};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> entmax_backward_op(
+    const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& saved,
+    int64_t window, const Tensor& offsets, const c10::optional<Tensor>& alpha,
+    const c10::optional<Tensor>& delta, const c10::optional<Tensor>& beta,
+    const c10::optional<Tensor>& gamma, bool softmax, double scale,
+    const c10::optional<Tensor>& alibi, std::array<bool, 4> params_grad) {
+  check_inputs(q, k, v, offsets);
+  TORCH_CHECK(grad_out.sizes() == q.sizes(), kName, ": grad_out shape ", grad_out.sizes(),
+              " does not match q ", q.sizes());
+  auto [dq, dk, dv, da, dd, db, dg] =
+      entmax_backward(grad_out, q.contiguous(), k.contiguous(), v.contiguous(), saved, offsets,
+                      or_empty(alpha), or_empty(delta), or_empty(beta), or_empty(gamma),
+                      or_empty(alibi), window, softmax, scale, params_grad);
+  return {dq,
+          dk,
+          dv,
+          defined_or_empty(da, q),
+          defined_or_empty(dd, q),
+          defined_or_empty(db, q),
+          defined_or_empty(dg, q)};
+}
 
 }  // namespace
 
@@ -279,3 +328,29 @@ TORCH_LIBRARY_FRAGMENT(reach, m) {
 TORCH_LIBRARY_IMPL(reach, CompositeImplicitAutograd, m) {
   m.impl("entmax_attention", &reach::ops::entmax_attention);
 }
+
+// The forward/backward pair (no autograd of their own) that python/reach registers autograd
+// and fake implementations for, so that torch.compile traces through them.
+TORCH_LIBRARY_FRAGMENT(reach, m) {
+  m.def(
+      "entmax_attention_forward(Tensor q, Tensor k, Tensor v, int window, Tensor offsets, "
+      "Tensor? alpha, Tensor? delta, Tensor? beta, Tensor? gamma, bool softmax, float scale, "
+      "Tensor? alibi) -> (Tensor, Tensor)");
+  m.def(
+      "entmax_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor saved, "
+      "int window, Tensor offsets, Tensor? alpha, Tensor? delta, Tensor? beta, Tensor? gamma, "
+      "bool softmax, float scale, Tensor? alibi, bool[4] params_grad) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(reach, CPU, m) {
+  m.impl("entmax_attention_forward", &reach::ops::entmax_forward_op);
+  m.impl("entmax_attention_backward", &reach::ops::entmax_backward_op);
+}
+
+#ifdef REACH_ENTMAX_ATTENTION_CUDA
+TORCH_LIBRARY_IMPL(reach, CUDA, m) {
+  m.impl("entmax_attention_forward", &reach::ops::entmax_forward_op);
+  m.impl("entmax_attention_backward", &reach::ops::entmax_backward_op);
+}
+#endif

@@ -69,12 +69,14 @@ void run_kernel(F&& f) {
 
 std::array<Tensor, 2> forward(const Tensor& q, const Tensor& k, const Tensor& v,
                               const kernels::EntmaxAttentionParams& host,
-                              const Parameters& parameters) {
+                              const Parameters& parameters, bool shape_sized_state) {
   const auto type = cuda_type(q);
   const c10::cuda::CUDAGuard guard(q.device());
   const auto d = device_parameters(q, host, parameters);
   Tensor out = torch::empty_like(q);
-  const auto bytes = kernels::gpu::entmax_attention_saved_bytes(d.params);
+  const auto bytes = shape_sized_state ? kernels::gpu::entmax_attention_saved_bytes_for_shape(
+                                             q.size(0) * q.size(1), q.size(2))
+                                       : kernels::gpu::entmax_attention_saved_bytes(d.params);
   Tensor saved = torch::empty({static_cast<int64_t>(bytes)}, q.options().dtype(torch::kUInt8));
   run_kernel([&] {
     kernels::gpu::entmax_attention_forward_cuda(d.params, type, q.data_ptr(), k.data_ptr(),
@@ -108,3 +110,9 @@ std::array<Tensor, 4> backward(const Tensor& q, const Tensor& k, const Tensor& v
 }
 
 }  // namespace reach::ops::entmax_cuda
+
+TORCH_LIBRARY_FRAGMENT(reach, m) {
+  // The tile of entmax_attention_saved_bytes_for_shape, for python/reach's fake forward.
+  m.def("entmax_attention_state_tile() -> int",
+        []() -> int64_t { return reach::kernels::gpu::entmax_attention_tile(); });
+}

@@ -18,11 +18,12 @@ struct Parameters {
 
 // host: params validated on the host (pointers into host copies, offsets included); the
 // kernels get device copies of alpha..alibi. Returns {out, saved} (saved: the forward state
-// the backward reads).
+// the backward reads; shape_sized_state: of entmax_attention_saved_bytes_for_shape bytes,
+// for reach::entmax_attention_forward, else only what these params need).
 std::array<torch::Tensor, 2> forward(const torch::Tensor& q, const torch::Tensor& k,
                                      const torch::Tensor& v,
                                      const kernels::EntmaxAttentionParams& host,
-                                     const Parameters& parameters);
+                                     const Parameters& parameters, bool shape_sized_state = false);
 
 // Returns {dq, dk, dv, row_grads}; row_grads is [4, batch * heads * n] float64 on q's device
 // (d alpha, d c, d beta, d gamma per row) when want_row_grads, else undefined.

@@ -1221,6 +1221,18 @@ size_t entmax_attention_saved_bytes(const EntmaxAttentionParams& params) {
   return align16(stats + mask);
 }
 
+size_t entmax_attention_saved_bytes_for_shape(int64_t batch_heads, int64_t seq_len) {
+  EntmaxAttentionParams tiled;
+  tiled.base.batch_heads = batch_heads;
+  tiled.base.seq_len = seq_len;
+  const size_t stats = static_cast<size_t>(batch_heads * seq_len) * 4 * sizeof(float);
+  const size_t mask = static_cast<size_t>(batch_heads * query_tiles(tiled)) *
+                      static_cast<size_t>(mask_words_of(tiled)) * sizeof(uint32_t);
+  return align16(stats + mask);
+}
+
+int entmax_attention_tile() { return kTile; }
+
 size_t entmax_attention_backward_workspace_bytes(const EntmaxAttentionParams& params) {
   if (entmax_uses_tiles(params)) return 16;
   const auto& b = params.base;

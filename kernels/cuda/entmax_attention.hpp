@@ -53,6 +53,13 @@ bool entmax_uses_tiles(const EntmaxAttentionParams& params);
 // Bytes of saved state the forward writes and the backward reads (row statistics and the
 // key-tile mask), 16-byte aligned.
 size_t entmax_attention_saved_bytes(const EntmaxAttentionParams& params);
+// The saved-state bytes for these shapes whatever the path and offsets: the tiled path's
+// (the most entmax_attention_saved_bytes gives), 16-byte aligned:
+// align16(batch_heads * seq_len * 16 + batch_heads * T * ceil(T / 32) * 4),
+// T = ceil(seq_len / entmax_attention_tile()). A state of a size known from the shapes alone
+// lets torch.compile trace the forward op (python/reach computes the same number).
+size_t entmax_attention_saved_bytes_for_shape(int64_t batch_heads, int64_t seq_len);
+int entmax_attention_tile();
 // Bytes of scratch the backward needs.
 size_t entmax_attention_backward_workspace_bytes(const EntmaxAttentionParams& params);
 
