@@ -1,5 +1,6 @@
 #include "model/attention/attention_layer.hpp"
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 
@@ -63,6 +64,7 @@ AttentionOutput AttentionLayer::compute(const torch::Tensor& x, ForwardContext& 
     k = parts[1].view({b, t, kv_heads, head_dim_}).transpose(1, 2);
     v = parts[2].view({b, t, kv_heads, head_dim_}).transpose(1, 2);
   }
+  if (!context.positions.empty()) return {proj_(batched_step(q, k, v, context)), {}};
   if (config_.positions == Positions::rope) {
     const auto [cos, sin] = rope_.get(context.position, t, q.options());
     q = apply_rope(q, cos, sin);
@@ -106,6 +108,46 @@ AttentionOutput AttentionLayer::compute(const torch::Tensor& x, ForwardContext& 
     y = attend(q.contiguous(), k.contiguous(), v.contiguous(), context);
   }
   return {proj_(y.transpose(1, 2).reshape({b, t, config_.d_model})), {}};
+}
+
+torch::Tensor AttentionLayer::batched_step(torch::Tensor q, torch::Tensor k, torch::Tensor v,
+                                           const ForwardContext& context) {
+  const int64_t b = q.size(0);
+  const auto& positions = context.positions;
+  if (context.cache == nullptr || q.size(2) != 1 || static_cast<int64_t>(positions.size()) != b) {
+    throw std::invalid_argument(
+        "attention: a batched decode step needs the cache and one token per request with its "
+        "position");
+  }
+  if (!q.device().is_cpu()) {
+    throw std::invalid_argument(
+        "attention: batched decode of requests of different lengths runs on the CPU decode "
+        "kernel only; the model is on " +
+        q.device().str());
+  }
+  auto& cache = context.cache->layer(layer_);
+  if (cache.lengths != positions) {
+    throw std::invalid_argument("attention: a batched step's positions differ from layer " +
+                                std::to_string(layer_) + "'s cached lengths");
+  }
+  if (config_.positions == Positions::rope) {
+    // Each request's token at its own position: rows of the tables, one per request.
+    const int64_t last = *std::max_element(positions.begin(), positions.end());
+    const auto [cos, sin] = rope_.get(0, last + 1, q.options());
+    const auto index = torch::tensor(positions, torch::kLong);
+    const auto c = cos.index_select(0, index).view({b, 1, 1, -1});
+    const auto s = sin.index_select(0, index).view({b, 1, 1, -1});
+    q = apply_rope(q, c, s);
+    k = apply_rope(k, c, s);
+  }
+  if (k.size(1) != q.size(1)) {
+    // The cache holds K/V per query head (as the single-request cache does).
+    k = k.repeat_interleave(q.size(1) / k.size(1), 1);
+    v = v.repeat_interleave(q.size(1) / v.size(1), 1);
+  }
+  cache.append_batched(k.contiguous(), v.contiguous());
+  const auto y = attend_cached(q.contiguous(), cache, context);
+  return y.transpose(1, 2).reshape({b, 1, config_.d_model});
 }
 
 torch::Tensor AttentionLayer::attend_cached(const torch::Tensor& q, const LayerKvCache& cache,

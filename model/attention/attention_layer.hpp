@@ -75,6 +75,10 @@ class AttentionLayer : public torch::nn::Module {
   // The whole layer; the default projects, applies RoPE, keeps the cache and calls attend /
   // attend_cached.
   virtual AttentionOutput compute(const torch::Tensor& x, ForwardContext& context);
+  // compute()'s batched decode step (context.positions set): q, k, v [B, H, 1, hd], each
+  // request's token at its own position; -> [B, 1, D] before the output projection.
+  torch::Tensor batched_step(torch::Tensor q, torch::Tensor k, torch::Tensor v,
+                             const ForwardContext& context);
 
   const ModelConfig& config() const { return config_; }
   int64_t layer() const { return layer_; }

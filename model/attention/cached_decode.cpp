@@ -13,23 +13,42 @@ torch::Tensor decode_with_kernel(const torch::Tensor& q, const LayerKvCache& cac
                                  ops::DecodeAttentionOptions key_set, const ForwardContext& context,
                                  bool windowed) {
   const int64_t batch = q.size(0), n = cache.length();
-  const auto& budget = context.budget;
-  if (budget.window && windowed) key_set.windows.assign(static_cast<size_t>(batch), *budget.window);
-  if (budget.rungs) {
-    if (*budget.rungs < 0) {
-      throw std::invalid_argument("attention budget: rungs must be >= 0, got " +
-                                  std::to_string(*budget.rungs));
-    }
-    const auto rungs =
-        std::min<int64_t>(*budget.rungs, static_cast<int64_t>(key_set.offsets.size()));
-    key_set.rungs.assign(static_cast<size_t>(batch), rungs);
+  if (!context.budgets.empty() && static_cast<int64_t>(context.budgets.size()) != batch) {
+    throw std::invalid_argument("attention budget: " + std::to_string(context.budgets.size()) +
+                                " per-request budgets for " + std::to_string(batch) + " requests");
   }
-  if (budget.mass) key_set.mass.assign(static_cast<size_t>(batch), *budget.mass);
-  const auto& keys = cache.key_buffer.defined() ? cache.key_buffer : cache.keys.contiguous();
-  const auto& values =
-      cache.value_buffer.defined() ? cache.value_buffer : cache.values.contiguous();
-  auto result = ops::decode_attention(q, keys, values,
-                                      std::vector<int64_t>(static_cast<size_t>(batch), n), key_set);
+  const auto num_offsets = static_cast<int64_t>(key_set.offsets.size());
+  // Request b's budget: its own in a batched step, else the context's.
+  auto budget_of = [&](int64_t b) -> const AttentionBudget& {
+    return context.budgets.empty() ? context.budget : context.budgets[static_cast<size_t>(b)];
+  };
+  bool any_window = false, any_rungs = false, any_mass = false;
+  for (int64_t b = 0; b < batch; ++b) {
+    any_window = any_window || (budget_of(b).window && windowed);
+    any_rungs = any_rungs || budget_of(b).rungs;
+    any_mass = any_mass || budget_of(b).mass;
+  }
+  for (int64_t b = 0; b < batch; ++b) {
+    const auto& budget = budget_of(b);
+    if (any_window) key_set.windows.push_back(budget.window.value_or(key_set.window));
+    if (any_rungs) {
+      const int64_t rungs = budget.rungs.value_or(num_offsets);
+      if (rungs < 0) {
+        throw std::invalid_argument("attention budget: rungs must be >= 0, got " +
+                                    std::to_string(rungs));
+      }
+      key_set.rungs.push_back(std::min(rungs, num_offsets));
+    }
+    if (any_mass) key_set.mass.push_back(budget.mass.value_or(1.0));
+  }
+  // A batched cache's buffers have room for more requests than this step holds.
+  const auto keys =
+      cache.key_buffer.defined() ? cache.key_buffer.narrow(0, 0, batch) : cache.keys.contiguous();
+  const auto values = cache.value_buffer.defined() ? cache.value_buffer.narrow(0, 0, batch)
+                                                   : cache.values.contiguous();
+  const auto lengths =
+      cache.batched() ? cache.lengths : std::vector<int64_t>(static_cast<size_t>(batch), n);
+  auto result = ops::decode_attention(q, keys, values, lengths, key_set);
   if (context.usage) {
     context.usage->queries += static_cast<int64_t>(result.keys_read.size());
     context.usage->keys +=

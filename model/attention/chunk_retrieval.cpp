@@ -75,6 +75,13 @@ pattern::ChunkSelection ChunkRetrievalAttention::selection(const AttentionBudget
 }
 
 AttentionOutput ChunkRetrievalAttention::compute(const torch::Tensor& x, ForwardContext& context) {
+  if (!context.positions.empty()) {
+    // The unfinished chunk's inputs wait in the cache per request length, which a ragged
+    // batch does not keep yet: refuse rather than mix requests' chunks.
+    throw std::invalid_argument(
+        "chunk attention: batched decode of requests of different lengths is not supported for "
+        "the chunk family; decode each request in its own session");
+  }
   auto local = AttentionLayer::compute(x, context);  // the window, through WindowAttention
   if (encodes()) publish_memory(x, context);
   auto retrieved = retrieve(x, context);

@@ -9,6 +9,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "model/attention/kv_cache.hpp"
 
@@ -43,6 +44,12 @@ class ForwardContext {
   // Set: the layers append their keys and values to it and attend over it (prefill when it
   // is empty, decode after). Null: plain causal attention over the input.
   KvCache* cache = nullptr;
+  // A batched decode step over requests of different lengths (infer/batch_session): one
+  // token per request, request b's at positions[b] (its cached length). Empty: every
+  // request at `position`.
+  std::vector<int64_t> positions;
+  // Per-request budgets of such a step (empty: `budget` for every request).
+  std::vector<AttentionBudget> budgets;
   // Set: the layers add the keys they read (every query then runs through the decode
   // kernel, which counts them; on the CPU only).
   BudgetUsage* usage = nullptr;

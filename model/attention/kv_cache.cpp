@@ -1,5 +1,6 @@
 #include "model/attention/kv_cache.hpp"
 
+#include <algorithm>
 #include <stdexcept>
 
 namespace reach::model::attention {
@@ -29,6 +30,56 @@ void LayerKvCache::append(const torch::Tensor& k, const torch::Tensor& v) {
   }
   keys = torch::cat({keys, k}, 2);
   values = torch::cat({values, v}, 2);
+}
+
+void LayerKvCache::view_batched() {
+  const int64_t longest = *std::max_element(lengths.begin(), lengths.end());
+  const auto requests = static_cast<int64_t>(lengths.size());
+  keys = key_buffer.narrow(0, 0, requests).narrow(2, 0, longest);
+  values = value_buffer.narrow(0, 0, requests).narrow(2, 0, longest);
+}
+
+void LayerKvCache::add_request(const torch::Tensor& k, const torch::Tensor& v, int64_t max_requests,
+                               int64_t cache_capacity) {
+  if (keys.defined() && !batched()) {
+    throw std::logic_error("KV cache: add_request on a cache that is not batched");
+  }
+  const int64_t n = k.size(2);
+  if (!key_buffer.defined()) {
+    capacity = cache_capacity;
+    key_buffer = torch::zeros({max_requests, k.size(1), capacity, k.size(3)}, k.options());
+    value_buffer = torch::zeros({max_requests, v.size(1), capacity, v.size(3)}, v.options());
+  }
+  const auto b = static_cast<int64_t>(lengths.size());
+  if (b >= key_buffer.size(0)) throw std::length_error("KV cache: no room for another request");
+  if (n > capacity) {
+    throw std::length_error("KV cache: a request of " + std::to_string(n) +
+                            " tokens exceeds the capacity " + std::to_string(capacity));
+  }
+  key_buffer[b].narrow(1, 0, n).copy_(k[0]);
+  value_buffer[b].narrow(1, 0, n).copy_(v[0]);
+  lengths.push_back(n);
+  view_batched();
+}
+
+void LayerKvCache::append_batched(const torch::Tensor& k, const torch::Tensor& v) {
+  const auto requests = static_cast<int64_t>(lengths.size());
+  if (!batched() || k.size(0) != requests || k.size(2) != 1) {
+    throw std::invalid_argument("KV cache: a batched step appends one token per request (" +
+                                std::to_string(requests) + " requests)");
+  }
+  for (int64_t b = 0; b < requests; ++b) {
+    auto& n = lengths[static_cast<size_t>(b)];
+    if (n + 1 > capacity) {
+      throw std::length_error("KV cache: request " + std::to_string(b) + " holds " +
+                              std::to_string(n) + " tokens; one more exceeds its capacity " +
+                              std::to_string(capacity));
+    }
+    key_buffer[b].narrow(1, n, 1).copy_(k[b]);
+    value_buffer[b].narrow(1, n, 1).copy_(v[b]);
+    ++n;
+  }
+  view_batched();
 }
 
 void KvCache::reserve(int64_t tokens) {

@@ -23,10 +23,27 @@ struct LayerKvCache {
   int64_t capacity = 0;
   torch::Tensor key_buffer, value_buffer;
 
+  // Batched decode of requests of different lengths (infer/batch_session): the buffers are
+  // [max_requests, H, capacity, head_dim] and request b holds rows 0..lengths[b]-1 (keys and
+  // values then view the first requests x the longest length). Empty: one length for all.
+  std::vector<int64_t> lengths;
+
+  // The longest request's length when batched.
   int64_t length() const { return keys.defined() ? keys.size(2) : 0; }
+  bool batched() const { return !lengths.empty(); }
   // Appends [B, H, t, head_dim] keys and values after the cached ones; throws
   // std::length_error past the capacity.
   void append(const torch::Tensor& k, const torch::Tensor& v);
+  // Batched: adds a request whose keys and values [1, H, n, head_dim] came from its own
+  // prefill (the first allocates buffers for max_requests requests of capacity rows).
+  void add_request(const torch::Tensor& k, const torch::Tensor& v, int64_t max_requests,
+                   int64_t capacity);
+  // Batched: one token per request [requests, H, 1, head_dim], each after its own rows;
+  // throws std::length_error past the capacity.
+  void append_batched(const torch::Tensor& k, const torch::Tensor& v);
+
+ private:
+  void view_batched();
 };
 
 class KvCache {
@@ -38,6 +55,10 @@ class KvCache {
   // Tokens cached (the position of the next token); layer 0's count, which every layer shares.
   int64_t length() const { return layers_.empty() ? 0 : layers_.front().length(); }
   int64_t layers() const { return static_cast<int64_t>(layers_.size()); }
+  // Batched: each request's length (layer 0's, which every layer shares).
+  std::vector<int64_t> layer_lengths() const {
+    return layers_.empty() ? std::vector<int64_t>{} : layers_.front().lengths;
+  }
 
  private:
   std::vector<LayerKvCache> layers_;

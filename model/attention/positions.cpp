@@ -1,5 +1,7 @@
 #include "model/attention/positions.hpp"
 
+#include <algorithm>
+
 namespace reach::model::attention {
 namespace {
 
@@ -23,15 +25,22 @@ torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos,
 std::pair<torch::Tensor, torch::Tensor> RopeTables::get(int64_t first, int64_t t,
                                                         const torch::TensorOptions& options) {
   const int64_t needed = first + t;
-  if (!cos_.defined() || cos_.size(0) < needed || cos_.device() != options.device() ||
-      cos_.scalar_type() != options.dtype().toScalarType()) {
+  const bool same_kind = cos_.defined() && cos_.device() == options.device() &&
+                         cos_.scalar_type() == options.dtype().toScalarType();
+  if (!same_kind || cos_.size(0) < needed) {
+    // Decode asks for one more position each step: grow by a quarter (at least 1024 rows) so
+    // the tables are rebuilt O(log n) times, not once per token (each row is computed alone,
+    // so a longer table holds the same values).
+    const int64_t rows =
+        same_kind ? std::max(needed, cos_.size(0) + std::max<int64_t>(1024, cos_.size(0) / 4))
+                  : needed;
     // Angles in float32 (float64 for float64 inputs) whatever the compute dtype: in bf16 an
     // angle near position 1,000 is off by up to 2 radians (its spacing there is 4).
     const auto exact = options.dtype(
         options.dtype().toScalarType() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32);
     const int64_t half = head_dim_ / 2;
     auto inv_freq = torch::pow(base_, -torch::arange(0, half, exact) / static_cast<double>(half));
-    auto angles = torch::outer(torch::arange(needed, exact), inv_freq);  // [needed, half]
+    auto angles = torch::outer(torch::arange(rows, exact), inv_freq);  // [rows, half]
     cos_ = angles.cos().to(options.dtype());
     sin_ = angles.sin().to(options.dtype());
   }

@@ -1,0 +1,167 @@
+// Batched decode: requests of different lengths and budgets advanced together, one forward
+// per step, against each request run alone in a Session. The attention of each request is
+// the same kernel call on the same rows; the batched projections and MLP may sum in another
+// order (BLAS blocks by batch size), so logits agree to 1e-5 relative to the largest logit
+// (the inference bar; measured ~1e-7), and greedy tokens are identical.
+#include "infer/batch_session.hpp"
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "infer/session.hpp"
+
+namespace reach::infer {
+namespace {
+
+using model::AlphaSchedule;
+using model::AttentionFamily;
+using model::Normalizer;
+
+model::Gpt make_model(AttentionFamily attention, AlphaSchedule schedule = AlphaSchedule::stagger,
+                      Normalizer normalizer = Normalizer::softmax, int64_t kv_heads = 0) {
+  auto c = model::preset("micro");
+  c.kv_heads = kv_heads;
+  c.attention = attention;
+  c.schedule = schedule;
+  c.normalizer = normalizer;
+  c.alpha_min = 1.0;
+  c.alpha_max = 2.3;
+  c.reach = 40;
+  torch::manual_seed(21);
+  model::Gpt net(c);
+  net->eval();
+  if (schedule == AlphaSchedule::learned) net->freeze_schedules();
+  return net;
+}
+
+std::vector<int64_t> random_tokens(int64_t n, int64_t seed) {
+  torch::manual_seed(static_cast<uint64_t>(seed));
+  const auto t = torch::randint(0, 256, {n}, torch::kLong);
+  return {t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + n};
+}
+
+double relative_error(const torch::Tensor& got, const torch::Tensor& want) {
+  return (got - want).abs().max().item<double>() / want.abs().max().item<double>();
+}
+
+struct Request {
+  std::vector<int64_t> prompt;
+  std::string budget;
+};
+
+// Greedy decode of every request for `steps` steps, batched and alone; the worst logit error.
+double worst_batched_vs_alone(model::Gpt net, const std::vector<Request>& requests, int64_t steps) {
+  const int64_t capacity = 100;
+  BatchSession batch(net, static_cast<int64_t>(requests.size()), capacity);
+  std::vector<Session> alone;
+  std::vector<int64_t> next;
+  double worst = 0;
+  for (const auto& r : requests) {
+    const auto rule = parse_budget_rule(r.budget);
+    alone.emplace_back(net, capacity, rule);
+    const auto want = alone.back().prefill(r.prompt);
+    const auto got = batch.add(r.prompt, rule);
+    worst = std::max(worst, relative_error(got, want));
+    next.push_back(got[-1].argmax().item<int64_t>());
+  }
+  for (int64_t s = 0; s < steps; ++s) {
+    const auto logits = batch.step(next);
+    for (size_t i = 0; i < requests.size(); ++i) {
+      const auto want = alone[i].step(next[i]);
+      worst = std::max(worst, relative_error(logits[static_cast<int64_t>(i)], want));
+      EXPECT_EQ(logits[static_cast<int64_t>(i)].argmax().item<int64_t>(),
+                want.argmax().item<int64_t>())
+          << "request " << i << ", step " << s;
+      next[i] = want.argmax().item<int64_t>();
+    }
+  }
+  for (size_t i = 0; i < requests.size(); ++i) {
+    EXPECT_EQ(batch.length(static_cast<int64_t>(i)), alone[i].length());
+  }
+  return worst;
+}
+
+TEST(BatchSession, EachRequestEqualsRunningItAlone) {
+  const std::vector<Request> requests{{random_tokens(5, 1), "full"},
+                                      {random_tokens(37, 2), "rungs=log2(n)"},
+                                      {random_tokens(1, 3), "mass=0.7"},
+                                      {random_tokens(12, 4), "window=3,rungs=1"}};
+  struct Case {
+    const char* name;
+    model::Gpt net;
+  };
+  const std::vector<Case> cases{
+      {"dense", make_model(AttentionFamily::dense)},
+      {"window", make_model(AttentionFamily::window)},
+      {"fibonacci stagger", make_model(AttentionFamily::fibonacci)},
+      {"power_of_two learned (frozen)",
+       make_model(AttentionFamily::power_of_two, AlphaSchedule::learned)},
+      {"fibonacci grouped-query (1 KV head for 2 query heads)",
+       make_model(AttentionFamily::fibonacci, AlphaSchedule::stagger, Normalizer::softmax, 1)},
+      {"fibonacci entmax",
+       make_model(AttentionFamily::fibonacci, AlphaSchedule::stagger, Normalizer::entmax)},
+  };
+  for (const auto& c : cases) {
+    const double error = worst_batched_vs_alone(c.net, requests, 45);  // past reach 40
+    EXPECT_LT(error, 1e-5) << c.name;
+    RecordProperty(c.name, std::to_string(error));
+  }
+}
+
+TEST(BatchSession, RequestsJoinBetweenSteps) {
+  auto net = make_model(AttentionFamily::fibonacci);
+  BatchSession batch(net, 2, 60);
+  Session a(net, 60), b(net, 60);
+  const auto pa = random_tokens(9, 5), pb = random_tokens(20, 6);
+  batch.add(pa);
+  a.prefill(pa);
+  for (int64_t t = 0; t < 10; ++t) batch.step({t + 1}), a.step(t + 1);
+  batch.add(pb);
+  b.prefill(pb);
+  for (int64_t t = 0; t < 10; ++t) {
+    const auto logits = batch.step({t + 7, t + 9});
+    EXPECT_LT(relative_error(logits[0], a.step(t + 7)), 1e-5);
+    EXPECT_LT(relative_error(logits[1], b.step(t + 9)), 1e-5);
+  }
+  EXPECT_EQ(batch.length(0), 29);
+  EXPECT_EQ(batch.length(1), 30);
+}
+
+TEST(BatchSession, BadRequestsAreClearErrors) {
+  auto net = make_model(AttentionFamily::fibonacci);
+  BatchSession batch(net, 1, 8);
+  auto expect_error = [](const std::function<void()>& f, const std::string& fragment) {
+    try {
+      f();
+      ADD_FAILURE() << "no error, expected: " << fragment;
+    } catch (const std::exception& e) {
+      EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
+    }
+  };
+  expect_error([&] { batch.step({}); }, "step with no requests");
+  expect_error([&] { batch.add({}); }, "at least one token");
+  expect_error([&] { batch.add(random_tokens(9, 1)); }, "exceeds the capacity 8");
+  batch.add(random_tokens(7, 1));
+  expect_error([&] { batch.add({1}); }, "is full (1 requests)");
+  expect_error([&] { batch.step({1, 2}); }, "step got 2 tokens for 1 requests");
+  batch.step({1});
+  expect_error([&] { batch.step({1}); }, "one more exceeds its capacity 8");
+  expect_error([&] { BatchSession(net, 0, 8); }, "max_requests must be >= 1");
+
+  // The chunk family keeps its unfinished chunk per cache, not per request: refused.
+  auto c = model::preset("micro");
+  c.attention = AttentionFamily::chunk;
+  c.window = 5;
+  c.chunk_size = 4;
+  c.chunk_top_k = 2;
+  model::Gpt chunk(c);
+  BatchSession chunk_batch(chunk, 2, 16);
+  chunk_batch.add(random_tokens(6, 1));
+  chunk_batch.add(random_tokens(9, 2));
+  expect_error([&] { chunk_batch.step({1, 2}); }, "not supported for the chunk family");
+}
+
+}  // namespace
+}  // namespace reach::infer
