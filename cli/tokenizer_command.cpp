@@ -1,13 +1,17 @@
 // `reach tokenizer train --corpus NAME --vocab-size N --out DIR`,
 // `reach tokenizer encode --tokenizer DIR TEXT` (ids and pieces: to look at what it does) and
-// `reach tokenizer decode --tokenizer DIR ID...`.
+// `reach tokenizer decode --tokenizer DIR ID...` and
+// `reach tokenizer count --corpus NAME --tokenizer DIR` (builds the token cache a training run
+// would build, and says how many tokens each split holds).
 #include <fmt/core.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <memory>
 
 #include "cli/commands.hpp"
 #include "cli/validators.hpp"
+#include "data/tokenizer/token_cache.hpp"
 #include "data/tokenizer/tokenizer.hpp"
 
 namespace reach::cli {
@@ -20,6 +24,7 @@ struct TokenizerOptions {
   std::string tokenizer = "byte";
   std::string text;
   std::vector<int64_t> ids;
+  std::string cache_dir;
 };
 
 }  // namespace
@@ -80,6 +85,36 @@ void add_tokenizer_command(CLI::App& app) {
       ids.push_back(static_cast<uint32_t>(id));
     }
     fmt::print("{}\n", tokenizer->decode(ids));
+  });
+  auto* count = cmd->add_subcommand(
+      "count",
+      "Tokenize a corpus into the token cache (as a training run would) and print the number "
+      "of tokens in its training and held-out parts");
+  count->add_option("--corpus", o->corpus, "Corpus name (kjv, linux) or path to text file/folder")
+      ->capture_default_str();
+  count->add_option("--tokenizer", o->tokenizer, "'byte' or a tokenizer directory")
+      ->capture_default_str();
+  count->add_option("--cache-dir", o->cache_dir,
+                    "Token cache directory (default: $REACH_CACHE_DIR, else ~/.cache/reach)");
+  count->callback([o] {
+    const auto corpus = data::load_corpus(o->corpus);
+    const auto tokenizer = data::load_tokenizer(o->tokenizer);
+    const auto cache = data::TokenizedCorpus::open_or_build(corpus, *tokenizer, o->cache_dir);
+    size_t train_bytes = 0, heldout_bytes = 0, heldout_tokens = 0;
+    for (const auto& doc : corpus.train) train_bytes += doc.text.size();
+    for (const auto& doc : corpus.heldout) heldout_bytes += doc.text.size();
+    for (const auto& doc : cache.heldout()) heldout_tokens += doc.size();
+    const auto per_token = [](size_t bytes, size_t tokens) {
+      return static_cast<double>(bytes) / static_cast<double>(std::max<size_t>(1, tokens));
+    };
+    fmt::print(
+        "corpus {} with tokenizer {}: training {} tokens ({} documents, {} bytes, {:.2f} bytes "
+        "per token); held out {} tokens ({} documents, {} bytes, {:.2f} bytes per token); "
+        "cache {} ({})\n",
+        o->corpus, tokenizer->kind(), cache.train_stream().size(), corpus.train.size(), train_bytes,
+        per_token(train_bytes, cache.train_stream().size()), heldout_tokens, corpus.heldout.size(),
+        heldout_bytes, per_token(heldout_bytes, heldout_tokens), cache.path(),
+        cache.built_now() ? "built now" : "reused");
   });
 }
 

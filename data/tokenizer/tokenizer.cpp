@@ -13,6 +13,8 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "data/tokenizer/sentencepiece_runner.hpp"
+
 namespace reach::data {
 namespace fs = std::filesystem;
 namespace {
@@ -68,7 +70,8 @@ std::string run_tool(const std::string& command, const fs::path& input) {
   size_t got = 0;
   while ((got = fread(buffer, 1, sizeof buffer, pipe.get())) > 0) out.append(buffer, got);
   if (pclose(pipe.release()) != 0) {
-    throw std::runtime_error("'" + command + "' failed (is Debian's sentencepiece installed?)");
+    throw std::runtime_error("'" + command.substr(0, 200) + "' failed (sentencepiece runner: " +
+                             to_string(sentencepiece_runner()) + ")");
   }
   return out;
 }
@@ -79,11 +82,9 @@ fs::path temp_file(const std::string& stem) {
          (stem + "-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
 }
 
-// Sentencepiece through Debian's spm_encode / spm_decode programs. libsentencepiece and
-// LibTorch link two different protobuf runtimes that crash when loaded into one process, so
-// reach keeps sentencepiece in its own processes. Encoding happens once per corpus (token
-// cache), so the process cost does not matter. spm_* work line by line: newlines are encoded
-// as the byte-fallback piece <0x0A>.
+// Sentencepiece in its own processes (sentencepiece_runner.hpp says why and which). Encoding
+// happens once per corpus (token cache), so the process cost does not matter. Both runners
+// work line by line: newlines are encoded as the byte-fallback piece <0x0A>.
 class SentencePieceTokenizer final : public Tokenizer {
  public:
   explicit SentencePieceTokenizer(fs::path dir) : dir_(std::move(dir)) {
@@ -106,8 +107,7 @@ class SentencePieceTokenizer final : public Tokenizer {
     const auto input = temp_file("reach-spm-in");
     write_all(input, text);
     const auto out = run_tool(
-        "spm_encode --output_format=id --model='" + (dir_ / "tokenizer.model").string() + "'",
-        input);
+        sentencepiece_encode_command(sentencepiece_runner(), dir_ / "tokenizer.model"), input);
     fs::remove(input);
     std::vector<uint32_t> ids;
     std::istringstream lines(out);
@@ -122,8 +122,8 @@ class SentencePieceTokenizer final : public Tokenizer {
       while (numbers >> id) ids.push_back(id);
     }
     if (produced != input_lines) {
-      throw std::runtime_error("spm_encode returned " + std::to_string(produced) + " lines for " +
-                               std::to_string(input_lines));
+      throw std::runtime_error("sentencepiece encode returned " + std::to_string(produced) +
+                               " lines for " + std::to_string(input_lines));
     }
     if (!text.empty() && text.back() == '\n') ids.push_back(newline_id_);
     return ids;
@@ -147,8 +147,7 @@ class SentencePieceTokenizer final : public Tokenizer {
     const auto input = temp_file("reach-spm-ids");
     write_all(input, lines);
     std::string text = run_tool(
-        "spm_decode --input_format=id --model='" + (dir_ / "tokenizer.model").string() + "'",
-        input);
+        sentencepiece_decode_command(sentencepiece_runner(), dir_ / "tokenizer.model"), input);
     fs::remove(input);
     if (!trailing_newline && !text.empty() && text.back() == '\n') text.pop_back();
     return text;
@@ -237,13 +236,14 @@ std::unique_ptr<Tokenizer> train_sentencepiece(const Corpus& corpus, int64_t voc
     for (const auto& doc : corpus.train) out << doc.text << "\n";
   }
   const std::string prefix = (fs::path(out_dir) / "tokenizer").string();
-  const std::string command =
-      "spm_train --input='" + input.string() + "' --model_prefix='" + prefix +
-      "' --vocab_size=" + std::to_string(vocab_size) +
-      " --model_type=bpe --character_coverage=1.0 --byte_fallback=true"
-      " --normalization_rule_name=identity --remove_extra_whitespaces=false"
-      " --split_by_whitespace=true --max_sentence_length=100000"
-      " --input_sentence_size=2000000 --shuffle_input_sentence=true --num_threads=2";
+  const std::string command = sentencepiece_train_command(
+      sentencepiece_runner(),
+      {"--input=" + input.string(), "--model_prefix=" + prefix,
+       "--vocab_size=" + std::to_string(vocab_size), "--model_type=bpe", "--character_coverage=1.0",
+       "--byte_fallback=true", "--normalization_rule_name=identity",
+       "--remove_extra_whitespaces=false", "--split_by_whitespace=true",
+       "--max_sentence_length=100000", "--input_sentence_size=2000000",
+       "--shuffle_input_sentence=true", "--num_threads=2"});
   const int status = std::system((command + " > '" + prefix + ".log' 2>&1").c_str());
   fs::remove(input);
   if (status != 0) {

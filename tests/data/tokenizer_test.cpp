@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -49,6 +50,55 @@ TEST(Tokenizer, SentencePieceTrainsSavesAndRoundTrips) {
   EXPECT_EQ(loaded->kind(), "sentencepiece");
   EXPECT_EQ(loaded->encode(text), ids);
   EXPECT_EQ(loaded->fingerprint(), tok->fingerprint());
+  fs::remove_all(dir);
+}
+
+// A Python that imports sentencepiece (Debian's python3-sentencepiece is /usr/bin/python3's).
+std::string python_with_sentencepiece() {
+  for (std::string python : {"python3", "/usr/bin/python3"}) {
+    if (std::system((python + " -c 'import sentencepiece' >/dev/null 2>&1").c_str()) == 0)
+      return python;
+  }
+  return "";
+}
+
+// The GPU machine has Python's sentencepiece, not Debian's programs: the Python runner must
+// give the programs' ids and text exactly, line structure included.
+TEST(Tokenizer, SentencePiecePythonRunnerMatchesThePrograms) {
+  const auto python = python_with_sentencepiece();
+  if (python.empty()) GTEST_SKIP() << "no python3 here imports sentencepiece";
+  if (std::system("command -v spm_encode >/dev/null 2>&1") != 0) {
+    GTEST_SKIP() << "Debian's spm_encode is not installed";
+  }
+  Corpus corpus;
+  corpus.name = "test";
+  const auto kjv = load_corpus("kjv");
+  corpus.train.assign(kjv.train.begin(), kjv.train.begin() + 2);
+  const auto dir = fresh_dir("reach_sp_runner_test");
+  setenv("REACH_PYTHON", python.c_str(), 1);
+  setenv("REACH_SENTENCEPIECE", "python", 1);
+  const auto trained_by_python = train_sentencepiece(corpus, 400, dir.string());
+  EXPECT_EQ(trained_by_python->vocab_size(), 400);
+  const std::vector<std::string> texts{"In the beginning\n\nGod created\tthe heaven é ü 中文\n",
+                                       "no final newline\r\nthen a CRLF line", "\n\n\n", "", "x"};
+  for (const auto& text : texts) {
+    setenv("REACH_SENTENCEPIECE", "python", 1);
+    const auto by_python = trained_by_python->encode(text);
+    const auto back_by_python = trained_by_python->decode(by_python);
+    setenv("REACH_SENTENCEPIECE", "programs", 1);
+    EXPECT_EQ(trained_by_python->encode(text), by_python) << text;
+    EXPECT_EQ(trained_by_python->decode(by_python), back_by_python) << text;
+    EXPECT_EQ(back_by_python, text);
+  }
+  setenv("REACH_SENTENCEPIECE", "neither", 1);
+  try {
+    trained_by_python->encode("a");
+    ADD_FAILURE() << "REACH_SENTENCEPIECE=neither was accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("'programs' or 'python'"), std::string::npos) << e.what();
+  }
+  unsetenv("REACH_SENTENCEPIECE");
+  unsetenv("REACH_PYTHON");
   fs::remove_all(dir);
 }
 
