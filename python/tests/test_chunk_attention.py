@@ -32,7 +32,8 @@ def test_forward_backward_vs_reference(weighting, window):
 
 
 def test_float32_on_device(device):
-    q, k, v, r, lm = (t.detach().float().to(device).requires_grad_() for t in _inputs(n=64, d=16))
+    # d = 64: the CUDA kernels take head_dim 64 or 128.
+    q, k, v, r, lm = (t.detach().float().to(device).requires_grad_() for t in _inputs(n=64, d=64))
     out = reach.chunk_attention(q, k, v, r, lm, chunk_size=4, top_k=2)
     ref = references.chunk_attention(*(t.cpu() for t in (q, k, v, r, lm)), 4, 2)
     torch.testing.assert_close(out.double().cpu(), ref, rtol=1e-5, atol=1e-5)
