@@ -206,6 +206,7 @@ LoopResult run_loop(model::Gpt& net, torch::optim::AdamW& optimizer, const torch
     }
     phase_done(1);
     loss.backward();
+    if (hooks.reduce_gradients) hooks.reduce_gradients();
     phase_done(2);
     torch::Tensor grad_norm;
     if (device.is_cuda()) {
@@ -225,7 +226,9 @@ LoopResult run_loop(model::Gpt& net, torch::optim::AdamW& optimizer, const torch
     nlohmann::json extra = nlohmann::json::object();
     if (logged_logits.defined()) hooks.logged_step(batch, logged_logits, extra);
     logged_logits = torch::Tensor();
-    pending.push_back({step + 1, lr, loss.detach(), grad_norm.detach(), std::move(extra)});
+    pending.push_back({step + 1, lr,
+                       hooks.average_loss ? hooks.average_loss(loss.detach()) : loss.detach(),
+                       grad_norm.detach(), std::move(extra)});
     result.steps_done = step + 1;
     if (profiling && step + 1 == profile_to && !s.quiet) {
       const double total = std::accumulate(phase_seconds.begin(), phase_seconds.end(), 0.0);
@@ -243,10 +246,17 @@ LoopResult run_loop(model::Gpt& net, torch::optim::AdamW& optimizer, const torch
     const bool eval_now =
         hooks.evaluate && ((s.eval_every > 0 && (step + 1) % s.eval_every == 0) || last);
     const bool stop_after = s.stop_after_step > 0 && step + 1 == s.stop_after_step;
-    const bool stop = g_stop_signal != 0;
-    const bool checkpoint_now =
+    const bool scheduled_checkpoint =
         hooks.checkpoint && !stop_after &&
-        ((s.checkpoint_every > 0 && (step + 1) % s.checkpoint_every == 0) || last || stop);
+        ((s.checkpoint_every > 0 && (step + 1) % s.checkpoint_every == 0) || last);
+    bool stop = g_stop_signal != 0;
+    if (hooks.any_rank) {
+      // Ranks stop together, at a step where all of them synchronize.
+      const bool synchronizing = static_cast<int64_t>(pending.size()) >= read_every || log_now ||
+                                 eval_now || scheduled_checkpoint || stop_after;
+      stop = synchronizing && hooks.any_rank(stop);
+    }
+    const bool checkpoint_now = scheduled_checkpoint || (hooks.checkpoint && !stop_after && stop);
     if (static_cast<int64_t>(pending.size()) < read_every && !log_now && !eval_now &&
         !checkpoint_now && !stop_after) {
       continue;
@@ -316,8 +326,10 @@ LoopResult run_loop(model::Gpt& net, torch::optim::AdamW& optimizer, const torch
     if (stop) {
       result.interrupted = true;
       if (!s.quiet) {
-        fmt::print(stderr, "{} stopped by signal {} after step {}; checkpoint {}\n", s.log_prefix,
-                   g_stop_signal.load(), step + 1, result.checkpoint);
+        const int signal = g_stop_signal.load();
+        fmt::print(stderr, "{} stopped by {} after step {}; checkpoint {}\n", s.log_prefix,
+                   signal != 0 ? fmt::format("signal {}", signal) : "a signal to another rank",
+                   step + 1, result.checkpoint);
       }
       break;
     }

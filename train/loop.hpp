@@ -92,6 +92,16 @@ struct LoopHooks {
   std::function<std::string(int64_t steps_done)> checkpoint;
   // One metrics.jsonl line per step, in order.
   std::function<void(const nlohmann::json&)> metrics;
+
+  // Data-parallel training (all empty for one process; see train/data_parallel.hpp). Every
+  // rank runs the loop in step: after backward, reduce_gradients leaves the mean gradient over
+  // the ranks in each parameter; average_loss turns a step's loss into the mean over the ranks
+  // (what is logged and checked for divergence); any_rank is a collective telling whether any
+  // rank passed true. A stop signal is then honoured where the ranks synchronize anyway (every
+  // step on the CPU, at logged, evaluated and checkpointed steps on a GPU), all ranks together.
+  std::function<void()> reduce_gradients;
+  std::function<torch::Tensor(const torch::Tensor& loss)> average_loss;
+  std::function<bool(bool)> any_rank;
 };
 
 struct LoopResult {

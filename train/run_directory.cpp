@@ -24,8 +24,10 @@ namespace {
 
 constexpr const char* kRemovingPrefix = ".removing-";
 
+}  // namespace
+
 // "section.key" -> the value's TOML text, for every key of a config's TOML.
-std::map<std::string, std::string> flat_keys(const std::string& toml_text) {
+std::map<std::string, std::string> flat_config_keys(const std::string& toml_text) {
   std::map<std::string, std::string> keys;
   const auto table = toml::parse(toml_text);
   for (const auto& [section, node] : table) {
@@ -39,8 +41,6 @@ std::map<std::string, std::string> flat_keys(const std::string& toml_text) {
   }
   return keys;
 }
-
-}  // namespace
 
 void remove_unfinished_removals(const std::string& path) {
   const fs::path dir(path);
@@ -113,7 +113,7 @@ void remove_run_entries(const std::string& dir, const std::vector<std::string>& 
 
 void check_resume_config(const std::string& checkpoint_toml, const std::string& config_toml,
                          std::span<const char* const> may_change, const std::string& checkpoint) {
-  const auto was = flat_keys(checkpoint_toml), now = flat_keys(config_toml);
+  const auto was = flat_config_keys(checkpoint_toml), now = flat_config_keys(config_toml);
   std::map<std::string, std::string> all = was;
   all.insert(now.begin(), now.end());
   for (const auto& [key, unused] : all) {

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <optional>
 #include <span>
@@ -37,6 +38,9 @@ void remove_unfinished_removals(const std::string& dir);
 // Moves those entries into one hidden directory of dir (renames: each atomic), then deletes
 // it, so that no half-deleted run is ever read as a run.
 void remove_run_entries(const std::string& dir, const std::vector<std::string>& entries);
+
+// "section.key" -> the value's TOML text, for every key of a config's TOML.
+std::map<std::string, std::string> flat_config_keys(const std::string& toml_text);
 
 // Refuses (std::invalid_argument naming the key, both values and the keys that may change) a
 // resume whose config, as TOML, differs from the checkpoint's in a key outside `may_change`

@@ -14,9 +14,12 @@
 #include "eval/perplexity.hpp"
 #include "model/gpt.hpp"
 #include "train/checkpoint.hpp"
+#include "train/data_parallel.hpp"
 #include "train/device.hpp"
 #include "train/loop.hpp"
 #include "train/optimizer.hpp"
+#include "train/process_group.hpp"
+#include "train/rank_agreement.hpp"
 #include "train/run_directory.hpp"
 
 namespace reach::train {
@@ -25,21 +28,24 @@ namespace {
 // A language-model run directory: what it holds besides its lock, and how messages name it.
 const RunDirectoryRules kRunRules{"run.out_dir", "[train]", {"checkpoints", "metrics.jsonl"}};
 
-// Tokens for `step`, [batch, seq_len + 1] (inputs and targets overlap by all but one): starts
-// drawn from an RNG seeded by (seed, step) only. Pinned memory lets the copy to a GPU run
-// asynchronously.
+// Tokens for `step`, rows [first_row, first_row + rows) of the global batch [batch, seq_len + 1]
+// (inputs and targets overlap by all but one): starts drawn from an RNG seeded by (seed, step)
+// only, so a data-parallel rank takes its share of the very batch one process would draw.
+// Pinned memory lets the copy to a GPU run asynchronously.
 torch::Tensor batch_for_step(std::span<const uint32_t> stream, const TrainConfig& c, int64_t step,
-                             bool pinned) {
+                             int64_t first_row, int64_t rows, bool pinned) {
   std::seed_seq seq{static_cast<uint64_t>(c.seed), static_cast<uint64_t>(step)};
   std::mt19937_64 rng(seq);
   const auto limit = static_cast<int64_t>(stream.size()) - c.seq_len - 1;
   std::uniform_int_distribution<int64_t> start(0, limit);
-  auto tokens = torch::empty({c.batch, c.seq_len + 1},
+  auto tokens = torch::empty({rows, c.seq_len + 1},
                              torch::TensorOptions().dtype(torch::kInt64).pinned_memory(pinned));
   auto* out = tokens.data_ptr<int64_t>();
-  for (int64_t b = 0; b < c.batch; ++b) {
+  for (int64_t b = 0; b < first_row + rows; ++b) {
     const int64_t s = start(rng);
-    std::copy(stream.begin() + s, stream.begin() + s + c.seq_len + 1, out + b * (c.seq_len + 1));
+    if (b < first_row) continue;
+    std::copy(stream.begin() + s, stream.begin() + s + c.seq_len + 1,
+              out + (b - first_row) * (c.seq_len + 1));
   }
   return tokens;
 }
@@ -73,35 +79,91 @@ TrainResult run_training(const TrainConfig& config_in, const TrainOptions& optio
   }
   torch::set_num_threads(c.threads > 0 ? c.threads
                                        : static_cast<int>(std::thread::hardware_concurrency()));
-  const torch::Device device = resolve_device(c.device);
+  const World& world = options.world;
+  const bool rank0 = world.rank == 0;
+  torch::Device device = resolve_device(c.device);
+  if (world.distributed() && device.is_cuda()) {
+    // One GPU per rank of a machine: the LOCAL_RANK-th.
+    device = resolve_device(fmt::format("cuda:{}", world.local_rank));
+  }
   const bool bf16 = resolve_bf16(c.precision, device);
+  std::unique_ptr<ProcessGroup> group;
+  if (world.distributed()) {
+    if (const auto why = collectives_unavailable(device); !why.empty()) {
+      throw std::invalid_argument(fmt::format("WORLD_SIZE={}: {}", world.size, why));
+    }
+    group = std::make_unique<ProcessGroup>(world);
+  }
 
-  // The run directory first: one training at a time, and never a new run over an old one.
-  const auto lock = open_run_directory(c.out_dir, kRunRules, options.resume, options.overwrite);
+  // Rank 0 (or the only process) owns the run directory: one training at a time, never a new
+  // run over an old one. The other ranks resume from the checkpoint rank 0 chose.
+  std::unique_ptr<RunLock> lock;
   std::optional<CheckpointChoice> resume_from;
-  if (options.resume) {
-    resume_from = newest_valid_checkpoint(c.out_dir);
-    report_resume_choice(c.out_dir, kRunRules, resume_from->dir, resume_from->skipped);
-  }
+  std::optional<TokenData> corpus;
+  RankStart start;
+  start.rank = world.rank;
+  start.world_size = world.size;
+  start.resume = options.resume;
+  try {
+    if (rank0) {
+      lock = open_run_directory(c.out_dir, kRunRules, options.resume, options.overwrite);
+      if (options.resume) {
+        resume_from = newest_valid_checkpoint(c.out_dir);
+        report_resume_choice(c.out_dir, kRunRules, resume_from->dir, resume_from->skipped);
+      }
+    } else {
+      const RankStart first = wait_for_rank0(*group);
+      if (options.resume && !first.checkpoint.empty()) {
+        resume_from = CheckpointChoice{first.checkpoint, load_checkpoint(first.checkpoint), {}, {}};
+      }
+    }
 
-  const TokenData corpus = load_token_data(
-      c.corpus, data::split_options(c.heldout_fraction, c.heldout_files), c.tokenizer, c.cache_dir);
-  // Held-out evaluation runs at seq_len: fail now, not after eval_every steps.
-  eval::require_heldout_length(corpus.heldout, {c.seq_len}, heldout_remedy(c));
-  const int64_t vocab = corpus.tokenizer->vocab_size();
-  if (c.model.vocab_size != 0 && c.model.vocab_size != vocab) {
-    throw std::invalid_argument(fmt::format("model.vocab_size = {} but the tokenizer '{}' has {}",
-                                            c.model.vocab_size, c.tokenizer, vocab));
+    corpus.emplace(load_token_data(c.corpus,
+                                   data::split_options(c.heldout_fraction, c.heldout_files),
+                                   c.tokenizer, c.cache_dir));
+    // Held-out evaluation runs at seq_len: fail now, not after eval_every steps.
+    eval::require_heldout_length(corpus->heldout, {c.seq_len}, heldout_remedy(c));
+    const int64_t vocab = corpus->tokenizer->vocab_size();
+    if (c.model.vocab_size != 0 && c.model.vocab_size != vocab) {
+      throw std::invalid_argument(fmt::format("model.vocab_size = {} but the tokenizer '{}' has {}",
+                                              c.model.vocab_size, c.tokenizer, vocab));
+    }
+    c.model.vocab_size = vocab;
+    if (static_cast<int64_t>(corpus->tokens.train_stream().size()) <= c.seq_len + 1) {
+      throw std::invalid_argument("corpus '" + c.corpus +
+                                  "' has fewer training tokens than seq_len");
+    }
+    if (resume_from) {
+      check_resume_config(to_toml(resume_from->checkpoint.config), to_toml(c), kResumeMutableKeys,
+                          resume_from->dir);
+      if (rank0) {
+        remove_checkpoints_after_resume_point(kRunRules, resume_from->dir,
+                                              resume_from->skipped_dirs);
+      }
+    }
+  } catch (const std::exception& e) {
+    // The other ranks wait for this one: tell them why it stops.
+    if (group) {
+      start.error = e.what();
+      agree_to_start(*group, start);
+    }
+    throw;
   }
-  c.model.vocab_size = vocab;
-  if (static_cast<int64_t>(corpus.tokens.train_stream().size()) <= c.seq_len + 1) {
-    throw std::invalid_argument("corpus '" + c.corpus + "' has fewer training tokens than seq_len");
+  if (group) {
+    start.config_toml = shared_config(to_toml(c));
+    start.checkpoint_step = resume_from ? resume_from->checkpoint.step : 0;
+    start.checkpoint = resume_from ? resume_from->dir : "";
+    agree_to_start(*group, start);
+    // The ranks agree on the world size and the config here, so all of them stop alike.
+    if (c.batch % world.size != 0) {
+      throw std::invalid_argument(fmt::format(
+          "data.batch = {} does not split evenly over WORLD_SIZE = {} ranks (data.batch is the "
+          "global batch; make it a multiple of the world size)",
+          c.batch, world.size));
+    }
+    group->start_collectives(device);
   }
-  if (resume_from) {
-    check_resume_config(to_toml(resume_from->checkpoint.config), to_toml(c), kResumeMutableKeys,
-                        resume_from->dir);
-    remove_checkpoints_after_resume_point(kRunRules, resume_from->dir, resume_from->skipped_dirs);
-  }
+  const int64_t vocab = c.model.vocab_size;
 
   torch::manual_seed(c.seed);
   model::Gpt net(c.model);
@@ -117,12 +179,30 @@ TrainResult run_training(const TrainConfig& config_in, const TrainOptions& optio
 
   const ModelFlops flops = training_flops_per_token(*net, c.seq_len);
   const std::string hardware = device_name(device);
+  // Throughput is the world's (global batch per step), so the peak is every rank's device.
   const double peak_flops =
-      c.peak_tflops > 0 ? c.peak_tflops * 1e12 : peak_flops_from_name(hardware, bf16);
+      (c.peak_tflops > 0 ? c.peak_tflops * 1e12 : peak_flops_from_name(hardware, bf16)) *
+      world.size;
+  std::optional<DataParallel> parallel;
+  if (group) {
+    parallel.emplace(*group, *net, options.bucket_bytes);
+    parallel->check_replicas_agree(start_step);
+  }
 
-  std::ofstream metrics =
-      open_metrics(c.out_dir, resume_from ? std::optional<int64_t>(start_step) : std::nullopt);
-  if (!options.quiet) {
+  std::ofstream metrics;
+  if (rank0) {
+    metrics =
+        open_metrics(c.out_dir, resume_from ? std::optional<int64_t>(start_step) : std::nullopt);
+  }
+  const bool quiet = options.quiet || !rank0;
+  if (!quiet && parallel) {
+    fmt::print(stderr,
+               "[train] data-parallel: {} ranks over {}, global batch {} = {} per rank, {} "
+               "gradient bucket(s) of up to {} MiB\n",
+               world.size, device.is_cuda() ? "NCCL" : "Gloo", c.batch, c.batch / world.size,
+               parallel->bucket_count(), options.bucket_bytes >> 20);
+  }
+  if (!quiet) {
     fmt::print(stderr, "[train] {} parameters, attention={} schedule={} W={} R={}, {} steps{}\n",
                model::parameter_count(*net), model::to_string(c.model.attention),
                model::to_string(c.model.schedule), c.model.window, c.model.reach, c.steps,
@@ -150,14 +230,19 @@ TrainResult run_training(const TrainConfig& config_in, const TrainOptions& optio
   settings.flops_per_token = flops.total();
   settings.peak_flops = peak_flops;
   settings.bf16 = bf16;
-  settings.quiet = options.quiet;
+  settings.quiet = quiet;
   settings.log_prefix = "[train]";
   settings.stop_after_step = options.stop_after_step;
   settings.first_loss_reference = std::log(static_cast<double>(vocab));
 
   LoopHooks hooks;
   hooks.batch = [&](int64_t step, bool pinned) {
-    return StepBatch{batch_for_step(corpus.tokens.train_stream(), c, step, pinned), {}, {}, {}};
+    const int64_t rows = c.batch / world.size;
+    return StepBatch{
+        batch_for_step(corpus->tokens.train_stream(), c, step, world.rank * rows, rows, pinned),
+        {},
+        {},
+        {}};
   };
   hooks.evaluate = [&] {
     net->eval();
@@ -166,19 +251,24 @@ TrainResult run_training(const TrainConfig& config_in, const TrainOptions& optio
           const Bf16Autocast autocast(bf16);
           return net(x.to(device));
         },
-        corpus.heldout, {c.seq_len}, c.eval_tokens);
+        corpus->heldout, {c.seq_len}, c.eval_tokens);
     net->train();
     return r[0].mean_nll;
   };
   hooks.checkpoint = [&](int64_t steps_done) {
-    const auto dir = save_checkpoint(c.out_dir, steps_done, net, optimizer, c, *corpus.tokenizer);
+    if (parallel) parallel->check_replicas_agree(steps_done);
+    if (!rank0) return fmt::format("(rank 0 writes the checkpoint of step {})", steps_done);
+    const auto dir = save_checkpoint(c.out_dir, steps_done, net, optimizer, c, *corpus->tokenizer);
     remove_old_checkpoints(c.out_dir, c.keep_checkpoints);
     return dir;
   };
-  hooks.metrics = [&](const nlohmann::json& line) {
-    metrics << line.dump() << "\n";
-    metrics.flush();
-  };
+  if (rank0) {
+    hooks.metrics = [&](const nlohmann::json& line) {
+      metrics << line.dump() << "\n";
+      metrics.flush();
+    };
+  }
+  if (parallel) parallel->attach(hooks);
   const LoopResult loop = run_loop(net, optimizer, device, start_step, settings, hooks);
 
   TrainResult result;

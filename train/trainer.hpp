@@ -4,6 +4,14 @@
 // (seed, step), so the data-loader state is the step itself and a resumed run sees exactly the
 // batches an uninterrupted one would. SIGINT/SIGTERM save a checkpoint and stop cleanly.
 //
+// Data-parallel (options.world, train/world.hpp): every rank runs this with the same config; the
+// global batch (data.batch rows) of a step is the one a single process would draw, and rank r
+// trains on its r-th slice; gradients are averaged over the ranks in buckets overlapped with the
+// backward (train/data_parallel.hpp). Rank 0 alone owns the run directory (lock, checkpoints,
+// metrics.jsonl, progress lines); the others resume from the checkpoint rank 0 chose, after the
+// ranks agree on world size, config and checkpoint step (train/rank_agreement.hpp). A world of
+// one is the single-process path, unchanged.
+//
 // The run directory (run.out_dir) is locked while training; a directory that already holds a
 // run (checkpoints, metrics.jsonl) is continued with `resume` or replaced with `overwrite`,
 // never trained over. Checkpoints beyond the newest train.keep_checkpoints are removed, except
@@ -16,7 +24,9 @@
 
 #include "data/tokenizer/token_cache.hpp"
 #include "data/tokenizer/tokenizer.hpp"
+#include "train/gradient_buckets.hpp"
 #include "train/train_config.hpp"
+#include "train/world.hpp"
 
 namespace reach::train {
 
@@ -51,6 +61,10 @@ struct TrainOptions {
   bool overwrite = false;       // run.out_dir holds a run: delete it and start over
   bool quiet = false;           // no progress lines
   int64_t stop_after_step = 0;  // for tests: stop (without a final checkpoint) after this step
+  // Data-parallel training (train/world.hpp): this process's rank among world.size; one
+  // process by default. data.batch is the global batch, split evenly over the ranks.
+  World world{};
+  int64_t bucket_bytes = GradientBuckets::kDefaultBucketBytes;  // gradient all-reduce buckets
 };
 
 TrainResult run_training(const TrainConfig& config, const TrainOptions& options);

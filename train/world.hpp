@@ -1,0 +1,29 @@
+// The processes of one data-parallel training (its "world"), as the launcher describes them in
+// environment variables, torchrun's names: RANK (this process, 0..WORLD_SIZE-1), WORLD_SIZE,
+// LOCAL_RANK (this process on its machine: the GPU it uses), MASTER_ADDR and MASTER_PORT (where
+// rank 0 serves the rendezvous store). No WORLD_SIZE (or WORLD_SIZE=1) is one process alone.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+
+namespace reach::train {
+
+struct World {
+  int rank = 0;
+  int size = 1;
+  int local_rank = 0;
+  std::string master_addr;
+  uint16_t master_port = 0;
+  bool distributed() const { return size > 1; }
+};
+
+// Reads the world from a lookup of environment variables (std::getenv by default); throws
+// std::invalid_argument naming the variable and the rule it breaks (RANK without WORLD_SIZE,
+// a rank outside 0..WORLD_SIZE-1, a missing MASTER_ADDR or MASTER_PORT, a non-number).
+using EnvironmentLookup = std::function<std::optional<std::string>(const std::string& name)>;
+World world_from_environment(const EnvironmentLookup& lookup = {});
+
+}  // namespace reach::train
