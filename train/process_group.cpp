@@ -5,6 +5,7 @@
 
 #include <stdexcept>
 #include <thread>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <vector>
 
@@ -32,7 +33,7 @@ using CollectiveBackend = c10d::Backend;
 using CollectiveBackend = c10d::ProcessGroup;
 #endif
 
-const std::string kCheckoutKey = "reach/checked_out";
+const std::string kCheckoutKey = "checked_out";
 
 }  // namespace
 
@@ -64,12 +65,14 @@ ProcessGroup::ProcessGroup(const World& world, std::chrono::milliseconds timeout
   impl_->timeout = timeout;
   c10d::TCPStoreOptions options;
   options.port = world.master_port;
-  options.isServer = world.rank == 0;
+  options.isServer = world.rank == 0 && !world.launcher_serves_store;
   options.numWorkers = static_cast<size_t>(world.size);
   options.waitWorkers = true;
   options.timeout = timeout;
   try {
-    impl_->store = c10::make_intrusive<c10d::TCPStore>(world.master_addr, options);
+    impl_->store = c10::make_intrusive<c10d::PrefixStore>(
+        "reach/attempt_" + world.attempt,
+        c10::make_intrusive<c10d::TCPStore>(world.master_addr, options));
   } catch (const c10::Error& e) {
     throw std::runtime_error(
         fmt::format("rank {}: cannot {} the rendezvous store at MASTER_ADDR={} MASTER_PORT={}: {}",

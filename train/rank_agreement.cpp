@@ -13,8 +13,8 @@
 namespace reach::train {
 namespace {
 
-const std::string kVerdictKey = "reach/start/verdict";
-std::string start_key(int rank) { return fmt::format("reach/start/{}", rank); }
+const std::string kVerdictKey = "start/verdict";
+std::string start_key(int rank) { return fmt::format("start/{}", rank); }
 
 std::string to_json(const RankStart& s) {
   return nlohmann::json{

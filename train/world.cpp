@@ -79,6 +79,8 @@ World world_from_environment(const EnvironmentLookup& lookup_in) {
         world.size));
   }
   world.master_port = static_cast<uint16_t>(*port);
+  world.launcher_serves_store = lookup("TORCHELASTIC_USE_AGENT_STORE").value_or("") == "True";
+  world.attempt = lookup("TORCHELASTIC_RESTART_COUNT").value_or("0");
   return world;
 }
 

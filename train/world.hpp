@@ -17,6 +17,11 @@ struct World {
   int local_rank = 0;
   std::string master_addr;
   uint16_t master_port = 0;
+  // torchrun's agent serves the store itself (TORCHELASTIC_USE_AGENT_STORE=True) and counts
+  // restarts (TORCHELASTIC_RESTART_COUNT): rank 0 then connects as a client, and each attempt
+  // uses keys of its own.
+  bool launcher_serves_store = false;
+  std::string attempt = "0";
   bool distributed() const { return size > 1; }
 };
 

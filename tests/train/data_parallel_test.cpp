@@ -372,7 +372,11 @@ TEST(DataParallel, WorldFromEnvironmentNamesTheBadVariable) {
                         {"WORLD_SIZE", "4"},
                         {"LOCAL_RANK", "1"},
                         {"MASTER_ADDR", "10.0.0.1"},
-                        {"MASTER_PORT", "29500"}});
+                        {"MASTER_PORT", "29500"},
+                        {"TORCHELASTIC_USE_AGENT_STORE", "True"},
+                        {"TORCHELASTIC_RESTART_COUNT", "2"}});
+  EXPECT_TRUE(w.launcher_serves_store);  // torchrun's agent serves the store
+  EXPECT_EQ(w.attempt, "2");
   EXPECT_EQ(w.rank, 3);
   EXPECT_EQ(w.size, 4);
   EXPECT_EQ(w.local_rank, 1);
