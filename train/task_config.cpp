@@ -46,6 +46,8 @@ ConfigKeys keys(TaskRunConfig& c) {
            checked_by("auto, cpu, cuda or cuda:N", check_device))
       .add("train.precision", &c.precision, "auto = bf16 autocast on CUDA, fp32 on the CPU",
            one_of({"auto", "fp32", "bf16"}))
+      .add("train.profile_steps", &c.profile_steps, "> 0: time this many steps phase by phase",
+           at_least(0))
       .add("eval.multipliers", &c.multipliers,
            "evaluation lengths as multiples of train.length, comma-separated")
       .add("eval.examples", &c.examples, "examples per length", at_least(1))

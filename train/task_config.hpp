@@ -46,6 +46,7 @@ struct TaskRunConfig : OptimizerConfig {
   int64_t log_every = 50;
   int64_t checkpoint_every = 250;
   int64_t keep_checkpoints = 3;  // the newest; plus any holding a file named `keep`
+  int64_t profile_steps = 0;     // > 0: phase times of that many steps (as in `reach train`)
   // As in `reach train`: auto (a CUDA GPU when there is one) | cpu | cuda | cuda:N, and
   // auto (bf16 autocast on CUDA) | fp32 | bf16.
   std::string device = "auto";

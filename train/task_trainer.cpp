@@ -9,9 +9,9 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
-#include <thread>
 
 #include "train/checkpoint.hpp"
+#include "train/cpu_threads.hpp"
 #include "train/device.hpp"
 #include "train/loop.hpp"
 #include "train/optimizer.hpp"
@@ -102,10 +102,7 @@ TaskRun load_task_checkpoint(const std::string& dir, int64_t& step) {
   return run;
 }
 
-void set_threads(const TaskRunConfig& c) {
-  torch::set_num_threads(c.threads > 0 ? c.threads
-                                       : static_cast<int>(std::thread::hardware_concurrency()));
-}
+void set_threads(const TaskRunConfig& c) { set_cpu_threads(c.threads); }
 
 }  // namespace
 
@@ -163,6 +160,7 @@ TaskTrainResult train_task_model(const TaskRunConfig& c, const TaskTrainOptions&
   settings.grad_clip = c.grad_clip;
   settings.log_every = c.log_every;
   settings.checkpoint_every = c.checkpoint_every;
+  settings.profile_steps = c.profile_steps;
   settings.tokens_per_step = c.batch * c.train_length;
   settings.ignore_index = data::tasks::kIgnore;
   settings.bf16 = bf16;

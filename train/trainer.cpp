@@ -8,12 +8,12 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
-#include <thread>
 
 #include "data/corpus/corpus.hpp"
 #include "eval/perplexity.hpp"
 #include "model/gpt.hpp"
 #include "train/checkpoint.hpp"
+#include "train/cpu_threads.hpp"
 #include "train/data_parallel.hpp"
 #include "train/device.hpp"
 #include "train/loop.hpp"
@@ -77,8 +77,7 @@ TrainResult run_training(const TrainConfig& config_in, const TrainOptions& optio
   if (options.resume && options.overwrite) {
     throw std::invalid_argument("--resume and --overwrite exclude each other");
   }
-  torch::set_num_threads(c.threads > 0 ? c.threads
-                                       : static_cast<int>(std::thread::hardware_concurrency()));
+  set_cpu_threads(c.threads);
   const World& world = options.world;
   const bool rank0 = world.rank == 0;
   torch::Device device = resolve_device(c.device);

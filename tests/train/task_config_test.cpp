@@ -38,6 +38,7 @@ TEST(TaskConfig, RoundTripsThroughToml) {
   EXPECT_EQ(back.model.d_model, 128);  // the tiny preset
   EXPECT_EQ(back.steps, 7);
   EXPECT_EQ(back.items, 4);
+  EXPECT_EQ(parse_task_config("", {"train.profile_steps=3"}).profile_steps, 3);
   EXPECT_EQ(parse_multipliers(back.multipliers), (std::vector<int64_t>{1, 2}));
 }
 
@@ -67,6 +68,7 @@ TEST(TaskConfig, BadValuesNameTheKey) {
   expect_error("", {"model.vocab_size=99"}, "model.vocab_size");
   expect_error("", {"train.length=5"}, "train.length");
   expect_error("", {"train.batch=0"}, "train.batch");
+  expect_error("", {"train.profile_steps=-1"}, "train.profile_steps must be >= 0, got -1");
   expect_error("", {"eval.max_length=8"}, "eval.max_length");
   expect_error("", {"task.items=0"}, "items");
   expect_error("", {"model.normalizer=sparsemax"}, "model.normalizer");
