@@ -18,8 +18,11 @@ constexpr Names<AttentionFamily, 5> kAttention{{{AttentionFamily::dense, "dense"
                                                 {AttentionFamily::fibonacci, "fibonacci"},
                                                 {AttentionFamily::power_of_two, "power_of_two"},
                                                 {AttentionFamily::chunk, "chunk"}}};
-constexpr Names<ChunkLandmark, 2> kChunkLandmark{
-    {{ChunkLandmark::cls, "cls"}, {ChunkLandmark::mean, "mean"}}};
+constexpr Names<ChunkLandmark, 3> kChunkLandmark{{{ChunkLandmark::cls, "cls"},
+                                                  {ChunkLandmark::mean, "mean"},
+                                                  {ChunkLandmark::mean_keys, "mean_keys"}}};
+constexpr Names<ChunkScoring, 2> kChunkScoring{
+    {{ChunkScoring::retrieval, "retrieval"}, {ChunkScoring::moba, "moba"}}};
 constexpr Names<ChunkResidual, 2> kChunkResidual{
     {{ChunkResidual::bypass, "bypass"}, {ChunkResidual::standard, "standard"}}};
 constexpr Names<ChunkSparsity, 2> kChunkSparsity{
@@ -97,7 +100,15 @@ void validate_chunk(const ModelConfig& c) {
   if (c.chunk_encoder_layers == 0 && c.chunk_landmark == ChunkLandmark::cls) {
     throw std::invalid_argument(
         "model.chunk_encoder_layers = 0 (a linear encoder: no layer reads the CLS token) needs "
-        "model.chunk_landmark = 'mean'");
+        "model.chunk_landmark = 'mean' or 'mean_keys'");
+  }
+  if (c.chunk_scoring == ChunkScoring::moba &&
+      (c.chunk_encoder_layers != 0 || c.chunk_landmark != ChunkLandmark::mean_keys)) {
+    throw std::invalid_argument(
+        "model.chunk_scoring = 'moba' (the query scores the chunk's mean key: no separate "
+        "encoder) needs model.chunk_encoder_layers = 0 and model.chunk_landmark = 'mean_keys', "
+        "got " +
+        std::to_string(c.chunk_encoder_layers) + " and '" + to_string(c.chunk_landmark) + "'");
   }
   if (c.positions != Positions::rope && c.positions != Positions::nope) {
     throw std::invalid_argument(
@@ -172,6 +183,9 @@ ChunkResidual parse_chunk_residual(const std::string& name) {
 ChunkSparsity parse_chunk_sparsity(const std::string& name) {
   return parse_name("model.chunk_sparsity", kChunkSparsity, name);
 }
+ChunkScoring parse_chunk_scoring(const std::string& name) {
+  return parse_name("model.chunk_scoring", kChunkScoring, name);
+}
 ChunkWeighting parse_chunk_weighting(const std::string& name) {
   try {
     return kernels::parse_chunk_weighting(name);
@@ -184,6 +198,7 @@ std::string to_string(AttentionFamily family) { return name_of(kAttention, famil
 std::string to_string(ChunkLandmark landmark) { return name_of(kChunkLandmark, landmark); }
 std::string to_string(ChunkResidual residual) { return name_of(kChunkResidual, residual); }
 std::string to_string(ChunkSparsity sparsity) { return name_of(kChunkSparsity, sparsity); }
+std::string to_string(ChunkScoring scoring) { return name_of(kChunkScoring, scoring); }
 std::string to_string(Positions positions) { return name_of(kPositions, positions); }
 std::string to_string(Normalizer normalizer) { return name_of(kNormalizer, normalizer); }
 std::string to_string(EntmaxScale scale) { return name_of(kEntmaxScale, scale); }
@@ -199,6 +214,7 @@ std::vector<std::string> entmax_alpha_names() { return names_of(kEntmaxAlpha); }
 std::vector<std::string> chunk_landmark_names() { return names_of(kChunkLandmark); }
 std::vector<std::string> chunk_residual_names() { return names_of(kChunkResidual); }
 std::vector<std::string> chunk_sparsity_names() { return names_of(kChunkSparsity); }
+std::vector<std::string> chunk_scoring_names() { return names_of(kChunkScoring); }
 std::vector<std::string> chunk_weighting_names() {
   return {kernels::to_string(ChunkWeighting::softmax),
           kernels::to_string(ChunkWeighting::stick_breaking)};

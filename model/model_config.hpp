@@ -19,8 +19,15 @@ namespace reach::model {
 // chunk encoder at the middle layer, window + top-k chunk retrieval from there up).
 enum class AttentionFamily { dense, window, fibonacci, power_of_two, chunk };
 // Chunk family: what a chunk's landmark is made from: the encoder's output at a learned CLS
-// token appended to the chunk, or the mean of the chunk's encoded tokens (the ablation).
-enum class ChunkLandmark { cls, mean };
+// token appended to the chunk, the projected mean of the chunk's encoded tokens, or the mean of
+// the chunk's keys per head, with no landmark projection (mean_keys: the paper's "no CLS
+// encoder" ablation, with chunk_encoder_layers = 0).
+enum class ChunkLandmark { cls, mean, mean_keys };
+// Chunk family: what scores a query's candidate chunks. retrieval: the layer's own retrieval
+// query r against the unit-normalised landmark; moba: the token query q itself against the
+// plain mean of the chunk's keys, so a chunk's score is the mean of q's scores over its keys
+// (MoBA's parameter-free gate; needs chunk_encoder_layers = 0 and chunk_landmark = mean_keys).
+enum class ChunkScoring { retrieval, moba };
 // Chunk family: where the retrieved output goes: only into the MLP's input (the bypassing
 // path, out = h + mlp(norm(h + retrieved))) or into the residual stream like any attention.
 enum class ChunkResidual { bypass, standard };
@@ -67,11 +74,13 @@ AlphaSchedule parse_schedule(const std::string& name);
 ChunkLandmark parse_chunk_landmark(const std::string& name);
 ChunkResidual parse_chunk_residual(const std::string& name);
 ChunkSparsity parse_chunk_sparsity(const std::string& name);
+ChunkScoring parse_chunk_scoring(const std::string& name);
 ChunkWeighting parse_chunk_weighting(const std::string& name);
 std::string to_string(AttentionFamily family);
 std::string to_string(ChunkLandmark landmark);
 std::string to_string(ChunkResidual residual);
 std::string to_string(ChunkSparsity sparsity);
+std::string to_string(ChunkScoring scoring);
 using kernels::to_string;
 std::string to_string(Positions positions);
 std::string to_string(Normalizer normalizer);
@@ -93,6 +102,7 @@ std::vector<std::string> schedule_names();
 std::vector<std::string> chunk_landmark_names();
 std::vector<std::string> chunk_residual_names();
 std::vector<std::string> chunk_sparsity_names();
+std::vector<std::string> chunk_scoring_names();
 std::vector<std::string> chunk_weighting_names();
 
 // Window plus dilated offsets (fibonacci, power_of_two): the families with an alpha schedule.
@@ -131,6 +141,7 @@ struct ModelConfig {
   ChunkLandmark chunk_landmark = ChunkLandmark::cls;
   ChunkResidual chunk_residual = ChunkResidual::bypass;
   ChunkSparsity chunk_sparsity = ChunkSparsity::enforced;
+  ChunkScoring chunk_scoring = ChunkScoring::retrieval;
   double chunk_fraction = 0.5;  // enforced sparsity: share of the candidates read, in (0, 1]
   ChunkWeighting chunk_weighting = ChunkWeighting::softmax;
   int64_t chunk_every = 1;  // from the middle layer up, every chunk_every-th layer retrieves

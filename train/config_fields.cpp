@@ -192,7 +192,12 @@ void add_model_keys(ConfigKeys& keys, model::ModelConfig& m) {
            "chunk: encoder MLP hidden size / d_model", at_least(1))
       .add("model.chunk_landmark",
            choice(&m.chunk_landmark, parse_chunk_landmark, chunk_landmark_names()),
-           "chunk: landmark = the encoder's output at a CLS token, or the mean of the chunk")
+           "chunk: landmark = the encoder's output at a CLS token, the projected mean of the "
+           "chunk, or the mean of its keys (mean_keys)")
+      .add("model.chunk_scoring",
+           choice(&m.chunk_scoring, parse_chunk_scoring, chunk_scoring_names()),
+           "chunk: retrieval = a retrieval query scores the landmarks; moba = the token query "
+           "scores each chunk's mean key")
       .add("model.chunk_residual",
            choice(&m.chunk_residual, parse_chunk_residual, chunk_residual_names()),
            "chunk: retrieved output into the MLP input only (bypass) or the residual stream")

@@ -40,8 +40,10 @@ ChunkEncoderImpl::ChunkEncoderImpl(const ModelConfig& c)
   for (int64_t l = 0; l < c.chunk_encoder_layers; ++l) layers_->push_back(ChunkEncoderLayer(c));
   ln_f_ = register_module("ln_f", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})));
   kv_ = register_module("kv", torch::nn::Linear(torch::nn::LinearOptions(d, 2 * d).bias(false)));
-  landmark_ =
-      register_module("landmark", torch::nn::Linear(torch::nn::LinearOptions(d, d).bias(false)));
+  if (c.chunk_landmark != ChunkLandmark::mean_keys) {
+    landmark_ =
+        register_module("landmark", torch::nn::Linear(torch::nn::LinearOptions(d, d).bias(false)));
+  }
 }
 
 ChunkMemory ChunkEncoderImpl::forward(const torch::Tensor& x) {
@@ -61,12 +63,20 @@ ChunkMemory ChunkEncoderImpl::forward(const torch::Tensor& x) {
     for (const auto& layer : *layers_) h = layer->as<ChunkEncoderLayer>()->forward(h, cos, sin);
   }
   h = ln_f_(h);
-  const auto tokens = h.narrow(1, 0, s);                                  // [N, S, D]
-  const auto summary = cls_.defined() ? h.select(1, s) : tokens.mean(1);  // [N, D]
+  const auto tokens = h.narrow(1, 0, s);  // [N, S, D]
   const auto kv = kv_(tokens).view({b, chunks * s, 2, heads, head_dim_}).permute({2, 0, 3, 1, 4});
-  const auto landmarks = F::normalize(landmark_(summary).view({b, chunks, heads, head_dim_}),
-                                      F::NormalizeFuncOptions().dim(-1))
-                             .transpose(1, 2);
+  const auto unit = [](const torch::Tensor& y) {
+    return F::normalize(y, F::NormalizeFuncOptions().dim(-1));
+  };
+  if (config_.chunk_landmark == ChunkLandmark::mean_keys) {
+    // Each head's landmark is the mean of the chunk's keys in that head; MoBA scores the plain
+    // mean (its gate), the retrieval query the unit-normalised one (as every other landmark).
+    const auto mean = kv[0].reshape({b, heads, chunks, s, head_dim_}).mean(3);
+    return {kv[0], kv[1], config_.chunk_scoring == ChunkScoring::moba ? mean : unit(mean)};
+  }
+  const auto summary = cls_.defined() ? h.select(1, s) : tokens.mean(1);  // [N, D]
+  const auto landmarks =
+      unit(landmark_(summary).view({b, chunks, heads, head_dim_})).transpose(1, 2);
   return {kv[0], kv[1], landmarks};
 }
 

@@ -3,9 +3,9 @@
 // read: its tokens' keys and values and one landmark. With encoder layers, a learned CLS
 // token is appended to each chunk and the chunk runs through a small bidirectional
 // transformer (RoPE at positions 0..S inside the chunk, CLS last); the landmark is the
-// projected, unit-normalised CLS output (or the mean of the encoded tokens). Without encoder
-// layers (the linear ablation) the tokens are used as they come and the landmark is their
-// projected mean.
+// projected, unit-normalised CLS output (or the projected mean of the encoded tokens, or the
+// mean of the chunk's keys: model.chunk_landmark). Without encoder layers (the linear ablation)
+// the tokens are used as they come (after the final LayerNorm).
 #pragma once
 
 #include <torch/torch.h>
@@ -18,7 +18,7 @@
 namespace reach::model::attention {
 
 // The encoded chunks: keys and values [B, H, chunks * S, head_dim] (NoPE), landmarks
-// [B, H, chunks, head_dim] with unit norm per head.
+// [B, H, chunks, head_dim] with unit norm per head (MoBA scoring: the plain mean key).
 struct ChunkMemory {
   torch::Tensor keys, values, landmarks;
 };

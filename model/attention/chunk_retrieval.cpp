@@ -46,8 +46,10 @@ ChunkRetrievalAttention::ChunkRetrievalAttention(const ModelConfig& config, int6
   if (layer == chunk_encoder_layer(config)) {
     encoder_ = register_module("encoder", ChunkEncoder(config));
   }
+  // MoBA scoring has no retrieval query: the token query scores the chunks itself.
+  const int64_t queries = config.chunk_scoring == ChunkScoring::moba ? 1 : 2;
   query_ = register_module("retrieval_query",
-                           torch::nn::Linear(torch::nn::LinearOptions(d, 2 * d).bias(false)));
+                           torch::nn::Linear(torch::nn::LinearOptions(d, queries * d).bias(false)));
   retrieval_proj_ = register_module("retrieval_proj",
                                     torch::nn::Linear(torch::nn::LinearOptions(d, d).bias(false)));
 }
@@ -136,8 +138,12 @@ void ChunkRetrievalAttention::publish_memory(const torch::Tensor& x, ForwardCont
 torch::Tensor ChunkRetrievalAttention::retrieve(const torch::Tensor& x,
                                                 const ForwardContext& context) {
   const int64_t b = x.size(0), t = x.size(1), d = config().d_model, heads = config().heads;
-  const auto parts = query_(x).view({b, t, 2, heads, head_dim()}).permute({2, 0, 3, 1, 4});
-  const auto q = parts[0].contiguous(), r = parts[1].contiguous();  // NoPE
+  const bool moba = config().chunk_scoring == ChunkScoring::moba;
+  const auto parts =
+      query_(x).view({b, t, moba ? 1 : 2, heads, head_dim()}).permute({2, 0, 3, 1, 4});
+  // NoPE; with MoBA scoring the token query is the retrieval query too (the op sums both
+  // gradients), so a chunk scores the mean of q's scores over its keys.
+  const auto q = parts[0].contiguous(), r = moba ? q : parts[1].contiguous();
   const auto options_of = [&] {
     ops::ChunkAttentionOptions o;
     o.selection = selection(context.budget);

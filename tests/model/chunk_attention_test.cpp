@@ -157,12 +157,24 @@ Reference reference_layer(const ModelConfig& c, const std::map<std::string, Tens
     const auto kv = torch::matmul(tokens, p.at("encoder.kv.weight").t());
     chunk_keys.narrow(1, ci * s, s).copy_(split(kv.narrow(1, 0, d)));
     chunk_values.narrow(1, ci * s, s).copy_(split(kv.narrow(1, d, d)));
+    if (c.chunk_landmark == ChunkLandmark::mean_keys) {
+      // The mean key of each head (written out), unit-normalised unless MoBA scores it.
+      auto lm = torch::zeros({heads, hd}, torch::kFloat64);
+      for (int64_t u = ci * s; u < (ci + 1) * s; ++u) lm += chunk_keys.select(1, u);
+      lm = lm / static_cast<double>(s);
+      landmarks.select(1, ci).copy_(
+          c.chunk_scoring == ChunkScoring::moba ? lm : lm / lm.norm(2, -1, true));
+      continue;
+    }
     const auto lm = torch::matmul(summary, p.at("encoder.landmark.weight").t()).view({heads, hd});
     landmarks.select(1, ci).copy_(lm / lm.norm(2, -1, true));
   }
   // Retrieval (NoPE): candidates are fully past chunks not wholly inside the window.
   const auto qr = torch::matmul(x, p.at("retrieval_query.weight").t());
-  const auto rq = split(qr.narrow(1, 0, d)), rr = split(qr.narrow(1, d, d));
+  // MoBA: no retrieval query; the token query scores the chunks.
+  const bool moba = c.chunk_scoring == ChunkScoring::moba;
+  EXPECT_EQ(qr.size(1), moba ? d : 2 * d);
+  const auto rq = split(qr.narrow(1, 0, d)), rr = moba ? rq : split(qr.narrow(1, d, d));
   auto retrieved = torch::zeros({heads, t, hd}, torch::kFloat64);
   for (int64_t h = 0; h < heads; ++h) {
     for (int64_t i = 0; i < t; ++i) {
@@ -267,6 +279,16 @@ std::vector<Variant> variants() {
   deep.window = 2;
   deep.chunk_size = 3;
   out.push_back({"2 layers+stick_breaking", deep});
+  auto mean_keys = chunk_config();  // the "no CLS encoder" ablation
+  mean_keys.chunk_encoder_layers = 0;
+  mean_keys.chunk_landmark = ChunkLandmark::mean_keys;
+  out.push_back({"mean_keys (no encoder)", mean_keys});
+  auto encoded_keys = chunk_config();
+  encoded_keys.chunk_landmark = ChunkLandmark::mean_keys;
+  out.push_back({"mean_keys of encoded tokens", encoded_keys});
+  auto moba = mean_keys;
+  moba.chunk_scoring = ChunkScoring::moba;
+  out.push_back({"moba", moba});
   return out;
 }
 
@@ -356,6 +378,17 @@ TEST(ChunkAttention, FactoryPlacesWindowEncoderAndRetrievalLayers) {
         "blocks.1.attn.retrieval_query.weight", "blocks.1.attn.retrieval_proj.weight"}) {
     EXPECT_TRUE(params.contains(key)) << key;
   }
+  // MoBA scoring: no landmark projection, no CLS, a token query only (D -> D).
+  auto moba = chunk_config();
+  moba.chunk_encoder_layers = 0;
+  moba.chunk_landmark = ChunkLandmark::mean_keys;
+  moba.chunk_scoring = ChunkScoring::moba;
+  Gpt moba_net(moba);
+  const auto moba_params = moba_net->named_parameters();
+  EXPECT_FALSE(moba_params.contains("blocks.1.attn.encoder.landmark.weight"));
+  EXPECT_FALSE(moba_params.contains("blocks.1.attn.encoder.cls"));
+  EXPECT_EQ(moba_params["blocks.1.attn.retrieval_query.weight"].sizes(),
+            torch::IntArrayRef({moba.d_model, moba.d_model}));
   EXPECT_FALSE(params.contains("blocks.0.attn.retrieval_query.weight"));
 }
 
@@ -446,6 +479,15 @@ TEST(ChunkAttention, CheckpointRoundTrip) {
   EXPECT_EQ(m.chunk_sparsity, ChunkSparsity::none);
   EXPECT_DOUBLE_EQ(m.chunk_fraction, 0.25);
   EXPECT_EQ(m.chunk_weighting, ChunkWeighting::stick_breaking);
+  EXPECT_EQ(m.chunk_scoring, ChunkScoring::retrieval);
+  const auto moba = train::parse_train_config(
+      train::to_toml(train::parse_train_config(
+          "[model]\nattention = \"chunk\"\n",
+          {"model.chunk_encoder_layers=0", "model.chunk_landmark=mean_keys",
+           "model.chunk_scoring=moba"})),
+      {});
+  EXPECT_EQ(moba.model.chunk_scoring, ChunkScoring::moba);
+  EXPECT_EQ(moba.model.chunk_landmark, ChunkLandmark::mean_keys);
   torch::NoGradGuard no_grad;
   EXPECT_TRUE(torch::equal(loaded.model(x), net(x)));
   fs::remove_all(dir);
@@ -462,7 +504,14 @@ TEST(ChunkAttention, BadConfigKeysAreClearErrors) {
   };
   expect_error("model.chunk_size=0", "model.chunk_size must be >= 1, got 0");
   expect_error("model.chunk_fraction=0", "model.chunk_fraction must be in (0, 1], got 0");
-  expect_error("model.chunk_landmark=max", "model.chunk_landmark must be cls or mean, got 'max'");
+  expect_error("model.chunk_landmark=max",
+               "model.chunk_landmark must be cls, mean or mean_keys, got 'max'");
+  expect_error("model.chunk_scoring=gate",
+               "model.chunk_scoring must be retrieval or moba, got 'gate'");
+  // MoBA scoring has no encoder: the other keys must say so, not be silently ignored.
+  expect_error("model.chunk_scoring=moba",
+               "needs model.chunk_encoder_layers = 0 and "
+               "model.chunk_landmark = 'mean_keys', got 1 and 'cls'");
   expect_error("model.chunk_residual=skip",
                "model.chunk_residual must be bypass or standard, got 'skip'");
   expect_error("model.chunk_weighting=sum",
@@ -495,7 +544,15 @@ TEST(ChunkAttention, BadConfigsAndBudgetsAreClearErrors) {
   expect_error(c, "model.chunk_encoder_layers must be >= 0");
   c = chunk_config();
   c.chunk_encoder_layers = 0;
-  expect_error(c, "needs model.chunk_landmark = 'mean'");
+  expect_error(c, "needs model.chunk_landmark = 'mean' or 'mean_keys'");
+  c = chunk_config();
+  c.chunk_encoder_layers = 0;
+  c.chunk_landmark = ChunkLandmark::mean;
+  c.chunk_scoring = ChunkScoring::moba;
+  expect_error(c, "model.chunk_scoring = 'moba'");
+  c.chunk_landmark = ChunkLandmark::mean_keys;
+  c.chunk_encoder_layers = 1;
+  expect_error(c, "got 1 and 'mean_keys'");
   c = chunk_config();
   c.chunk_every = 0;
   expect_error(c, "model.chunk_every must be >= 1");
