@@ -205,6 +205,7 @@ void add_bench_decode_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--families", o->families, "dense, window, fibonacci, power_of_two")
       ->delimiter(',')
+      ->check(CLI::IsMember({"dense", "window", "fibonacci", "power_of_two"}))
       ->capture_default_str();
   cmd->add_option("--preset", o->preset, "Model preset (micro, tiny, ...)")->capture_default_str();
   cmd->add_option("--steps", o->steps, "Timed decode steps per point (median)")
@@ -213,9 +214,11 @@ void add_bench_decode_command(CLI::App& app) {
   cmd->add_option("--max-prefill", o->max_prefill,
                   "Prefill (and time) contexts up to this many tokens; longer ones decode over "
                   "a cache of random rows")
+      ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   cmd->add_option("--max-cache-gib", o->max_cache_gib,
                   "Skip points whose KV cache would exceed this (GiB)")
+      ->check(CLI::PositiveNumber)
       ->capture_default_str();
   cmd->add_option("--device", o->device, "cpu, auto, cuda or cuda:N")->capture_default_str();
   cmd->add_option("--json", o->json, "Write the rows as JSON");
