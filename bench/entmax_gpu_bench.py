@@ -18,8 +18,14 @@ constant); to fit the device budget this script keeps one configuration per kern
 (num_warps 4, num_stages 3, and BLOCK_M x BLOCK_N = 128 x 64 where the kernel tunes blocks),
 which it says in its output. --full-autotune keeps all of them.
 
+--warm-only runs AdaSplash once per n (forward and backward) and times nothing: Triton
+compiles and caches its kernels, so a later timing run in another process skips the
+compilation (scripts/gpu-entmax-table does this while the GPU trains). The JSON is rewritten
+after every measured row, so a run cut short keeps what it measured.
+
 Usage: python3 bench/entmax_gpu_bench.py --ops-library build-gpu/ops/libreach_ops.so
            [--ns 4096,8192,16384,32768,65536] [--adasplash-ns ...] [--json OUT.json]
+           [--warm-only]
 """
 import argparse
 import json
@@ -77,6 +83,23 @@ def rel(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
+def warm(adasplash, args):
+    if adasplash is None:
+        return
+    dev = torch.device("cuda")
+    for n in (int(x) for x in (args.adasplash_ns or args.ns).split(",")):
+        start = time.time()
+        q, k, v, g = (torch.randn(1, args.heads, n, args.head_dim, device=dev,
+                                  dtype=torch.bfloat16) for _ in range(4))
+        qq, kk, vv = (t.clone().requires_grad_() for t in (q, k, v))
+        adasplash(qq, kk, vv, alpha=1.5, is_causal=True).backward(g)
+        torch.cuda.synchronize()
+        print(f"adasplash n={n}: compiled and ran once in {time.time() - start:.1f} s")
+        sys.stdout.flush()
+        del q, k, v, g, qq, kk, vv
+        torch.cuda.empty_cache()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ops-library", default="build-gpu/ops/libreach_ops.so")
@@ -89,9 +112,10 @@ def main():
     ap.add_argument("--max-call-s", type=float, default=4.0,
                     help="skip a method's larger n once one call takes longer than this")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--warm-only", action="store_true",
+                    help="compile AdaSplash's kernels for each n (one call each), time nothing")
     args = ap.parse_args()
 
-    torch.ops.load_library(args.ops_library)
     if not args.full_autotune:
         restrict_triton_autotune()
     try:
@@ -99,6 +123,10 @@ def main():
     except Exception as e:  # reported, the rest still runs
         print(f"adasplash unavailable: {e}")
         adasplash = None
+    if args.warm_only:
+        warm(adasplash, args)
+        return
+    torch.ops.load_library(args.ops_library)
 
     dev = torch.device("cuda")
     H, d, W = args.heads, args.head_dim, args.window
@@ -173,6 +201,9 @@ def main():
             except Exception as e:  # one method failing does not hide the others
                 row["error"] = str(e).split("\n")[0][:300]
             results["times"].append(row)
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump(results, f, indent=1)
             if "error" in row:
                 print(f"{name:12s} n={n:6d}  error: {row['error']}")
             else:

@@ -43,7 +43,11 @@ std::string task_markdown_table(const std::vector<TaskRunResults>& runs) {
   }
   out += "\n" + rule + "\n";
   for (const auto& run : runs) {
-    out += fmt::format("| {} | {} | {} |", run.label, run.config.task, run.config.train_length);
+    const auto& c = run.config;
+    out += fmt::format("| {} | {} | {} |", run.label, c.task,
+                       c.train_min_length > 0
+                           ? fmt::format("{}..{}", c.train_min_length, c.train_length)
+                           : std::to_string(c.train_length));
     if (budgets) out += fmt::format(" {} |", run.budgets.empty() ? "full" : run.budgets[0].rule);
     for (int64_t m : multipliers) {
       auto it = std::find_if(run.results.begin(), run.results.end(),
@@ -75,6 +79,7 @@ void write_task_reports(const std::vector<TaskRunResults>& runs, const std::stri
                          {"length", r.length},
                          {"examples", r.examples},
                          {"accuracy", r.accuracy},
+                         {"token_accuracy", r.token_accuracy},
                          {"seconds", r.seconds}};
         if (!r.skipped.empty()) e["skipped"] = r.skipped;
         if (r.skipped.empty() && i < run.budgets.size()) e["budget"] = budget_json(run.budgets[i]);
@@ -85,11 +90,14 @@ void write_task_reports(const std::vector<TaskRunResults>& runs, const std::stri
                    {"run", run.dir},
                    {"task", run.config.task},
                    {"train_length", run.config.train_length},
+                   {"train_min_length", run.config.train_min_length},
+                   {"train_steps", run.config.steps},
                    {"model",
                     {{"attention", model::to_string(m.attention)},
                      {"normalizer", model::to_string(m.normalizer)},
                      {"positions", model::to_string(m.positions)},
                      {"entmax_alpha", m.entmax_alpha},
+                     {"entmax_scale", model::to_string(m.entmax_scale)},
                      {"layers", m.layers},
                      {"d_model", m.d_model},
                      {"heads", m.heads}}},

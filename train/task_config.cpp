@@ -23,17 +23,25 @@ ConfigKeys keys(TaskRunConfig& c) {
   add_run_keys(k, c.out_dir, c.seed, c.threads);
   k.add("task.name", &c.task, "the task",
         one_of({"max_retrieval", "associative_recall", "mqar", "passkey"}))
-      .add("task.num_values", &c.num_values, "max_retrieval, associative_recall: values")
+      .add("task.num_values", &c.num_values, "max_retrieval: values")
       .add("task.items", &c.items, "max_retrieval: numbers shown")
       .add("task.filler_tokens", &c.filler_tokens, "max_retrieval: distinct filler tokens")
-      .add("task.num_keys", &c.num_keys, "associative_recall: keys")
-      .add("task.pairs", &c.pairs, "associative_recall: key-value pairs shown")
+      .add("task.alphabet", &c.alphabet, "associative_recall: symbols spelling keys and values")
+      .add("task.vocabulary", &c.vocabulary,
+           "associative_recall: distinct keys (and distinct values) examples draw from")
       .add("task.queries", &c.queries, "associative_recall: keys asked")
       .add("task.tokens_per_item", &c.tokens_per_item, "associative_recall: tokens per key / value")
+      .add("task.kv_fraction", &c.kv_fraction,
+           "associative_recall: share of the context taken by the bindings", above_up_to(0, 1))
       .add("task.digits", &c.digits, "passkey: digits")
       .add("task.depth", &c.depth, "passkey: where the key sits, in [0, 1] (< 0 random)");
   add_model_keys(k, c.model);
-  k.add("train.length", &c.train_length, "training sequence length", at_least(1))
+  k.add("train.length", &c.train_length,
+        "training length (associative_recall: of the context; queries and answers come on top)",
+        at_least(1))
+      .add("train.min_length", &c.train_min_length,
+           "> 0: each step's length is drawn uniformly from [train.min_length, train.length]",
+           at_least(0))
       .add("train.batch", &c.batch, "sequences per step", at_least(1))
       .add("train.steps", &c.steps, "optimizer steps", at_least(1));
   add_optimizer_keys(k, c);
@@ -78,6 +86,13 @@ void validate(const TaskRunConfig& c) {
                                 ") is below the task's minimum length " +
                                 std::to_string(task->min_length()));
   }
+  if (c.train_min_length > 0 &&
+      (c.train_min_length > c.train_length || c.train_min_length < task->min_length())) {
+    throw std::invalid_argument(
+        "config key 'train.min_length' (" + std::to_string(c.train_min_length) +
+        ") must be 0 or between the task's minimum length " + std::to_string(task->min_length()) +
+        " and train.length (" + std::to_string(c.train_length) + ")");
+  }
   at_least(c.max_length, c.train_length, "eval.max_length");
   parse_multipliers(c.multipliers);
   model::validate(c.model);
@@ -117,10 +132,10 @@ std::unique_ptr<data::tasks::SyntheticTask> make_task(const TaskRunConfig& c) {
                                narrow(c.filler_tokens, "task.filler_tokens")});
   }
   if (c.task == "associative_recall" || c.task == "mqar") {
-    return make_associative_recall(
-        {narrow(c.num_keys, "task.num_keys"), narrow(c.num_values, "task.num_values"),
-         narrow(c.pairs, "task.pairs"), narrow(c.queries, "task.queries"),
-         narrow(c.tokens_per_item, "task.tokens_per_item")});
+    return make_associative_recall({narrow(c.alphabet, "task.alphabet"),
+                                    narrow(c.vocabulary, "task.vocabulary"),
+                                    narrow(c.tokens_per_item, "task.tokens_per_item"),
+                                    narrow(c.queries, "task.queries"), c.kv_fraction});
   }
   if (c.task == "passkey") return make_passkey({narrow(c.digits, "task.digits"), c.depth});
   throw std::invalid_argument(

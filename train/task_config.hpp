@@ -27,13 +27,14 @@ struct TaskRunConfig : OptimizerConfig {
   // "max_retrieval", "associative_recall" (alias "mqar") or "passkey", with the
   // parameters of data/tasks/synthetic_task.hpp (each used by the tasks that have it).
   std::string task = "max_retrieval";
-  int64_t num_values = 64;      // max_retrieval, associative_recall
+  int64_t num_values = 64;      // max_retrieval
   int64_t items = 16;           // max_retrieval
   int64_t filler_tokens = 1;    // max_retrieval: distinct filler tokens
-  int64_t num_keys = 64;        // associative_recall
-  int64_t pairs = 8;            // associative_recall
+  int64_t alphabet = 256;       // associative_recall: symbols spelling keys and values
+  int64_t vocabulary = 10000;   // associative_recall: distinct keys (and values)
   int64_t queries = 4;          // associative_recall
-  int64_t tokens_per_item = 2;  // associative_recall
+  int64_t tokens_per_item = 2;  // associative_recall: key / value length
+  double kv_fraction = 0.8;     // associative_recall: share of the context in bindings
   int64_t digits = 5;           // passkey
   double depth = -1.0;          // passkey: < 0 random
 
@@ -41,6 +42,9 @@ struct TaskRunConfig : OptimizerConfig {
   model::ModelConfig model = model::preset("micro");
 
   int64_t train_length = 64;
+  // > 0: each step draws its length uniformly from [train_min_length, train_length] (one
+  // length per batch; seed 003 trains at 48 +- 16); 0: every step at train_length.
+  int64_t train_min_length = 0;
   int64_t batch = 32;
   int64_t steps = 1000;
   int64_t log_every = 50;

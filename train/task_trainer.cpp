@@ -37,33 +37,61 @@ struct Batch {
   std::vector<data::tasks::TaskExample> examples;
 };
 
+// `size` examples of task length `length` (of task.sequence_length(length) tokens each).
 Batch make_batch(const data::tasks::SyntheticTask& task, int64_t length, int64_t size,
                  std::mt19937_64& rng) {
+  const int64_t tokens_per_example = task.sequence_length(length);
   Batch batch;
-  batch.tokens = torch::empty({size, length}, torch::kInt64);
-  batch.targets = torch::empty({size, length}, torch::kInt64);
+  batch.tokens = torch::empty({size, tokens_per_example}, torch::kInt64);
+  batch.targets = torch::empty({size, tokens_per_example}, torch::kInt64);
   auto* tokens = batch.tokens.data_ptr<int64_t>();
   auto* targets = batch.targets.data_ptr<int64_t>();
   for (int64_t b = 0; b < size; ++b) {
     batch.examples.push_back(task.sample(length, rng));
     const auto& ex = batch.examples.back();
-    std::copy(ex.tokens.begin(), ex.tokens.end(), tokens + b * length);
-    std::copy(ex.targets.begin(), ex.targets.end(), targets + b * length);
+    if (static_cast<int64_t>(ex.tokens.size()) != tokens_per_example) {
+      throw std::logic_error(task.name() + ": an example of length " + std::to_string(length) +
+                             " has " + std::to_string(ex.tokens.size()) + " tokens, not " +
+                             std::to_string(tokens_per_example));
+    }
+    std::copy(ex.tokens.begin(), ex.tokens.end(), tokens + b * tokens_per_example);
+    std::copy(ex.targets.begin(), ex.targets.end(), targets + b * tokens_per_example);
   }
   return batch;
 }
 
-// Mean answer accuracy of the batch given logits [B, T, V].
-double batch_accuracy(const Batch& batch, const torch::Tensor& logits) {
+// Mean tokens of a training step (for tokens/s): over the lengths a step may draw.
+int64_t mean_step_tokens(const data::tasks::SyntheticTask& task, const TaskRunConfig& c) {
+  const int64_t lo = c.train_min_length > 0 ? c.train_min_length : c.train_length;
+  double sum = 0;
+  for (int64_t l = lo; l <= c.train_length; ++l) {
+    sum += static_cast<double>(task.sequence_length(l));
+  }
+  return std::llround(sum / static_cast<double>(c.train_length - lo + 1) *
+                      static_cast<double>(c.batch));
+}
+
+// Mean answer accuracy of the batch given logits [B, T, V]; `tokens` (may be null) gets the
+// fraction of answer tokens right, counted one by one.
+double batch_accuracy(const Batch& batch, const torch::Tensor& logits, double* tokens = nullptr) {
   const auto predicted = logits.argmax(-1).to(torch::kCPU, torch::kInt32).contiguous();
   const int64_t length = predicted.size(1);
   const auto* p = predicted.data_ptr<int32_t>();
   double sum = 0;
+  int64_t right = 0, asked = 0;
   for (size_t b = 0; b < batch.examples.size(); ++b) {
+    const auto& ex = batch.examples[b];
     std::vector<int32_t> row(p + static_cast<int64_t>(b) * length,
                              p + static_cast<int64_t>(b + 1) * length);
-    sum += data::tasks::answer_accuracy(batch.examples[b], row);
+    sum += data::tasks::answer_accuracy(ex, row);
+    for (auto [begin, end] : ex.answers) {
+      for (int64_t i = begin; i < end; ++i) {
+        right += row[static_cast<size_t>(i)] == ex.targets[static_cast<size_t>(i)] ? 1 : 0;
+        ++asked;
+      }
+    }
   }
+  if (tokens != nullptr) *tokens = asked > 0 ? static_cast<double>(right) / asked : 0.0;
   return sum / static_cast<double>(batch.examples.size());
 }
 
@@ -104,7 +132,23 @@ TaskRun load_task_checkpoint(const std::string& dir, int64_t& step) {
 
 void set_threads(const TaskRunConfig& c) { set_cpu_threads(c.threads); }
 
+// Each step's length and examples come from an RNG seeded by (seed, step) alone.
+std::mt19937_64 step_stream(const TaskRunConfig& c, int64_t step) {
+  std::seed_seq seq{c.seed, kTrainStream, static_cast<uint64_t>(step)};
+  return std::mt19937_64(seq);
+}
+
+int64_t draw_step_length(const TaskRunConfig& c, std::mt19937_64& rng) {
+  if (c.train_min_length <= 0) return c.train_length;
+  return std::uniform_int_distribution<int64_t>(c.train_min_length, c.train_length)(rng);
+}
+
 }  // namespace
+
+int64_t training_step_length(const TaskRunConfig& config, int64_t step) {
+  auto rng = step_stream(config, step);
+  return draw_step_length(config, rng);
+}
 
 TaskTrainResult train_task_model(const TaskRunConfig& c, const TaskTrainOptions& options,
                                  model::Gpt* trained) {
@@ -143,10 +187,12 @@ TaskTrainResult train_task_model(const TaskRunConfig& c, const TaskTrainOptions&
     fmt::print(stderr,
                "[tasks] {} at length {}: {} parameters, attention={} normalizer={} "
                "positions={}, {} steps of batch {}, device {}{}{}\n",
-               task->name(), c.train_length, model::parameter_count(*net),
-               model::to_string(c.model.attention), model::to_string(c.model.normalizer),
-               model::to_string(c.model.positions), c.steps, c.batch, device.str(),
-               bf16 ? " (bf16 autocast)" : "",
+               task->name(),
+               c.train_min_length > 0 ? fmt::format("{}..{}", c.train_min_length, c.train_length)
+                                      : std::to_string(c.train_length),
+               model::parameter_count(*net), model::to_string(c.model.attention),
+               model::to_string(c.model.normalizer), model::to_string(c.model.positions), c.steps,
+               c.batch, device.str(), bf16 ? " (bf16 autocast)" : "",
                resumed ? fmt::format(", resuming from step {}", start_step) : "");
   }
   std::ofstream metrics =
@@ -161,7 +207,7 @@ TaskTrainResult train_task_model(const TaskRunConfig& c, const TaskTrainOptions&
   settings.log_every = c.log_every;
   settings.checkpoint_every = c.checkpoint_every;
   settings.profile_steps = c.profile_steps;
-  settings.tokens_per_step = c.batch * c.train_length;
+  settings.tokens_per_step = mean_step_tokens(*task, c);
   settings.ignore_index = data::tasks::kIgnore;
   settings.bf16 = bf16;
   settings.quiet = options.quiet;
@@ -171,10 +217,9 @@ TaskTrainResult train_task_model(const TaskRunConfig& c, const TaskTrainOptions&
 
   LoopHooks hooks;
   hooks.batch = [&](int64_t step, bool pinned) {
-    // Each step's examples come from an RNG seeded by (seed, step) alone.
-    std::seed_seq seq{c.seed, kTrainStream, static_cast<uint64_t>(step)};
-    std::mt19937_64 rng(seq);
-    auto batch = std::make_shared<Batch>(make_batch(*task, c.train_length, c.batch, rng));
+    std::mt19937_64 rng = step_stream(c, step);
+    const int64_t length = draw_step_length(c, rng);
+    auto batch = std::make_shared<Batch>(make_batch(*task, length, c.batch, rng));
     StepBatch out{{}, batch->tokens, batch->targets, batch};
     if (pinned) {
       out.input = out.input.pin_memory();
@@ -183,8 +228,10 @@ TaskTrainResult train_task_model(const TaskRunConfig& c, const TaskTrainOptions&
     return out;
   };
   hooks.logged_step = [](const StepBatch& b, const torch::Tensor& logits, nlohmann::json& line) {
+    double tokens = 0;
     line["batch_accuracy"] =
-        batch_accuracy(*std::static_pointer_cast<const Batch>(b.extra), logits);
+        batch_accuracy(*std::static_pointer_cast<const Batch>(b.extra), logits, &tokens);
+    line["batch_token_accuracy"] = tokens;
   };
   hooks.checkpoint = [&](int64_t steps_done) {
     const auto saved =
@@ -253,6 +300,7 @@ std::vector<LengthAccuracy> evaluate_task_model(
       std::seed_seq seq{c.seed, kEvalStream, static_cast<uint64_t>(r.length)};
       std::mt19937_64 rng(seq);
       double sum = 0;
+      double token_sum = 0;
       for (int64_t done = 0; done < c.examples;) {
         const int64_t size = std::min(c.eval_batch, c.examples - done);
         const Batch batch = make_batch(*task, r.length, size, rng);
@@ -263,7 +311,9 @@ std::vector<LengthAccuracy> evaluate_task_model(
           const auto tokens = batch.tokens.to(device);
           logits = (task_logits ? task_logits(tokens) : model->forward(tokens)).to(torch::kCPU);
         }
-        sum += batch_accuracy(batch, logits) * static_cast<double>(size);
+        double tokens = 0;
+        sum += batch_accuracy(batch, logits, &tokens) * static_cast<double>(size);
+        token_sum += tokens * static_cast<double>(size);
         done += size;
         if (batch_progress) {
           batch_progress(
@@ -273,6 +323,7 @@ std::vector<LengthAccuracy> evaluate_task_model(
       }
       r.examples = c.examples;
       r.accuracy = sum / static_cast<double>(c.examples);
+      r.token_accuracy = token_sum / static_cast<double>(c.examples);
       r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     }
     out.push_back(r);

@@ -53,6 +53,11 @@ struct TaskTrainOptions {
   int64_t stop_after_step = 0;  // for tests: stop (without a final checkpoint) after this step
 };
 
+// The task length training step `step` (0-based) draws: train_length, or with
+// train_min_length > 0 a uniform draw from [train_min_length, train_length] by the step's own
+// random stream (the one its examples come from, so it is the same on resume).
+int64_t training_step_length(const TaskRunConfig& config, int64_t step);
+
 // Trains (deterministic given the seed, on the CPU bit for bit, a resumed run included),
 // writes the run directory, returns the trained model (on the device it trained on) through
 // `trained` when non-null.
@@ -70,8 +75,9 @@ TaskRun load_task_run(const std::string& dir);
 struct LengthAccuracy {
   int64_t multiplier = 0;
   int64_t length = 0;
-  int64_t examples = 0;  // 0 when skipped
-  double accuracy = 0;   // fraction of answers with every token right
+  int64_t examples = 0;       // 0 when skipped
+  double accuracy = 0;        // fraction of answers with every token right
+  double token_accuracy = 0;  // fraction of the answers' tokens right (each on its own)
   double seconds = 0;
   std::string skipped;  // why it was not measured (empty when measured)
 };

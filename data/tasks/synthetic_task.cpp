@@ -1,6 +1,7 @@
 #include "data/tasks/synthetic_task.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <set>
 #include <stdexcept>
 
@@ -38,80 +39,130 @@ void mark_answer(TaskExample& ex, int64_t begin, int64_t end) {
   ex.answers.emplace_back(begin, end);
 }
 
-// Token ids: 0 filler, 1 query marker, then keys, then values.
+// Token ids: 0 space, 1 key-value separator, 2 query separator (the generator's own ids),
+// 3 .. 3 + alphabet - 1 the symbols, then bos, sep (end of the source) and eos.
 class AssociativeRecall final : public SyntheticTask {
  public:
+  static constexpr int32_t kSpace = 0, kKvSep = 1, kQuerySep = 2, kFirstSymbol = 3;
+
   explicit AssociativeRecall(AssociativeRecallSpec spec) : spec_(spec) {
-    require_positive(spec.num_keys, "associative_recall: num_keys");
-    require_positive(spec.num_values, "associative_recall: num_values");
-    require_positive(spec.pairs, "associative_recall: pairs");
-    require_positive(spec.queries, "associative_recall: queries");
+    require_positive(spec.alphabet, "associative_recall: alphabet");
+    require_positive(spec.vocabulary, "associative_recall: vocabulary");
     require_positive(spec.tokens_per_item, "associative_recall: tokens_per_item");
-    if (spec.queries > spec.pairs) {
-      throw std::invalid_argument("associative_recall: queries (" + std::to_string(spec.queries) +
-                                  ") must be <= pairs (" + std::to_string(spec.pairs) + ")");
+    require_positive(spec.queries, "associative_recall: queries");
+    if (!(spec.kv_fraction > 0.0 && spec.kv_fraction <= 1.0)) {
+      throw std::invalid_argument("associative_recall: kv_fraction must be in (0, 1], got " +
+                                  std::to_string(spec.kv_fraction));
     }
-    double distinct = 1;
-    for (int i = 0; i < spec.tokens_per_item; ++i) distinct *= spec.num_keys;
-    if (distinct < spec.pairs) {
-      throw std::invalid_argument("associative_recall: too few distinct keys for " +
-                                  std::to_string(spec.pairs) + " pairs");
+    double strings = 1;
+    for (int32_t i = 0; i < spec.tokens_per_item; ++i) strings *= spec.alphabet;
+    if (strings < spec.vocabulary) {
+      throw std::invalid_argument(
+          "associative_recall: vocabulary (" + std::to_string(spec.vocabulary) + ") exceeds the " +
+          std::to_string(static_cast<int64_t>(strings)) +
+          " strings of tokens_per_item = " + std::to_string(spec.tokens_per_item) +
+          " symbols over an alphabet of " + std::to_string(spec.alphabet));
     }
+    // The key and value sets: fixed for the task (not drawn from the example stream).
+    std::mt19937_64 rng(0x6b657973);  // "keys"
+    keys_ = distinct_strings(rng);
+    values_ = distinct_strings(rng);
+    min_length_ = 1;
+    while (pairs(min_length_) < spec.queries) ++min_length_;
   }
   std::string name() const override { return "associative_recall"; }
-  int32_t vocab_size() const override { return 2 + spec_.num_keys + spec_.num_values; }
-  int64_t min_length() const override {
-    return int64_t{2} * spec_.tokens_per_item * (spec_.pairs + spec_.queries) + 1;
+  int32_t vocab_size() const override { return kFirstSymbol + spec_.alphabet + 3; }
+  int64_t min_length() const override { return min_length_; }
+  int64_t sequence_length(int64_t length) const override {
+    check_length(*this, length);
+    const int64_t n = pairs(length);
+    return 1 + n * (length / n) + 2 * int64_t{spec_.queries} * (1 + spec_.tokens_per_item) + 2;
   }
 
   TaskExample sample(int64_t length, std::mt19937_64& rng) const override {
     check_length(*this, length);
-    const int64_t t = spec_.tokens_per_item;
-    std::uniform_int_distribution<int32_t> key_token(0, spec_.num_keys - 1);
-    std::uniform_int_distribution<int32_t> value_token(0, spec_.num_values - 1);
-    std::set<std::vector<int32_t>> used;
-    std::vector<std::vector<int32_t>> keys, values;
-    while (static_cast<int32_t>(keys.size()) < spec_.pairs) {
-      std::vector<int32_t> key(static_cast<size_t>(t)), value(static_cast<size_t>(t));
-      for (auto& k : key) k = 2 + key_token(rng);
-      for (auto& v : value) v = 2 + spec_.num_keys + value_token(rng);
-      if (used.insert(key).second) {
-        keys.push_back(key);
-        values.push_back(value);
-      }
-    }
+    const int64_t t = spec_.tokens_per_item, n = pairs(length), row = length / n;
+    const int32_t bos = kFirstSymbol + spec_.alphabet, sep = bos + 1, eos = bos + 2;
+    // The example's keys and values: distinct draws, in random order.
+    const auto key_ids = draw_distinct(static_cast<int64_t>(keys_.size()), n, rng);
+    const auto value_ids = draw_distinct(static_cast<int64_t>(values_.size()), n, rng);
     TaskExample ex;
-    ex.tokens.assign(static_cast<size_t>(length), 0);
-    ex.targets.assign(static_cast<size_t>(length), kIgnore);
-    const int64_t query_part = 1 + 2 * t * spec_.queries;
-    const int64_t context = length - query_part;
-    // Bindings at random places in the context (each a block of 2t tokens), filler between.
-    const int64_t free_slots = context - 2 * t * spec_.pairs;
-    auto starts = spread(free_slots + spec_.pairs, spec_.pairs, rng);
-    for (int32_t i = 0; i < spec_.pairs; ++i) {
-      const int64_t pos = starts[static_cast<size_t>(i)] + int64_t{2 * t - 1} * i;
-      std::copy(keys[i].begin(), keys[i].end(), ex.tokens.begin() + pos);
-      std::copy(values[i].begin(), values[i].end(), ex.tokens.begin() + pos + t);
+    ex.tokens.reserve(static_cast<size_t>(sequence_length(length)));
+    ex.tokens.push_back(bos);
+    // A row is the generator's 2 (row + 1) slots with the binding in the middle, of which
+    // row - (2t + 2) spaces are kept at random: the spaces kept before it are those of the
+    // slots [0, row + 1 - t) among the kept ones.
+    const int64_t unit = 2 * t + 2, slots = 2 * (row + 1) - unit, before_slots = row + 1 - t;
+    for (int64_t i = 0; i < n; ++i) {
+      const auto kept = draw_distinct(slots, row - unit, rng);
+      const auto before =
+          std::count_if(kept.begin(), kept.end(), [&](int64_t s) { return s < before_slots; });
+      ex.tokens.insert(ex.tokens.end(), static_cast<size_t>(before), kSpace);
+      const auto& key = keys_[static_cast<size_t>(key_ids[static_cast<size_t>(i)])];
+      const auto& value = values_[static_cast<size_t>(value_ids[static_cast<size_t>(i)])];
+      ex.tokens.insert(ex.tokens.end(), key.begin(), key.end());
+      ex.tokens.push_back(kKvSep);
+      ex.tokens.insert(ex.tokens.end(), value.begin(), value.end());
+      ex.tokens.insert(ex.tokens.end(), static_cast<size_t>(1 + (row - unit) - before), kSpace);
     }
-    int64_t pos = context;
-    ex.tokens[static_cast<size_t>(pos++)] = 1;
-    std::vector<int32_t> order(static_cast<size_t>(spec_.pairs));
-    for (int32_t i = 0; i < spec_.pairs; ++i) order[static_cast<size_t>(i)] = i;
-    std::shuffle(order.begin(), order.end(), rng);
-    for (int32_t qi = 0; qi < spec_.queries; ++qi) {
-      const auto& key = keys[static_cast<size_t>(order[static_cast<size_t>(qi)])];
-      const auto& value = values[static_cast<size_t>(order[static_cast<size_t>(qi)])];
-      std::copy(key.begin(), key.end(), ex.tokens.begin() + pos);
-      std::copy(value.begin(), value.end(), ex.tokens.begin() + pos + t);
-      // Predict the value's tokens: from the last key token to the second-to-last value token.
-      mark_answer(ex, pos + t - 1, pos + 2 * t - 1);
-      pos += 2 * t;
+    std::uniform_int_distribution<int64_t> which(0, n - 1);
+    std::vector<int64_t> asked(static_cast<size_t>(spec_.queries));
+    for (auto& q : asked) q = which(rng);
+    for (int64_t q : asked) {
+      const auto& key = keys_[static_cast<size_t>(key_ids[static_cast<size_t>(q)])];
+      ex.tokens.push_back(kQuerySep);
+      ex.tokens.insert(ex.tokens.end(), key.begin(), key.end());
     }
+    const auto source_end = static_cast<int64_t>(ex.tokens.size());
+    ex.tokens.push_back(sep);
+    for (int64_t q : asked) {
+      const auto& value = values_[static_cast<size_t>(value_ids[static_cast<size_t>(q)])];
+      ex.tokens.push_back(kQuerySep);
+      ex.tokens.insert(ex.tokens.end(), value.begin(), value.end());
+    }
+    ex.tokens.push_back(eos);
+    ex.targets.assign(ex.tokens.size(), kIgnore);
+    // The target is everything after sep: predicted from sep up to the token before eos.
+    mark_answer(ex, source_end, static_cast<int64_t>(ex.tokens.size()) - 1);
     return ex;
   }
 
  private:
+  // Bindings in a context of `length` tokens (the generator's num_kv).
+  int64_t pairs(int64_t length) const {
+    const auto unit = static_cast<double>(2 * spec_.tokens_per_item + 2);
+    const auto n =
+        static_cast<int64_t>(std::floor(static_cast<double>(length) * spec_.kv_fraction / unit));
+    return std::min<int64_t>(n, spec_.vocabulary);
+  }
+
+  // `count` distinct values of [0, range) in random order (a partial Fisher-Yates shuffle).
+  static std::vector<int64_t> draw_distinct(int64_t range, int64_t count, std::mt19937_64& rng) {
+    std::vector<int64_t> all(static_cast<size_t>(range));
+    for (int64_t i = 0; i < range; ++i) all[static_cast<size_t>(i)] = i;
+    for (int64_t i = 0; i < count; ++i) {
+      std::uniform_int_distribution<int64_t> pick(i, range - 1);
+      std::swap(all[static_cast<size_t>(i)], all[static_cast<size_t>(pick(rng))]);
+    }
+    all.resize(static_cast<size_t>(count));
+    return all;
+  }
+
+  std::vector<std::vector<int32_t>> distinct_strings(std::mt19937_64& rng) const {
+    std::uniform_int_distribution<int32_t> symbol(0, spec_.alphabet - 1);
+    std::set<std::vector<int32_t>> seen;
+    std::vector<std::vector<int32_t>> out;
+    while (static_cast<int32_t>(out.size()) < spec_.vocabulary) {
+      std::vector<int32_t> s(static_cast<size_t>(spec_.tokens_per_item));
+      for (auto& c : s) c = kFirstSymbol + symbol(rng);
+      if (seen.insert(s).second) out.push_back(std::move(s));
+    }
+    return out;
+  }
+
   AssociativeRecallSpec spec_;
+  std::vector<std::vector<int32_t>> keys_, values_;
+  int64_t min_length_ = 1;
 };
 
 // Token ids: 0 filler, 1 query marker, 2.. numbers, then the other filler tokens (if any).

@@ -27,21 +27,36 @@ class SyntheticTask {
   virtual ~SyntheticTask() = default;
   virtual std::string name() const = 0;
   virtual int32_t vocab_size() const = 0;
-  // Shortest sequence length the task can be laid out in.
+  // Shortest length the task can be laid out in.
   virtual int64_t min_length() const = 0;
-  // Throws std::invalid_argument when length < min_length().
+  // Tokens in an example of `length`: the length itself, except for tasks whose length
+  // names only the context (associative recall: the queries and answers come on top, as in
+  // the paper's data, whose lengths are those of the key-value context).
+  virtual int64_t sequence_length(int64_t length) const { return length; }
+  // An example of sequence_length(length) tokens. Throws std::invalid_argument when
+  // length < min_length().
   virtual TaskExample sample(int64_t length, std::mt19937_64& rng) const = 0;
 };
 
-// Multi-query associative recall: `pairs` key->value bindings (each key and value
-// `tokens_per_item` tokens) spread over the sequence with filler, then `queries` keys
-// repeated; the model must emit each key's value after it.
+// Multi-query multi-token associative recall, laid out as seed 003's data generator lays it
+// out (deep-spin/asentmax, scripts/generate_data.py, MultiQueryMultiTokenRecall; defaults =
+// the paper's task: alphabet 256, 10k keys, key/value length 2, 4 queries, 80% of the
+// context in bindings). An example of context length L:
+//   bos | num_kv rows | (qsep key) x queries | sep | (qsep value) x queries | eos
+// with num_kv = min(vocabulary, floor(L * kv_fraction / (2t + 2))) bindings (t =
+// tokens_per_item), so the number of pairs grows with L. Each row is R = L / num_kv tokens:
+// `key kvsep value space` (2t + 2 tokens) with the other R - 2t - 2 spaces split before and
+// after it as the generator's random deletions split them (hypergeometric). The keys of an
+// example are distinct draws from a fixed set of `vocabulary` key strings over the alphabet,
+// the values likewise from a set of value strings (so bindings are new in every example);
+// the queried keys are drawn with replacement. Everything after `sep` is the target: one
+// answer per example, right only when every token of it is (the paper's exact match).
 struct AssociativeRecallSpec {
-  int32_t num_keys = 64;    // distinct key tokens
-  int32_t num_values = 64;  // distinct value tokens
-  int32_t pairs = 8;
+  int32_t alphabet = 256;       // symbols that spell keys and values
+  int32_t vocabulary = 10000;   // distinct keys (and distinct values) examples draw from
+  int32_t tokens_per_item = 2;  // key and value length
   int32_t queries = 4;
-  int32_t tokens_per_item = 2;
+  double kv_fraction = 0.8;  // share of the context the bindings take, in (0, 1]
 };
 
 // Max retrieval: a sequence of numbers with filler; after the query marker the model must

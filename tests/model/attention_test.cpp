@@ -5,11 +5,13 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/reference_entmax_attention.hpp"
 #include "model/attention/dense.hpp"
 #include "model/attention/dilated.hpp"
 #include "model/attention/entmax.hpp"
 #include "model/attention/factory.hpp"
 #include "model/attention/learned_dilated.hpp"
+#include "model/attention/positions.hpp"
 #include "model/attention/window.hpp"
 #include "model/gpt.hpp"
 
@@ -288,6 +290,93 @@ TEST(Attention, LearnedAlphaAndPerQueryScalingStartWhereTheyShouldAndTrain) {
       ASSERT_TRUE(p.grad().defined()) << name;
       EXPECT_GT(p.grad().abs().sum().item<double>(), 0) << name << " " << to_string(attention);
     }
+  }
+}
+
+// The model options model.entmax_scale = per_query and model.entmax_alpha_mode = learned,
+// from their definition: q, k, v from the layer's qkv weights; alpha_h = 1 + sigmoid(theta_h);
+// beta_i = softplus(w_beta,h . x_i + b_h), gamma_i = 2 tanh(w_gamma,h . x_i + b_h) on the NoPE
+// heads of NAPE (delta = 1, beta = 0 on its ALiBi heads, i.e. c = 1); through the float64
+// dense reference (kernels/cpu/reference_entmax_attention), then the output projection. The
+// layer (float32, the op's kernels) agrees to float32 rounding, dense and over the Fibonacci
+// key set.
+TEST(Attention, PerQueryScalingAndLearnedAlphaAreTheDefinition) {
+  for (const auto attention : {AttentionFamily::dense, AttentionFamily::fibonacci}) {
+    auto c = per_query_learned(
+        micro(attention, AlphaSchedule::fixed, Normalizer::asentmax, Positions::nape));
+    c.heads = 4;  // 2 NoPE + 2 ALiBi heads
+    c.d_model = 32;
+    torch::manual_seed(21);
+    Gpt net(c);
+    perturb(net, 0.3);
+    const auto& layer = net->blocks[0]->attn;
+    const int64_t b = 2, t = 29, h = c.heads, hd = c.d_model / c.heads;
+    const auto x = torch::randn({b, t, c.d_model});
+    torch::NoGradGuard no_grad;
+    const auto got = layer->forward(x).to(torch::kFloat64);
+
+    auto param = [&](const std::string& name) {
+      return layer->named_parameters()[name].detach().to(torch::kFloat64);
+    };
+    const auto xd = x.to(torch::kFloat64);
+    const auto qkv = torch::matmul(xd, param("qkv.weight").t()).view({b, t, 3, h, hd});
+    auto head_major = [&](int64_t i) {
+      return qkv.select(2, i).permute({0, 2, 1, 3}).contiguous();  // [b, h, t, hd]
+    };
+    const auto q = head_major(0), k = head_major(1), v = head_major(2);
+    const auto alpha = (1.0 + torch::sigmoid(param("alpha_logit"))).contiguous();
+    const auto slopes = attention::position_slopes(c.positions, h).to(torch::kFloat64);
+    const auto nope = (slopes == 0).to(torch::kFloat64);
+    ASSERT_EQ(nope.sum().item<double>(), 2.0);
+    const auto delta = (param("delta") * nope + (1 - nope)).contiguous();
+    auto per_query = [&](const std::string& module) {  // [b, t, h] -> [b, h, t]
+      return (torch::matmul(xd, param(module + ".weight").t()) + param(module + ".bias"))
+          .permute({0, 2, 1});
+    };
+    const auto beta =
+        (torch::nn::functional::softplus(per_query("scale_beta")) * nope.view({1, h, 1}))
+            .contiguous();
+    const auto gamma = (2.0 * torch::tanh(per_query("scale_gamma"))).contiguous();
+    std::vector<double> offsets;
+    int64_t window = t;
+    if (attention != AttentionFamily::dense) {
+      window = c.window;
+      for (int64_t o : layer->integer_offsets()) {
+        if (o >= window) offsets.push_back(static_cast<double>(o));
+      }
+      ASSERT_FALSE(offsets.empty());
+    }
+    kernels::EntmaxAttentionParams p;
+    p.base.batch_heads = b * h;
+    p.base.seq_len = t;
+    p.base.head_dim = hd;
+    p.base.window = window;
+    p.base.offsets = offsets.data();
+    p.base.num_offsets = static_cast<int64_t>(offsets.size());
+    p.base.scale = 1.0 / std::sqrt(static_cast<double>(hd));
+    p.num_heads = h;
+    p.alpha = alpha.data_ptr<double>();
+    p.log_n_scaling = true;
+    p.per_query_scale = true;
+    p.delta = delta.data_ptr<double>();
+    p.beta = beta.data_ptr<double>();
+    p.gamma = gamma.data_ptr<double>();
+    p.alibi_slopes = slopes.contiguous().data_ptr<double>();
+    auto flat = [](const torch::Tensor& a) {
+      const auto c = a.contiguous();
+      return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
+    };
+    const auto out = kernels::reference::entmax_forward(p, flat(q), flat(k), flat(v));
+    const auto attended =
+        torch::from_blob(const_cast<double*>(out.data()), {b, h, t, hd}, torch::kFloat64)
+            .permute({0, 2, 1, 3})
+            .reshape({b, t, c.d_model});
+    const auto want = torch::matmul(attended, param("proj.weight").t());
+    // The scaling is not trivial here: the per-query multipliers spread, alpha left 1.5.
+    EXPECT_GT((beta.select(1, 0).max() - beta.select(1, 0).min()).item<double>(), 0.05);
+    EXPECT_GT((alpha - 1.5).abs().max().item<double>(), 0.01);
+    const double err = ((got - want).norm() / want.norm()).item<double>();
+    EXPECT_LT(err, 1e-5) << to_string(attention);
   }
 }
 

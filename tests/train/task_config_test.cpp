@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <sstream>
+
 namespace reach::train {
 namespace {
 
@@ -23,7 +25,7 @@ TEST(TaskConfig, DefaultsTakeTheTaskVocabularyAndResolveReach) {
   EXPECT_EQ(c.model.vocab_size, 12);  // filler, query marker, 10 numbers
   EXPECT_EQ(c.model.reach, 32);
   const auto mqar = parse_task_config("[task]\nname = \"mqar\"\n", {});
-  EXPECT_EQ(mqar.model.vocab_size, 2 + 64 + 64);
+  EXPECT_EQ(mqar.model.vocab_size, 3 + 256 + 3);  // space, separators, alphabet, bos/sep/eos
 }
 
 TEST(TaskConfig, RoundTripsThroughToml) {
@@ -60,6 +62,41 @@ TEST(TaskConfig, SharesTheOptimizerKeysWithTrain) {
   expect_error("", {"train.warmup=-2"}, "train.warmup must be >= 0, got -2");
 }
 
+// The associative-recall table's five variants are one recipe: their configs, written out in
+// full, differ only in the model's normalizer, positions and entmax_scale.
+TEST(TaskConfig, AssociativeRecallVariantsShareOneRecipe) {
+  auto recipe = [](const TaskRunConfig& c) {
+    std::istringstream in(to_toml(c));
+    std::string line, out;
+    while (std::getline(in, line)) {
+      if (line.starts_with("normalizer =") || line.starts_with("positions =") ||
+          line.starts_with("entmax_scale =")) {
+        continue;
+      }
+      out += line + "\n";
+    }
+    return out;
+  };
+  std::string first;
+  for (const char* variant :
+       {"softmax-rope", "softmax-nape", "ssmax-nape", "entmax-nape", "asentmax-nape"}) {
+    const auto c = load_task_config(
+        std::string(REACH_SOURCE_DIR) + "/configs/tasks/associative-recall-" + variant + ".toml",
+        {});
+    const std::string v = variant;
+    EXPECT_EQ(model::to_string(c.model.normalizer), v.substr(0, v.find('-'))) << v;
+    EXPECT_EQ(model::to_string(c.model.positions), v.substr(v.find('-') + 1)) << v;
+    EXPECT_EQ(c.model.entmax_scale == model::EntmaxScale::per_query, v == "asentmax-nape") << v;
+    EXPECT_EQ(c.task, "associative_recall");
+    EXPECT_EQ(c.model.vocab_size, 262);
+    EXPECT_EQ(c.train_length, 64);
+    EXPECT_EQ(c.train_min_length, 32);
+    EXPECT_EQ(c.model.heads, 16);
+    if (first.empty()) first = recipe(c);
+    EXPECT_EQ(recipe(c), first) << v;
+  }
+}
+
 TEST(TaskConfig, BadValuesNameTheKey) {
   expect_error("", {"task.name=sorting"}, "task.name");
   expect_error("", {"train.speed=3"}, "unknown config key 'train.speed'");
@@ -71,6 +108,10 @@ TEST(TaskConfig, BadValuesNameTheKey) {
   expect_error("", {"train.profile_steps=-1"}, "train.profile_steps must be >= 0, got -1");
   expect_error("", {"eval.max_length=8"}, "eval.max_length");
   expect_error("", {"task.items=0"}, "items");
+  expect_error("", {"train.min_length=65"}, "'train.min_length' (65) must be 0 or between");
+  expect_error("", {"task.name=mqar", "train.min_length=20"}, "task's minimum length 30");
+  expect_error("", {"task.name=mqar", "task.kv_fraction=1.2"}, "task.kv_fraction");
+  expect_error("", {"task.name=mqar", "task.vocabulary=70000"}, "vocabulary (70000) exceeds");
   expect_error("", {"model.normalizer=sparsemax"}, "model.normalizer");
   expect_error("", {"model.entmax_alpha=2.5"}, "model.entmax_alpha");
   expect_error("", {"model.positions=nape", "model.heads=1", "model.d_model=16"}, "nape");

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "train/device.hpp"
 
@@ -100,6 +101,50 @@ TEST(TaskTrainer, SmallModelLearnsMaxRetrieval) {
   train_task_model(c, {.quiet = true}, &trained);
   const auto acc = evaluate_task_model(trained, c, {1}, nullptr);
   EXPECT_GT(acc[0].accuracy, 0.8);
+  EXPECT_DOUBLE_EQ(acc[0].token_accuracy, acc[0].accuracy);  // one-token answers
+  fs::remove_all(dir);
+}
+
+// Seed 003's recipe trains at 48 +- 16: each step draws its length from [32, 64], the same
+// for a given seed and step, every length of the range turning up; fixed without a minimum.
+TEST(TaskTrainer, StepLengthsVaryOverTheTrainingRange) {
+  const auto c =
+      parse_task_config("", {"task.name=mqar", "train.length=64", "train.min_length=32"});
+  std::set<int64_t> seen;
+  for (int64_t step = 0; step < 2000; ++step) {
+    const int64_t length = training_step_length(c, step);
+    ASSERT_GE(length, 32);
+    ASSERT_LE(length, 64);
+    ASSERT_EQ(length, training_step_length(c, step));
+    seen.insert(length);
+  }
+  EXPECT_EQ(seen.size(), 33u);
+  const auto fixed = parse_task_config("", {"task.name=mqar", "train.length=64"});
+  EXPECT_EQ(training_step_length(fixed, 7), 64);
+}
+
+// The associative-recall run: trains over varying lengths (sequences longer than the
+// context by the queries and answers) and evaluates at multiples of the longest.
+TEST(TaskTrainer, AssociativeRecallTrainsOverVaryingLengths) {
+  const auto dir = (fs::temp_directory_path() / "reach_task_mqar").string();
+  fs::remove_all(dir);
+  const auto c = parse_task_config(
+      "", {"run.out_dir=\"" + dir + "\"", "run.threads=1", "task.name=mqar", "train.length=64",
+           "train.min_length=32", "train.batch=4", "train.steps=4", "model.layers=1",
+           "model.d_model=32", "model.heads=2", "model.attention=dense", "eval.examples=2",
+           "eval.batch=2", "eval.multipliers=1,2"});
+  model::Gpt trained{nullptr};
+  const auto result = train_task_model(c, {.quiet = true}, &trained);
+  EXPECT_EQ(result.steps, 4);
+  EXPECT_TRUE(std::isfinite(result.final_loss));
+  const auto acc = evaluate_task_model(trained, c, {1, 2}, nullptr);
+  ASSERT_EQ(acc.size(), 2u);
+  EXPECT_EQ(acc[1].length, 128);
+  EXPECT_EQ(acc[1].examples, 2);
+  for (const auto& r : acc) {
+    EXPECT_GE(r.token_accuracy, r.accuracy);  // all 13 tokens right implies each is
+    EXPECT_LE(r.token_accuracy, 1.0);
+  }
   fs::remove_all(dir);
 }
 
