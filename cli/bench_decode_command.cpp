@@ -28,6 +28,8 @@ struct DecodeBenchOptions {
   std::vector<std::string> families{"dense", "window", "fibonacci", "power_of_two"};
   std::string preset = "tiny";
   int64_t steps = 8;
+  int64_t batch = 1;               // requests decoded together, all of the same length
+  std::string precision = "fp32";  // or bf16 (CUDA: autocast, bf16 cache)
   int64_t max_prefill = 8192;
   double max_cache_gib = 4.0;
   std::string device = "cpu";
@@ -62,8 +64,9 @@ DecodeBenchRow bench_one(const DecodeBenchOptions& o, const EvalDevice& where,
   c.alpha_max = 3.0;
   c.reach = std::max(n + o.steps, c.window);  // offsets reach across the whole context
   const int64_t capacity = n + o.steps + 1;
-  const double cache_bytes =
-      2.0 * static_cast<double>(c.layers * c.d_model) * 4.0 * static_cast<double>(capacity);
+  const double cache_bytes = 2.0 * static_cast<double>(c.layers * c.d_model) *
+                             (where.bf16 ? 2.0 : 4.0) * static_cast<double>(capacity) *
+                             static_cast<double>(o.batch);
   row.cache_mib = cache_bytes / (1 << 20);
   if (cache_bytes > o.max_cache_gib * (1 << 30)) {
     row.skipped = fmt::format("cache {:.1f} GiB > --max-cache-gib {}", cache_bytes / (1 << 30),
@@ -79,19 +82,22 @@ DecodeBenchRow bench_one(const DecodeBenchOptions& o, const EvalDevice& where,
   cache.reserve(capacity);
   model::attention::ForwardContext context;
   context.cache = &cache;
-  const auto tokens = torch::randint(0, c.vocab_size, {1, n}, torch::kLong).to(where.device);
+  const train::Bf16Autocast autocast(where.bf16);
+  const auto tokens = torch::randint(0, c.vocab_size, {o.batch, n}, torch::kLong).to(where.device);
   if (n <= o.max_prefill) {
     synchronize(where.device);
     const auto t0 = std::chrono::steady_clock::now();
     net->forward_with(context, tokens);
     synchronize(where.device);
-    row.prefill_tokens_per_s = static_cast<double>(n) / seconds_since(t0);
+    row.prefill_tokens_per_s = static_cast<double>(n * o.batch) / seconds_since(t0);
   } else {
     const int64_t h = c.heads, hd = c.d_model / c.heads;
-    const auto options = torch::TensorOptions().device(where.device);
+    const auto options = torch::TensorOptions()
+                             .device(where.device)
+                             .dtype(where.bf16 ? torch::kBFloat16 : torch::kFloat32);
     for (int64_t l = 0; l < c.layers; ++l) {
-      cache.layer(l).append(torch::randn({1, h, n, hd}, options),
-                            torch::randn({1, h, n, hd}, options));
+      cache.layer(l).append(torch::randn({o.batch, h, n, hd}, options),
+                            torch::randn({o.batch, h, n, hd}, options));
     }
   }
   model::attention::BudgetUsage usage;
@@ -100,8 +106,8 @@ DecodeBenchRow bench_one(const DecodeBenchOptions& o, const EvalDevice& where,
     model::attention::ForwardContext step;
     step.cache = &cache;
     step.position = cache.length();
-    if (s > 0 && where.device.is_cpu()) step.usage = &usage;  // the first step warms up
-    const auto token = torch::randint(0, c.vocab_size, {1, 1}, torch::kLong).to(where.device);
+    if (s > 0) step.usage = &usage;  // the first step warms up
+    const auto token = torch::randint(0, c.vocab_size, {o.batch, 1}, torch::kLong).to(where.device);
     synchronize(where.device);
     const auto t0 = std::chrono::steady_clock::now();
     net->forward_with(step, token);
@@ -122,7 +128,7 @@ std::string length_label(int64_t n) {
   return std::to_string(n);
 }
 
-std::string markdown(const std::vector<DecodeBenchRow>& rows) {
+std::string markdown(const std::vector<DecodeBenchRow>& rows, int64_t batch) {
   std::string out =
       "| family | context | keys/query | prefill tokens/s | decode ms/token | KV cache MiB |\n"
       "| --- | ---: | ---: | ---: | ---: | ---: |\n";
@@ -139,6 +145,12 @@ std::string markdown(const std::vector<DecodeBenchRow>& rows) {
                                                : "— (random cache)",
                     r.decode_ms, r.cache_mib);
   }
+  if (batch > 1) {
+    out += fmt::format(
+        "\n({} requests of the context length per step: decode ms is per step, one "
+        "token for each request; KV cache MiB for all of them)\n",
+        batch);
+  }
   return out;
 }
 
@@ -147,12 +159,13 @@ void run(const DecodeBenchOptions& o) {
   check_output_path(o.markdown, "--markdown");
   for (const auto& f : o.families) model::parse_attention_family(f);  // fail before any work
   model::preset(o.preset);
-  const EvalDevice where = resolve_eval_device(o.device, "fp32");
+  const EvalDevice where = resolve_eval_device(o.device, o.precision);
   const auto c = model::preset(o.preset);
   fmt::print(stderr,
-             "[bench decode] preset {} ({} layers, d_model {}, {} heads, W {}), batch 1, fp32, "
-             "{}; decode: median of {} steps after a warm-up; prefill up to {} tokens\n",
-             o.preset, c.layers, c.d_model, c.heads, c.window, where.describe(), o.steps,
+             "[bench decode] preset {} ({} layers, d_model {}, {} heads, W {}), {} request(s) "
+             "per step, {}; decode: median of {} steps after a warm-up; prefill up to {} "
+             "tokens\n",
+             o.preset, c.layers, c.d_model, c.heads, c.window, o.batch, where.describe(), o.steps,
              o.max_prefill);
   std::vector<DecodeBenchRow> rows;
   for (const auto& family : o.families) {
@@ -164,17 +177,15 @@ void run(const DecodeBenchOptions& o) {
           r.skipped.empty() ? fmt::format("decode {:.3f} ms/token", r.decode_ms) : r.skipped);
     }
   }
-  const auto table = markdown(rows);
+  const auto table = markdown(rows, o.batch);
   fmt::print("{}", table);
   if (!o.markdown.empty()) write_text_file(o.markdown, table);
   if (!o.json.empty()) {
     nlohmann::json j = nlohmann::json::array();
     for (const auto& r : rows) {
-      nlohmann::json e{{"family", r.family},
-                       {"context", r.context},
-                       {"cache_mib", r.cache_mib},
-                       {"device", where.describe()},
-                       {"preset", o.preset}};
+      nlohmann::json e{{"family", r.family},           {"context", r.context},
+                       {"cache_mib", r.cache_mib},     {"device", where.describe()},
+                       {"requests_per_step", o.batch}, {"preset", o.preset}};
       if (!r.skipped.empty()) {
         e["skipped"] = r.skipped;
       } else {
@@ -221,6 +232,15 @@ void add_bench_decode_command(CLI::App& app) {
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   cmd->add_option("--device", o->device, "cpu, auto, cuda or cuda:N")->capture_default_str();
+  cmd->add_option("--batch", o->batch,
+                  "Requests decoded together in each step, all of the same length (decode "
+                  "ms/token is then per step, one token for each request)")
+      ->check(positive())
+      ->capture_default_str();
+  cmd->add_option("--precision", o->precision,
+                  "fp32, or bf16 (CUDA only: bf16 autocast and a bf16 cache)")
+      ->check(CLI::IsMember({"fp32", "bf16"}))
+      ->capture_default_str();
   cmd->add_option("--json", o->json, "Write the rows as JSON");
   cmd->add_option("--markdown", o->markdown, "Write the table as Markdown");
   cmd->callback([o] { run(*o); });

@@ -3,6 +3,7 @@
 #include <fmt/core.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -10,6 +11,7 @@
 
 #include "model/gpt.hpp"
 #include "train/checkpoint.hpp"
+#include "train/device.hpp"
 #include "train/trainer.hpp"
 
 namespace reach::experiment {
@@ -49,6 +51,9 @@ nlohmann::json to_json(const SeedResult& r, const std::string& config_toml) {
           {"tokens_trained", r.tokens_trained},
           {"parameters", r.parameters},
           {"train_seconds", r.train_seconds},
+          {"inference_tokens_per_s", r.inference_tokens_per_s},
+          {"frozen_inference_tokens_per_s", r.frozen_inference_tokens_per_s},
+          {"device", r.device},
           {"config", config_toml},
           {"lengths", lengths}};
 }
@@ -62,6 +67,31 @@ void write_atomically(const fs::path& path, const std::string& text) {
     if (!out) throw std::runtime_error(fmt::format("experiment: cannot write {}", tmp.string()));
   }
   fs::rename(tmp, path);
+}
+
+// Forward tokens/s of `model` at batch x seq_len on its device: two warm-up passes, then
+// timed passes until at least a second or 20 passes; the median.
+double inference_tokens_per_s(model::Gpt& model, const torch::Device& device, bool bf16,
+                              int64_t batch, int64_t seq_len, int64_t vocab) {
+  const auto tokens =
+      torch::randint(0, vocab, {batch, seq_len}, torch::TensorOptions().dtype(torch::kLong))
+          .to(device);
+  const train::Bf16Autocast autocast(bf16);
+  std::vector<double> seconds;
+  double total = 0;
+  for (int pass = 0; pass < 22 && (pass < 5 || total < 1.0); ++pass) {
+    train::synchronize(device);
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto logits = model(tokens);
+    train::synchronize(device);
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (pass >= 2) {
+      seconds.push_back(s);
+      total += s;
+    }
+  }
+  std::sort(seconds.begin(), seconds.end());
+  return static_cast<double>(batch * seq_len) / seconds[seconds.size() / 2];
 }
 
 // Trains (or resumes) one run and seed, evaluates its last checkpoint, writes result.json.
@@ -90,6 +120,10 @@ bool train_and_evaluate(const ExperimentSpec& spec, const ExperimentRun& run, ui
 
   auto checkpoint = train::load_checkpoint(trained.checkpoint);
   checkpoint.model->eval();
+  // Evaluated where it trained (a GPU run's 4x evaluation on the CPU would take longer than
+  // its training), in float32 as `reach eval` does by default.
+  const torch::Device device = train::resolve_device(config.device);
+  checkpoint.model->to(device);
   torch::NoGradGuard no_grad;
   const auto data = train::load_token_data(
       config.corpus, reach::data::split_options(config.heldout_fraction, config.heldout_files),
@@ -105,8 +139,22 @@ bool train_and_evaluate(const ExperimentSpec& spec, const ExperimentRun& run, ui
   out.steps = checkpoint.step;
   out.tokens_trained = checkpoint.step * config.batch * config.seq_len;
   out.parameters = model::parameter_count(*checkpoint.model);
-  out.lengths = eval::evaluate_lengths([&](const torch::Tensor& x) { return checkpoint.model(x); },
-                                       data.heldout, lengths, spec.max_tokens);
+  out.lengths =
+      eval::evaluate_lengths([&](const torch::Tensor& x) { return checkpoint.model(x.to(device)); },
+                             data.heldout, lengths, spec.max_tokens);
+  out.device = device.str();
+  const bool bf16 = train::resolve_bf16(config.precision, device);
+  const int64_t vocab = checkpoint.model->config().vocab_size;
+  say(fmt::format("{} seed {}: timing inference at {} x {} tokens", run.name, seed, config.batch,
+                  config.seq_len));
+  out.inference_tokens_per_s =
+      inference_tokens_per_s(checkpoint.model, device, bf16, config.batch, config.seq_len, vocab);
+  if (model::is_dilated(config.model.attention) &&
+      config.model.schedule == pattern::AlphaSchedule::learned) {
+    checkpoint.model->freeze_schedules();
+    out.frozen_inference_tokens_per_s =
+        inference_tokens_per_s(checkpoint.model, device, bf16, config.batch, config.seq_len, vocab);
+  }
   write_atomically(fs::path(directory) / kResultFile, to_json(out, train::to_toml(config)).dump(2));
   return true;
 }
@@ -138,6 +186,9 @@ SeedResult read_seed_result(const std::string& directory) {
   r.tokens_trained = j.at("tokens_trained").get<int64_t>();
   r.parameters = j.at("parameters").get<int64_t>();
   r.train_seconds = j.at("train_seconds").get<double>();
+  r.inference_tokens_per_s = j.value("inference_tokens_per_s", 0.0);
+  r.frozen_inference_tokens_per_s = j.value("frozen_inference_tokens_per_s", 0.0);
+  r.device = j.value("device", "");
   for (const auto& l : j.at("lengths")) {
     eval::LengthResult length;
     length.length = l.at("length").get<int64_t>();

@@ -23,6 +23,12 @@ struct SeedResult {
   int64_t tokens_trained = 0;
   int64_t parameters = 0;
   double train_seconds = 0;  // this process's training time (0 when skipped as finished)
+  // Inference speed on the training device: forward tokens/s at batch x seq_len (its
+  // training precision, no gradients; median of timed passes); a learned schedule is also
+  // timed frozen to integer offsets (0: not learned, or a result from before this field).
+  double inference_tokens_per_s = 0;
+  double frozen_inference_tokens_per_s = 0;
+  std::string device;                       // where it was evaluated and timed ("cuda:0", "cpu")
   std::vector<eval::LengthResult> lengths;  // one per multiplier
 };
 

@@ -58,6 +58,14 @@ std::string markdown_table(const ExperimentSpec& spec, const ExperimentResult& r
       rule += " ---: |";
     }
   }
+  bool any_speed = false;
+  for (const auto& run : result.runs) {
+    for (const auto& seed : run.seeds) any_speed |= seed.inference_tokens_per_s > 0;
+  }
+  if (any_speed) {
+    header += " inference tokens/s |";
+    rule += " ---: |";
+  }
   std::string out = fmt::format("{}\n{}\n", header, rule);
   for (const auto& run : result.runs) {
     const int64_t tokens = run.seeds.empty() ? 0 : run.seeds.front().tokens_trained;
@@ -79,12 +87,33 @@ std::string markdown_table(const ExperimentSpec& spec, const ExperimentResult& r
         row += ref > 0 ? fmt::format(" {:.2f} |", ref) : " - |";
       }
     }
+    if (any_speed) {
+      double speed = 0, frozen = 0;
+      int timed = 0;
+      for (const auto& seed : run.seeds) {
+        if (seed.inference_tokens_per_s <= 0) continue;
+        speed += seed.inference_tokens_per_s;
+        frozen += seed.frozen_inference_tokens_per_s;
+        ++timed;
+      }
+      if (timed == 0) {
+        row += " - |";
+      } else {
+        row += fmt::format(" {:.0f}k", speed / timed / 1e3);
+        if (frozen > 0) row += fmt::format(" (frozen {:.0f}k)", frozen / timed / 1e3);
+        row += " |";
+      }
+    }
     out += fmt::format("{}\n", row);
   }
   out += fmt::format(
       "\n(perplexity per token on held-out text; mean +- sample standard deviation over seeds; "
-      "lengths in multiples of the training length; {} predicted tokens per length)\n",
-      spec.max_tokens);
+      "lengths in multiples of the training length; {} predicted tokens per length{})\n",
+      spec.max_tokens,
+      any_speed ? "; inference tokens/s: forward passes at the training batch and length on the "
+                  "training device, mean over seeds; a learned schedule also frozen to integer "
+                  "offsets"
+                : "");
   return out;
 }
 
@@ -124,6 +153,9 @@ std::string json_table(const ExperimentSpec& spec, const ExperimentResult& resul
                        {"checkpoint", seed.checkpoint},
                        {"tokens_trained", seed.tokens_trained},
                        {"parameters", seed.parameters},
+                       {"device", seed.device},
+                       {"inference_tokens_per_s", seed.inference_tokens_per_s},
+                       {"frozen_inference_tokens_per_s", seed.frozen_inference_tokens_per_s},
                        {"lengths", lengths}});
     }
     runs.push_back({{"name", run.run.name}, {"reference", run.run.reference}, {"seeds", seeds}});

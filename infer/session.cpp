@@ -34,8 +34,10 @@ torch::Tensor Session::forward(const std::vector<int64_t>& tokens) {
   // The budget used is counted over decode steps (a counted prefill would run the prompt's
   // rows through the decode kernel instead of the fused forward).
   if (length() > 0) context.usage = &usage_;
-  const auto input = torch::tensor(tokens, torch::kLong).view({1, t});
-  return model_->forward_with(context, input)[0].to(torch::kFloat32);
+  // The model may be on a GPU; the logits come back to the CPU, where sampling runs.
+  const auto input =
+      torch::tensor(tokens, torch::kLong).view({1, t}).to(model_->parameters().front().device());
+  return model_->forward_with(context, input)[0].to(torch::kCPU, torch::kFloat32);
 }
 
 torch::Tensor Session::prefill(const std::vector<int64_t>& tokens) {

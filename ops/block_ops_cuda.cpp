@@ -67,7 +67,8 @@ struct RopeSplit : torch::autograd::Function<RopeSplit> {
     const auto saved = ctx->get_saved_variables();
     const kernels::cpu::RopeSplitShape shape{
         ctx->saved_data["b"].toInt(), ctx->saved_data["t"].toInt(),
-        ctx->saved_data["heads"].toInt(), ctx->saved_data["hd"].toInt()};
+        ctx->saved_data["heads"].toInt(), ctx->saved_data["hd"].toInt(),
+        ctx->saved_data["token_major"].toBool()};  // the gradients are laid out as the outputs
     // An output nobody used has no gradient: zeros of the right shape stand in.
     Tensor like;
     for (const auto& g : grads) {

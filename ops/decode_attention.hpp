@@ -4,7 +4,8 @@
 // q: [batch, heads, Q, head_dim], the last Q positions of each request (Q = 1: one new
 // token); key_buffer, value_buffer: [batch, kv_heads, capacity, head_dim] contiguous, rows
 // 0..lengths[b]-1 filled (the new tokens' own keys and values included); float32 or float64
-// on the CPU. Returns [batch, heads, Q, head_dim].
+// on the CPU (the C++ kernel); bfloat16, float32 or float64 on a CUDA GPU (tensor ops:
+// decode_attention_tensor_ops in the .cpp says how). Returns [batch, heads, Q, head_dim].
 #pragma once
 
 #include <torch/torch.h>
@@ -33,6 +34,11 @@ struct DecodeAttentionResult {
   torch::Tensor out;               // [batch, heads, Q, head_dim]
   std::vector<int64_t> keys_read;  // [batch * heads * Q]: slots whose value was read
 };
+
+// Whether decode_attention runs these options on `device`: everything on the CPU; on a
+// CUDA GPU softmax with fixed per-request budgets (windows, rungs), ALiBi and log-n scaling,
+// not entmax nor the mass budget (callers fall back to a full forward over the cache).
+bool decode_attention_supported(const torch::Device& device, const DecodeAttentionOptions& options);
 
 // Throws std::invalid_argument naming the problem (shapes, dtypes, devices, budgets).
 DecodeAttentionResult decode_attention(const torch::Tensor& q, const torch::Tensor& key_buffer,

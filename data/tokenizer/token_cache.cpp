@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -52,17 +53,45 @@ void build(const Corpus& corpus, const Tokenizer& tokenizer, const fs::path& tok
   if (!out) throw std::runtime_error("cannot write token cache '" + tmp_tokens.string() + "'");
   nlohmann::json docs = nlohmann::json::array();
   uint64_t offset = 0;
+  // Documents in groups of up to kGroupBytes of text through encode_many (a sentencepiece
+  // process per batch, not per document), written as each group is done.
+  constexpr size_t kGroupBytes = size_t{256} << 20;
+  std::vector<std::pair<const Document*, bool>> all;  // document, held out
+  size_t total_bytes = 0;
   for (const auto* split : {&corpus.train, &corpus.heldout}) {
     for (const auto& d : *split) {
-      const auto ids = tokenizer.encode(d.text);
+      all.emplace_back(&d, split == &corpus.heldout);
+      total_bytes += d.text.size();
+    }
+  }
+  const bool report = total_bytes > (size_t{64} << 20);  // progress for corpora of minutes
+  size_t done_bytes = 0;
+  for (size_t first = 0; first < all.size();) {
+    std::vector<std::string_view> texts;
+    size_t bytes = 0, last = first;
+    while (last < all.size() &&
+           (last == first || bytes + all[last].first->text.size() <= kGroupBytes)) {
+      texts.emplace_back(all[last].first->text);
+      bytes += all[last++].first->text.size();
+    }
+    const auto encoded = tokenizer.encode_many(texts);
+    for (size_t i = first; i < last; ++i) {
+      const auto& ids = encoded[i - first];
       out.write(reinterpret_cast<const char*>(ids.data()),
                 static_cast<std::streamsize>(ids.size() * 4));
-      docs.push_back({{"name", d.name},
-                      {"heldout", split == &corpus.heldout},
+      docs.push_back({{"name", all[i].first->name},
+                      {"heldout", all[i].second},
                       {"offset", offset},
                       {"length", ids.size()}});
       offset += ids.size();
     }
+    done_bytes += bytes;
+    if (report) {
+      std::fprintf(stderr, "token cache: tokenized %zu of %zu MB (%zu documents), %llu tokens\n",
+                   done_bytes >> 20, total_bytes >> 20, last,
+                   static_cast<unsigned long long>(offset));
+    }
+    first = last;
   }
   out.close();
   if (!out) throw std::runtime_error("cannot write token cache '" + tmp_tokens.string() + "'");

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <charconv>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -12,6 +13,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <stdexcept>
+#include <thread>
 
 #include "data/tokenizer/sentencepiece_runner.hpp"
 
@@ -104,29 +106,46 @@ class SentencePieceTokenizer final : public Tokenizer {
   std::string kind() const override { return "sentencepiece"; }
   int64_t vocab_size() const override { return vocab_size_; }
   std::vector<uint32_t> encode(const std::string& text) const override {
-    const auto input = temp_file("reach-spm-in");
-    write_all(input, text);
-    const auto out = run_tool(
-        sentencepiece_encode_command(sentencepiece_runner(), dir_ / "tokenizer.model"), input);
-    fs::remove(input);
-    std::vector<uint32_t> ids;
-    std::istringstream lines(out);
-    std::string line;
-    size_t produced = 0;
-    const size_t input_lines = static_cast<size_t>(std::count(text.begin(), text.end(), '\n')) +
-                               (text.empty() || text.back() == '\n' ? 0 : 1);
-    while (std::getline(lines, line)) {
-      if (produced++ > 0) ids.push_back(newline_id_);
-      std::istringstream numbers(line);
-      uint32_t id = 0;
-      while (numbers >> id) ids.push_back(id);
+    return std::move(encode_batch({std::string_view(text)}).front());
+  }
+  // Batches of consecutive texts of up to kBatchBytes, one process each, up to one process
+  // per core at a time; results in the order of the texts.
+  std::vector<std::vector<uint32_t>> encode_many(
+      const std::vector<std::string_view>& texts) const override {
+    constexpr size_t kBatchBytes = size_t{4} << 20;
+    std::vector<std::pair<size_t, size_t>> batches;  // [first, last)
+    for (size_t first = 0; first < texts.size();) {
+      size_t last = first, bytes = 0;
+      while (last < texts.size() && (last == first || bytes + texts[last].size() <= kBatchBytes))
+        bytes += texts[last++].size();
+      batches.emplace_back(first, last);
+      first = last;
     }
-    if (produced != input_lines) {
-      throw std::runtime_error("sentencepiece encode returned " + std::to_string(produced) +
-                               " lines for " + std::to_string(input_lines));
+    std::vector<std::vector<uint32_t>> result(texts.size());
+    std::vector<std::exception_ptr> errors(batches.size());
+    std::atomic<size_t> next{0};
+    auto work = [&] {
+      for (size_t b = next++; b < batches.size(); b = next++) {
+        try {
+          const auto [first, last] = batches[b];
+          auto ids = encode_batch(
+              std::vector<std::string_view>(texts.begin() + first, texts.begin() + last));
+          for (size_t i = first; i < last; ++i) result[i] = std::move(ids[i - first]);
+        } catch (...) {
+          errors[b] = std::current_exception();
+        }
+      }
+    };
+    const size_t workers =
+        std::min<size_t>(batches.size(), std::max(1u, std::thread::hardware_concurrency()));
+    std::vector<std::thread> pool;
+    for (size_t w = 1; w < workers; ++w) pool.emplace_back(work);
+    work();
+    for (auto& t : pool) t.join();
+    for (const auto& e : errors) {
+      if (e) std::rethrow_exception(e);
     }
-    if (!text.empty() && text.back() == '\n') ids.push_back(newline_id_);
-    return ids;
+    return result;
   }
   std::string decode(const std::vector<uint32_t>& ids) const override {
     std::string lines;
@@ -190,6 +209,70 @@ class SentencePieceTokenizer final : public Tokenizer {
   }
 
  private:
+  // Lines a text gives the runners (which read line by line): a trailing newline ends the
+  // last line rather than starting an empty one.
+  static size_t input_lines(std::string_view text) {
+    return static_cast<size_t>(std::count(text.begin(), text.end(), '\n')) +
+           (text.empty() || text.back() == '\n' ? 0 : 1);
+  }
+  // One process for all of `texts`: their lines back to back (each text ended by a newline),
+  // the output's lines split back by each text's line count.
+  std::vector<std::vector<uint32_t>> encode_batch(
+      const std::vector<std::string_view>& texts) const {
+    const auto input = temp_file("reach-spm-in");
+    {
+      std::ofstream in(input, std::ios::binary | std::ios::trunc);
+      for (const auto text : texts) {
+        in.write(text.data(), static_cast<std::streamsize>(text.size()));
+        if (!text.empty() && text.back() != '\n') in.put('\n');
+      }
+      if (!in) throw std::runtime_error("cannot write '" + input.string() + "'");
+    }
+    std::string out;
+    try {
+      out = run_tool(sentencepiece_encode_command(sentencepiece_runner(), dir_ / "tokenizer.model"),
+                     input);
+    } catch (...) {
+      fs::remove(input);
+      throw;
+    }
+    fs::remove(input);
+    std::vector<std::vector<uint32_t>> result(texts.size());
+    size_t at = 0, produced = 0, expected = 0;
+    for (size_t i = 0; i < texts.size(); ++i) {
+      const size_t lines = input_lines(texts[i]);
+      expected += lines;
+      auto& ids = result[i];
+      for (size_t j = 0; j < lines && at < out.size(); ++j, ++produced) {
+        const size_t end = std::min(out.find('\n', at), out.size());
+        if (j > 0) ids.push_back(newline_id_);
+        const char* p = out.data() + at;
+        const char* stop = out.data() + end;
+        while (p < stop) {
+          while (p < stop && *p == ' ') ++p;
+          if (p == stop) break;
+          uint32_t id = 0;
+          const auto [next, ec] = std::from_chars(p, stop, id);
+          if (ec != std::errc()) {
+            throw std::runtime_error("sentencepiece encode printed a non-id: '" +
+                                     std::string(p, std::min<size_t>(20, stop - p)) + "'");
+          }
+          ids.push_back(id);
+          p = next;
+        }
+        at = end + 1;
+      }
+      if (!texts[i].empty() && texts[i].back() == '\n') ids.push_back(newline_id_);
+    }
+    const size_t printed = static_cast<size_t>(std::count(out.begin(), out.end(), '\n')) +
+                           (out.empty() || out.back() == '\n' ? 0 : 1);
+    if (produced != expected || printed != expected) {
+      throw std::runtime_error("sentencepiece encode returned " + std::to_string(printed) +
+                               " lines for " + std::to_string(expected));
+    }
+    return result;
+  }
+
   static constexpr uint32_t kNone = ~0u;
   fs::path dir_;
   std::string model_bytes_;
@@ -199,6 +282,14 @@ class SentencePieceTokenizer final : public Tokenizer {
 };
 
 }  // namespace
+
+std::vector<std::vector<uint32_t>> Tokenizer::encode_many(
+    const std::vector<std::string_view>& texts) const {
+  std::vector<std::vector<uint32_t>> result;
+  result.reserve(texts.size());
+  for (const auto text : texts) result.push_back(encode(std::string(text)));
+  return result;
+}
 
 std::unique_ptr<Tokenizer> make_byte_tokenizer() { return std::make_unique<ByteTokenizer>(); }
 

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "data/corpus/corpus.hpp"
@@ -18,6 +19,11 @@ class Tokenizer {
   virtual std::string kind() const = 0;  // "byte" or "sentencepiece"
   virtual int64_t vocab_size() const = 0;
   virtual std::vector<uint32_t> encode(const std::string& text) const = 0;
+  // The encodings of many texts, each exactly encode(text): a corpus in a few calls rather
+  // than one per document (sentencepiece runs out of process: one process per batch of
+  // documents, several at once, instead of one per document).
+  virtual std::vector<std::vector<uint32_t>> encode_many(
+      const std::vector<std::string_view>& texts) const;
   virtual std::string decode(const std::vector<uint32_t>& ids) const = 0;
   // The piece an id stands for, readable: a byte as itself when printable ASCII, else
   // <0xNN>; a sentencepiece piece as in its vocabulary ("\u2581" marks a space).

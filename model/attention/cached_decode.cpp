@@ -7,7 +7,15 @@
 
 namespace reach::model::attention {
 
-bool decode_kernel_applies(const torch::Tensor& q) { return q.device().is_cpu(); }
+bool decode_kernel_applies(const torch::Tensor& q, const ForwardContext& context, bool entmax) {
+  if (q.device().is_cpu()) return true;
+  ops::DecodeAttentionOptions asked;
+  asked.entmax = entmax;
+  bool mass = context.budget.mass.has_value();
+  for (const auto& b : context.budgets) mass = mass || b.mass.has_value();
+  if (mass) asked.mass.push_back(1.0);
+  return ops::decode_attention_supported(q.device(), asked);
+}
 
 torch::Tensor decode_with_kernel(const torch::Tensor& q, const LayerKvCache& cache,
                                  ops::DecodeAttentionOptions key_set, const ForwardContext& context,
@@ -48,7 +56,10 @@ torch::Tensor decode_with_kernel(const torch::Tensor& q, const LayerKvCache& cac
                                                    : cache.values.contiguous();
   const auto lengths =
       cache.batched() ? cache.lengths : std::vector<int64_t>(static_cast<size_t>(batch), n);
-  auto result = ops::decode_attention(q, keys, values, lengths, key_set);
+  // On a GPU the cache keeps the projections' dtype (bf16 under autocast), which RoPE's float32
+  // tables may have promoted q away from.
+  auto result = ops::decode_attention(q.is_cuda() ? q.to(keys.scalar_type()) : q, keys, values,
+                                      lengths, key_set);
   if (context.usage) {
     context.usage->queries += static_cast<int64_t>(result.keys_read.size());
     context.usage->keys +=

@@ -10,9 +10,12 @@
 
 namespace reach::model::attention {
 
-// Whether the kernel serves these queries: on the CPU (any number per request: the last
-// q.size(2) positions of the cache).
-bool decode_kernel_applies(const torch::Tensor& q);
+// Whether the decode op serves these queries (any number per request: the last q.size(2)
+// positions of the cache): always on the CPU; on a CUDA GPU for softmax key sets without a
+// dynamic mass budget (ops::decode_attention_supported); `entmax`: the layer normalises by
+// alpha-entmax. Otherwise the layer runs its full forward over the cache.
+bool decode_kernel_applies(const torch::Tensor& q, const ForwardContext& context,
+                           bool entmax = false);
 
 // q: [B, H, Q, hd] at positions cache.length() - Q .. cache.length() - 1 (their keys and
 // values already appended).

@@ -60,7 +60,7 @@ bool DenseAttention::attends_token_major(const torch::Tensor& q) const {
 
 torch::Tensor DenseAttention::attend_cached(const torch::Tensor& q, const LayerKvCache& cache,
                                             const ForwardContext& context) {
-  if (!decode_kernel_applies(q)) return AttentionLayer::attend_cached(q, cache, context);
+  if (!decode_kernel_applies(q, context)) return AttentionLayer::attend_cached(q, cache, context);
   ops::DecodeAttentionOptions key_set;
   key_set.window = cache.length();  // every key
   key_set.alibi_slopes = slopes_;

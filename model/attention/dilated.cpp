@@ -23,7 +23,7 @@ torch::Tensor DilatedAttention::attend(const torch::Tensor& q, const torch::Tens
 
 torch::Tensor DilatedAttention::attend_cached(const torch::Tensor& q, const LayerKvCache& cache,
                                               const ForwardContext& context) {
-  if (!decode_kernel_applies(q)) return AttentionLayer::attend_cached(q, cache, context);
+  if (!decode_kernel_applies(q, context)) return AttentionLayer::attend_cached(q, cache, context);
   ops::DecodeAttentionOptions key_set;
   key_set.window = kernel_window(config());
   key_set.offsets.assign(offsets_.begin(), offsets_.end());

@@ -108,15 +108,16 @@ EntmaxAttention::Scaling EntmaxAttention::scaling(int64_t queries) const {
 
 torch::Tensor EntmaxAttention::attend_cached(const torch::Tensor& q, const LayerKvCache& cache,
                                              const ForwardContext& context) {
-  if (!decode_kernel_applies(q) || scale_beta_) {
+  const bool entmax =
+      config().normalizer == Normalizer::entmax || config().normalizer == Normalizer::asentmax;
+  if (!decode_kernel_applies(q, context, entmax) || scale_beta_) {
     return AttentionLayer::attend_cached(q, cache, context);
   }
   const bool dense = config().attention == AttentionFamily::dense;
   ops::DecodeAttentionOptions key_set;
   key_set.window = dense ? cache.length() : config().window;
   key_set.offsets.assign(offsets_.begin(), offsets_.end());
-  key_set.entmax =
-      config().normalizer == Normalizer::entmax || config().normalizer == Normalizer::asentmax;
+  key_set.entmax = entmax;
   key_set.entmax_alpha = alphas();
   const auto s = scaling(q.size(2));
   key_set.delta = s.delta;

@@ -63,7 +63,7 @@ void LearnedDilatedAttention::freeze_schedule() { frozen_ = offsets_tensor(integ
 torch::Tensor LearnedDilatedAttention::attend_cached(const torch::Tensor& q,
                                                      const LayerKvCache& cache,
                                                      const ForwardContext& context) {
-  if (!decode_kernel_applies(q)) return AttentionLayer::attend_cached(q, cache, context);
+  if (!decode_kernel_applies(q, context)) return AttentionLayer::attend_cached(q, cache, context);
   ops::DecodeAttentionOptions key_set;
   key_set.window = config().window;
   if (frozen_.defined()) {

@@ -17,7 +17,7 @@ torch::Tensor WindowAttention::attend(const torch::Tensor& q, const torch::Tenso
 
 torch::Tensor WindowAttention::attend_cached(const torch::Tensor& q, const LayerKvCache& cache,
                                              const ForwardContext& context) {
-  if (!decode_kernel_applies(q)) return AttentionLayer::attend_cached(q, cache, context);
+  if (!decode_kernel_applies(q, context)) return AttentionLayer::attend_cached(q, cache, context);
   ops::DecodeAttentionOptions key_set;
   key_set.window = kernel_window(config());
   return decode_with_kernel(q, cache, key_set, context);

@@ -53,6 +53,41 @@ TEST(Tokenizer, SentencePieceTrainsSavesAndRoundTrips) {
   fs::remove_all(dir);
 }
 
+// encode_many (one sentencepiece process per ~4 MB batch, batches in parallel) must give each
+// text exactly what encode gives it alone: the KJV twice (~8 MB: three batches, so batch
+// boundaries and two workers) with texts whose line structure is the hard part placed at both
+// ends and in the middle.
+TEST(Tokenizer, SentencePieceEncodeManyEqualsEncodeOfEachText) {
+  Corpus corpus;
+  corpus.name = "test";
+  const auto kjv = load_corpus("kjv");
+  corpus.train.assign(kjv.train.begin(), kjv.train.begin() + 3);
+  const auto dir = fresh_dir("reach_sp_many_test");
+  const auto tok = train_sentencepiece(corpus, 500, dir.string());
+  const std::vector<std::string> odd{
+      "\n\n\n", "", "x", "ends in a newline\n", "two\n\nparagraphs é\n", "\nstarts with one"};
+  std::vector<std::string> texts(odd.begin(), odd.end());
+  for (const auto* split : {&kjv.train, &kjv.heldout}) {
+    for (const auto& d : *split) {
+      texts.push_back(d.text);
+      if (texts.size() == 40) texts.insert(texts.end(), odd.begin(), odd.end());
+    }
+  }
+  texts.insert(texts.end(), odd.begin(), odd.end());
+  for (auto book = kjv.train.rbegin(); book != kjv.train.rend(); ++book)
+    texts.push_back(book->text);
+  size_t bytes = 0;
+  for (const auto& t : texts) bytes += t.size();
+  ASSERT_GT(bytes, size_t{4} << 20) << "the texts must span more than one batch";
+  const auto many = tok->encode_many(std::vector<std::string_view>(texts.begin(), texts.end()));
+  ASSERT_EQ(many.size(), texts.size());
+  for (size_t i = 0; i < texts.size(); ++i) {
+    EXPECT_EQ(many[i], tok->encode(texts[i])) << "text " << i << ": " << texts[i].substr(0, 40);
+  }
+  EXPECT_TRUE(tok->encode_many({}).empty());
+  fs::remove_all(dir);
+}
+
 // A Python that imports sentencepiece (Debian's python3-sentencepiece is /usr/bin/python3's).
 std::string python_with_sentencepiece() {
   for (std::string python : {"python3", "/usr/bin/python3"}) {

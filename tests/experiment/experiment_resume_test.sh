@@ -19,7 +19,8 @@ max_tokens = 256
 
 [[run]]
 name = "first"
-set = ["model.attention=dense", "train.steps=20", "train.checkpoint_every=20"]
+set = ["model.attention=fibonacci", "model.schedule=learned", "train.steps=20",
+       "train.checkpoint_every=20"]
 
 [[run]]
 name = "second"
@@ -51,6 +52,17 @@ grep -q "second seed 1: resuming" "$work/log2" || { echo "second run not resumed
   echo "first run's result changed"; exit 1; }
 grep -q '| second | 1 |' "$work/out/results.md" || { echo "table lacks the second run"; cat "$work/out/results.md"; exit 1; }
 grep -q '| first | 1 |' "$work/out/results.md"
+# Inference speed: timed for every run, the learned schedule also frozen to integer offsets.
+grep -q 'inference tokens/s |' "$work/out/results.md" || { echo "no inference column"; cat "$work/out/results.md"; exit 1; }
+python3 - "$work/out/results.json" <<'PY'
+import json, sys
+runs = {r["name"]: r["seeds"][0] for r in json.load(open(sys.argv[1]))["runs"]}
+assert runs["first"]["inference_tokens_per_s"] > 0, runs["first"]
+assert runs["first"]["frozen_inference_tokens_per_s"] > 0, runs["first"]
+assert runs["second"]["inference_tokens_per_s"] > 0, runs["second"]
+assert runs["second"]["frozen_inference_tokens_per_s"] == 0, runs["second"]
+assert runs["first"]["device"] == "cpu", runs["first"]
+PY
 # A matrix changed under a finished run is an error naming the run, not a silent mix.
 sed -i 's/train.checkpoint_every=20"/train.checkpoint_every=20", "train.lr=0.002"/' "$work/matrix.toml"
 if "$reach" experiment "$work/matrix.toml" --quiet --no-png >"$work/log3" 2>&1; then

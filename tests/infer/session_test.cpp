@@ -275,5 +275,37 @@ TEST(Generate, BadRequestsAreClearErrors) {
   expect_error(r, "max new tokens must be >= 0");
 }
 
+// On a GPU (float32, no autocast): decode through the GPU decode op (tensor ops; SDPA for
+// dense) against the full forward on the GPU (the fused CUDA kernels). Bound 1e-4 relative to
+// the largest logit: both sides are float32 on the GPU with different summation orders (the
+// CUDA kernels accumulate blockwise); an indexing or mask mistake is O(1). Entmax layers fall
+// back to a full forward over the cache on the GPU and must agree too.
+TEST(SessionCuda, PrefillPlusDecodeEqualsTheFullForwardOnTheGpu) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  const auto tokens = random_tokens(90, 1);
+  for (const auto& f : families()) {
+    auto net = make_model(f);
+    if (f.schedule == AlphaSchedule::learned) net->freeze_schedules();
+    net->to(torch::kCUDA);
+    torch::NoGradGuard no_grad;
+    model::attention::ForwardContext context;
+    const auto x = torch::tensor(tokens, torch::kLong).view({1, -1}).to(torch::kCUDA);
+    const auto want = net->forward_with(context, x)[0].to(torch::kCPU);
+    Session session(net, static_cast<int64_t>(tokens.size()));
+    std::vector<torch::Tensor> rows{session.prefill({tokens.begin(), tokens.begin() + 17})};
+    for (size_t i = 17; i < tokens.size(); ++i)
+      rows.push_back(session.step(tokens[i]).unsqueeze(0));
+    const double error = relative_error(torch::cat(rows, 0), want);
+    EXPECT_LT(error, 1e-4) << f.name;
+    const bool on_the_decode_op =
+        f.normalizer != Normalizer::entmax && f.normalizer != Normalizer::asentmax;
+    if (on_the_decode_op) {
+      EXPECT_EQ(session.usage().queries, (90 - 17) * net->config().layers * net->config().heads)
+          << f.name << ": decode steps did not all go through the decode op";
+    }
+    RecordProperty(f.name, std::to_string(error));
+  }
+}
+
 }  // namespace
 }  // namespace reach::infer

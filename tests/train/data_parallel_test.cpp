@@ -13,6 +13,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -45,6 +46,7 @@ schedule = "stagger"
 seq_len = 32
 batch = 4
 [train]
+device = "cpu"  # CPU ranks over Gloo, also on a GPU machine
 warmup = 5
 eval_every = 1000
 eval_tokens = 64
@@ -61,7 +63,13 @@ fs::path work_dir(const std::string& name) {
   const fs::path dir = fs::path(testing::TempDir()) / ("reach_data_parallel_" + name);
   fs::remove_all(dir);
   fs::create_directories(dir);
-  std::ofstream(dir / "config.toml") << kConfig;
+  // The corpus: Debian's KJV, or a folder corpus where the machine lacks the Debian packages
+  // (REACH_TEST_CORPUS: the GPU machine's build-deps/kjv, the same books).
+  std::string config = kConfig;
+  if (const char* corpus = std::getenv("REACH_TEST_CORPUS"); corpus != nullptr && *corpus) {
+    config.insert(config.find("[data]\n") + 7, std::string("corpus = \"") + corpus + "\"\n");
+  }
+  std::ofstream(dir / "config.toml") << config;
   return dir;
 }
 
