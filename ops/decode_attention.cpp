@@ -66,8 +66,8 @@ DecodeAttentionResult decode_attention_tensor_ops(const torch::Tensor& q, const 
     const bool cudnn = context.userEnabledCuDNNSDP();
     context.setSDPUseCuDNN(false);
     try {
-      result.out = at::scaled_dot_product_attention(q, kb.narrow(2, 0, n), vb.narrow(2, 0, n),
-                                                    {}, 0.0, false, scale, group > 1);
+      result.out = at::scaled_dot_product_attention(q, kb.narrow(2, 0, n), vb.narrow(2, 0, n), {},
+                                                    0.0, false, scale, group > 1);
     } catch (...) {
       context.setSDPUseCuDNN(cudnn);
       throw;
