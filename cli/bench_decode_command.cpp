@@ -3,7 +3,9 @@
 // fused forward over n tokens, filling the KV cache) and decode ms/token (one token through
 // every layer over a cache of n tokens), with the cache's memory and the keys a query reads.
 // Contexts beyond --max-prefill are decoded over a cache filled with random keys and values
-// (the decode kernel's work depends on the key set, not on the values).
+// (the decode kernel's work depends on the key set, not on the values). The chunk family
+// (--families chunk) decodes over the window of its layers plus the landmarks of every past
+// chunk and the k chunks its retrieval layers select.
 #include <fmt/core.h>
 
 #include <algorithm>
@@ -15,6 +17,7 @@
 #include "cli/eval_device.hpp"
 #include "cli/gnuplot.hpp"
 #include "cli/validators.hpp"
+#include "model/attention/chunk_retrieval.hpp"
 #include "model/attention/forward_context.hpp"
 #include "model/attention/kv_cache.hpp"
 #include "model/gpt.hpp"
@@ -25,12 +28,13 @@ namespace {
 
 struct DecodeBenchOptions {
   std::vector<int64_t> lengths{1024, 4096, 16384, 65536, 262144, 1048576};
-  std::vector<std::string> families{"dense", "window", "fibonacci", "power_of_two"};
+  std::vector<std::string> families{"dense", "window", "fibonacci", "power_of_two", "chunk"};
   std::string preset = "tiny";
   int64_t steps = 8;
   int64_t batch = 1;               // requests decoded together, all of the same length
   std::string precision = "fp32";  // or bf16 (CUDA: autocast, bf16 cache)
   int64_t max_prefill = 8192;
+  int64_t chunk_size = 64, chunk_top_k = 8;
   double max_cache_gib = 4.0;
   std::string device = "cpu";
   std::string json, markdown;
@@ -63,10 +67,11 @@ DecodeBenchRow bench_one(const DecodeBenchOptions& o, const EvalDevice& where,
   c.alpha_min = 1.0;
   c.alpha_max = 3.0;
   c.reach = std::max(n + o.steps, c.window);  // offsets reach across the whole context
+  c.chunk_size = o.chunk_size;
+  c.chunk_top_k = o.chunk_top_k;
   const int64_t capacity = n + o.steps + 1;
-  const double cache_bytes = 2.0 * static_cast<double>(c.layers * c.d_model) *
-                             (where.bf16 ? 2.0 : 4.0) * static_cast<double>(capacity) *
-                             static_cast<double>(o.batch);
+  const double cache_bytes = model::attention::kv_cache_bytes_per_token(c, where.bf16 ? 2.0 : 4.0) *
+                             static_cast<double>(capacity) * static_cast<double>(o.batch);
   row.cache_mib = cache_bytes / (1 << 20);
   if (cache_bytes > o.max_cache_gib * (1 << 30)) {
     row.skipped = fmt::format("cache {:.1f} GiB > --max-cache-gib {}", cache_bytes / (1 << 30),
@@ -91,14 +96,12 @@ DecodeBenchRow bench_one(const DecodeBenchOptions& o, const EvalDevice& where,
     synchronize(where.device);
     row.prefill_tokens_per_s = static_cast<double>(n * o.batch) / seconds_since(t0);
   } else {
-    const int64_t h = c.heads, hd = c.d_model / c.heads;
-    const auto options = torch::TensorOptions()
-                             .device(where.device)
-                             .dtype(where.bf16 ? torch::kBFloat16 : torch::kFloat32);
-    for (int64_t l = 0; l < c.layers; ++l) {
-      cache.layer(l).append(torch::randn({o.batch, h, n, hd}, options),
-                            torch::randn({o.batch, h, n, hd}, options));
-    }
+    model::attention::fill_random_kv_cache(
+        c, cache, n,
+        torch::TensorOptions()
+            .device(where.device)
+            .dtype(where.bf16 ? torch::kBFloat16 : torch::kFloat32),
+        o.batch);
   }
   model::attention::BudgetUsage usage;
   std::vector<double> times;
@@ -214,9 +217,15 @@ void add_bench_decode_command(CLI::App& app) {
       ->delimiter(',')
       ->check(positive())
       ->capture_default_str();
-  cmd->add_option("--families", o->families, "dense, window, fibonacci, power_of_two")
+  cmd->add_option("--families", o->families, "dense, window, fibonacci, power_of_two, chunk")
       ->delimiter(',')
-      ->check(CLI::IsMember({"dense", "window", "fibonacci", "power_of_two"}))
+      ->check(CLI::IsMember({"dense", "window", "fibonacci", "power_of_two", "chunk"}))
+      ->capture_default_str();
+  cmd->add_option("--chunk-size", o->chunk_size, "Chunk family: tokens per chunk S")
+      ->check(positive())
+      ->capture_default_str();
+  cmd->add_option("--chunk-top-k", o->chunk_top_k, "Chunk family: most chunks a query reads k")
+      ->check(positive())
       ->capture_default_str();
   cmd->add_option("--preset", o->preset, "Model preset (micro, tiny, ...)")->capture_default_str();
   cmd->add_option("--steps", o->steps, "Timed decode steps per point (median)")

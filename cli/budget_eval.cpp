@@ -12,7 +12,7 @@ BudgetedLengths evaluate_budgeted_lengths(model::Gpt& model, const EvalDevice& w
   BudgetedLengths out;
   for (const int64_t length : lengths) {
     model::attention::BudgetUsage usage;
-    auto* counted = rule.mass ? &usage : nullptr;
+    auto* counted = rule.is_dynamic() ? &usage : nullptr;
     const auto results = eval::evaluate_lengths(
         [&](const torch::Tensor& x) {
           const train::Bf16Autocast autocast(where.bf16);
@@ -20,7 +20,7 @@ BudgetedLengths evaluate_budgeted_lengths(model::Gpt& model, const EvalDevice& w
         },
         documents, {length}, max_tokens, 8192, token_bytes);
     out.results.push_back(results.front());
-    if (rule.mass) {
+    if (rule.is_dynamic()) {
       infer::BudgetUsed used{rule.text, length, rule.at(length), infer::keys_per_query(usage),
                              true};
       out.budgets.push_back(used);

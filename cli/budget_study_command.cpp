@@ -92,6 +92,16 @@ std::vector<std::string> default_budgets(const model::ModelConfig& c, model::Gpt
   for (const char* mass : {"mass=0.99", "mass=0.95", "mass=0.9", "mass=0.8", "mass=0.6"}) {
     out.emplace_back(mass);
   }
+  if (c.attention == model::AttentionFamily::chunk) {
+    // Fixed k below the trained one, rules of the candidates C (every candidate included:
+    // more than the model was trained to read), and the dynamic chunk mass.
+    for (int64_t k = 1; k < c.chunk_top_k; ++k) out.push_back(fmt::format("chunks={}", k));
+    for (const char* rule :
+         {"chunks=c", "chunks=0.25*c", "chunks=sqrt(c)", "chunks=log2(c)", "chunk_mass=0.99",
+          "chunk_mass=0.9", "chunk_mass=0.7", "chunk_mass=0.5"}) {
+      out.emplace_back(rule);
+    }
+  }
   return out;
 }
 
@@ -178,7 +188,8 @@ StudyModel study_task_run(const StudyOptions& o, const EvalDevice& where, const 
     const auto results = train::evaluate_task_model(
         run.model, config, multipliers, {}, {}, [&](const torch::Tensor& tokens) {
           const int64_t length = tokens.size(1);
-          if (rule.mass) return infer::budgeted_logits(run.model, tokens, rule, &counted[length]);
+          if (rule.is_dynamic())
+            return infer::budgeted_logits(run.model, tokens, rule, &counted[length]);
           if (!measured.contains(length)) {
             measured[length] = infer::measure_budget(run.model, tokens[0], rule);
           }
@@ -186,7 +197,7 @@ StudyModel study_task_run(const StudyOptions& o, const EvalDevice& where, const 
         });
     for (const auto& r : results) {
       infer::BudgetUsed used{rule.text, r.length, rule.at(r.length), 0, false};
-      if (rule.mass && counted.contains(r.length)) {
+      if (rule.is_dynamic() && counted.contains(r.length)) {
         used.keys_per_query = infer::keys_per_query(counted[r.length]);
         used.measured = true;
       } else if (measured.contains(r.length)) {
@@ -385,7 +396,8 @@ void add_budget_study_command(CLI::App& app) {
   cmd->add_option("--budget", o->budgets,
                   "A budget rule to measure (repeatable; the full key set is always measured). "
                   "Default: what the family can cut (rungs=0..K-1, window=W/2,W/4,W/8, "
-                  "window=W/2,rungs=0, mass=0.99..0.6)");
+                  "window=W/2,rungs=0, mass=0.99..0.6; chunk family: chunks=1..k-1, chunks=c, "
+                  "0.25*c, sqrt(c), log2(c), chunk_mass=0.99..0.5)");
   cmd->add_option("--tolerance", o->tolerance,
                   "Within this fraction of full quality: perplexity <= (1 + t) x full, "
                   "accuracy >= (1 - t) x full")

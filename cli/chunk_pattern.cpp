@@ -24,12 +24,15 @@ std::shared_ptr<ChunkPatternOptions> add_chunk_pattern_options(CLI::App& cmd) {
                  "Local window W: chunks wholly inside the last W positions are not candidates")
       ->check(CLI::NonNegativeNumber)
       ->needs(o->chunk_size_flag);
-  cmd.add_option("--chunk-budget", o->budget, "Chunks read: fixed k, or a fraction of candidates")
-      ->check(CLI::IsMember({"fixed", "fraction"}))
+  cmd.add_option("--chunk-budget", o->budget,
+                 "Chunks read: fixed k, or a rule of the candidates C: fraction "
+                 "(ceil(f C)), sqrt (ceil(f sqrt C)), log2 (ceil(f log2 C)), within min-k..k")
+      ->check(CLI::IsMember({"fixed", "fraction", "sqrt", "log2"}))
       ->needs(o->chunk_size_flag);
-  cmd.add_option("--chunk-fraction", o->fraction, "Fraction f of the candidates (fraction budget)")
+  cmd.add_option("--chunk-fraction", o->fraction,
+                 "Coefficient f of the rule (fraction: of the candidates, in (0, 1])")
       ->needs(o->chunk_size_flag);
-  cmd.add_option("--chunk-min-k", o->min_k, "Fewest chunks read (fraction budget)")
+  cmd.add_option("--chunk-min-k", o->min_k, "Fewest chunks read (every rule but fixed)")
       ->needs(o->chunk_size_flag);
   return o;
 }

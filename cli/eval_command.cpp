@@ -133,8 +133,9 @@ void add_eval_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--budget", o->budget,
                   "Score under a per-request attention budget over the same weights: full | "
-                  "window=W,rungs=K | rungs=2*log2(n) | window=0.05*n | mass=0.9 (rules of n "
-                  "take n = each length; mass runs on the CPU). The table and JSON report the "
+                  "window=W,rungs=K | rungs=2*log2(n) | window=0.05*n | mass=0.9 | chunks=K | "
+                  "chunks=sqrt(c) | chunk_mass=0.9 (rules of n take n = each length; mass and "
+                  "chunk_mass run on the CPU). The table and JSON report the "
                   "budget at each length and the keys read per query (docs/inference.md)");
   cmd->add_flag("--freeze-schedules", o->freeze,
                 "Learned schedules: score with their offsets frozen to integers round(alpha * b), "

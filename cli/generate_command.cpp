@@ -109,9 +109,11 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("--top-p", o->top_p, "Nucleus: smallest set with mass >= p, p in (0, 1]");
   cmd->add_option("--seed", o->seed, "Sampling seed (same seed, same text)");
   cmd->add_option("--stop", o->stop, "Stop when the text contains this string (repeatable)");
-  cmd->add_option("--budget", o->budget,
-                  "Keys per query: full | window=W,rungs=K | rungs=2*log2(n) | mass=0.9 | chunks=K "
-                  "(docs/inference.md)");
+  cmd->add_option(
+      "--budget", o->budget,
+      "Keys per query: full | window=W,rungs=K | rungs=2*log2(n) | mass=0.9 | chunks=K | "
+      "chunks=sqrt(c) | chunk_mass=0.9 "
+      "(docs/inference.md)");
   cmd->add_flag("--quiet", o->quiet, "No timing report on stderr");
   cmd->add_flag("!--no-freeze", o->freeze,
                 "Learned schedules: decode their real offsets instead of freezing them to "

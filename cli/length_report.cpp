@@ -71,6 +71,9 @@ nlohmann::json budget_json(const infer::BudgetUsed& b) {
   j["window"] = b.resolved.window ? nlohmann::json(*b.resolved.window) : nlohmann::json();
   j["rungs"] = b.resolved.rungs ? nlohmann::json(*b.resolved.rungs) : nlohmann::json();
   j["mass"] = b.resolved.mass ? nlohmann::json(*b.resolved.mass) : nlohmann::json();
+  j["chunks"] = b.resolved.chunks ? nlohmann::json(*b.resolved.chunks) : nlohmann::json();
+  j["chunk_mass"] =
+      b.resolved.chunk_mass ? nlohmann::json(*b.resolved.chunk_mass) : nlohmann::json();
   j["keys_per_query"] = b.measured ? nlohmann::json(b.keys_per_query) : nlohmann::json();
   return j;
 }
@@ -81,6 +84,9 @@ std::string budget_label(const infer::ResolvedBudget& budget) {
   if (budget.window) add(fmt::format("W {}", *budget.window));
   if (budget.rungs) add(fmt::format("K {}", *budget.rungs));
   if (budget.mass) add(fmt::format("p {}", *budget.mass));
+  if (budget.chunks) add(fmt::format("k {}", *budget.chunks));
+  if (budget.chunk_rule) add("k per query");
+  if (budget.chunk_mass) add(fmt::format("chunk p {}", *budget.chunk_mass));
   return out.empty() ? "trained" : out;
 }
 

@@ -190,8 +190,9 @@ void add_tasks_command(CLI::App& app) {
       ->capture_default_str();
   eval_cmd->add_option("--budget", e->budget,
                        "Evaluate under a per-request attention budget over the same weights: "
-                       "full | window=W,rungs=K | rungs=2*log2(n) | mass=0.9 (rules of n take n "
-                       "= each length; mass runs on the CPU); the table and JSON report the keys "
+                       "full | window=W,rungs=K | rungs=2*log2(n) | mass=0.9 | chunks=K | "
+                       "chunks=sqrt(c) | chunk_mass=0.9 (rules of n take n = each length; mass "
+                       "and chunk_mass run on the CPU); the table and JSON report the keys "
                        "read per query (docs/inference.md)");
   eval_cmd->add_option("--json", e->json, "Write results as JSON");
   eval_cmd->add_option("--markdown", e->markdown, "Write a Markdown table");

@@ -1,5 +1,7 @@
 #include "infer/budgeted_forward.hpp"
 
+#include <stdexcept>
+
 namespace reach::infer {
 
 model::attention::AttentionBudget attention_budget(const ResolvedBudget& budget) {
@@ -7,6 +9,27 @@ model::attention::AttentionBudget attention_budget(const ResolvedBudget& budget)
   out.window = budget.window;
   out.rungs = budget.rungs;
   out.mass = budget.mass;
+  out.chunks = budget.chunks;
+  out.chunk_mass = budget.chunk_mass;
+  if (budget.chunk_rule) {
+    using Kind = LengthRule::Kind;
+    model::attention::ChunkCountRule rule;
+    rule.coefficient = budget.chunk_rule->coefficient;
+    switch (budget.chunk_rule->kind) {
+      case Kind::linear:
+        rule.kind = pattern::ChunkBudgetRule::fraction;
+        break;
+      case Kind::sqrt:
+        rule.kind = pattern::ChunkBudgetRule::sqrt;
+        break;
+      case Kind::log2:
+        rule.kind = pattern::ChunkBudgetRule::log2;
+        break;
+      case Kind::constant:
+        throw std::logic_error("a constant chunk count is resolved, not a rule of c");
+    }
+    out.chunk_rule = rule;
+  }
   return out;
 }
 

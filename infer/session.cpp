@@ -3,6 +3,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "infer/budgeted_forward.hpp"
+
 namespace reach::infer {
 
 Session::Session(model::Gpt model, int64_t capacity, BudgetRule budget)
@@ -26,11 +28,7 @@ torch::Tensor Session::forward(const std::vector<int64_t>& tokens) {
   model::attention::ForwardContext context;
   context.position = length();
   context.cache = &cache_;
-  const auto budget = budget_.at(length() + t);
-  context.budget.window = budget.window;
-  context.budget.rungs = budget.rungs;
-  context.budget.mass = budget.mass;
-  context.budget.chunks = budget.chunks;
+  context.budget = attention_budget(budget_.at(length() + t));
   // The budget used is counted over decode steps (a counted prefill would run the prompt's
   // rows through the decode kernel instead of the fused forward).
   if (length() > 0) context.usage = &usage_;

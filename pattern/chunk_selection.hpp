@@ -9,8 +9,10 @@
 //     past token is reachable by the window or by some candidate chunk.
 // Both conditions keep a prefix, so the candidates of t are chunks 0..C(t)-1.
 // The query reads k(C) = min(C, budget(C)) of them (the top-scoring ones): budget is top_k
-// (fixed) or clamp(ceil(f * C), min_k, top_k) (fraction rule). top_k is the number of slots
-// a query has; selected_chunks never exceeds it.
+// (fixed), clamp(ceil(f * C), min_k, top_k) (fraction rule), or a rule of C with coefficient f:
+// clamp(ceil(f * sqrt(C)), min_k, top_k) (sqrt) or clamp(ceil(f * log2(C)), min_k, top_k)
+// (log2; C = 0 and 1 give min_k). top_k is the number of slots a query has; selected_chunks
+// never exceeds it.
 // The counting functions are inline and host/device so the CUDA kernels share them.
 #pragma once
 
@@ -26,9 +28,9 @@
 
 namespace reach::pattern {
 
-enum class ChunkBudgetRule { fixed, fraction };
+enum class ChunkBudgetRule { fixed, fraction, sqrt, log2 };
 
-// Parses "fixed" / "fraction"; throws std::invalid_argument.
+// Parses "fixed" / "fraction" / "sqrt" / "log2"; throws std::invalid_argument.
 ChunkBudgetRule parse_chunk_budget_rule(const std::string& name);
 std::string to_string(ChunkBudgetRule rule);
 
@@ -37,8 +39,8 @@ struct ChunkSelection {
   int64_t top_k = 8;        // k >= 1: slots per query (the most chunks it reads)
   int64_t window = 0;       // W >= 0: chunks wholly inside t-W+1..t are not candidates
   ChunkBudgetRule rule = ChunkBudgetRule::fixed;
-  double fraction = 1.0;  // fraction rule: f in (0, 1]
-  int64_t min_k = 1;      // fraction rule: 1 <= min_k <= top_k
+  double fraction = 1.0;  // the rule's coefficient f: fraction in (0, 1], sqrt / log2 > 0
+  int64_t min_k = 1;      // every rule but fixed: 1 <= min_k <= top_k
 };
 
 // Throws std::invalid_argument naming the bad field.
@@ -67,8 +69,13 @@ REACH_HOST_DEVICE inline Index candidate_chunks(const ChunkSelection& s, Index t
 // f = 0.1, C = 30 reads 3 chunks, not 4.
 REACH_HOST_DEVICE inline int64_t selected_chunks(const ChunkSelection& s, int64_t candidates) {
   int64_t budget = s.top_k;
-  if (s.rule == ChunkBudgetRule::fraction) {
-    const double x = s.fraction * static_cast<double>(candidates);
+  if (s.rule != ChunkBudgetRule::fixed) {
+    const double c = static_cast<double>(candidates);
+    const double g = s.rule == ChunkBudgetRule::fraction ? c
+                     : s.rule == ChunkBudgetRule::sqrt   ? sqrt(c)
+                     : candidates > 1                    ? log2(c)
+                                                         : 0.0;
+    const double x = s.fraction * g;
     budget = static_cast<int64_t>(ceil(x - 1e-12 * (x > 1.0 ? x : 1.0)));
     if (budget < s.min_k) budget = s.min_k;
     if (budget > s.top_k) budget = s.top_k;

@@ -53,6 +53,37 @@ inline void chunk_weights(ChunkWeighting weighting, const double* score, const i
   }
 }
 
+// The dynamic budget (chunk mass p in (0, 1]): keeps the selected chunks in weight order
+// (largest first, ties to the lower slot) until their weights reach p of the m selected
+// weights' total, and scales the kept weights so the total is unchanged (softmax: renormalised
+// to 1; stick-breaking: the dropped remainder of the stick stays dropped). The kept chunks are
+// compacted to the first slots in their slot order (chunk and w); returns how many are kept.
+// p = 1 keeps every chunk of nonzero weight and scales by exactly 1.
+inline int64_t mass_cut(double p, int64_t m, int64_t* chunk, double* w, int64_t* order) {
+  if (m == 0) return 0;
+  for (int64_t c = 0; c < m; ++c) order[c] = c;
+  std::stable_sort(order, order + m, [w](int64_t a, int64_t b) { return w[a] > w[b]; });
+  double total = 0;
+  for (int64_t i = 0; i < m; ++i) total += w[order[i]];
+  double kept = 0;
+  int64_t keep = 0;
+  while (keep < m) {
+    kept += w[order[keep++]];
+    if (kept >= p * total) break;
+  }
+  // Mark the kept slots (order is free to reuse afterwards), then compact in slot order.
+  const double scale = kept > 0 ? total / kept : 1.0;
+  for (int64_t i = keep; i < m; ++i) w[order[i]] = -1.0;  // weights are >= 0: a marker
+  int64_t out = 0;
+  for (int64_t c = 0; c < m; ++c) {
+    if (w[c] < 0) continue;
+    chunk[out] = chunk[c];
+    w[out] = w[c] * scale;
+    ++out;
+  }
+  return out;
+}
+
 // dL/ds from dL/dw (grad_w), in slot order.
 inline void chunk_weights_backward(ChunkWeighting weighting, const double* score,
                                    const int64_t* chunk, const double* w, const double* grad_w,

@@ -1,15 +1,19 @@
-// Single-query decode of hierarchical chunk sparse attention over a KV cache, on the CPU: one
-// new token per request, batched over requests of different lengths.
+// Decode of hierarchical chunk sparse attention over a KV cache, on the CPU: the newest
+// `queries` tokens of each request (one, for a decode step), batched over requests of
+// different lengths.
 //
-// Request b has lengths[b] rows in its key/value cache (positions 0..t, t = lengths[b] - 1,
-// the new token's own row included) and the landmarks of its complete chunks. Its query at t
-// computes exactly row t of the full operator (kernels/chunk_attention_params.hpp): candidates
-// C(t) of the selection, the k(C) best by r_t . L_i, chunk weights, one softmax per selected
-// chunk, zeros when there is no candidate. The budget is per request: top_ks[b] (when given)
-// replaces the selection's top_k for that request (min_k is capped by it). Work per token
-// O(C(t) dr + Hq k S d), memory O(k) per head: nothing grows with the context beyond the
-// landmark scoring.
-// Layout: q, out [B, Hq, d]; r [B, Hkv, dr]; k_cache, v_cache [B, Hkv, capacity, d];
+// Request b has lengths[b] rows in its key/value cache (positions 0..lengths[b] - 1, the new
+// tokens' own rows included) and the landmarks of its complete chunks. Its query i (of Q =
+// queries) sits at t = lengths[b] - Q + i and computes exactly row t of the full operator
+// (kernels/chunk_attention_params.hpp): candidates C(t) of the selection, the k(C) best by
+// r_t . L_i, chunk weights, one softmax per selected chunk, zeros when there is no candidate.
+// The budget is per request: top_ks[b] (when given) replaces the selection's top_k for that
+// request (min_k is capped by it); masses[b] < 1 (when given) is the dynamic budget: of the
+// k(C) selected chunks, only those whose weights (largest first) reach that share of the
+// selected weights' total are read, their weights scaled to keep the total
+// (chunk_row::mass_cut). Work per token O(C(t) dr + Hq k S d), memory O(k) per head: nothing
+// grows with the context beyond the landmark scoring.
+// Layout: q, out [B, Hq, Q, d]; r [B, Hkv, Q, dr]; k_cache, v_cache [B, Hkv, capacity, d];
 // landmarks [B, Hkv, landmark_capacity, dr] (rows 0..floor(lengths[b] / S) - 1 filled).
 #pragma once
 
@@ -31,6 +35,8 @@ struct ChunkDecodeParams {
   const int64_t* lengths = nullptr;  // [batch], each in 1..capacity
   pattern::ChunkSelection selection;
   const int64_t* top_ks = nullptr;  // [batch] k_b in 1..selection.top_k, or null
+  const double* masses = nullptr;   // [batch] chunk mass p_b in (0, 1], or null (no cut)
+  int64_t queries = 1;              // Q >= 1 newest positions per request (<= every length)
   ChunkWeighting weighting = ChunkWeighting::softmax;
   double scale = 1.0;            // token scores, usually 1 / sqrt(d)
   double retrieval_scale = 1.0;  // landmark scores, usually 1 / sqrt(dr)
@@ -42,7 +48,7 @@ struct ChunkDecodeParams {
 // Empty when params are valid, else a one-line message naming the problem.
 std::string validate_chunk_decode_params(const ChunkDecodeParams& params);
 
-// chunks_read (may be null): [batch, kv_heads], the chunks each request's group read.
+// chunks_read (may be null): [batch, kv_heads, queries], the chunks each query's group read.
 // Throws std::invalid_argument when params are invalid.
 template <typename T>
 void chunk_decode_attention_cpu(const ChunkDecodeParams& params, const T* q, const T* r,

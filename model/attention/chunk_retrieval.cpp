@@ -40,6 +40,40 @@ torch::Tensor zero_padded(const torch::Tensor& x, int64_t n) {
 
 }  // namespace
 
+double kv_cache_bytes_per_token(const ModelConfig& c, double element_bytes) {
+  double entries = 2.0 * static_cast<double>(c.layers * c.d_model);
+  if (c.attention == AttentionFamily::chunk) {
+    entries += 2.0 * static_cast<double>(c.d_model) +
+               static_cast<double>(c.d_model) / static_cast<double>(c.chunk_size);
+  }
+  return entries * element_bytes;
+}
+
+void fill_random_kv_cache(const ModelConfig& c, KvCache& cache, int64_t n,
+                          const torch::TensorOptions& options, int64_t batch) {
+  const int64_t heads = c.heads, hd = c.d_model / c.heads, s = c.chunk_size;
+  for (int64_t l = 0; l < c.layers; ++l) {
+    cache.layer(l).append(torch::randn({batch, heads, n, hd}, options),
+                          torch::randn({batch, heads, n, hd}, options));
+  }
+  if (c.attention != AttentionFamily::chunk) return;
+  auto& layer = cache.layer(chunk_encoder_layer(c));
+  const int64_t capacity = std::max(layer.capacity, n);
+  auto keys = torch::zeros({batch, heads, capacity, hd}, options);
+  auto values = torch::zeros({batch, heads, capacity, hd}, options);
+  keys.narrow(2, 0, n / s * s).normal_();
+  values.narrow(2, 0, n / s * s).normal_();
+  auto landmarks = torch::zeros({batch, heads, capacity / s + 1, hd}, options);
+  landmarks.narrow(2, 0, n / s)
+      .copy_(
+          torch::nn::functional::normalize(torch::randn({1, heads, n / s, hd}, options),
+                                           torch::nn::functional::NormalizeFuncOptions().dim(-1)));
+  layer.state[kKeys] = keys;
+  layer.state[kValues] = values;
+  layer.state[kLandmarks] = landmarks;
+  layer.state[kPending] = torch::randn({batch, n % s, c.d_model}, options);
+}
+
 ChunkRetrievalAttention::ChunkRetrievalAttention(const ModelConfig& config, int64_t layer)
     : WindowAttention(config, layer) {
   const int64_t d = config.d_model;
@@ -54,11 +88,17 @@ ChunkRetrievalAttention::ChunkRetrievalAttention(const ModelConfig& config, int6
                                     torch::nn::Linear(torch::nn::LinearOptions(d, d).bias(false)));
 }
 
-pattern::ChunkSelection ChunkRetrievalAttention::selection(const AttentionBudget& budget) const {
+pattern::ChunkSelection ChunkRetrievalAttention::selection(const AttentionBudget& budget,
+                                                           int64_t n) const {
   const auto& c = config();
   pattern::ChunkSelection s;
   s.chunk_size = c.chunk_size;
   s.top_k = c.chunk_top_k;
+  if (budget.chunks && budget.chunk_rule) {
+    throw std::invalid_argument(
+        "attention budget: give the chunks a query reads either as a count or as a rule of its "
+        "candidates, not both");
+  }
   if (budget.chunks) {
     if (*budget.chunks < 1) {
       throw std::invalid_argument("attention budget: chunks must be >= 1, got " +
@@ -72,6 +112,17 @@ pattern::ChunkSelection ChunkRetrievalAttention::selection(const AttentionBudget
     s.rule = pattern::ChunkBudgetRule::fraction;
     s.fraction = c.chunk_fraction;
     s.min_k = 1;
+  }
+  if (budget.chunk_rule) {
+    s.rule = budget.chunk_rule->kind;
+    s.fraction = budget.chunk_rule->coefficient;
+    s.min_k = 1;
+    // Slots: what the rule gives the sequence's last query (the rule grows with C, and C(t)
+    // with t), so no query's count is capped by them.
+    const int64_t most = pattern::candidate_chunks(s, std::max<int64_t>(n - 1, 0));
+    s.top_k = std::max<int64_t>(most, 1);
+    pattern::validate(s);
+    s.top_k = std::max<int64_t>(pattern::selected_chunks(s, most), 1);
   }
   return s;
 }
@@ -138,48 +189,60 @@ void ChunkRetrievalAttention::publish_memory(const torch::Tensor& x, ForwardCont
 torch::Tensor ChunkRetrievalAttention::retrieve(const torch::Tensor& x,
                                                 const ForwardContext& context) {
   const int64_t b = x.size(0), t = x.size(1), d = config().d_model, heads = config().heads;
+  const int64_t s = config().chunk_size;
   const bool moba = config().chunk_scoring == ChunkScoring::moba;
   const auto parts =
       query_(x).view({b, t, moba ? 1 : 2, heads, head_dim()}).permute({2, 0, 3, 1, 4});
   // NoPE; with MoBA scoring the token query is the retrieval query too (the op sums both
   // gradients), so a chunk scores the mean of q's scores over its keys.
   const auto q = parts[0].contiguous(), r = moba ? q : parts[1].contiguous();
-  const auto options_of = [&] {
-    ops::ChunkAttentionOptions o;
-    o.selection = selection(context.budget);
-    o.weighting = config().chunk_weighting;
-    return o;
-  };
-  const auto options = options_of();
+  // n: the tokens the newest query sees (with a cache: the cached ones and these).
+  const int64_t n = (context.cache != nullptr ? context.position : 0) + t;
+  ops::ChunkAttentionOptions options;
+  options.selection = selection(context.budget, n);
+  options.weighting = config().chunk_weighting;
+  const auto& mass = context.budget.chunk_mass;
+  if (mass && !(*mass > 0.0 && *mass <= 1.0)) {
+    throw std::invalid_argument("attention budget: chunk mass must be in (0, 1], got " +
+                                std::to_string(*mass));
+  }
+  const bool cut = mass && *mass < 1.0;
+  const bool cpu_inference = q.device().is_cpu() && !torch::GradMode::is_enabled();
+  if (cut && !cpu_inference) {
+    throw std::invalid_argument(
+        "attention budget: chunk_mass (the dynamic chunk budget) runs on the CPU decode kernel "
+        "only, without gradients; the model is on " +
+        q.device().str());
+  }
   const auto dtype = q.scalar_type();
   const auto keys = context.read(kKeys).to(dtype), values = context.read(kValues).to(dtype),
              landmarks = context.read(kLandmarks).to(dtype);
+  // The decode kernel serves a decode step, a mass cut (a cut per query) and counting the
+  // chunks read (each query's selection): every query of this input at once, row by row the
+  // same operator as the full forward.
+  const bool kernel =
+      cpu_inference && (cut || context.usage != nullptr || (context.cache != nullptr && t == 1));
   torch::Tensor out;  // [B, H, t, hd]
-  if (context.cache == nullptr) {
+  if (kernel) {
+    const auto lengths = torch::full({b}, n, torch::kLong);
+    c10::optional<torch::Tensor> masses;
+    if (cut) masses = torch::full({b}, *mass, torch::kDouble);
+    torch::Tensor read;
+    out = ops::chunk_attention_decode(q, r, keys, values, landmarks, lengths, options, c10::nullopt,
+                                      masses, context.usage != nullptr ? &read : nullptr);
+    if (context.usage) context.usage->keys += read.sum().item<int64_t>() * s;
+  } else if (context.cache == nullptr) {
     out = ops::chunk_attention(q, keys, values, r, landmarks, options);
   } else {
-    const int64_t n = context.position + t, s = config().chunk_size;
-    if (t == 1 && q.device().is_cpu() && !torch::GradMode::is_enabled()) {
-      const auto lengths = torch::full({b}, n, torch::kLong);
-      out = ops::chunk_attention_decode(q.squeeze(2), r.squeeze(2), keys, values, landmarks,
-                                        lengths, options)
-                .unsqueeze(2);
-      if (context.usage) {
-        const auto& sel = options.selection;
-        const int64_t read = pattern::selected_chunks(sel, pattern::candidate_chunks(sel, n - 1));
-        context.usage->keys += b * heads * read * s;
-      }
-    } else {
-      // Exact for any number of new tokens: zero queries before them, their rows kept.
-      const auto pad = [&](const torch::Tensor& y) {
-        auto shape = y.sizes().vec();
-        shape[2] = context.position;
-        return torch::cat({torch::zeros(shape, y.options()), y}, 2);
-      };
-      out = ops::chunk_attention(pad(q), keys.narrow(2, 0, n), values.narrow(2, 0, n), pad(r),
-                                 landmarks.narrow(2, 0, n / s), options)
-                .narrow(2, context.position, t);
-    }
+    // Exact for any number of new tokens: zero queries before them, their rows kept.
+    const auto pad = [&](const torch::Tensor& y) {
+      auto shape = y.sizes().vec();
+      shape[2] = context.position;
+      return torch::cat({torch::zeros(shape, y.options()), y}, 2);
+    };
+    out = ops::chunk_attention(pad(q), keys.narrow(2, 0, n), values.narrow(2, 0, n), pad(r),
+                               landmarks.narrow(2, 0, n / s), options)
+              .narrow(2, context.position, t);
   }
   return retrieval_proj_(out.transpose(1, 2).reshape({b, t, d}));
 }

@@ -12,16 +12,32 @@
 #include <vector>
 
 #include "model/attention/kv_cache.hpp"
+#include "pattern/chunk_selection.hpp"
 
 namespace reach::model::attention {
+
+// The chunk family's count of chunks read as a rule of a query's candidate chunks C:
+// ceil(coefficient * g(C)), at least 1 and at most C, with g(C) = C (fraction), sqrt(C) or
+// log2(C) (pattern::selected_chunks).
+struct ChunkCountRule {
+  pattern::ChunkBudgetRule kind = pattern::ChunkBudgetRule::fraction;
+  double coefficient = 1.0;
+};
 
 // How many keys a query reads, per request; changes nothing in the weights. Unset: the
 // trained configuration. Each family reads what applies to it and ignores the rest.
 struct AttentionBudget {
   // Dilated key sets: only the first (nearest) n offsets beyond the window.
   std::optional<int64_t> rungs;
-  // Chunk family: top-k chunks per query.
+  // Chunk family: top-k chunks per query (replaces chunk_top_k in the model's rule).
   std::optional<int64_t> chunks;
+  // Chunk family: chunks read as a rule of each query's candidate count (replaces the model's
+  // rule and its top-k); not with `chunks`.
+  std::optional<ChunkCountRule> chunk_rule;
+  // Chunk family, dynamic: of the selected chunks, keep those whose chunk weights (largest
+  // first) reach this share p in (0, 1] of the selected weights' total, rescaled to it (CPU
+  // inference only: the decode kernel).
+  std::optional<double> chunk_mass;
   // Window and dilated key sets: the window W (offsets inside a widened window are dropped:
   // their keys are window slots already).
   std::optional<int64_t> window;

@@ -104,8 +104,9 @@ def chunk_attention(
 ) -> torch.Tensor:
     """Hierarchical chunk sparse attention (docs/chunk_attention.md): each query scores the
     landmarks of the complete chunks before it with its retrieval query r, keeps the top_k
-    (budget "fixed", or a fraction rule), attends causally inside each kept chunk and mixes
-    the chunks' outputs by their weights.
+    (budget "fixed", or a rule of its C candidate chunks with coefficient f = fraction:
+    "fraction" ceil(f C), "sqrt" ceil(f sqrt C), "log2" ceil(f log2 C), within min_k..top_k),
+    attends causally inside each kept chunk and mixes the chunks' outputs by their weights.
 
     q: [B, Hq, n, d]; k, v: [B, Hkv, n, d]; r: [B, Hkv, n, dr]; landmarks:
     [B, Hkv, n // chunk_size, dr]. Gradients reach q, k, v, r and landmarks (the selection

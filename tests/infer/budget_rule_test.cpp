@@ -51,6 +51,31 @@ TEST(BudgetRule, ChunksForTheChunkFamily) {
   EXPECT_FALSE(parse_budget_rule("rungs=2").at(99).chunks);
 }
 
+TEST(BudgetRule, ChunksAsARuleOfTheCandidatesAndChunkMass) {
+  // A rule of c is not resolved at n: each query's candidate count C decides.
+  const auto quarter = parse_budget_rule("chunks=0.25*c").at(4096);
+  EXPECT_FALSE(quarter.chunks);
+  ASSERT_TRUE(quarter.chunk_rule);
+  EXPECT_TRUE(quarter.chunk_rule->of_candidates);
+  EXPECT_EQ(quarter.chunk_rule->kind, LengthRule::Kind::linear);
+  EXPECT_DOUBLE_EQ(quarter.chunk_rule->coefficient, 0.25);
+  EXPECT_EQ(parse_budget_rule("chunks=sqrt(c)").at(9).chunk_rule->kind, LengthRule::Kind::sqrt);
+  const auto lg = parse_budget_rule("chunks=2*log2(c)").at(9).chunk_rule;
+  EXPECT_EQ(lg->kind, LengthRule::Kind::log2);
+  EXPECT_DOUBLE_EQ(lg->coefficient, 2.0);
+  EXPECT_TRUE(parse_budget_rule("chunks=c").at(9).chunk_rule);
+  // Rules of n are still resolved at n.
+  EXPECT_FALSE(parse_budget_rule("chunks=sqrt(n)").at(16).chunk_rule);
+  EXPECT_EQ(parse_budget_rule("chunks=sqrt(n)").at(16).chunks, 4);
+  const auto dyn = parse_budget_rule("chunk_mass=0.8,chunks=3");
+  EXPECT_TRUE(dyn.is_dynamic());
+  EXPECT_FALSE(dyn.is_full());
+  EXPECT_DOUBLE_EQ(*dyn.at(10).chunk_mass, 0.8);
+  EXPECT_EQ(dyn.at(10).chunks, 3);
+  EXPECT_FALSE(dyn.at(10).mass);
+  EXPECT_FALSE(parse_budget_rule("chunks=2").is_dynamic());
+}
+
 TEST(BudgetRule, BadRulesAreClearErrors) {
   auto expect_error = [](const std::string& text, const std::string& fragment) {
     try {
@@ -70,6 +95,12 @@ TEST(BudgetRule, BadRulesAreClearErrors) {
   expect_error("chunks=2,chunks=3", "chunks given twice");
   expect_error("mass=0", "mass must be in (0, 1]");
   expect_error("window=4,window=8", "window given twice");
+  expect_error("chunks=1.5*c", "a fraction of the candidates c must be in (0, 1]");
+  expect_error("chunks=0*sqrt(c)", "the coefficient of a rule of c must be > 0");
+  expect_error("rungs=sqrt(c)", "'sqrt(c)' is not one of n, sqrt(n), log2(n)");
+  expect_error("chunks=exp(c)", "is not one of n, sqrt(n), log2(n), c, sqrt(c), log2(c)");
+  expect_error("chunk_mass=0", "chunk_mass must be in (0, 1]");
+  expect_error("chunk_mass=0.5,chunk_mass=0.6", "chunk_mass given twice");
 }
 
 }  // namespace

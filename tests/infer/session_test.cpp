@@ -7,10 +7,12 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "infer/budgeted_forward.hpp"
 #include "infer/generator.hpp"
 #include "model/gpt.hpp"
 
@@ -86,6 +88,12 @@ model::Gpt make_model(const Family& f) {
   return net;
 }
 
+std::string scientific(double x) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2e", x);
+  return buf;
+}
+
 double relative_error(const torch::Tensor& got, const torch::Tensor& want) {
   return (got - want).abs().max().item<double>() / want.abs().max().item<double>();
 }
@@ -135,6 +143,133 @@ TEST(Session, PrefillPlusDecodeEqualsTheFullForwardForEveryFamily) {
       EXPECT_LT(error, 1e-5) << f.name << ", prompt " << prompt;
       RecordProperty(f.name + ", prompt " + std::to_string(prompt), std::to_string(error));
     }
+  }
+}
+
+// The chunk family (docs/chunk_attention.md) and its ablation switches: 4 layers (window
+// layers 0-1, the chunk encoder at 2, retrieval at 2-3), S = 4, k = 3, W = 5.
+struct ChunkVariant {
+  std::string name;
+  model::ChunkLandmark landmark = model::ChunkLandmark::cls;
+  int64_t encoder_layers = 1;
+  model::ChunkScoring scoring = model::ChunkScoring::retrieval;
+  model::ChunkResidual residual = model::ChunkResidual::bypass;
+  model::ChunkSparsity sparsity = model::ChunkSparsity::enforced;
+  kernels::ChunkWeighting weighting = kernels::ChunkWeighting::softmax;
+};
+
+std::vector<ChunkVariant> chunk_variants() {
+  using model::ChunkLandmark;
+  return {
+      {"chunk: CLS encoder, bypass, enforced sparsity"},
+      {"chunk: landmark = mean of the encoded tokens", ChunkLandmark::mean},
+      {"chunk: landmark = mean_keys, no encoder (no CLS)", ChunkLandmark::mean_keys, 0},
+      {"chunk: MoBA scoring", ChunkLandmark::mean_keys, 0, model::ChunkScoring::moba},
+      {"chunk: standard residual (no bypass)", ChunkLandmark::cls, 1,
+       model::ChunkScoring::retrieval, model::ChunkResidual::standard},
+      {"chunk: no enforced sparsity, stick-breaking", ChunkLandmark::cls, 1,
+       model::ChunkScoring::retrieval, model::ChunkResidual::bypass, model::ChunkSparsity::none,
+       kernels::ChunkWeighting::stick_breaking},
+  };
+}
+
+model::Gpt make_chunk_model(const ChunkVariant& v) {
+  auto c = model::preset("micro");  // d 32, 2 heads
+  c.layers = 4;
+  c.attention = AttentionFamily::chunk;
+  c.window = 5;
+  c.chunk_size = 4;
+  c.chunk_top_k = 3;
+  c.chunk_encoder_layers = v.encoder_layers;
+  c.chunk_encoder_mlp_ratio = 2;
+  c.chunk_landmark = v.landmark;
+  c.chunk_scoring = v.scoring;
+  c.chunk_residual = v.residual;
+  c.chunk_sparsity = v.sparsity;
+  c.chunk_weighting = v.weighting;
+  torch::manual_seed(9);
+  model::Gpt net(c);
+  net->eval();
+  return net;
+}
+
+TEST(Session, ChunkFamilyPrefillPlusDecodeEqualsTheFullForward) {
+  const auto tokens = random_tokens(90, 11);  // 22 chunks, far beyond k = 3 and W = 5
+  const auto first = full_logits(make_chunk_model(chunk_variants()[0]), tokens);
+  for (const auto& v : chunk_variants()) {
+    auto net = make_chunk_model(v);
+    const auto want = full_logits(net, tokens);
+    // Each switch changes the model (same seed, so the shared parameters are equal).
+    if (v.name != chunk_variants()[0].name) {
+      const double change = relative_error(want, first);
+      EXPECT_GT(change, 1e-4) << v.name;
+      RecordProperty(v.name + ": change vs the default model", scientific(change));
+    }
+    for (int64_t prompt : {1, 17}) {  // 17: the prompt ends inside a chunk
+      const double error = relative_error(incremental_logits(net, tokens, prompt), want);
+      EXPECT_LT(error, 1e-5) << v.name << ", prompt " << prompt;
+      RecordProperty(v.name + ", prompt " + std::to_string(prompt), scientific(error));
+    }
+  }
+}
+
+// Chunk budgets per request: a fixed k and rules of the candidates C decode as the full
+// forward at that budget; the dynamic chunk mass decodes as the whole-sequence forward under
+// it (both through the decode kernel's cut), reads fewer chunks, and changes the logits.
+TEST(Session, ChunkBudgetsDecodeAsTheFullForwardAtThatBudget) {
+  const auto tokens = random_tokens(90, 12);
+  for (const auto& v : {chunk_variants()[0], chunk_variants()[5]}) {
+    auto net = make_chunk_model(v);
+    const auto unbudgeted = full_logits(net, tokens);
+    for (const std::string rule :
+         {"chunks=1", "chunks=6", "chunks=sqrt(c)", "chunks=0.25*c", "chunks=2*log2(c)",
+          "chunk_mass=0.6", "chunk_mass=0.9,chunks=4"}) {
+      const auto budget = parse_budget_rule(rule);
+      model::attention::BudgetUsage whole;
+      torch::Tensor want;
+      {
+        torch::NoGradGuard no_grad;
+        want = budgeted_logits(net, torch::tensor(tokens, torch::kLong).view({1, -1}), budget,
+                               &whole)[0];
+      }
+      EXPECT_GT(relative_error(want, unbudgeted), 1e-4) << v.name << ", " << rule;  // it matters
+      if (!budget.is_dynamic()) {
+        // The full operator at that budget (no decode kernel) agrees with the counted forward.
+        EXPECT_LT(relative_error(full_logits(net, tokens, attention_budget(budget.at(90))), want),
+                  1e-5)
+            << v.name << ", " << rule;
+      }
+      const double error = relative_error(incremental_logits(net, tokens, 17, budget), want);
+      EXPECT_LT(error, 1e-5) << v.name << ", " << rule;
+      RecordProperty(v.name + ", " + rule, scientific(error));
+    }
+  }
+}
+
+TEST(Session, ChunkMassReadsFewerChunksAndReportsThem) {
+  const auto tokens = random_tokens(90, 13);
+  auto net = make_chunk_model(chunk_variants()[0]);
+  Session full(net, 90), cut(net, 90, parse_budget_rule("chunk_mass=0.5"));
+  full.prefill({tokens.begin(), tokens.begin() + 30});
+  cut.prefill({tokens.begin(), tokens.begin() + 30});
+  for (size_t i = 30; i < tokens.size(); ++i) {
+    full.step(tokens[i]);
+    cut.step(tokens[i]);
+  }
+  EXPECT_EQ(full.usage().queries, cut.usage().queries);
+  // Window keys are the same; the retrieval path reads fewer chunks of S = 4 keys.
+  EXPECT_LT(cut.usage().keys, full.usage().keys);
+  EXPECT_EQ((full.usage().keys - cut.usage().keys) % 4, 0);
+  // The cut needs the CPU decode kernel without gradients: a forward with gradients refuses.
+  model::attention::ForwardContext context;
+  context.budget.chunk_mass = 0.5;
+  try {
+    net->forward_with(context, torch::tensor(tokens, torch::kLong).view({1, -1}));
+    FAIL() << "no error for a chunk mass with gradients";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("chunk_mass (the dynamic chunk budget) runs on the CPU"),
+              std::string::npos)
+        << e.what();
   }
 }
 

@@ -421,6 +421,8 @@ TEST(ChunkAttention, DecodeOverTheCacheMatchesTheFullForward) {
     while (p < tokens.size(1)) {
       const int64_t step = p < 30 ? 1 : 5;  // the decode kernel, then the general path
       context.position = p;
+      // Counting runs every query through the decode kernel: off for the general path.
+      context.usage = step == 1 ? &usage : nullptr;
       logits = net->forward_with(context, tokens.narrow(1, p, step));
       EXPECT_LT((logits - full.narrow(1, p, step)).abs().max().item<double>(), 1e-9)
           << "at " << p << (chunks ? " with a budget" : "");

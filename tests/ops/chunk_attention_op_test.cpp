@@ -233,7 +233,8 @@ void check_decode_op(harness::Report& report) {
                                  std::string("stick_breaking"),
                                  c10::IValue(),
                                  c10::IValue(),
-                                 torch::tensor({1, 3}, torch::kLong)};
+                                 torch::tensor({1, 3}, torch::kLong),
+                                 c10::IValue()};
   op.callBoxed(&stack);
   auto k1 = o;
   k1.selection.top_k = 1;
@@ -265,7 +266,14 @@ TEST(ChunkAttentionDecodeOp, BadInputsAreClearErrors) {
     return text.find(part) != std::string::npos;
   };
   EXPECT_EQ(run(q, r, k, l, lengths), "no error");
-  EXPECT_TRUE(has(run(q.unsqueeze(2), r, k, l, lengths), "q must be [batch, heads, head_dim]"));
+  EXPECT_TRUE(has(run(q.unsqueeze(2).unsqueeze(2), r, k, l, lengths),
+                  "q must be [batch, heads, head_dim] or [batch, heads, queries, head_dim]"));
+  // Several queries per request: r must carry them too.
+  EXPECT_TRUE(has(run(q.unsqueeze(2), r, k, l, lengths),
+                  "r must be [batch, kv_heads, queries, retrieval_dim] = [2, 1, 1, *]"));
+  EXPECT_EQ(run(q.unsqueeze(2).expand({2, 2, 5, 4}).contiguous(),
+                r.unsqueeze(2).expand({2, 1, 5, 4}).contiguous(), k, l, lengths),
+            "no error");
   EXPECT_TRUE(has(run(q, r, k, l, torch::tensor({16}, torch::kLong)),
                   "lengths must be a 1-D tensor of batch = 2 entries"));
   EXPECT_TRUE(has(run(q, r, k, l, torch::tensor({16.0, 5.0})), "lengths must be integers"));

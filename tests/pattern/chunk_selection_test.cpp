@@ -74,6 +74,29 @@ TEST(ChunkSelection, FractionBudgetIsBoundedCeilOfFractionOfCandidates) {
   EXPECT_EQ(selected_chunks(sel, 500), 8);  // capped at top_k
 }
 
+TEST(ChunkSelection, SqrtAndLog2RulesOfTheCandidates) {
+  const ChunkSelection sq{16, 64, 0, ChunkBudgetRule::sqrt, 1.0, 1};
+  EXPECT_EQ(selected_chunks(sq, 0), 0);
+  EXPECT_EQ(selected_chunks(sq, 1), 1);
+  EXPECT_EQ(selected_chunks(sq, 4), 2);  // sqrt 4 = 2 exactly
+  EXPECT_EQ(selected_chunks(sq, 5), 3);  // ceil(2.236)
+  EXPECT_EQ(selected_chunks(sq, 100), 10);
+  const ChunkSelection sq2{16, 4, 0, ChunkBudgetRule::sqrt, 2.0, 1};
+  EXPECT_EQ(selected_chunks(sq2, 2), 2);    // ceil(2.83) = 3 -> min(C, 3)
+  EXPECT_EQ(selected_chunks(sq2, 100), 4);  // capped at the slots
+  const ChunkSelection lg{16, 64, 0, ChunkBudgetRule::log2, 1.0, 1};
+  EXPECT_EQ(selected_chunks(lg, 0), 0);
+  EXPECT_EQ(selected_chunks(lg, 1), 1);  // log2 1 = 0 -> min_k
+  EXPECT_EQ(selected_chunks(lg, 2), 1);
+  EXPECT_EQ(selected_chunks(lg, 8), 3);
+  EXPECT_EQ(selected_chunks(lg, 9), 4);  // ceil(3.17)
+  EXPECT_EQ(selected_chunks(lg, 1024), 10);
+  EXPECT_EQ(parse_chunk_budget_rule("sqrt"), ChunkBudgetRule::sqrt);
+  EXPECT_EQ(parse_chunk_budget_rule("log2"), ChunkBudgetRule::log2);
+  EXPECT_EQ(to_string(ChunkBudgetRule::log2), "log2");
+  EXPECT_EQ(describe(lg), "chunk_size=16 top_k=64 window=0 budget=log2 coefficient=1 min_k=1");
+}
+
 TEST(ChunkSelection, RetrievedTokensCountsEveryQuery) {
   // S = 2, k = 1, n = 7: t = 0,1 read nothing, t = 2..6 read one chunk of 2 tokens.
   EXPECT_EQ(retrieved_tokens(ChunkSelection{2, 1, 0}, 7), 10);
@@ -108,6 +131,11 @@ TEST(ChunkSelection, BadFieldsAreNamed) {
                 .find("fraction must be in (0, 1]"),
             std::string::npos);
   EXPECT_NE(message(ChunkSelection{64, 8, 0, ChunkBudgetRule::fraction, 0.5, 9}).find("min_k"),
+            std::string::npos);
+  EXPECT_EQ(message(ChunkSelection{64, 8, 0, ChunkBudgetRule::sqrt, 0.0, 1}),
+            "chunk budget coefficient of the sqrt rule must be a positive finite number, got "
+            "0.000000");
+  EXPECT_NE(message(ChunkSelection{64, 8, 0, ChunkBudgetRule::log2, 1.0, 0}).find("min_k"),
             std::string::npos);
   EXPECT_THROW(parse_chunk_budget_rule("dynamic"), std::invalid_argument);
   EXPECT_EQ(parse_chunk_budget_rule("fraction"), ChunkBudgetRule::fraction);
