@@ -33,6 +33,7 @@ struct DecodeCase {
   std::vector<double> offsets;
   int64_t window;
   bool alibi = false, log_n = false;
+  bool default_scale = false;  // 1 / sqrt(d), as a model passes it (else 0.3)
 };
 
 std::vector<DecodeCase> cases() {
@@ -128,7 +129,8 @@ void check(const DecodeCase& c, torch::ScalarType type, harness::Report& r) {
   DecodeAttentionOptions o;
   o.window = c.window;
   o.offsets = c.offsets;
-  o.scale = 0.3;
+  const double scale = c.default_scale ? 1.0 / std::sqrt(static_cast<double>(c.d)) : 0.3;
+  if (!c.default_scale) o.scale = scale;
   o.windows = c.windows;
   o.rungs = c.rungs;
   const auto per_head = [&](const std::vector<double>& x) {
@@ -154,7 +156,7 @@ void check(const DecodeCase& c, torch::ScalarType type, harness::Report& r) {
   p.window = c.window;
   p.offsets = c.offsets.data();
   p.num_offsets = static_cast<int64_t>(c.offsets.size());
-  p.scale = 0.3;
+  p.scale = scale;
   p.windows = c.windows.empty() ? nullptr : c.windows.data();
   p.rung_limits = c.rungs.empty() ? nullptr : c.rungs.data();
   p.alibi_slopes = c.alibi ? slopes.data() : nullptr;
@@ -166,35 +168,6 @@ void check(const DecodeCase& c, torch::ScalarType type, harness::Report& r) {
   const auto want = kernels::reference::decode_forward(
       p, harness::host_values(q), harness::host_values(k), harness::host_values(v));
   const double bound = type == torch::kFloat64 ? 1e-12 : type == torch::kFloat32 ? 1e-5 : 4e-3;
-  r.max_rel("out vs the float64 reference", harness::host_values(got.out), want.out, bound);
-  if (got.keys_read != want.keys_read) r.fail("keys read differ from the reference's");
-}
-
-// Dense causal attention over one request: SDPA (LibTorch >= 2.5) with GQA.
-void check_dense_sdpa(torch::ScalarType type, harness::Report& r) {
-  if (!torch::cuda::is_available()) return r.skip("no CUDA device");
-  torch::manual_seed(7);
-  const int64_t heads = 8, kv_heads = 2, d = 64, capacity = 1500, n = 1234;
-  const auto q = torch::randn({1, heads, 1, d}, torch::kFloat64).to(torch::kCUDA, type);
-  const auto k = torch::randn({1, kv_heads, capacity, d}, torch::kFloat64).to(torch::kCUDA, type);
-  const auto v = torch::randn({1, kv_heads, capacity, d}, torch::kFloat64).to(torch::kCUDA, type);
-  DecodeAttentionOptions o;
-  o.window = n;
-  const auto got = decode_attention(q, k, v, {n}, o);
-  kernels::DecodeAttentionParams p;
-  const std::vector<int64_t> lengths{n};
-  p.batch = 1;
-  p.heads = heads;
-  p.kv_heads = kv_heads;
-  p.head_dim = d;
-  p.capacity = capacity;
-  p.lengths = lengths.data();
-  p.window = n;
-  p.scale = 1.0 / std::sqrt(static_cast<double>(d));
-  const auto want = kernels::reference::decode_forward(
-      p, harness::host_values(q), harness::host_values(k), harness::host_values(v));
-  // SDPA's fused kernels in float32 keep float32 accumulators over 1234 keys (~1e-6).
-  const double bound = type == torch::kFloat32 ? 1e-5 : 4e-3;
   r.max_rel("out vs the float64 reference", harness::host_values(got.out), want.out, bound);
   if (got.keys_read != want.keys_read) r.fail("keys read differ from the reference's");
 }
@@ -239,10 +212,15 @@ REACH_OP_CASES(decode_attention_cuda_cases) {
                     [c, type](harness::Report& r) { check(c, type, r); }});
     }
   }
+  // Dense causal attention over one request: SDPA (LibTorch >= 2.5) with GQA; its fused
+  // kernels take 16- and 32-bit floats (float32 accumulators over 1234 keys: ~1e-6).
+  DecodeCase sdpa{
+      "b1_h8_hkv2_d64_n1234_dense_sdpa", 1, 8, 2, 64, 1500, 1, {1234}, {}, {}, {}, 1234};
+  sdpa.default_scale = true;
   for (const auto& [name, type] : types) {
-    if (type == torch::kFloat64) continue;  // SDPA's fused kernels take 16- and 32-bit floats
-    registry.add({"decode_attention", "torch_cuda", name, "b1_h8_hkv2_d64_n1234_dense_sdpa",
-                  "vs_reference", [type](harness::Report& r) { check_dense_sdpa(type, r); }});
+    if (type == torch::kFloat64) continue;
+    registry.add({"decode_attention", "torch_cuda", name, sdpa.shape, "vs_reference",
+                  [sdpa, type](harness::Report& r) { check(sdpa, type, r); }});
   }
   registry.add({"decode_attention", "torch_cuda", "f32", "b1_h2_d16", "errors", check_errors});
 }
