@@ -63,8 +63,11 @@ World world_from_environment(const EnvironmentLookup& lookup_in) {
   }
   world.local_rank =
       static_cast<int>(integer_variable(lookup, "LOCAL_RANK", 0, kMaxWorld).value_or(world.rank));
-  if (world.size == 1) return world;
   const auto addr = lookup("MASTER_ADDR");
+  if (world.size == 1) {
+    if (!addr || addr->empty()) return world;
+    world.world_of_one_group = true;
+  }
   if (!addr || addr->empty()) {
     throw std::invalid_argument(fmt::format(
         "environment variable WORLD_SIZE={} but MASTER_ADDR is not set (the host of rank 0)",

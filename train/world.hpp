@@ -1,7 +1,10 @@
 // The processes of one data-parallel training (its "world"), as the launcher describes them in
 // environment variables, torchrun's names: RANK (this process, 0..WORLD_SIZE-1), WORLD_SIZE,
 // LOCAL_RANK (this process on its machine: the GPU it uses), MASTER_ADDR and MASTER_PORT (where
-// rank 0 serves the rendezvous store). No WORLD_SIZE (or WORLD_SIZE=1) is one process alone.
+// rank 0 serves the rendezvous store). No WORLD_SIZE, or WORLD_SIZE=1 without MASTER_ADDR, is one
+// process alone; WORLD_SIZE=1 with MASTER_ADDR (what `torchrun --nproc-per-node 1` sets) is a
+// world of one with a real process group, as in PyTorch: its all-reduce is the identity, so it
+// trains exactly as one process does and measures what the collectives cost.
 #pragma once
 
 #include <cstdint>
@@ -22,7 +25,9 @@ struct World {
   // uses keys of its own.
   bool launcher_serves_store = false;
   std::string attempt = "0";
-  bool distributed() const { return size > 1; }
+  // A process group even for one rank (WORLD_SIZE=1 with MASTER_ADDR set).
+  bool world_of_one_group = false;
+  bool distributed() const { return size > 1 || world_of_one_group; }
 };
 
 // Reads the world from a lookup of environment variables (std::getenv by default); throws

@@ -190,6 +190,29 @@ TEST(DataParallel, TwoGlooRanksFollowTheOneProcessLossCurve) {
   }
 }
 
+// A world of one (WORLD_SIZE=1 with MASTER_ADDR, as `torchrun --nproc-per-node 1` starts it)
+// runs a real process group whose all-reduce is the identity: the same loss curve as one process
+// alone, to the bit (the one rank's gradient summed over one rank and divided by 1).
+TEST(DataParallel, AWorldOfOneRunsAProcessGroupAndTrainsExactlyAsOneProcess) {
+  SKIP_WITHOUT_GLOO();
+  const auto dir = work_dir("world_of_one");
+  ASSERT_EQ(run_reach(dir, train_args(dir, "alone", 8, 100)).status, 0);
+  const auto r = run_reach(dir, train_args(dir, "group", 8, 100),
+                           {{"RANK", "0"},
+                            {"WORLD_SIZE", "1"},
+                            {"MASTER_ADDR", "127.0.0.1"},
+                            {"MASTER_PORT", std::to_string(free_port())}});
+  ASSERT_EQ(r.status, 0) << r.stderr_text;
+  EXPECT_NE(r.stderr_text.find("data-parallel: 1 ranks over Gloo"), std::string::npos)
+      << r.stderr_text;
+  const auto alone = metrics(dir / "alone"), group = metrics(dir / "group");
+  ASSERT_EQ(alone.size(), 8u);
+  ASSERT_EQ(group.size(), alone.size());
+  for (size_t i = 0; i < alone.size(); ++i) {
+    EXPECT_EQ(alone[i]["loss"].get<double>(), group[i]["loss"].get<double>()) << "step " << i + 1;
+  }
+}
+
 TEST(DataParallel, BucketsCoverEveryParameterAndLeaveUnusedOnesAlone) {
   SKIP_WITHOUT_GLOO();
   // A world of one over Gloo: the mean over the ranks is the gradient itself, exactly.
@@ -376,6 +399,12 @@ TEST(DataParallel, WorldFromEnvironmentNamesTheBadVariable) {
     });
   };
   EXPECT_FALSE(world({}).distributed());
+  EXPECT_FALSE(world({{"RANK", "0"}, {"WORLD_SIZE", "1"}}).distributed());
+  // torchrun --nproc-per-node 1: a world of one with a process group.
+  const auto one =
+      world({{"RANK", "0"}, {"WORLD_SIZE", "1"}, {"MASTER_ADDR", "h"}, {"MASTER_PORT", "1234"}});
+  EXPECT_TRUE(one.distributed());
+  EXPECT_EQ(one.size, 1);
   const auto w = world({{"RANK", "3"},
                         {"WORLD_SIZE", "4"},
                         {"LOCAL_RANK", "1"},
@@ -419,6 +448,9 @@ TEST(DataParallel, WorldFromEnvironmentNamesTheBadVariable) {
   EXPECT_NE(error(with_env("MASTER_ADDR", "")).find("MASTER_ADDR is not set"), std::string::npos);
   EXPECT_NE(error(with_env("MASTER_PORT", "")).find("MASTER_PORT is not set"), std::string::npos);
   EXPECT_NE(error(with_env("MASTER_PORT", "70000")).find("MASTER_PORT=70000 must be in 1..65535"),
+            std::string::npos);
+  EXPECT_NE(error({{"RANK", "0"}, {"WORLD_SIZE", "1"}, {"MASTER_ADDR", "h"}})
+                .find("WORLD_SIZE=1 but MASTER_PORT is not set"),
             std::string::npos);
 }
 
