@@ -13,8 +13,9 @@ namespace {
 
 bool& switched_on() {
   static bool on = [] {
+    // On unless REACH_FUSED_KERNELS=0 (the tensor-op path, for comparisons).
     const char* value = std::getenv("REACH_FUSED_KERNELS");
-    return value != nullptr && std::strcmp(value, "1") == 0;
+    return value == nullptr || std::strcmp(value, "0") != 0;
   }();
   return on;
 }
