@@ -1,13 +1,16 @@
-// One training step of the paper preset on the GPU, timed and profiled kernel by kernel
-// (issue 15): forward + cross-entropy + backward under bf16 autocast, gradient clipping and a
-// fused AdamW step, on random byte tokens. Prints the step time (median of timed steps
-// between device synchronizations) and, with --trace FILE, records --profile-steps steps with
-// LibTorch's Kineto profiler into a Chrome trace (scripts/profile_summary.py turns it into
-// the per-kernel table of docs/benchmarks.md: GPU busy time per kernel name and the idle
-// time between kernels, i.e. what launch overhead costs).
+// One training step of a model preset (default: the paper preset) on the GPU, timed and profiled
+// kernel by kernel (issue 15): forward + cross-entropy + backward under bf16 autocast, gradient
+// clipping and a fused AdamW step, on random tokens of the vocabulary size asked for. Prints the
+// step time (median of timed steps between device synchronizations) and, with --trace FILE, records
+// --profile-steps steps with LibTorch's Kineto profiler into a Chrome trace
+// (scripts/profile_summary.py turns it into the per-kernel table of docs/benchmarks.md: GPU busy
+// time per kernel name and the idle time between kernels, i.e. what launch overhead costs).
 //
 // Usage (GPU machine): build-gpu/bench/train_step_profile [--attention fibonacci|dense]
-//   [--seq-len 1024] [--batch 64] [--steps 20] [--profile-steps 3] [--trace FILE]
+//   [--preset paper|paper-exact|...] [--vocab 256] [--seq-len 1024] [--batch 64] [--steps 20]
+//   [--profile-steps 3] [--trace FILE]
+// (--preset paper-exact --vocab 32768: the paper's own 60.9M-parameter model, GQA, RMSNorm,
+// SwiGLU, its 32k vocabulary, as configs/experiments/paper-central.toml trains it.)
 #include <ATen/autocast_mode.h>
 #include <fmt/core.h>
 #include <torch/csrc/autograd/profiler_kineto.h>
@@ -26,6 +29,8 @@ namespace {
 
 struct Options {
   std::string attention = "fibonacci";
+  std::string preset = "paper";
+  int64_t vocab = 256;
   int64_t seq_len = 1024, batch = 64, steps = 20, profile_steps = 3;
   std::string trace;
 };
@@ -38,6 +43,10 @@ Options parse(int argc, char** argv) {
     const std::string value = argv[++i];
     if (flag == "--attention") {
       o.attention = value;
+    } else if (flag == "--preset") {
+      o.preset = value;
+    } else if (flag == "--vocab") {
+      o.vocab = std::stoll(value);
     } else if (flag == "--seq-len") {
       o.seq_len = std::stoll(value);
     } else if (flag == "--batch") {
@@ -52,8 +61,9 @@ Options parse(int argc, char** argv) {
       throw std::invalid_argument("unknown flag " + flag);
     }
   }
-  if (o.seq_len < 1 || o.batch < 1 || o.steps < 1 || o.profile_steps < 0) {
-    throw std::invalid_argument("--seq-len, --batch, --steps must be >= 1, --profile-steps >= 0");
+  if (o.seq_len < 1 || o.batch < 1 || o.steps < 1 || o.profile_steps < 0 || o.vocab < 2) {
+    throw std::invalid_argument(
+        "--seq-len, --batch, --steps must be >= 1, --vocab >= 2, --profile-steps >= 0");
   }
   return o;
 }
@@ -79,8 +89,8 @@ int main(int argc, char** argv) try {
   const auto o = parse(argc, argv);
   if (!torch::cuda::is_available()) throw std::runtime_error("needs a CUDA device");
   const torch::Device device(torch::kCUDA, 0);
-  auto config = reach::model::preset("paper");
-  config.vocab_size = 256;
+  auto config = reach::model::preset(o.preset);
+  config.vocab_size = o.vocab;
   config.attention = reach::model::parse_attention_family(o.attention);
   config.schedule = reach::model::AlphaSchedule::stagger;
   config.alpha_min = 1.0;
@@ -134,9 +144,10 @@ int main(int argc, char** argv) try {
   std::sort(ms.begin(), ms.end());
   const double median = ms[ms.size() / 2];
   fmt::print(
-      "train_step_profile {} {} x {}: step {:.2f} ms (median of {}; min {:.2f}), {:.0f} "
+      "train_step_profile {} {} vocab {} {} x {}: step {:.2f} ms (median of {}; min {:.2f}), "
+      "{:.0f} "
       "tokens/s, loss {:.4f}\n",
-      o.attention, o.batch, o.seq_len, median, ms.size(), ms.front(),
+      o.preset, o.attention, o.vocab, o.batch, o.seq_len, median, ms.size(), ms.front(),
       1e3 * static_cast<double>(o.batch * o.seq_len) / median, loss.item<double>());
 
   if (!o.trace.empty() && o.profile_steps > 0) {
