@@ -93,8 +93,10 @@ int main(int argc, char** argv) try {
   config.vocab_size = o.vocab;
   config.attention = reach::model::parse_attention_family(o.attention);
   config.schedule = reach::model::AlphaSchedule::stagger;
-  config.alpha_min = 1.0;
-  config.alpha_max = 3.0;
+  if (o.preset == "paper") {  // reach's own convention: alpha 1 -> 3 (the paper's: 0.5 + l/(L-1))
+    config.alpha_min = 1.0;
+    config.alpha_max = 3.0;
+  }
   config.reach = std::max(o.seq_len, config.window);
   torch::manual_seed(0);
   reach::model::Gpt net(config);
