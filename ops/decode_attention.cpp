@@ -7,6 +7,9 @@
 #include <string>
 
 #include "kernels/cpu/decode_attention.hpp"
+#ifdef REACH_DECODE_ATTENTION_CUDA
+#include "ops/decode_attention_cuda.hpp"
+#endif
 
 namespace reach::ops {
 namespace {
@@ -27,7 +30,49 @@ const double* data_or_null(const torch::Tensor& t) {
   return t.defined() ? t.data_ptr<double>() : nullptr;
 }
 
-// On a GPU, the same contract through tensor ops (no custom kernel): each query's key set,
+// Dense causal attention over one length, one query per request, no distance bias nor log-n
+// scaling: what SDPA (FlashAttention) computes, the usual dense baseline (LibTorch >= 2.5;
+// unused by a build without either).
+[[maybe_unused]] bool sdpa_takes(const torch::Tensor& q, const std::vector<int64_t>& lengths,
+                                 const DecodeAttentionOptions& o) {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 5)
+  if (!o.offsets.empty() || o.alibi_slopes.defined() || o.delta.defined() || q.size(2) != 1) {
+    return false;
+  }
+  for (size_t b = 0; b < lengths.size(); ++b) {
+    const int64_t window = o.windows.empty() ? o.window : o.windows[b];
+    if (window < lengths[b] || lengths[b] != lengths.front()) return false;
+  }
+  return true;
+#else
+  (void)q, (void)lengths, (void)o;
+  return false;
+#endif
+}
+
+// The slots each (request, head, query) reads under p: the window's and the visible offsets'
+// (every softmax weight is positive), as the CUDA kernel reads them (unused without it).
+[[maybe_unused]] std::vector<int64_t> slots_read(const kernels::DecodeAttentionParams& p) {
+  std::vector<int64_t> read(static_cast<size_t>(p.batch * p.heads * p.queries));
+  for (int64_t b = 0; b < p.batch; ++b) {
+    const int64_t window = p.window_of(b), rungs = p.rungs_of(b);
+    for (int64_t i = 0; i < p.queries; ++i) {
+      const int64_t t = p.lengths[b] - p.queries + i;
+      int64_t seen = std::min(window, t + 1);
+      for (int64_t k = 0; k < rungs; ++k) {
+        const double x = p.offsets[k];
+        if (x >= static_cast<double>(window) && x <= static_cast<double>(t)) ++seen;
+      }
+      for (int64_t h = 0; h < p.heads; ++h) {
+        read[static_cast<size_t>((b * p.heads + h) * p.queries + i)] = seen;
+      }
+    }
+  }
+  return read;
+}
+
+// On a GPU, the same contract through tensor ops (no custom kernel; what the CUDA kernel does
+// not take: float64, fractional offsets): each query's key set,
 // at most max W_b + K slots, as row indices built on the host (the positions depend only
 // on the lengths and the budgets), gathered from the cache in one gather per operand,
 // fractional offsets as two gathers blended; one masked softmax over the slots in float32.
@@ -48,16 +93,15 @@ DecodeAttentionResult decode_attention_tensor_ops(const torch::Tensor& q, const 
     return o.rungs.empty() ? num_offsets : o.rungs[static_cast<size_t>(b)];
   };
   int64_t window_slots = 0;
-  bool dense = num_offsets == 0 && !o.alibi_slopes.defined() && !o.delta.defined();
   for (int64_t b = 0; b < batch; ++b) {
-    const int64_t n = lengths[static_cast<size_t>(b)];
-    window_slots = std::max(window_slots, std::min(window_of(b), n));
-    dense = dense && window_of(b) >= n && n == lengths.front();
+    window_slots = std::max(window_slots, std::min(window_of(b), lengths[static_cast<size_t>(b)]));
   }
   DecodeAttentionResult result;
   result.keys_read.resize(static_cast<size_t>(batch * heads * queries));
+  result.path = DecodeAttentionPath::cuda_tensor_ops;
 #if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 5)
-  if (dense && queries == 1) {
+  if (sdpa_takes(q, lengths, o)) {
+    result.path = DecodeAttentionPath::cuda_sdpa;
     const int64_t n = lengths.front();
     // Not cuDNN's attention: it builds an execution plan per sequence length, and a decode
     // step's length is new every step (measured: ~9 ms per layer and step on an H200, against
@@ -176,6 +220,34 @@ DecodeAttentionResult decode_attention_tensor_ops(const torch::Tensor& q, const 
 
 }  // namespace
 
+const torch::Tensor& DecodeLengths::on(const torch::Device& device,
+                                       const std::vector<int64_t>& lengths) {
+  if (device_.defined() && device_.device() == device && host_ == lengths) return device_;
+  const bool pinned = device.is_cuda();
+  auto host = torch::empty({static_cast<int64_t>(lengths.size())},
+                           torch::TensorOptions().dtype(torch::kInt).pinned_memory(pinned));
+  auto* h = host.data_ptr<int32_t>();
+  for (size_t b = 0; b < lengths.size(); ++b) {
+    require(lengths[b] >= 0 && lengths[b] <= std::numeric_limits<int32_t>::max(),
+            "length " + std::to_string(lengths[b]) + " of request " + std::to_string(b) +
+                " does not fit the device lengths (int32)");
+    h[b] = static_cast<int32_t>(lengths[b]);
+  }
+  // Asynchronous from pinned memory: the host buffer stays allocated until the copy is done
+  // (the caching host allocator records the copy's stream).
+  device_ = host.to(device, /*non_blocking=*/pinned);
+  host_ = lengths;
+  return device_;
+}
+
+bool decode_attention_has_cuda_kernel() {
+#ifdef REACH_DECODE_ATTENTION_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
 bool decode_attention_supported(const torch::Device& device, const DecodeAttentionOptions& o) {
   if (device.is_cpu()) return true;
   return device.is_cuda() && !o.entmax && o.mass.empty();
@@ -265,8 +337,21 @@ DecodeAttentionResult decode_attention(const torch::Tensor& q, const torch::Tens
     if (const auto problem = kernels::validate_decode_params(p); !problem.empty()) {
       require(false, problem);
     }
-    return decode_attention_tensor_ops(q.contiguous(), key_buffer, value_buffer, lengths, o,
-                                       p.scale);
+    const auto& dl = o.device_lengths;
+    require(!dl.defined() || (dl.device() == q.device() && dl.scalar_type() == torch::kInt &&
+                              dl.numel() == batch && dl.is_contiguous()),
+            "device_lengths must be contiguous int32 [batch] on q's device");
+    const auto qc = q.contiguous();
+#ifdef REACH_DECODE_ATTENTION_CUDA
+    if (!sdpa_takes(qc, lengths, o) && decode_cuda::kernel_takes(qc, o, p.capacity)) {
+      DecodeAttentionResult result;
+      result.out = decode_cuda::forward(qc, key_buffer, value_buffer, lengths, o, p.scale);
+      result.keys_read = slots_read(p);
+      result.path = DecodeAttentionPath::cuda_kernel;
+      return result;
+    }
+#endif
+    return decode_attention_tensor_ops(qc, key_buffer, value_buffer, lengths, o, p.scale);
   }
   const auto qc = q.contiguous();
   DecodeAttentionResult result{torch::empty_like(qc),

@@ -4,8 +4,11 @@
 // q: [batch, heads, Q, head_dim], the last Q positions of each request (Q = 1: one new
 // token); key_buffer, value_buffer: [batch, kv_heads, capacity, head_dim] contiguous, rows
 // 0..lengths[b]-1 filled (the new tokens' own keys and values included); float32 or float64
-// on the CPU (the C++ kernel); bfloat16, float32 or float64 on a CUDA GPU (tensor ops:
-// decode_attention_tensor_ops in the .cpp says how). Returns [batch, heads, Q, head_dim].
+// on the CPU (the C++ kernel); bfloat16, float32 or float64 on a CUDA GPU: bfloat16 and
+// float32 softmax key sets with integer offsets run the CUDA decode kernel
+// (kernels/cuda/decode_attention.hpp: one launch per layer, the cache read in place), dense
+// causal attention over one length SDPA, and the rest (float64, fractional offsets) tensor ops
+// (decode_attention_tensor_ops in the .cpp says how). Returns [batch, heads, Q, head_dim].
 #pragma once
 
 #include <torch/torch.h>
@@ -28,12 +31,37 @@ struct DecodeAttentionOptions {
   // ALiBi slopes. Per-head tensors: [heads], any floating dtype, on the CPU.
   bool entmax = false;
   torch::Tensor entmax_alpha, delta, beta, gamma, alibi_slopes;
+  // Optional, CUDA: the lengths as int32 [batch] on q's device, equal to `lengths` (from a
+  // DecodeLengths, which a step's layers share), so the kernel reads them without an upload
+  // per layer; undefined: uploaded here.
+  torch::Tensor device_lengths;
 };
+
+// Which implementation ran (tests check that the kernel they judge is the one that ran).
+enum class DecodeAttentionPath { cpu_kernel, cuda_kernel, cuda_sdpa, cuda_tensor_ops };
 
 struct DecodeAttentionResult {
   torch::Tensor out;               // [batch, heads, Q, head_dim]
   std::vector<int64_t> keys_read;  // [batch * heads * Q]: slots whose value was read
+  DecodeAttentionPath path = DecodeAttentionPath::cpu_kernel;
 };
+
+// The lengths of a decode step on a device, uploaded (one asynchronous copy from pinned
+// memory) only when they differ from the last ones asked for: every layer of a step reads the
+// same lengths, so one DecodeLengths per step uploads them once.
+class DecodeLengths {
+ public:
+  // int32 [lengths.size()] on `device`; throws std::invalid_argument past 2^31 - 1.
+  const torch::Tensor& on(const torch::Device& device, const std::vector<int64_t>& lengths);
+
+ private:
+  std::vector<int64_t> host_;
+  torch::Tensor device_;
+};
+
+// Whether this build has the CUDA decode kernel (reach_ops compiled against a CUDA LibTorch
+// with nvcc present).
+bool decode_attention_has_cuda_kernel();
 
 // Whether decode_attention runs these options on `device`: everything on the CPU; on a
 // CUDA GPU softmax with fixed per-request budgets (windows, rungs), ALiBi and log-n scaling,

@@ -56,6 +56,12 @@ torch::Tensor decode_with_kernel(const torch::Tensor& q, const LayerKvCache& cac
                                                    : cache.values.contiguous();
   const auto lengths =
       cache.batched() ? cache.lengths : std::vector<int64_t>(static_cast<size_t>(batch), n);
+  if (q.is_cuda()) {
+    // Every layer of a step has the same lengths: the first uploads them, the others reuse the
+    // device copy (the memo is keyed by the lengths and the device, so it is never stale).
+    thread_local ops::DecodeLengths step_lengths;
+    key_set.device_lengths = step_lengths.on(q.device(), lengths);
+  }
   // On a GPU the cache keeps the projections' dtype (bf16 under autocast), which RoPE's float32
   // tables may have promoted q away from.
   auto result = ops::decode_attention(q.is_cuda() ? q.to(keys.scalar_type()) : q, keys, values,

@@ -410,11 +410,11 @@ TEST(Generate, BadRequestsAreClearErrors) {
   expect_error(r, "max new tokens must be >= 0");
 }
 
-// On a GPU (float32, no autocast): decode through the GPU decode op (tensor ops; SDPA for
-// dense) against the full forward on the GPU (the fused CUDA kernels). Bound 1e-4 relative to
-// the largest logit: both sides are float32 on the GPU with different summation orders (the
-// CUDA kernels accumulate blockwise); an indexing or mask mistake is O(1). Entmax layers fall
-// back to a full forward over the cache on the GPU and must agree too.
+// On a GPU (float32, no autocast): decode through the GPU decode op (the CUDA decode kernel;
+// SDPA for dense) against the full forward on the GPU (the fused CUDA kernels). Bound 1e-4 relative
+// to the largest logit: both sides are float32 on the GPU with different summation orders (the CUDA
+// kernels accumulate blockwise); an indexing or mask mistake is O(1). Entmax layers fall back to a
+// full forward over the cache on the GPU and must agree too.
 TEST(SessionCuda, PrefillPlusDecodeEqualsTheFullForwardOnTheGpu) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
   const auto tokens = random_tokens(90, 1);

@@ -1,8 +1,11 @@
-// The decode op on a CUDA GPU (ops/decode_attention.cpp: tensor ops over the gathered key
-// set; SDPA for dense causal attention over one request) against the float64 reference
-// (kernels/cpu/reference_decode_attention.hpp) on random inputs, never zeros: GQA, budgets per
-// request (windows, rungs), fractional offsets, ALiBi, log-n scaling, several queries per
-// request, ragged lengths.
+// The decode op on a CUDA GPU (ops/decode_attention.cpp: the CUDA decode kernel for bf16 and
+// float32 key sets with integer offsets; tensor ops over the gathered key set for float64 and
+// fractional offsets; SDPA for dense causal attention over one length) against the float64
+// reference (kernels/cpu/reference_decode_attention.hpp) on random inputs, never zeros: GQA,
+// budgets per request (windows, rungs), fractional offsets, ALiBi, log-n scaling, several
+// queries per request, ragged lengths (1, shorter than the window), and every family through
+// the kernel (window, Fibonacci, power-of-2, dense, R = 1..5). Each case also checks which
+// implementation ran, so a kernel case cannot pass through a fallback.
 //
 // Tolerances, relative to the largest reference magnitude, the reference seeing the same
 // rounded inputs: float64 1e-12 (summation order only); float32 1e-5 (scores, softmax and the
@@ -82,6 +85,85 @@ std::vector<DecodeCase> cases() {
        13,
        false,
        true},
+      // The families through the CUDA kernel (bf16 and float32): a window over R = 5 requests
+      // of lengths 1, shorter than the window and at the capacity, GQA group 4.
+      {"b5_h8_hkv2_d64_q1_window",
+       5,
+       8,
+       2,
+       64,
+       200,
+       1,
+       {1, 7, 16, 40, 200},
+       {},
+       {},
+       {},
+       16,
+       false,
+       false,
+       true},
+      // Power-of-2 offsets, head_dim 128, no GQA.
+      {"b4_h4_hkv4_d128_q1_power2",
+       4,
+       4,
+       4,
+       128,
+       300,
+       1,
+       {3, 9, 129, 300},
+       {},
+       {},
+       {8, 16, 32, 64, 128, 256},
+       8,
+       false,
+       false,
+       true},
+      // Fibonacci over one request; 16 query heads on one KV head (two blocks of 8 heads).
+      {"b1_h16_hkv1_d64_q1_fibonacci",
+       1,
+       16,
+       1,
+       64,
+       500,
+       1,
+       {500},
+       {},
+       {},
+       {21, 34, 55, 89, 144, 233},
+       16,
+       false,
+       false,
+       true},
+      // Integer offsets with budgets per request, ALiBi and log-n scaling, three queries.
+      {"b5_h4_hkv2_d64_q3_fibonacci_budgets_alibi_logn",
+       5,
+       4,
+       2,
+       64,
+       400,
+       3,
+       {400, 3, 57, 150, 250},
+       {16, 2, 40, 16, 100},
+       {6, 6, 3, 0, 2},
+       {21, 34, 55, 89, 144, 233},
+       16,
+       true,
+       true},
+      // Dense with ALiBi, ragged: the 1,100-key row is split over three blocks and merged.
+      {"b2_h2_hkv1_d32_q1_dense_alibi_split",
+       2,
+       2,
+       1,
+       32,
+       1100,
+       1,
+       {1100, 513},
+       {},
+       {},
+       {},
+       1100,
+       true,
+       false},
       // Dense causal attention, ragged (gathers every row).
       {"b3_h2_hkv1_d32_q1_dense_ragged",
        3,
@@ -98,6 +180,40 @@ std::vector<DecodeCase> cases() {
        false,
        false},
   };
+}
+
+// Which implementation the op must pick for a case: SDPA for dense causal attention over one
+// length, tensor ops for float64 and fractional offsets, else the CUDA kernel (where built).
+DecodeAttentionPath expected_path(const DecodeCase& c, torch::ScalarType type) {
+  bool one_length_dense = c.offsets.empty() && !c.alibi && !c.log_n && c.queries == 1;
+  for (size_t b = 0; b < c.lengths.size(); ++b) {
+    const int64_t window = c.windows.empty() ? c.window : c.windows[b];
+    one_length_dense =
+        one_length_dense && window >= c.lengths[b] && c.lengths[b] == c.lengths.front();
+  }
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 5)
+  if (one_length_dense) return DecodeAttentionPath::cuda_sdpa;
+#endif
+  bool fractional = false;
+  for (const double x : c.offsets) fractional = fractional || x != std::floor(x);
+  if (type == torch::kFloat64 || fractional || !decode_attention_has_cuda_kernel()) {
+    return DecodeAttentionPath::cuda_tensor_ops;
+  }
+  return DecodeAttentionPath::cuda_kernel;
+}
+
+std::string path_name(DecodeAttentionPath path) {
+  switch (path) {
+    case DecodeAttentionPath::cpu_kernel:
+      return "the CPU kernel";
+    case DecodeAttentionPath::cuda_kernel:
+      return "the CUDA kernel";
+    case DecodeAttentionPath::cuda_sdpa:
+      return "SDPA";
+    case DecodeAttentionPath::cuda_tensor_ops:
+      return "tensor ops";
+  }
+  return "?";
 }
 
 torch::Tensor to_tensor(const std::vector<double>& x, std::vector<int64_t> shape,
@@ -143,7 +259,15 @@ void check(const DecodeCase& c, torch::ScalarType type, harness::Report& r) {
     o.beta = per_head(beta);
     o.gamma = per_head(gamma);
   }
+  // Half the cases pass the step's lengths on the device, as the model does.
+  DecodeLengths device_lengths;
+  if (harness::seed_of(c.shape) % 2 == 0) {
+    o.device_lengths = device_lengths.on(torch::Device(torch::kCUDA), c.lengths);
+  }
   const auto got = decode_attention(q, k, v, c.lengths, o);
+  if (got.path != expected_path(c, type)) {
+    r.fail("ran " + path_name(got.path) + ", expected " + path_name(expected_path(c, type)));
+  }
 
   kernels::DecodeAttentionParams p;
   p.batch = c.batch;
@@ -200,7 +324,20 @@ void check_errors(harness::Report& r) {
   expect_error({}, {11}, k, "outside 1..10");
   expect_error({}, {10}, k.cpu(), "one device");
   expect_error({}, {10}, k.to(torch::kFloat64), "one dtype");
-  r.lt("bad inputs accepted or not named (of 5)", wrong, 0.5);
+  DecodeAttentionOptions short_lengths;
+  short_lengths.device_lengths =
+      torch::full({2}, 10, torch::dtype(torch::kInt).device(torch::kCUDA));
+  expect_error(short_lengths, {10}, k, "device_lengths must be contiguous int32 [batch]");
+  r.lt("bad inputs accepted or not named (of 6)", wrong, 0.5);
+  // DecodeLengths uploads again when the lengths change, not otherwise.
+  DecodeLengths lengths;
+  const auto first = lengths.on(torch::Device(torch::kCUDA), {5, 7});
+  const auto same = lengths.on(torch::Device(torch::kCUDA), {5, 7});
+  const auto next = lengths.on(torch::Device(torch::kCUDA), {6, 8});
+  if (!first.is_same(same)) r.fail("DecodeLengths uploaded the same lengths twice");
+  if (next.cpu().to(torch::kLong).data_ptr<int64_t>()[1] != 8) {
+    r.fail("DecodeLengths kept stale lengths");
+  }
 }
 
 REACH_OP_CASES(decode_attention_cuda_cases) {
