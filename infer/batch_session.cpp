@@ -42,14 +42,15 @@ torch::Tensor BatchSession::add(const std::vector<int64_t>& prompt, BudgetRule b
   model::attention::ForwardContext context;
   context.cache = &own;
   context.budget = attention_budget(budget.at(t));
-  const auto logits =
-      model_->forward_with(context, torch::tensor(prompt, torch::kLong).view({1, t}))[0];
+  const auto input =
+      torch::tensor(prompt, torch::kLong).view({1, t}).to(model_->parameters().front().device());
+  const auto logits = model_->forward_with(context, input)[0];
   for (int64_t l = 0; l < cache_.layers(); ++l) {
     const auto& layer = own.layer(l);
     cache_.layer(l).add_request(layer.keys, layer.values, max_requests_, capacity_);
   }
   budgets_.push_back(std::move(budget));
-  return logits.to(torch::kFloat32);
+  return logits.to(torch::kCPU, torch::kFloat32);
 }
 
 torch::Tensor BatchSession::step(const std::vector<int64_t>& tokens) {
@@ -74,8 +75,9 @@ torch::Tensor BatchSession::step(const std::vector<int64_t>& tokens) {
     context.positions.push_back(n);
     context.budgets.push_back(attention_budget(budgets_[static_cast<size_t>(i)].at(n + 1)));
   }
-  const auto input = torch::tensor(tokens, torch::kLong).view({r, 1});
-  return model_->forward_with(context, input).select(1, 0).to(torch::kFloat32);
+  const auto input =
+      torch::tensor(tokens, torch::kLong).view({r, 1}).to(model_->parameters().front().device());
+  return model_->forward_with(context, input).select(1, 0).to(torch::kCPU, torch::kFloat32);
 }
 
 }  // namespace reach::infer

@@ -3,6 +3,9 @@
 // cache; then each step() advances every request by one token in a single forward (the
 // projections, MLPs and head as one batch, attention through the decode kernel with each
 // request's own length and budget). Request i's logits equal running it alone in a Session.
+// On the CPU or, for the layers the GPU decode op takes (softmax key sets without a mass
+// budget: ops::decode_attention_supported), on the model's CUDA device; logits come back as
+// float32 on the CPU, as a Session returns them.
 #pragma once
 
 #include <torch/torch.h>

@@ -119,12 +119,6 @@ torch::Tensor AttentionLayer::batched_step(torch::Tensor q, torch::Tensor k, tor
         "attention: a batched decode step needs the cache and one token per request with its "
         "position");
   }
-  if (!q.device().is_cpu()) {
-    throw std::invalid_argument(
-        "attention: batched decode of requests of different lengths runs on the CPU decode "
-        "kernel only; the model is on " +
-        q.device().str());
-  }
   auto& cache = context.cache->layer(layer_);
   if (cache.lengths != positions) {
     throw std::invalid_argument("attention: a batched step's positions differ from layer " +
@@ -134,7 +128,7 @@ torch::Tensor AttentionLayer::batched_step(torch::Tensor q, torch::Tensor k, tor
     // Each request's token at its own position: rows of the tables, one per request.
     const int64_t last = *std::max_element(positions.begin(), positions.end());
     const auto [cos, sin] = rope_.get(0, last + 1, q.options());
-    const auto index = torch::tensor(positions, torch::kLong);
+    const auto index = torch::tensor(positions, torch::kLong).to(q.device());
     const auto c = cos.index_select(0, index).view({b, 1, 1, -1});
     const auto s = sin.index_select(0, index).view({b, 1, 1, -1});
     q = apply_rope(q, c, s);
@@ -152,6 +146,13 @@ torch::Tensor AttentionLayer::batched_step(torch::Tensor q, torch::Tensor k, tor
 
 torch::Tensor AttentionLayer::attend_cached(const torch::Tensor& q, const LayerKvCache& cache,
                                             const ForwardContext& context) {
+  if (cache.batched() && !q.device().is_cpu()) {
+    // A full forward over the batched cache would read every request as the longest one.
+    throw std::invalid_argument(
+        "attention: a batched step of requests of different lengths on " + q.device().str() +
+        " needs the GPU decode op, which takes softmax key sets without a mass budget (entmax, "
+        "ASEntmax and mass budgets decode batched on the CPU)");
+  }
   const int64_t t = q.size(2), n = cache.length();
   auto shape = q.sizes().vec();
   shape[2] = n - t;

@@ -7,6 +7,7 @@
 
 #include <gtest/gtest.h>
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -161,6 +162,59 @@ TEST(BatchSession, BadRequestsAreClearErrors) {
   chunk_batch.add(random_tokens(6, 1));
   chunk_batch.add(random_tokens(9, 2));
   expect_error([&] { chunk_batch.step({1, 2}); }, "not supported for the chunk family");
+}
+
+// On a GPU (float32, no autocast): the same comparison with the model on the GPU, attention
+// through the CUDA decode kernel with each request's length and budget (the kernel reads the
+// lengths from the device). Bound 1e-4 relative to the largest logit, as SessionCuda's: the
+// batched projections and MLP sum in other orders than one request's on the GPU; an indexing or
+// budget mistake is O(1). Budgets the GPU op does not take (mass) and normalisers it does not
+// (entmax) are clear errors, not a full forward that would read every request as the longest.
+TEST(BatchSessionCuda, EachRequestEqualsRunningItAloneOnTheGpu) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  const std::vector<Request> requests{{random_tokens(5, 1), "full"},
+                                      {random_tokens(37, 2), "rungs=log2(n)"},
+                                      {random_tokens(1, 3), "full"},
+                                      {random_tokens(12, 4), "window=3,rungs=1"}};
+  struct Case {
+    const char* name;
+    model::Gpt net;
+  };
+  const std::vector<Case> cases{
+      {"dense", make_model(AttentionFamily::dense)},
+      {"window", make_model(AttentionFamily::window)},
+      {"fibonacci stagger", make_model(AttentionFamily::fibonacci)},
+      {"power_of_two learned (frozen)",
+       make_model(AttentionFamily::power_of_two, AlphaSchedule::learned)},
+      {"fibonacci grouped-query (1 KV head for 2 query heads)",
+       make_model(AttentionFamily::fibonacci, AlphaSchedule::stagger, Normalizer::softmax, 1)},
+  };
+  for (auto c : cases) {
+    c.net->to(torch::kCUDA);
+    const double error = worst_batched_vs_alone(c.net, requests, 45);  // past reach 40
+    EXPECT_LT(error, 1e-4) << c.name;
+    RecordProperty(c.name, std::to_string(error));
+  }
+
+  auto expect_error = [](const std::function<void()>& f, const std::string& fragment) {
+    try {
+      f();
+      ADD_FAILURE() << "no error, expected: " << fragment;
+    } catch (const std::exception& e) {
+      EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
+    }
+  };
+  auto entmax = make_model(AttentionFamily::fibonacci, AlphaSchedule::stagger, Normalizer::entmax);
+  entmax->to(torch::kCUDA);
+  BatchSession entmax_batch(entmax, 2, 40);
+  entmax_batch.add(random_tokens(6, 1));
+  entmax_batch.add(random_tokens(9, 2));
+  expect_error([&] { entmax_batch.step({1, 2}); }, "needs the GPU decode op");
+  auto fibonacci = make_model(AttentionFamily::fibonacci);
+  fibonacci->to(torch::kCUDA);
+  BatchSession mass_batch(fibonacci, 1, 40);
+  expect_error([&] { mass_batch.add(random_tokens(6, 1), parse_budget_rule("mass=0.7")); },
+               "runs on the CPU decode kernel only");
 }
 
 }  // namespace
