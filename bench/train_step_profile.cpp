@@ -8,7 +8,9 @@
 //
 // Usage (GPU machine): build-gpu/bench/train_step_profile [--attention fibonacci|dense]
 //   [--preset paper|paper-exact|...] [--vocab 256] [--seq-len 1024] [--batch 64] [--steps 20]
-//   [--profile-steps 3] [--trace FILE]
+//   [--profile-steps 3] [--trace FILE] [--loss-chunk-rows 0]
+// --loss-chunk-rows > 0 computes the head and the loss in chunks of that many rows
+// (ops/linear_cross_entropy.hpp, as train.loss_chunk_rows); 0 (default) through the full logits.
 // (--preset paper-exact --vocab 32768: the paper's own 60.9M-parameter model, GQA, RMSNorm,
 // SwiGLU, its 32k vocabulary, as configs/experiments/paper-central.toml trains it.)
 #include <ATen/autocast_mode.h>
@@ -31,6 +33,7 @@ struct Options {
   std::string attention = "fibonacci";
   std::string preset = "paper";
   int64_t vocab = 256;
+  int64_t loss_chunk_rows = 0;
   int64_t seq_len = 1024, batch = 64, steps = 20, profile_steps = 3;
   std::string trace;
 };
@@ -47,6 +50,8 @@ Options parse(int argc, char** argv) {
       o.preset = value;
     } else if (flag == "--vocab") {
       o.vocab = std::stoll(value);
+    } else if (flag == "--loss-chunk-rows") {
+      o.loss_chunk_rows = std::stoll(value);
     } else if (flag == "--seq-len") {
       o.seq_len = std::stoll(value);
     } else if (flag == "--batch") {
@@ -61,9 +66,11 @@ Options parse(int argc, char** argv) {
       throw std::invalid_argument("unknown flag " + flag);
     }
   }
-  if (o.seq_len < 1 || o.batch < 1 || o.steps < 1 || o.profile_steps < 0 || o.vocab < 2) {
+  if (o.seq_len < 1 || o.batch < 1 || o.steps < 1 || o.profile_steps < 0 || o.vocab < 2 ||
+      o.loss_chunk_rows < 0) {
     throw std::invalid_argument(
-        "--seq-len, --batch, --steps must be >= 1, --vocab >= 2, --profile-steps >= 0");
+        "--seq-len, --batch, --steps must be >= 1, --vocab >= 2, --profile-steps and "
+        "--loss-chunk-rows >= 0");
   }
   return o;
 }
@@ -118,7 +125,8 @@ int main(int argc, char** argv) try {
     torch::Tensor loss;
     {
       const Autocast autocast;
-      loss = torch::nn::functional::cross_entropy(net(input).view({-1, config.vocab_size}), target);
+      // (loss_chunk_rows 0: net(input) and cross_entropy over the full logits, as before.)
+      loss = net->loss(input, target, -100, o.loss_chunk_rows);
     }
     loss.backward();
     torch::NoGradGuard no_grad;
@@ -146,11 +154,10 @@ int main(int argc, char** argv) try {
   std::sort(ms.begin(), ms.end());
   const double median = ms[ms.size() / 2];
   fmt::print(
-      "train_step_profile {} {} vocab {} {} x {}: step {:.2f} ms (median of {}; min {:.2f}), "
-      "{:.0f} "
-      "tokens/s, loss {:.4f}\n",
-      o.preset, o.attention, o.vocab, o.batch, o.seq_len, median, ms.size(), ms.front(),
-      1e3 * static_cast<double>(o.batch * o.seq_len) / median, loss.item<double>());
+      "train_step_profile {} {} vocab {} {} x {}, loss chunk rows {}: step {:.2f} ms (median of "
+      "{}; min {:.2f}), {:.0f} tokens/s, loss {:.4f}\n",
+      o.preset, o.attention, o.vocab, o.batch, o.seq_len, o.loss_chunk_rows, median, ms.size(),
+      ms.front(), 1e3 * static_cast<double>(o.batch * o.seq_len) / median, loss.item<double>());
 
   if (!o.trace.empty() && o.profile_steps > 0) {
     namespace prof = torch::autograd::profiler;

@@ -1,9 +1,12 @@
 #include "model/gpt.hpp"
 
 #include <cmath>
+#include <stdexcept>
+#include <string>
 
 #include "model/attention/factory.hpp"
 #include "ops/block_ops.hpp"
+#include "ops/linear_cross_entropy.hpp"
 
 namespace reach::model {
 
@@ -107,6 +110,41 @@ torch::Tensor GptImpl::forward(const torch::Tensor& tokens) {
 
 torch::Tensor GptImpl::forward_with(attention::ForwardContext& context,
                                     const torch::Tensor& tokens) {
+  return head(hidden_states_with(context, tokens));
+}
+
+torch::Tensor GptImpl::hidden_states(const torch::Tensor& tokens) {
+  attention::ForwardContext context;
+  return hidden_states_with(context, tokens);
+}
+
+torch::Tensor GptImpl::head(const torch::Tensor& hidden) {
+  return torch::matmul(hidden, wte_->weight.t());  // tied output head
+}
+
+torch::Tensor GptImpl::loss(const torch::Tensor& tokens, const torch::Tensor& targets,
+                            int64_t ignore_index, int64_t chunk_rows) {
+  return loss_of_hidden(hidden_states(tokens), targets, ignore_index, chunk_rows);
+}
+
+torch::Tensor GptImpl::loss_of_hidden(const torch::Tensor& hidden, const torch::Tensor& targets,
+                                      int64_t ignore_index, int64_t chunk_rows) {
+  if (chunk_rows < 0) {
+    throw std::invalid_argument("loss: chunk_rows must be >= 0 (0: full logits), got " +
+                                std::to_string(chunk_rows));
+  }
+  if (chunk_rows == 0) {
+    const auto logits = head(hidden);
+    return torch::nn::functional::cross_entropy(
+        logits.view({-1, logits.size(-1)}), targets.reshape({-1}),
+        torch::nn::functional::CrossEntropyFuncOptions().ignore_index(ignore_index));
+  }
+  return ops::linear_cross_entropy(hidden.reshape({-1, hidden.size(-1)}), wte_->weight,
+                                   targets.reshape({-1}), ignore_index, chunk_rows);
+}
+
+torch::Tensor GptImpl::hidden_states_with(attention::ForwardContext& context,
+                                          const torch::Tensor& tokens) {
   TORCH_CHECK(tokens.dim() == 2, "model input must be [batch, seq_len] token ids");
   TORCH_CHECK(tokens.scalar_type() == torch::kLong || tokens.scalar_type() == torch::kInt,
               "model input must be integer token ids (int64 or int32), got ", tokens.scalar_type());
@@ -139,12 +177,10 @@ torch::Tensor GptImpl::forward_with(attention::ForwardContext& context,
     torch::Tensor pending;
     for (auto& block : blocks) std::tie(x, pending) = block->forward_fused(x, pending, context);
     const auto& ln_f = ln_f_.get<torch::nn::LayerNorm>();
-    const auto y =
-        ops::add_layer_norm(x, pending, ln_f->weight, ln_f->bias, ln_f->options.eps()).second;
-    return torch::matmul(y, wte_->weight.t());  // tied output head
+    return ops::add_layer_norm(x, pending, ln_f->weight, ln_f->bias, ln_f->options.eps()).second;
   }
   for (auto& block : blocks) x = block->forward(x, context);
-  return torch::matmul(ln_f_.forward(x), wte_->weight.t());  // tied output head
+  return ln_f_.forward(x);
 }
 
 int64_t parameter_count(const torch::nn::Module& module) {

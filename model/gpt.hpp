@@ -59,6 +59,21 @@ class GptImpl : public torch::nn::Module {
   // context.cache set, prefill (empty cache) or decode (the cache holds the earlier tokens).
   // (Not an overload of forward: ModuleHolder's call operator needs one forward.)
   torch::Tensor forward_with(attention::ForwardContext& context, const torch::Tensor& tokens);
+  // The final norm's output [B, T, D], what the tied head multiplies: forward(tokens) is
+  // head(hidden_states(tokens)), bit for bit.
+  torch::Tensor hidden_states(const torch::Tensor& tokens);
+  torch::Tensor hidden_states_with(attention::ForwardContext& context, const torch::Tensor& tokens);
+  // The tied output head: hidden [..., D] -> logits [..., V].
+  torch::Tensor head(const torch::Tensor& hidden);
+  // Mean next-token cross-entropy of tokens [B, T] against targets [B, T] (targets equal to
+  // ignore_index are not scored). chunk_rows 0: through the full logits and torch's
+  // cross_entropy (what training always did); > 0: ops::linear_cross_entropy over that many
+  // rows of logits at a time, never the [B * T, V] logits in full (train.loss_chunk_rows).
+  torch::Tensor loss(const torch::Tensor& tokens, const torch::Tensor& targets,
+                     int64_t ignore_index, int64_t chunk_rows);
+  // The same from hidden_states' output.
+  torch::Tensor loss_of_hidden(const torch::Tensor& hidden, const torch::Tensor& targets,
+                               int64_t ignore_index, int64_t chunk_rows);
   const ModelConfig& config() const { return config_; }
   // Inference: every learned schedule's offsets become integers (freeze_schedule).
   void freeze_schedules();

@@ -198,11 +198,21 @@ LoopResult run_loop(model::Gpt& net, torch::optim::AdamW& optimizer, const torch
     torch::Tensor loss, logged_logits;
     {
       const Bf16Autocast autocast(s.bf16);
-      auto logits = net(input);
-      loss = torch::nn::functional::cross_entropy(
-          logits.view({-1, logits.size(-1)}), target.view({-1}),
-          torch::nn::functional::CrossEntropyFuncOptions().ignore_index(s.ignore_index));
-      if (log_now && hooks.logged_step) logged_logits = logits.detach();
+      if (s.loss_chunk_rows == 0) {
+        auto logits = net(input);
+        loss = torch::nn::functional::cross_entropy(
+            logits.view({-1, logits.size(-1)}), target.view({-1}),
+            torch::nn::functional::CrossEntropyFuncOptions().ignore_index(s.ignore_index));
+        if (log_now && hooks.logged_step) logged_logits = logits.detach();
+      } else {
+        // The head and loss in chunks; a logged step that needs the logits computes them apart.
+        const auto hidden = net->hidden_states(input);
+        loss = net->loss_of_hidden(hidden, target, s.ignore_index, s.loss_chunk_rows);
+        if (log_now && hooks.logged_step) {
+          const torch::NoGradGuard no_grad;
+          logged_logits = net->head(hidden.detach());
+        }
+      }
     }
     phase_done(1);
     loss.backward();

@@ -62,8 +62,11 @@ struct LoopSettings {
   double grad_clip = 1.0;
   int64_t log_every = 1, eval_every = 0, checkpoint_every = 0;  // 0: never (but at the end)
   int64_t profile_steps = 0;
-  int64_t tokens_per_step = 0;                 // for tokens/s
-  int64_t ignore_index = -100;                 // targets not scored
+  int64_t tokens_per_step = 0;  // for tokens/s
+  int64_t ignore_index = -100;  // targets not scored
+  // 0: the loss through the full logits (net(input) and cross_entropy); > 0: the head and the
+  // loss in chunks of this many rows (GptImpl::loss_of_hidden; train/loss_chunk_rows.hpp).
+  int64_t loss_chunk_rows = 0;
   double flops_per_token = 0, peak_flops = 0;  // MFU when peak_flops > 0
   bool bf16 = false;
   bool quiet = false;

@@ -56,6 +56,10 @@ ConfigKeys keys(TaskRunConfig& c) {
            one_of({"auto", "fp32", "bf16"}))
       .add("train.profile_steps", &c.profile_steps, "> 0: time this many steps phase by phase",
            at_least(0))
+      .add("train.loss_chunk_rows", &c.loss_chunk_rows,
+           "rows of logits per chunk of the training loss (0 = full logits; -1 = auto: "
+           "2^26 / vocab rows on CUDA when the vocabulary is >= 4096, else full logits)",
+           at_least(-1))
       .add("eval.multipliers", &c.multipliers,
            "evaluation lengths as multiples of train.length, comma-separated")
       .add("eval.examples", &c.examples, "examples per length", at_least(1))

@@ -51,6 +51,7 @@ struct TaskRunConfig : OptimizerConfig {
   int64_t checkpoint_every = 250;
   int64_t keep_checkpoints = 3;  // the newest; plus any holding a file named `keep`
   int64_t profile_steps = 0;     // > 0: phase times of that many steps (as in `reach train`)
+  int64_t loss_chunk_rows = -1;  // as in `reach train` (train/loss_chunk_rows.hpp)
   // As in `reach train`: auto (a CUDA GPU when there is one) | cpu | cuda | cuda:N, and
   // auto (bf16 autocast on CUDA) | fp32 | bf16.
   std::string device = "auto";

@@ -14,6 +14,7 @@
 #include "train/cpu_threads.hpp"
 #include "train/device.hpp"
 #include "train/loop.hpp"
+#include "train/loss_chunk_rows.hpp"
 #include "train/optimizer.hpp"
 #include "train/run_directory.hpp"
 
@@ -210,6 +211,7 @@ TaskTrainResult train_task_model(const TaskRunConfig& c, const TaskTrainOptions&
   settings.tokens_per_step = mean_step_tokens(*task, c);
   settings.ignore_index = data::tasks::kIgnore;
   settings.bf16 = bf16;
+  settings.loss_chunk_rows = resolve_loss_chunk_rows(c.loss_chunk_rows, device, c.model.vocab_size);
   settings.quiet = options.quiet;
   settings.log_prefix = "[tasks]";
   settings.stop_after_step = options.stop_after_step;

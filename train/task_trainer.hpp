@@ -33,7 +33,7 @@ struct TaskTrainResult {
 
 // The task-run config keys that may differ from the checkpoint's on resume (every other key
 // shapes the weights or the example stream).
-inline constexpr std::array<const char*, 12> kTaskResumeMutableKeys{"run.out_dir",
+inline constexpr std::array<const char*, 13> kTaskResumeMutableKeys{"run.out_dir",
                                                                     "run.threads",
                                                                     "train.steps",
                                                                     "train.log_every",
@@ -41,6 +41,7 @@ inline constexpr std::array<const char*, 12> kTaskResumeMutableKeys{"run.out_dir
                                                                     "train.keep_checkpoints",
                                                                     "train.device",
                                                                     "train.precision",
+                                                                    "train.loss_chunk_rows",
                                                                     "eval.multipliers",
                                                                     "eval.examples",
                                                                     "eval.batch",

@@ -50,7 +50,11 @@ ConfigKeys keys(TrainConfig& c) {
       .add("train.peak_tflops", &c.peak_tflops,
            "device peak TFLOP/s for the MFU (0 = from the GPU's name)", at_least(0))
       .add("train.profile_steps", &c.profile_steps, "> 0: time this many steps phase by phase",
-           at_least(0));
+           at_least(0))
+      .add("train.loss_chunk_rows", &c.loss_chunk_rows,
+           "rows of logits per chunk of the training loss (0 = full logits; -1 = auto: "
+           "2^26 / vocab rows on CUDA when the vocabulary is >= 4096, else full logits)",
+           at_least(-1));
   return k;
 }
 

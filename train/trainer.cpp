@@ -17,6 +17,7 @@
 #include "train/data_parallel.hpp"
 #include "train/device.hpp"
 #include "train/loop.hpp"
+#include "train/loss_chunk_rows.hpp"
 #include "train/optimizer.hpp"
 #include "train/process_group.hpp"
 #include "train/rank_agreement.hpp"
@@ -229,6 +230,7 @@ TrainResult run_training(const TrainConfig& config_in, const TrainOptions& optio
   settings.flops_per_token = flops.total();
   settings.peak_flops = peak_flops;
   settings.bf16 = bf16;
+  settings.loss_chunk_rows = resolve_loss_chunk_rows(c.loss_chunk_rows, device, vocab);
   settings.quiet = quiet;
   settings.log_prefix = "[train]";
   settings.stop_after_step = options.stop_after_step;
