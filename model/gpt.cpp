@@ -13,7 +13,7 @@ namespace reach::model {
 RmsNormImpl::RmsNormImpl(int64_t dim) : weight_(register_parameter("weight", torch::ones({dim}))) {}
 
 torch::Tensor RmsNormImpl::forward(const torch::Tensor& x) {
-  return x * torch::rsqrt(x.pow(2).mean(-1, /*keepdim=*/true) + 1e-6) * weight_;
+  return x * torch::rsqrt(x.pow(2).mean(-1, /*keepdim=*/true) + kEps) * weight_;
 }
 
 torch::nn::AnyModule make_norm(const ModelConfig& config) {
@@ -21,7 +21,18 @@ torch::nn::AnyModule make_norm(const ModelConfig& config) {
   return torch::nn::AnyModule(torch::nn::LayerNorm(torch::nn::LayerNormOptions({config.d_model})));
 }
 
-BlockImpl::BlockImpl(const ModelConfig& config, int64_t layer) : kind_(config.mlp) {
+std::pair<torch::Tensor, torch::Tensor> add_norm_fused(const torch::nn::AnyModule& norm, Norm kind,
+                                                       const torch::Tensor& x,
+                                                       const torch::Tensor& pending) {
+  if (kind == Norm::rmsnorm) {
+    return ops::add_rms_norm(x, pending, norm.get<RmsNorm>()->weight(), RmsNormImpl::kEps);
+  }
+  const auto& ln = norm.get<torch::nn::LayerNorm>();
+  return ops::add_layer_norm(x, pending, ln->weight, ln->bias, ln->options.eps());
+}
+
+BlockImpl::BlockImpl(const ModelConfig& config, int64_t layer)
+    : kind_(config.mlp), norm_(config.norm) {
   ln1_ = make_norm(config);
   register_module("ln1", ln1_.ptr());
   attn = register_module("attn", attention::make_attention(config, layer));
@@ -37,7 +48,11 @@ BlockImpl::BlockImpl(const ModelConfig& config, int64_t layer) : kind_(config.ml
 }
 
 torch::Tensor BlockImpl::mlp(const torch::Tensor& x) {
-  if (kind_ == Mlp::swiglu) return out_(torch::silu(fc_(x)) * up_(x));
+  if (kind_ == Mlp::swiglu) {
+    const auto gate = fc_(x), value = up_(x);
+    if (ops::swiglu_supports(gate, value)) return out_(ops::swiglu(gate, value));
+    return out_(torch::silu(gate) * value);
+  }
   return out_(torch::gelu(fc_(x)));
 }
 
@@ -50,11 +65,8 @@ torch::Tensor BlockImpl::forward(const torch::Tensor& x, attention::ForwardConte
 
 std::pair<torch::Tensor, torch::Tensor> BlockImpl::forward_fused(
     const torch::Tensor& x, const torch::Tensor& pending, attention::ForwardContext& context) {
-  const auto norm = [](const torch::nn::AnyModule& module, const torch::Tensor& a,
-                       const torch::Tensor& b) {
-    const auto& ln = module.get<torch::nn::LayerNorm>();
-    return ops::add_layer_norm(a, b, ln->weight, ln->bias, ln->options.eps());
-  };
+  const auto norm = [this](const torch::nn::AnyModule& module, const torch::Tensor& a,
+                           const torch::Tensor& b) { return add_norm_fused(module, norm_, a, b); };
   const auto [s, y1] = norm(ln1_, x, pending);
   const auto a = attn->forward(y1, context);
   torch::Tensor h, y2;
@@ -172,12 +184,11 @@ torch::Tensor GptImpl::hidden_states_with(attention::ForwardContext& context,
     }
   }
   auto x = wte_(tokens);
-  // The fused residual add + norm kernels are LayerNorm's (RMSNorm takes the plain path).
-  if (config_.norm == Norm::layernorm && ops::add_layer_norm_supports(x, config_.d_model)) {
+  // The fused residual add + norm kernels (LayerNorm and RMSNorm) on the GPU when switched on.
+  if (ops::add_layer_norm_supports(x, config_.d_model)) {
     torch::Tensor pending;
     for (auto& block : blocks) std::tie(x, pending) = block->forward_fused(x, pending, context);
-    const auto& ln_f = ln_f_.get<torch::nn::LayerNorm>();
-    return ops::add_layer_norm(x, pending, ln_f->weight, ln_f->bias, ln_f->options.eps()).second;
+    return add_norm_fused(ln_f_, config_.norm, x, pending).second;
   }
   for (auto& block : blocks) x = block->forward(x, context);
   return ln_f_.forward(x);

@@ -1,4 +1,4 @@
-// GPT-style decoder: token embedding, pre-norm blocks (attention + GELU MLP), final norm,
+// GPT-style decoder: token embedding, pre-norm blocks (attention + GELU or SwiGLU MLP), final norm,
 // output head tied to the embedding. Each block's attention is the family the config names
 // (model/attention/factory.hpp), behind one interface (model/attention/attention_layer.hpp).
 #pragma once
@@ -17,8 +17,10 @@ namespace reach::model {
 // paper's code. Its parameter is "weight", like LayerNorm's.
 class RmsNormImpl : public torch::nn::Module {
  public:
+  static constexpr double kEps = 1e-6;
   explicit RmsNormImpl(int64_t dim);
   torch::Tensor forward(const torch::Tensor& x);
+  const torch::Tensor& weight() const { return weight_; }
 
  private:
   torch::Tensor weight_;
@@ -28,6 +30,12 @@ TORCH_MODULE(RmsNorm);
 // The block's normalisation layer as the config names it (LayerNorm or RMSNorm).
 torch::nn::AnyModule make_norm(const ModelConfig& config);
 
+// A norm module of make_norm on the GPU's fused kernels (ops::add_layer_norm or
+// ops::add_rms_norm): {h, y} with h = x + pending (pending undefined: x) and y = norm(h).
+std::pair<torch::Tensor, torch::Tensor> add_norm_fused(const torch::nn::AnyModule& norm, Norm kind,
+                                                       const torch::Tensor& x,
+                                                       const torch::Tensor& pending);
+
 class BlockImpl : public torch::nn::Module {
  public:
   BlockImpl(const ModelConfig& config, int64_t layer);
@@ -35,15 +43,18 @@ class BlockImpl : public torch::nn::Module {
   // The same block on the GPU's fused kernels (ops/block_ops.hpp), with the residual stream
   // carried as a pair: the block's input is x + pending (pending undefined: x), and it returns
   // {h, mlp_out} whose sum is its output, so each residual add happens inside the next
-  // LayerNorm's kernel. Same function as forward, other rounding.
+  // norm's kernel (LayerNorm or RMSNorm). Same function as forward, other rounding.
   std::pair<torch::Tensor, torch::Tensor> forward_fused(const torch::Tensor& x,
                                                         const torch::Tensor& pending,
                                                         attention::ForwardContext& context);
   std::shared_ptr<attention::AttentionLayer> attn;  // registered as "attn"
 
  private:
+  // SwiGLU's silu(fc x) * up x runs in one fused kernel (ops::swiglu) on CUDA tensors when the
+  // fused kernels are on; the CPU keeps the tensor ops.
   torch::Tensor mlp(const torch::Tensor& x);
   Mlp kind_;
+  Norm norm_;
   torch::nn::AnyModule ln1_, ln2_;
   // GELU: fc -> gelu -> out. SwiGLU: out(silu(fc x) * up x) (fc is the gate).
   torch::nn::Linear fc_{nullptr}, up_{nullptr}, out_{nullptr};

@@ -39,6 +39,13 @@ bool add_layer_norm_supports(const torch::Tensor& x, int64_t dim) {
          x.size(-1) == dim && dim <= kernels::gpu::kMaxLayerNormDim;
 }
 
+bool swiglu_supports(const torch::Tensor& a, const torch::Tensor& b) {
+  const auto type = a.scalar_type();
+  return fused_block_kernels_enabled() && a.is_cuda() && b.device() == a.device() &&
+         b.scalar_type() == type && b.sizes() == a.sizes() &&
+         (type == torch::kFloat32 || type == torch::kBFloat16);
+}
+
 #ifndef REACH_BLOCK_OPS_CUDA
 std::array<torch::Tensor, 3> rope_split(const torch::Tensor&, int64_t, const torch::Tensor&,
                                         const torch::Tensor&, bool) {
@@ -59,6 +66,19 @@ std::pair<torch::Tensor, torch::Tensor> add_layer_norm(const torch::Tensor&, con
   throw std::invalid_argument(
       "add_layer_norm: this build has no CUDA kernels (it needs a "
       "LibTorch with CUDA); use the tensor-op path");
+}
+
+std::pair<torch::Tensor, torch::Tensor> add_rms_norm(const torch::Tensor&, const torch::Tensor&,
+                                                     const torch::Tensor&, double) {
+  throw std::invalid_argument(
+      "add_rms_norm: this build has no CUDA kernels (it needs a "
+      "LibTorch with CUDA); use the tensor-op path");
+}
+
+torch::Tensor swiglu(const torch::Tensor&, const torch::Tensor&) {
+  throw std::invalid_argument(
+      "swiglu: this build has no CUDA kernels (it needs a LibTorch "
+      "with CUDA); use the tensor-op path");
 }
 #endif
 

@@ -2,8 +2,10 @@
 //  * rope_split: the qkv projection's output [B, T, 3 * H * hd] -> q, k, v [B, H, T, hd]
 //    contiguous, RoPE applied to q and k (kernels/cuda/rope_split.hpp);
 //  * merge_heads: the attention output [B, H, T, hd] -> [B, T, H * hd];
-//  * add_layer_norm: h = x + r and y = layer_norm(h) (r undefined: h is x itself), y in the
-//    autocast dtype when CUDA autocast is on, else in x's (kernels/cuda/add_layer_norm.hpp).
+//  * add_layer_norm, add_rms_norm: h = x + r and y = layer_norm(h) or rms_norm(h) (r undefined:
+//    h is x itself), y in the autocast dtype when CUDA autocast is on, else in x's
+//    (kernels/cuda/add_layer_norm.hpp);
+//  * swiglu: the SwiGLU MLP's activation silu(a) * b (kernels/cuda/swiglu.hpp).
 // The model uses them on CUDA tensors only, when switched on (model/gpt.cpp,
 // model/attention/attention_layer.cpp); on the CPU it keeps the tensor-op path, so what reach
 // computes there does not change.
@@ -25,7 +27,8 @@ bool fused_block_kernels_built();
 bool fused_block_kernels_enabled();
 void set_fused_block_kernels(bool enabled);
 
-// Whether the fused path takes these tensors (CUDA, float32 residual stream, a supported size).
+// Whether the fused norms (add_layer_norm, add_rms_norm) take these tensors (CUDA, float32
+// residual stream, a supported size).
 bool add_layer_norm_supports(const torch::Tensor& x, int64_t dim);
 
 // qkv [B, T, 3 * heads * hd] (float32 or bf16, CUDA), cos and sin float32 [T, hd / 2].
@@ -46,5 +49,17 @@ std::pair<torch::Tensor, torch::Tensor> add_layer_norm(const torch::Tensor& x,
                                                        const torch::Tensor& r,
                                                        const torch::Tensor& gamma,
                                                        const torch::Tensor& beta, double eps);
+
+// The same for RMSNorm: y = h / sqrt(mean(h^2) + eps) * weight (model::RmsNormImpl), weight
+// float32 [D]. Returns {h, y}; h is x when r is undefined.
+std::pair<torch::Tensor, torch::Tensor> add_rms_norm(const torch::Tensor& x, const torch::Tensor& r,
+                                                     const torch::Tensor& weight, double eps);
+
+// Whether the model runs swiglu on these tensors: the fused kernels on, CUDA, one shape and
+// type, float32 or bf16.
+bool swiglu_supports(const torch::Tensor& a, const torch::Tensor& b);
+
+// a, b of one shape and type (float32 or bf16, CUDA): y = silu(a) * b, in that type.
+torch::Tensor swiglu(const torch::Tensor& a, const torch::Tensor& b);
 
 }  // namespace reach::ops

@@ -1,5 +1,5 @@
 // The fused block ops on CUDA (ops/block_ops.hpp): autograd functions over the kernels of
-// kernels/cuda/rope_split.hpp and kernels/cuda/add_layer_norm.hpp, on the current stream;
+// kernels/cuda/rope_split.hpp, add_layer_norm.hpp and swiglu.hpp, on the current stream;
 // nothing here waits for the GPU.
 #include <ATen/autocast_mode.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -14,6 +14,7 @@
 #include "kernels/cuda/add_layer_norm.hpp"
 #include "kernels/cuda/head_layout.hpp"
 #include "kernels/cuda/rope_split.hpp"
+#include "kernels/cuda/swiglu.hpp"
 #include "ops/block_ops.hpp"
 
 namespace reach::ops {
@@ -125,39 +126,53 @@ torch::ScalarType output_type(const Tensor& x) {
                                                       : x.scalar_type();
 }
 
-// The shared forward and backward of the two functions below; r undefined: no residual add
-// (LibTorch's Function::apply takes no undefined tensor inputs, hence two functions).
-variable_list add_layer_norm_forward(AutogradContext* ctx, const Tensor& x_in, const Tensor& r_in,
-                                     const Tensor& gamma, const Tensor& beta, double eps,
-                                     int64_t y_type) {
+// The shared forward and backward of the four norm functions below; r undefined: no residual
+// add (LibTorch's Function::apply takes no undefined tensor inputs, hence a function each with
+// and without r); RMSNorm (kind) has no beta (undefined) and no mean.
+variable_list add_norm_forward(AutogradContext* ctx, gpu::NormKind kind, const Tensor& x_in,
+                               const Tensor& r_in, const Tensor& gamma, const Tensor& beta,
+                               double eps, int64_t y_type) {
   const c10::cuda::CUDAGuard guard(x_in.device());
   const auto x = x_in.contiguous();
-  const bool has_r = r_in.defined();
+  const bool has_r = r_in.defined(), rms = kind == gpu::NormKind::kRmsNorm;
   const auto r = has_r ? r_in.contiguous() : Tensor();
   const int64_t dim = x.size(-1), rows = x.numel() / dim;
   const auto out_type = static_cast<torch::ScalarType>(y_type);
   gpu::AddLayerNormArgs args{
-      rows, dim, eps, has_r ? kernel_type(r, "add_layer_norm", "r") : gpu::ScalarType::kFloat32,
-      kernel_type(out_type, "add_layer_norm", "the output")};
+      rows,
+      dim,
+      eps,
+      has_r ? kernel_type(r, "add_layer_norm", "r") : gpu::ScalarType::kFloat32,
+      kernel_type(out_type, "add_layer_norm", "the output"),
+      kind};
   auto h = has_r ? torch::empty_like(x) : x;
   auto y = torch::empty(x.sizes(), x.options().dtype(out_type));
-  auto mean = torch::empty({rows}, x.options()), rstd = torch::empty({rows}, x.options());
-  gpu::add_layer_norm_forward_cuda(args, x.data_ptr<float>(), has_r ? r.data_ptr() : nullptr,
-                                   gamma.data_ptr<float>(), beta.data_ptr<float>(),
-                                   has_r ? h.data_ptr<float>() : nullptr, y.data_ptr(),
-                                   mean.data_ptr<float>(), rstd.data_ptr<float>(), stream());
-  ctx->save_for_backward({h, mean, rstd, gamma});
+  auto rstd = torch::empty({rows}, x.options());
+  const auto mean = rms ? Tensor() : torch::empty({rows}, x.options());
+  gpu::add_layer_norm_forward_cuda(
+      args, x.data_ptr<float>(), has_r ? r.data_ptr() : nullptr, gamma.data_ptr<float>(),
+      rms ? nullptr : beta.data_ptr<float>(), has_r ? h.data_ptr<float>() : nullptr, y.data_ptr(),
+      rms ? nullptr : mean.data_ptr<float>(), rstd.data_ptr<float>(), stream());
+  if (rms) {
+    ctx->save_for_backward({h, rstd, gamma});
+  } else {
+    ctx->save_for_backward({h, rstd, gamma, mean});
+  }
   ctx->saved_data["eps"] = eps;
+  ctx->saved_data["rms"] = rms;
   ctx->saved_data["r_type"] = static_cast<int64_t>(has_r ? r.scalar_type() : torch::kFloat32);
   if (has_r) return {h, y};
   return {y};
 }
 
-// -> {dx, dr (undefined without r), dgamma, dbeta}; dh: the gradient flowing into h (or none).
-std::array<Tensor, 4> add_layer_norm_backward(AutogradContext* ctx, bool has_r, const Tensor& dh_in,
-                                              Tensor dy) {
+// -> {dx, dr (undefined without r), dgamma, dbeta (undefined for RMSNorm)}; dh: the gradient
+// flowing into h (or none).
+std::array<Tensor, 4> add_norm_backward(AutogradContext* ctx, bool has_r, const Tensor& dh_in,
+                                        Tensor dy) {
   const auto saved = ctx->get_saved_variables();
-  const auto &h = saved[0], &mean = saved[1], &rstd = saved[2], &gamma = saved[3];
+  const bool rms = ctx->saved_data["rms"].toBool();
+  const auto &h = saved[0], &rstd = saved[1], &gamma = saved[2];
+  const Tensor mean = rms ? Tensor() : saved[3];
   const auto r_type = static_cast<torch::ScalarType>(ctx->saved_data["r_type"].toInt());
   const Tensor dh = dh_in.defined() ? dh_in.to(torch::kFloat32).contiguous() : Tensor();
   const c10::cuda::CUDAGuard guard(h.device());
@@ -165,25 +180,28 @@ std::array<Tensor, 4> add_layer_norm_backward(AutogradContext* ctx, bool has_r, 
   if (!dy.defined()) dy = torch::zeros(h.sizes(), h.options());
   dy = dy.contiguous();
   gpu::AddLayerNormArgs args{
-      rows, dim, ctx->saved_data["eps"].toDouble(),
+      rows,
+      dim,
+      ctx->saved_data["eps"].toDouble(),
       has_r ? kernel_type(r_type, "add_layer_norm", "r") : gpu::ScalarType::kFloat32,
-      kernel_type(dy, "add_layer_norm", "the output gradient")};
+      kernel_type(dy, "add_layer_norm", "the output gradient"),
+      rms ? gpu::NormKind::kRmsNorm : gpu::NormKind::kLayerNorm};
   const int64_t blocks = gpu::add_layer_norm_backward_blocks(args);
   auto dx = torch::empty_like(h);
   auto dr = has_r && r_type != torch::kFloat32 ? torch::empty(h.sizes(), h.options().dtype(r_type))
                                                : Tensor();
   auto dgamma = torch::empty({blocks, dim}, h.options());
-  auto dbeta = torch::empty({blocks, dim}, h.options());
+  const auto dbeta = rms ? Tensor() : torch::empty({blocks, dim}, h.options());
   gpu::add_layer_norm_backward_cuda(
       args, dy.data_ptr(), dh.defined() ? dh.data_ptr<float>() : nullptr, h.data_ptr<float>(),
-      mean.data_ptr<float>(), rstd.data_ptr<float>(), gamma.data_ptr<float>(), dx.data_ptr<float>(),
-      dr.defined() ? dr.data_ptr() : nullptr, dgamma.data_ptr<float>(), dbeta.data_ptr<float>(),
-      stream());
+      rms ? nullptr : mean.data_ptr<float>(), rstd.data_ptr<float>(), gamma.data_ptr<float>(),
+      dx.data_ptr<float>(), dr.defined() ? dr.data_ptr() : nullptr, dgamma.data_ptr<float>(),
+      rms ? nullptr : dbeta.data_ptr<float>(), stream());
   Tensor grad_r;
   // (A copy when r is float32: one tensor handed back for two inputs could be accumulated
   // into in place for one of them.)
   if (has_r) grad_r = dr.defined() ? dr : dx.clone();
-  return {dx, grad_r, dgamma.sum(0), dbeta.sum(0)};
+  return {dx, grad_r, dgamma.sum(0), rms ? Tensor() : dbeta.sum(0)};
 }
 
 // h = x + r, y = layer_norm(h): outputs {h, y}.
@@ -191,10 +209,10 @@ struct AddLayerNorm : torch::autograd::Function<AddLayerNorm> {
   static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& r,
                                const Tensor& gamma, const Tensor& beta, double eps,
                                int64_t y_type) {
-    return add_layer_norm_forward(ctx, x, r, gamma, beta, eps, y_type);
+    return add_norm_forward(ctx, gpu::NormKind::kLayerNorm, x, r, gamma, beta, eps, y_type);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto g = add_layer_norm_backward(ctx, true, grads[0], grads[1]);
+    const auto g = add_norm_backward(ctx, true, grads[0], grads[1]);
     return {g[0], g[1], g[2], g[3], Tensor(), Tensor()};
   }
 };
@@ -203,11 +221,81 @@ struct AddLayerNorm : torch::autograd::Function<AddLayerNorm> {
 struct LayerNormOnly : torch::autograd::Function<LayerNormOnly> {
   static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& gamma,
                                const Tensor& beta, double eps, int64_t y_type) {
-    return add_layer_norm_forward(ctx, x, Tensor(), gamma, beta, eps, y_type);
+    return add_norm_forward(ctx, gpu::NormKind::kLayerNorm, x, Tensor(), gamma, beta, eps, y_type);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto g = add_layer_norm_backward(ctx, false, Tensor(), grads[0]);
+    const auto g = add_norm_backward(ctx, false, Tensor(), grads[0]);
     return {g[0], g[2], g[3], Tensor(), Tensor()};
+  }
+};
+
+// h = x + r, y = rms_norm(h): outputs {h, y}.
+struct AddRmsNorm : torch::autograd::Function<AddRmsNorm> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& r,
+                               const Tensor& weight, double eps, int64_t y_type) {
+    return add_norm_forward(ctx, gpu::NormKind::kRmsNorm, x, r, weight, Tensor(), eps, y_type);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto g = add_norm_backward(ctx, true, grads[0], grads[1]);
+    return {g[0], g[1], g[2], Tensor(), Tensor()};
+  }
+};
+
+// y = rms_norm(x): output {y}.
+struct RmsNormOnly : torch::autograd::Function<RmsNormOnly> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& weight,
+                               double eps, int64_t y_type) {
+    return add_norm_forward(ctx, gpu::NormKind::kRmsNorm, x, Tensor(), weight, Tensor(), eps,
+                            y_type);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto g = add_norm_backward(ctx, false, Tensor(), grads[0]);
+    return {g[0], g[2], Tensor(), Tensor()};
+  }
+};
+
+// The checks both fused norms make (beta: LayerNorm's, undefined for RMSNorm).
+void require_norm_inputs(const char* op, const Tensor& x, const Tensor& r, const Tensor& gamma,
+                         const Tensor& beta) {
+  const std::string name(op);
+  require(x.is_cuda() && x.scalar_type() == torch::kFloat32 && x.dim() >= 1,
+          name + ": x must be a float32 CUDA tensor");
+  const int64_t dim = x.size(-1);
+  require(dim >= 1 && dim <= gpu::kMaxLayerNormDim, name + ": the last dimension must be 1.." +
+                                                        std::to_string(gpu::kMaxLayerNormDim) +
+                                                        ", got " + std::to_string(dim));
+  require(!r.defined() || (r.sizes() == x.sizes() && r.device() == x.device()),
+          name + ": r must have x's shape and device");
+  const auto parameter_ok = [&](const Tensor& p) {
+    return p.scalar_type() == torch::kFloat32 && p.numel() == dim && p.is_contiguous() &&
+           p.device() == x.device();
+  };
+  require(parameter_ok(gamma) && (!beta.defined() || parameter_ok(beta)),
+          name + (beta.defined() ? ": gamma and beta" : ": weight") +
+              " must be contiguous float32 [D] on x's device");
+  if (r.defined()) kernel_type(r, op, "r");
+}
+
+// y = silu(a) * b: output {y}.
+struct SwiGlu : torch::autograd::Function<SwiGlu> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& a_in, const Tensor& b_in) {
+    const c10::cuda::CUDAGuard guard(a_in.device());
+    const auto a = a_in.contiguous(), b = b_in.contiguous();
+    auto y = torch::empty_like(a);
+    gpu::swiglu_forward_cuda(a.numel(), kernel_type(a, "swiglu", "a"), a.data_ptr(), b.data_ptr(),
+                             y.data_ptr(), stream());
+    ctx->save_for_backward({a, b});
+    return {y};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto &a = saved[0], &b = saved[1];
+    const c10::cuda::CUDAGuard guard(a.device());
+    const auto dy = grads[0].to(a.scalar_type()).contiguous();
+    auto da = torch::empty_like(a), db = torch::empty_like(b);
+    gpu::swiglu_backward_cuda(a.numel(), kernel_type(a, "swiglu", "a"), dy.data_ptr(), a.data_ptr(),
+                              b.data_ptr(), da.data_ptr(), db.data_ptr(), stream());
+    return {da, db};
   }
 };
 
@@ -245,23 +333,32 @@ Tensor merge_heads(const Tensor& y) {
 
 std::pair<Tensor, Tensor> add_layer_norm(const Tensor& x, const Tensor& r, const Tensor& gamma,
                                          const Tensor& beta, double eps) {
-  require(x.is_cuda() && x.scalar_type() == torch::kFloat32 && x.dim() >= 1,
-          "add_layer_norm: x must be a float32 CUDA tensor");
-  const int64_t dim = x.size(-1);
-  require(dim >= 1 && dim <= gpu::kMaxLayerNormDim,
-          "add_layer_norm: the last dimension must be 1.." + std::to_string(gpu::kMaxLayerNormDim) +
-              ", got " + std::to_string(dim));
-  require(!r.defined() || (r.sizes() == x.sizes() && r.device() == x.device()),
-          "add_layer_norm: r must have x's shape and device");
-  require(gamma.scalar_type() == torch::kFloat32 && beta.scalar_type() == torch::kFloat32 &&
-              gamma.numel() == dim && beta.numel() == dim && gamma.is_contiguous() &&
-              beta.is_contiguous() && gamma.device() == x.device(),
-          "add_layer_norm: gamma and beta must be contiguous float32 [D] on x's device");
-  if (r.defined()) kernel_type(r, "add_layer_norm", "r");
+  require(beta.defined(), "add_layer_norm: beta must be given");
+  require_norm_inputs("add_layer_norm", x, r, gamma, beta);
   const auto y_type = static_cast<int64_t>(output_type(x));
   if (!r.defined()) return {x, LayerNormOnly::apply(x, gamma, beta, eps, y_type)[0]};
   const auto out = AddLayerNorm::apply(x, r, gamma, beta, eps, y_type);
   return {out[0], out[1]};
+}
+
+std::pair<Tensor, Tensor> add_rms_norm(const Tensor& x, const Tensor& r, const Tensor& weight,
+                                       double eps) {
+  require_norm_inputs("add_rms_norm", x, r, weight, Tensor());
+  const auto y_type = static_cast<int64_t>(output_type(x));
+  if (!r.defined()) return {x, RmsNormOnly::apply(x, weight, eps, y_type)[0]};
+  const auto out = AddRmsNorm::apply(x, r, weight, eps, y_type);
+  return {out[0], out[1]};
+}
+
+Tensor swiglu(const Tensor& a, const Tensor& b) {
+  require(a.is_cuda() && b.is_cuda() && a.device() == b.device(),
+          "swiglu: a and b must be CUDA tensors on one device");
+  require(a.sizes() == b.sizes() && a.scalar_type() == b.scalar_type(),
+          "swiglu: a and b must have one shape and type, got " + c10::str(a.sizes()) + " " +
+              std::string(c10::toString(a.scalar_type())) + " and " + c10::str(b.sizes()) + " " +
+              std::string(c10::toString(b.scalar_type())));
+  kernel_type(a, "swiglu", "a");
+  return SwiGlu::apply(a, b)[0];
 }
 
 }  // namespace reach::ops

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "kernels/cuda/add_layer_norm.hpp"
 
@@ -26,7 +27,8 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
-template <typename R, typename Y>
+// kRms: RMSNorm (no centring, no beta: mean is 0 and not written); else LayerNorm.
+template <bool kRms, typename R, typename Y>
 __global__ void forward_kernel(int64_t rows, int dim, float eps, const float* x, const R* r,
                                const float* gamma, const float* beta, float* h, Y* y,
                                float* mean_out, float* rstd_out) {
@@ -36,43 +38,56 @@ __global__ void forward_kernel(int64_t rows, int dim, float eps, const float* x,
   const float* xr = x + row * dim;
   const R* rr = r == nullptr ? nullptr : r + row * dim;
   auto value = [&](int c) { return rr == nullptr ? xr[c] : xr[c] + load(rr, c); };
+  // LayerNorm: the row sum here, the centred squares in a second pass; RMSNorm: the squares.
   float sum = 0;
   for (int c = lane; c < dim; c += 32) {
     const float v = value(c);
     if (h != nullptr) h[row * dim + c] = v;
-    sum += v;
+    sum += kRms ? v * v : v;
   }
-  const float mean = warp_sum(sum) / static_cast<float>(dim);
-  float var = 0;
-  for (int c = lane; c < dim; c += 32) {
-    const float d = value(c) - mean;
-    var += d * d;
+  float mean = 0, square_mean;
+  if constexpr (kRms) {
+    square_mean = warp_sum(sum) / static_cast<float>(dim);
+  } else {
+    mean = warp_sum(sum) / static_cast<float>(dim);
+    float var = 0;
+    for (int c = lane; c < dim; c += 32) {
+      const float d = value(c) - mean;
+      var += d * d;
+    }
+    square_mean = warp_sum(var) / static_cast<float>(dim);
   }
-  const float rstd = rsqrtf(warp_sum(var) / static_cast<float>(dim) + eps);
+  const float rstd = rsqrtf(square_mean + eps);
   for (int c = lane; c < dim; c += 32) {
-    store(y, row * dim + c, (value(c) - mean) * rstd * gamma[c] + beta[c]);
+    const float scaled = (value(c) - mean) * rstd * gamma[c];
+    store(y, row * dim + c, kRms ? scaled : scaled + beta[c]);
   }
   if (lane == 0) {
-    mean_out[row] = mean;
+    if (!kRms) mean_out[row] = mean;
     rstd_out[row] = rstd;
   }
 }
 
-// Each warp owns a slice of its block's shared partials (dgamma, dbeta per column); the block
-// sums its warps' slices into row blockIdx.x of the partial outputs.
-template <typename R, typename Y>
+// Each warp owns a slice of its block's shared partials (dgamma, and dbeta for LayerNorm, per
+// column); the block sums its warps' slices into row blockIdx.x of the partial outputs.
+// dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) with g = dy * gamma; RMSNorm has no mean(g)
+// term (xhat = h * rstd: nothing was centred).
+template <bool kRms, typename R, typename Y>
 __global__ void backward_kernel(int64_t rows, int dim, const Y* dy, const float* dh, const float* h,
                                 const float* mean_in, const float* rstd_in, const float* gamma,
                                 float* dx, R* dr, float* dgamma_partial, float* dbeta_partial) {
-  extern __shared__ float shared[];  // [2][kWarps][dim]
+  extern __shared__ float shared[];  // [kRms ? 1 : 2][kWarps][dim]
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   float* sg = shared + warp * dim;
-  float* sb = shared + (kWarps + warp) * dim;
-  for (int c = lane; c < dim; c += 32) sg[c] = sb[c] = 0;
+  float* sb = kRms ? nullptr : shared + (kWarps + warp) * dim;
+  for (int c = lane; c < dim; c += 32) {
+    sg[c] = 0;
+    if (!kRms) sb[c] = 0;
+  }
   const float n = static_cast<float>(dim);
   for (int64_t row = blockIdx.x * static_cast<int64_t>(kWarps) + warp; row < rows;
        row += static_cast<int64_t>(gridDim.x) * kWarps) {
-    const float mean = mean_in[row], rstd = rstd_in[row];
+    const float mean = kRms ? 0.0f : mean_in[row], rstd = rstd_in[row];
     const int64_t base = row * dim;
     float sum_g = 0, sum_gx = 0;
     // dy * gamma rounded the same way in both passes (__fmul_rn: no fused multiply-add), so
@@ -85,9 +100,9 @@ __global__ void backward_kernel(int64_t rows, int dim, const Y* dy, const float*
       sum_g += gg;
       sum_gx += gg * xhat;
       sg[c] += g * xhat;
-      sb[c] += g;
+      if (!kRms) sb[c] += g;
     }
-    sum_g = warp_sum(sum_g) / n;
+    sum_g = kRms ? 0.0f : warp_sum(sum_g) / n;
     sum_gx = warp_sum(sum_gx) / n;
     for (int c = lane; c < dim; c += 32) {
       const float xhat = (h[base + c] - mean) * rstd;
@@ -102,10 +117,10 @@ __global__ void backward_kernel(int64_t rows, int dim, const Y* dy, const float*
     float g = 0, b = 0;
     for (int w = 0; w < kWarps; ++w) {
       g += shared[w * dim + c];
-      b += shared[(kWarps + w) * dim + c];
+      if (!kRms) b += shared[(kWarps + w) * dim + c];
     }
     dgamma_partial[blockIdx.x * static_cast<int64_t>(dim) + c] = g;
-    dbeta_partial[blockIdx.x * static_cast<int64_t>(dim) + c] = b;
+    if (!kRms) dbeta_partial[blockIdx.x * static_cast<int64_t>(dim) + c] = b;
   }
 }
 
@@ -125,26 +140,55 @@ void check_launch(const char* what) {
   }
 }
 
-template <typename R, typename Y>
+template <bool kRms, typename R, typename Y>
 void forward(const AddLayerNormArgs& a, const float* x, const void* r, const float* gamma,
              const float* beta, float* h, void* y, float* mean, float* rstd, cudaStream_t stream) {
   const int64_t blocks = (a.rows + kWarps - 1) / kWarps;
-  forward_kernel<R, Y><<<static_cast<unsigned>(blocks), kWarps * 32, 0, stream>>>(
+  forward_kernel<kRms, R, Y><<<static_cast<unsigned>(blocks), kWarps * 32, 0, stream>>>(
       a.rows, static_cast<int>(a.dim), static_cast<float>(a.eps), x, static_cast<const R*>(r),
       gamma, beta, h, static_cast<Y*>(y), mean, rstd);
   check_launch("forward");
 }
 
-template <typename R, typename Y>
+template <bool kRms, typename R, typename Y>
 void backward(const AddLayerNormArgs& a, const void* dy, const float* dh, const float* h,
               const float* mean, const float* rstd, const float* gamma, float* dx, void* dr,
               float* dgamma_partial, float* dbeta_partial, cudaStream_t stream) {
-  const auto shared = static_cast<size_t>(2 * kWarps * a.dim) * sizeof(float);
-  backward_kernel<R, Y>
+  const auto shared = static_cast<size_t>((kRms ? 1 : 2) * kWarps * a.dim) * sizeof(float);
+  backward_kernel<kRms, R, Y>
       <<<static_cast<unsigned>(add_layer_norm_backward_blocks(a)), kWarps * 32, shared, stream>>>(
           a.rows, static_cast<int>(a.dim), static_cast<const Y*>(dy), dh, h, mean, rstd, gamma, dx,
           static_cast<R*>(dr), dgamma_partial, dbeta_partial);
   check_launch("backward");
+}
+
+template <typename T>
+struct Type {
+  using type = T;
+};
+
+// Calls launch(kind, r type, y type) with the args' norm as a std::integral_constant<bool, kRms>
+// and the element types as Type<...> tags: the eight kernel instantiations in one place.
+template <typename Launch>
+void dispatch(const AddLayerNormArgs& a, Launch&& launch) {
+  const auto with_rms = [&](auto rms) {
+    const bool r_bf16 = a.r_type == ScalarType::kBFloat16;
+    const bool y_bf16 = a.y_type == ScalarType::kBFloat16;
+    if (r_bf16 && y_bf16) {
+      launch(rms, Type<__nv_bfloat16>{}, Type<__nv_bfloat16>{});
+    } else if (r_bf16) {
+      launch(rms, Type<__nv_bfloat16>{}, Type<float>{});
+    } else if (y_bf16) {
+      launch(rms, Type<float>{}, Type<__nv_bfloat16>{});
+    } else {
+      launch(rms, Type<float>{}, Type<float>{});
+    }
+  };
+  if (a.kind == NormKind::kRmsNorm) {
+    with_rms(std::true_type{});
+  } else {
+    with_rms(std::false_type{});
+  }
 }
 
 }  // namespace
@@ -162,18 +206,14 @@ void add_layer_norm_forward_cuda(const AddLayerNormArgs& args, const float* x, c
   if (r != nullptr && h == nullptr) {
     throw std::invalid_argument("add_layer_norm: h must be given when r is");
   }
-  const auto s = static_cast<cudaStream_t>(stream);
-  const bool r_bf16 = args.r_type == ScalarType::kBFloat16;
-  const bool y_bf16 = args.y_type == ScalarType::kBFloat16;
-  if (r_bf16 && y_bf16) {
-    forward<__nv_bfloat16, __nv_bfloat16>(args, x, r, gamma, beta, h, y, mean, rstd, s);
-  } else if (r_bf16) {
-    forward<__nv_bfloat16, float>(args, x, r, gamma, beta, h, y, mean, rstd, s);
-  } else if (y_bf16) {
-    forward<float, __nv_bfloat16>(args, x, r, gamma, beta, h, y, mean, rstd, s);
-  } else {
-    forward<float, float>(args, x, r, gamma, beta, h, y, mean, rstd, s);
+  if (args.kind == NormKind::kLayerNorm && (beta == nullptr || mean == nullptr)) {
+    throw std::invalid_argument("add_layer_norm: LayerNorm needs beta and mean");
   }
+  const auto s = static_cast<cudaStream_t>(stream);
+  dispatch(args, [&](auto rms, auto r_type, auto y_type) {
+    forward<decltype(rms)::value, typename decltype(r_type)::type, typename decltype(y_type)::type>(
+        args, x, r, gamma, beta, h, y, mean, rstd, s);
+  });
 }
 
 void add_layer_norm_backward_cuda(const AddLayerNormArgs& args, const void* dy, const float* dh,
@@ -181,22 +221,15 @@ void add_layer_norm_backward_cuda(const AddLayerNormArgs& args, const void* dy, 
                                   const float* gamma, float* dx, void* dr, float* dgamma_partial,
                                   float* dbeta_partial, void* stream) {
   check(args);
-  const auto s = static_cast<cudaStream_t>(stream);
-  const bool r_bf16 = args.r_type == ScalarType::kBFloat16;
-  const bool y_bf16 = args.y_type == ScalarType::kBFloat16;
-  if (r_bf16 && y_bf16) {
-    backward<__nv_bfloat16, __nv_bfloat16>(args, dy, dh, h, mean, rstd, gamma, dx, dr,
-                                           dgamma_partial, dbeta_partial, s);
-  } else if (r_bf16) {
-    backward<__nv_bfloat16, float>(args, dy, dh, h, mean, rstd, gamma, dx, dr, dgamma_partial,
-                                   dbeta_partial, s);
-  } else if (y_bf16) {
-    backward<float, __nv_bfloat16>(args, dy, dh, h, mean, rstd, gamma, dx, dr, dgamma_partial,
-                                   dbeta_partial, s);
-  } else {
-    backward<float, float>(args, dy, dh, h, mean, rstd, gamma, dx, dr, dgamma_partial,
-                           dbeta_partial, s);
+  if (args.kind == NormKind::kLayerNorm && (mean == nullptr || dbeta_partial == nullptr)) {
+    throw std::invalid_argument("add_layer_norm: LayerNorm's backward needs mean and dbeta");
   }
+  const auto s = static_cast<cudaStream_t>(stream);
+  dispatch(args, [&](auto rms, auto r_type, auto y_type) {
+    backward<decltype(rms)::value, typename decltype(r_type)::type,
+             typename decltype(y_type)::type>(args, dy, dh, h, mean, rstd, gamma, dx, dr,
+                                              dgamma_partial, dbeta_partial, s);
+  });
 }
 
 }  // namespace reach::kernels::gpu

@@ -1,22 +1,29 @@
-// The fused block kernels on CUDA (kernels/cuda/rope_split.hpp, kernels/cuda/add_layer_norm.hpp)
-// against their float64 references on random inputs, forward and backward: op harness cases on
-// backend "cuda" (ctest label gpu), which skip without a GPU. RoPE split cases cover both output
-// layouts (heads first, token major). Every output buffer is poisoned
-// with NaN first, so an unwritten element fails.
+// The fused block kernels on CUDA (kernels/cuda/rope_split.hpp, kernels/cuda/add_layer_norm.hpp
+// with LayerNorm and RMSNorm, kernels/cuda/swiglu.hpp) against their float64 references on random
+// inputs, forward and backward: op harness cases on backend "cuda" (ctest label gpu), which skip
+// without a GPU. RoPE split cases cover both output layouts (heads first, token major); SwiGLU
+// cases both its 16-byte path and its element-by-element path (pointers one element off 16-byte
+// alignment). Every output buffer is poisoned with NaN first, so an unwritten element fails.
 //
 // Error rule (relative L2 against the float64 reference on the same, rounded, inputs):
 //  * float32 outputs within 1e-5: each element is a handful of float32 operations (RoPE) or
 //    sums of at most D = 768 float32 terms per row (LayerNorm; dgamma/dbeta: per-block float32
 //    partials of <= rows / 512 * 8 terms, then summed in float64 here), eps 6e-8, so the
 //    expected error is ~1e-6;
-//  * bf16 outputs (q, k, v, dqkv of the bf16 kernels; y and dr of the bf16 LayerNorm) within
-//    the bf16 rule (harness::Bf16Rule: 2x what rounding the float64 result to bf16 costs +
-//    1e-4): the kernels compute in float32 and round once;
+//  * RMSNorm as LayerNorm (the same kernel without centring), with no D = 1 row: there its input
+//    gradient is rstd * dy * gamma * eps / (h^2 + eps), ~1e-7 of the terms float32 subtracts to
+//    get it, so any float32 evaluation (the tensor-op path's too) is O(1) off in relative terms;
+//  * SwiGLU float32 outputs within 1e-5: a handful of float32 operations and one expf per
+//    element (~1e-7 relative);
+//  * bf16 outputs (q, k, v, dqkv of the bf16 kernels; y and dr of the bf16 norms; y, da, db of
+//    the bf16 SwiGLU) within the bf16 rule (harness::Bf16Rule: 2x what rounding the float64
+//    result to bf16 costs + 1e-4): the kernels compute in float32 and round once;
 //  * permute_heads (kernels/cuda/head_layout.hpp) moves bytes only: exact equality with the
 //    host permutation.
 #include <cuda_runtime_api.h>
 
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <random>
@@ -25,9 +32,11 @@
 
 #include "kernels/cpu/reference_add_layer_norm.hpp"
 #include "kernels/cpu/reference_rope_split.hpp"
+#include "kernels/cpu/reference_swiglu.hpp"
 #include "kernels/cuda/add_layer_norm.hpp"
 #include "kernels/cuda/head_layout.hpp"
 #include "kernels/cuda/rope_split.hpp"
+#include "kernels/cuda/swiglu.hpp"
 #include "tests/kernels/harness.hpp"
 
 namespace reach::harness {
@@ -311,6 +320,142 @@ REACH_OP_CASES(add_layer_norm_cuda_cases) {
                  r.rel_l2("dbeta", got_b, dbeta, 1e-5);
                }});
         }
+      }
+    }
+  }
+}
+
+REACH_OP_CASES(add_rms_norm_cuda_cases) {
+  struct Shape {
+    int64_t rows, dim;
+  };
+  constexpr double kEps = 1e-6;  // model::RmsNormImpl's
+  for (const bool bf16 : {false, true}) {
+    for (const Shape s : {Shape{2, 3}, Shape{3, 7}, Shape{33, 96}, Shape{1000, 512},
+                          Shape{4100, 512}, Shape{5, 768}}) {
+      for (const bool with_r : {false, true}) {
+        for (const bool with_dh : {false, true}) {
+          const std::string dtype = bf16 ? "bf16" : "f32";
+          const std::string shape = shape_part("rows", static_cast<double>(s.rows)) + "_" +
+                                    shape_part("d", static_cast<double>(s.dim)) +
+                                    (with_r ? "_r" : "") + (with_dh ? "_dh" : "");
+          registry.add(
+              {"add_rms_norm", "cuda", dtype, shape, "forward_backward", [=](Report& r) {
+                 if (!cuda_device_available()) return r.skip("no CUDA device");
+                 Rng rng(seed_of("add_rms_norm_cuda" + dtype + shape));
+                 const auto n = static_cast<size_t>(s.rows * s.dim);
+                 const auto d = static_cast<size_t>(s.dim);
+                 // r and y (and dy) in bf16 for the bf16 case (autocast); x, h, gamma float32.
+                 const auto x = rounded(rng.normal(n, 2.0), false);
+                 const auto res = with_r ? rounded(rng.normal(n), bf16) : std::vector<double>{};
+                 const auto gamma = rounded(rng.normal(d), false);
+                 const ScalarType type = bf16 ? ScalarType::kBFloat16 : ScalarType::kFloat32;
+                 const kernels::gpu::AddLayerNormArgs args{
+                     s.rows, s.dim, kEps, type, type, kernels::gpu::NormKind::kRmsNorm};
+                 DeviceTensor d_x(n, false), d_r(with_r ? n : 1, bf16), d_gamma(d, false),
+                     d_h(n, false), d_y(n, bf16), d_rstd(static_cast<size_t>(s.rows), false);
+                 d_x.upload(x);
+                 if (with_r) d_r.upload(res);
+                 d_gamma.upload(gamma);
+                 // RMSNorm reads no beta and writes no mean: nullptr for both.
+                 kernels::gpu::add_layer_norm_forward_cuda(
+                     args, d_x.f32(), with_r ? d_r.ptr : nullptr, d_gamma.f32(), nullptr,
+                     with_r ? d_h.f32() : nullptr, d_y.ptr, nullptr, d_rstd.f32(), nullptr);
+                 std::vector<double> h, y, rstd;
+                 kernels::cpu::reference_add_rms_norm_forward(s.rows, s.dim, x, res, gamma, kEps, h,
+                                                              y, rstd);
+                 if (with_r) r.rel_l2("h", d_h.download(), h, 1e-5);
+                 compare(r, "y", bf16, d_y.download(), y);
+                 r.rel_l2("rstd", d_rstd.download(), rstd, 1e-5);
+
+                 const auto dy = rounded(rng.normal(n), bf16);
+                 const auto dh = with_dh ? rounded(rng.normal(n), false) : std::vector<double>{};
+                 const auto blocks =
+                     static_cast<size_t>(kernels::gpu::add_layer_norm_backward_blocks(args));
+                 DeviceTensor d_dy(n, bf16), d_dh(with_dh ? n : 1, false), d_dx(n, false),
+                     d_dr(n, bf16), d_pg(blocks * d, false);
+                 d_dy.upload(dy);
+                 if (with_dh) d_dh.upload(dh);
+                 const float* saved_h = with_r ? d_h.f32() : d_x.f32();
+                 kernels::gpu::add_layer_norm_backward_cuda(
+                     args, d_dy.ptr, with_dh ? d_dh.f32() : nullptr, saved_h, nullptr, d_rstd.f32(),
+                     d_gamma.f32(), d_dx.f32(), d_dr.ptr, d_pg.f32(), nullptr, nullptr);
+                 std::vector<double> dx, dgamma;
+                 kernels::cpu::reference_add_rms_norm_backward(s.rows, s.dim, dy, dh, h, gamma,
+                                                               kEps, dx, dgamma);
+                 r.rel_l2("dx", d_dx.download(), dx, 1e-5);
+                 compare(r, "dr", bf16, d_dr.download(), dx);
+                 const auto pg = d_pg.download();
+                 std::vector<double> got_g(d, 0.0);
+                 for (size_t blk = 0; blk < blocks; ++blk) {
+                   for (size_t c = 0; c < d; ++c) got_g[c] += pg[blk * d + c];
+                 }
+                 r.rel_l2("dgamma", got_g, dgamma, 1e-5);
+               }});
+        }
+      }
+    }
+  }
+}
+
+// Counts around the 16-byte packs (8 bf16 / 4 float32 elements: 1, 7, 13 and 4099 leave a
+// tail) and the paper model's MLP width (33 tokens x 1366); each aligned and one element off.
+REACH_OP_CASES(swiglu_cuda_cases) {
+  for (const bool bf16 : {false, true}) {
+    for (const size_t count :
+         {size_t{1}, size_t{7}, size_t{8}, size_t{13}, size_t{4099}, size_t{33 * 1366}}) {
+      for (const bool misaligned : {false, true}) {
+        const std::string dtype = bf16 ? "bf16" : "f32";
+        const std::string shape =
+            shape_part("n", static_cast<double>(count)) + (misaligned ? "_misaligned" : "");
+        registry.add(
+            {"swiglu", "cuda", dtype, shape, "forward_backward", [=](Report& r) {
+               if (!cuda_device_available()) return r.skip("no CUDA device");
+               Rng rng(seed_of("swiglu_cuda" + dtype + shape));
+               // Gates over both tails of silu and its minimum; values and gradients N(0, 1).
+               const auto a = rounded(rng.normal(count, 3.0), bf16);
+               const auto b = rounded(rng.normal(count), bf16);
+               const auto dy = rounded(rng.normal(count), bf16);
+               // One element in front of each tensor when misaligned (cudaMalloc is 256-byte
+               // aligned, so the data then starts 2 or 4 bytes past a 16-byte boundary).
+               const size_t skip = misaligned ? 1 : 0;
+               const auto padded = [&](const std::vector<double>& v) {
+                 std::vector<double> out(skip, 1.0);
+                 out.insert(out.end(), v.begin(), v.end());
+                 return out;
+               };
+               const auto at = [&](const DeviceTensor& t) {
+                 return static_cast<char*>(t.ptr) + skip * (bf16 ? 2 : 4);
+               };
+               const auto unpadded = [&](const DeviceTensor& t) {
+                 const auto v = t.download();
+                 return std::vector<double>(v.begin() + static_cast<std::ptrdiff_t>(skip), v.end());
+               };
+               const ScalarType type = bf16 ? ScalarType::kBFloat16 : ScalarType::kFloat32;
+               DeviceTensor d_a(count + skip, bf16), d_b(count + skip, bf16),
+                   d_y(count + skip, bf16), d_dy(count + skip, bf16), d_da(count + skip, bf16),
+                   d_db(count + skip, bf16);
+               d_a.upload(padded(a));
+               d_b.upload(padded(b));
+               d_dy.upload(padded(dy));
+               kernels::gpu::swiglu_forward_cuda(static_cast<int64_t>(count), type, at(d_a),
+                                                 at(d_b), at(d_y), nullptr);
+               kernels::gpu::swiglu_backward_cuda(static_cast<int64_t>(count), type, at(d_dy),
+                                                  at(d_a), at(d_b), at(d_da), at(d_db), nullptr);
+               std::vector<double> y, da, db;
+               kernels::cpu::reference_swiglu_forward(a, b, y);
+               kernels::cpu::reference_swiglu_backward(dy, a, b, da, db);
+               compare(r, "y", bf16, unpadded(d_y), y);
+               compare(r, "da", bf16, unpadded(d_da), da);
+               compare(r, "db", bf16, unpadded(d_db), db);
+               if (misaligned) {  // the element in front of each output is left as poisoned
+                 double written = 0;
+                 for (const DeviceTensor* t : {&d_y, &d_da, &d_db}) {
+                   written += std::isnan(t->download()[0]) ? 0 : 1;
+                 }
+                 r.lt("outputs written in front of their first element", written, 0.5);
+               }
+             }});
       }
     }
   }

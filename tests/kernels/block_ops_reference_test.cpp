@@ -1,14 +1,18 @@
 // The float64 references of the fused block kernels (kernels/cpu/reference_rope_split.hpp,
-// kernels/cpu/reference_add_layer_norm.hpp): forwards against independent formulations, and
-// backwards against central finite differences of a random linear functional of the outputs.
-// Bounds: the references are float64 and the losses are linear (RoPE) or smooth (LayerNorm)
-// in the inputs, so finite differences with h = 1e-6 agree to ~1e-8; 1e-6 leaves a margin
-// while any wrong term (a sign, a missing 1/D) is O(1). Forwards: 1e-12 (float64 rounding).
+// kernels/cpu/reference_add_layer_norm.hpp (LayerNorm and RMSNorm),
+// kernels/cpu/reference_swiglu.hpp): forwards against independent formulations, and backwards
+// against central finite differences of a random linear functional of the outputs. Bounds: the
+// references are float64 and the losses are linear (RoPE) or smooth (the norms, SwiGLU) in the
+// inputs, so finite differences with h = 1e-6 agree to ~1e-8; 1e-6 leaves a margin while any
+// wrong term (a sign, a missing 1/D) is O(1). Forwards: 1e-12 (float64 rounding), 1e-9 where a
+// statistic is recomputed from outputs of size up to ~10.
+#include <algorithm>
 #include <cmath>
 #include <complex>
 
 #include "kernels/cpu/reference_add_layer_norm.hpp"
 #include "kernels/cpu/reference_rope_split.hpp"
+#include "kernels/cpu/reference_swiglu.hpp"
 #include "tests/kernels/harness.hpp"
 
 namespace reach::harness {
@@ -165,6 +169,113 @@ REACH_OP_CASES(add_layer_norm_reference_cases) {
                       }});
       }
     }
+  }
+}
+
+// RMSNorm (eps 1e-6, model::RmsNormImpl's): independent check of the forward from its defining
+// properties: each row of y / gamma is k * h with one k > 0 per row, and its mean square is
+// ms / (ms + eps) (ms = mean(h^2)); the two fix k = 1 / sqrt(ms + eps) without that formula.
+REACH_OP_CASES(add_rms_norm_reference_cases) {
+  constexpr double kEps = 1e-6;
+  for (const bool with_r : {false, true}) {
+    for (const int64_t dim : {int64_t{1}, int64_t{7}, int64_t{96}}) {
+      const int64_t rows = 5;
+      const std::string shape = shape_part("rows", static_cast<double>(rows)) + "_" +
+                                shape_part("d", static_cast<double>(dim)) + (with_r ? "_r" : "");
+      registry.add(
+          {"add_rms_norm", "reference", "f64", shape, "forward", [=](Report& r) {
+             Rng rng(seed_of("add_rms_norm_forward" + shape));
+             const auto x = rng.normal(static_cast<size_t>(rows * dim), 2.0);
+             const auto res = with_r ? rng.normal(x.size()) : std::vector<double>{};
+             const auto gamma = rng.normal(static_cast<size_t>(dim));
+             std::vector<double> h, y, rstd;
+             kernels::cpu::reference_add_rms_norm_forward(rows, dim, x, res, gamma, kEps, h, y,
+                                                          rstd);
+             double worst_h = 0, worst_ratio = 0, worst_square = 0, worst_rstd = 0;
+             double non_positive = 0;
+             for (int64_t row = 0; row < rows; ++row) {
+               const auto at = [&](int64_t c) { return static_cast<size_t>(row * dim + c); };
+               const double k = y[at(0)] / gamma[0] / h[at(0)];
+               double ms = 0, zs = 0;
+               for (int64_t c = 0; c < dim; ++c) {
+                 const auto i = at(c);
+                 worst_h = std::max(worst_h, std::abs(h[i] - x[i] - (with_r ? res[i] : 0)));
+                 const double z = y[i] / gamma[static_cast<size_t>(c)];
+                 worst_ratio = std::max(worst_ratio, std::abs(z / h[i] - k) / k);
+                 ms += h[i] * h[i] / static_cast<double>(dim);
+                 zs += z * z / static_cast<double>(dim);
+               }
+               non_positive += k > 0 ? 0 : 1;
+               worst_square = std::max(worst_square, std::abs(zs - ms / (ms + kEps)));
+               worst_rstd = std::max(worst_rstd, std::abs(rstd[static_cast<size_t>(row)] - k) / k);
+             }
+             r.lt("h = x + r", worst_h, 1e-12);
+             r.lt("row spread of y / (gamma h), relative", worst_ratio, 1e-12);
+             r.lt("rows with y / (gamma h) <= 0", non_positive, 0.5);
+             r.lt("row mean square of y / gamma", worst_square, 1e-9);
+             r.lt("rstd against y / (gamma h), relative", worst_rstd, 1e-12);
+           }});
+      for (const bool with_dh : {false, true}) {
+        registry.add({"add_rms_norm", "reference", "f64", shape + (with_dh ? "_dh" : ""), "fd",
+                      [=](Report& r) {
+                        Rng rng(seed_of("add_rms_norm_fd" + shape + (with_dh ? "dh" : "")));
+                        const auto n = static_cast<size_t>(rows * dim);
+                        auto x = rng.normal(n, 2.0);
+                        auto res = with_r ? rng.normal(n) : std::vector<double>{};
+                        auto gamma = rng.normal(static_cast<size_t>(dim));
+                        const auto wy = rng.normal(n);
+                        const auto wh = with_dh ? rng.normal(n) : std::vector<double>{};
+                        const auto loss = [&] {
+                          std::vector<double> h, y, rstd;
+                          kernels::cpu::reference_add_rms_norm_forward(rows, dim, x, res, gamma,
+                                                                       kEps, h, y, rstd);
+                          return dot(y, wy) + (with_dh ? dot(h, wh) : 0.0);
+                        };
+                        std::vector<double> h, y, rstd, dx, dgamma;
+                        kernels::cpu::reference_add_rms_norm_forward(rows, dim, x, res, gamma, kEps,
+                                                                     h, y, rstd);
+                        kernels::cpu::reference_add_rms_norm_backward(rows, dim, wy, wh, h, gamma,
+                                                                      kEps, dx, dgamma);
+                        r.fd("dx", finite_difference_error(x, dx, loss), 1e-6);
+                        if (with_r) r.fd("dr", finite_difference_error(res, dx, loss), 1e-6);
+                        r.fd("dgamma", finite_difference_error(gamma, dgamma, loss), 1e-6);
+                      }});
+      }
+    }
+  }
+}
+
+// SwiGLU: the forward against silu written through tanh (sigmoid(a) = (1 + tanh(a / 2)) / 2),
+// the backward against finite differences; gates spread over [-8, 8] so both of silu's tails
+// and its minimum (a ~ -1.28) are in the sample.
+REACH_OP_CASES(swiglu_reference_cases) {
+  for (const size_t count : {size_t{1}, size_t{13}, size_t{200}}) {
+    const std::string shape = shape_part("n", static_cast<double>(count));
+    registry.add({"swiglu", "reference", "f64", shape, "forward", [=](Report& r) {
+                    Rng rng(seed_of("swiglu_forward" + shape));
+                    const auto a = rng.uniform(count, -8, 8), b = rng.normal(count);
+                    std::vector<double> y;
+                    kernels::cpu::reference_swiglu_forward(a, b, y);
+                    std::vector<double> want(count);
+                    for (size_t i = 0; i < count; ++i) {
+                      want[i] = a[i] * 0.5 * (1.0 + std::tanh(a[i] / 2.0)) * b[i];
+                    }
+                    r.max_scaled("y", y, want, 1e-12);
+                  }});
+    registry.add({"swiglu", "reference", "f64", shape, "fd", [=](Report& r) {
+                    Rng rng(seed_of("swiglu_fd" + shape));
+                    auto a = rng.uniform(count, -8, 8), b = rng.normal(count);
+                    const auto wy = rng.normal(count);
+                    const auto loss = [&] {
+                      std::vector<double> y;
+                      kernels::cpu::reference_swiglu_forward(a, b, y);
+                      return dot(y, wy);
+                    };
+                    std::vector<double> da, db;
+                    kernels::cpu::reference_swiglu_backward(wy, a, b, da, db);
+                    r.fd("da", finite_difference_error(a, da, loss), 1e-6);
+                    r.fd("db", finite_difference_error(b, db, loss), 1e-6);
+                  }});
   }
 }
 
