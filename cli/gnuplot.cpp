@@ -9,6 +9,8 @@
 #include <fstream>
 #include <stdexcept>
 
+#include "io/remove_tree.hpp"
+
 namespace reach::cli {
 
 void write_text_file(const std::string& path, const std::string& text) {
@@ -18,13 +20,15 @@ void write_text_file(const std::string& path, const std::string& text) {
 
 PlotDataDir::PlotDataDir(const std::string& tag)
     : path_(std::filesystem::temp_directory_path() / fmt::format("reach-{}-{}", tag, ::getpid())) {
-  std::filesystem::remove_all(path_);
+  reach::io::remove_tree(path_);
   std::filesystem::create_directories(path_);
 }
 
 PlotDataDir::~PlotDataDir() {
-  std::error_code ignored;  // cleanup must not throw from a destructor
-  std::filesystem::remove_all(path_, ignored);
+  try {
+    io::remove_tree(path_);
+  } catch (const std::exception&) {  // cleanup must not throw from a destructor
+  }
 }
 
 void check_output_path(const std::string& path, const std::string& flag) {

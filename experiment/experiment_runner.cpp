@@ -9,6 +9,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "io/remove_tree.hpp"
 #include "model/gpt.hpp"
 #include "train/checkpoint.hpp"
 #include "train/device.hpp"
@@ -106,7 +107,7 @@ bool train_and_evaluate(const ExperimentSpec& spec, const ExperimentRun& run, ui
   const RunState state = run_state(directory);
   if (state == RunState::fresh && fs::exists(directory)) {
     // No checkpoint: nothing of this run can be resumed; its partial log goes.
-    fs::remove_all(directory);
+    reach::io::remove_tree(directory);
   }
   say(fmt::format(
       "{} seed {}: {}", run.name, seed,

@@ -222,7 +222,10 @@ DecodeAttentionResult decode_attention_tensor_ops(const torch::Tensor& q, const 
 
 const torch::Tensor& DecodeLengths::on(const torch::Device& device,
                                        const std::vector<int64_t>& lengths) {
-  if (device_.defined() && device_.device() == device && host_ == lengths) return device_;
+  // A device without an index (torch::kCUDA) means the current one, where device_ lives.
+  const bool same_device = device_.defined() && device_.device().type() == device.type() &&
+                           (!device.has_index() || device_.device().index() == device.index());
+  if (same_device && host_ == lengths) return device_;
   const bool pinned = device.is_cuda();
   auto host = torch::empty({static_cast<int64_t>(lengths.size())},
                            torch::TensorOptions().dtype(torch::kInt).pinned_memory(pinned));

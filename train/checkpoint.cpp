@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "io/remove_tree.hpp"
 #include "io/safetensors.hpp"
 #include "train/device.hpp"
 
@@ -147,7 +148,7 @@ std::string save_training_checkpoint(
   fs::create_directories(root);
   const std::string name = fmt::format("step-{:08d}", step);
   const fs::path tmp = root / (".tmp-" + name), final_dir = root / name;
-  fs::remove_all(tmp);
+  reach::io::remove_tree(tmp);
   fs::create_directories(tmp);
 
   io::SafetensorsFile weights, moments;
@@ -173,12 +174,12 @@ std::string save_training_checkpoint(
   // so that a kill at any point leaves either it or the new one complete under the name.
   const fs::path replaced = root / (".tmp-replaced-" + name);
   if (fs::exists(final_dir)) {
-    fs::remove_all(replaced);
+    reach::io::remove_tree(replaced);
     fs::rename(final_dir, replaced);
   }
   fs::rename(tmp, final_dir);
   fsync_dir(root);
-  fs::remove_all(replaced);
+  reach::io::remove_tree(replaced);
   return final_dir.string();
 }
 
@@ -240,9 +241,9 @@ void remove_unloadable_checkpoints(const std::vector<std::string>& dirs) {
   for (const auto& d : dirs) {
     const fs::path dir(d);
     const fs::path doomed = dir.parent_path() / (".tmp-unloadable-" + dir.filename().string());
-    fs::remove_all(doomed);
+    reach::io::remove_tree(doomed);
     fs::rename(dir, doomed);
-    fs::remove_all(doomed);
+    reach::io::remove_tree(doomed);
   }
 }
 
@@ -339,7 +340,7 @@ std::vector<std::string> remove_partial_checkpoints(const std::string& out_dir) 
   for (const auto& entry : fs::directory_iterator(root)) {
     if (entry.path().filename().string().starts_with(".tmp-")) removed.push_back(entry.path());
   }
-  for (const auto& p : removed) fs::remove_all(p);
+  for (const auto& p : removed) reach::io::remove_tree(p);
   return removed;
 }
 
@@ -353,9 +354,9 @@ std::vector<std::string> remove_old_checkpoints(const std::string& out_dir, int6
     // Renamed first (atomic), so that a kill mid-removal leaves no half-deleted step-*
     // directory, only a .tmp-* one that the next start removes.
     const fs::path doomed = dir.parent_path() / (".tmp-removed-" + dir.filename().string());
-    fs::remove_all(doomed);
+    reach::io::remove_tree(doomed);
     fs::rename(dir, doomed);
-    fs::remove_all(doomed);
+    reach::io::remove_tree(doomed);
     removed.push_back(dir.string());
   }
   return removed;

@@ -15,6 +15,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "io/remove_tree.hpp"
 #include "train/checkpoint.hpp"
 #include "train/loop.hpp"
 
@@ -52,7 +53,7 @@ void remove_unfinished_removals(const std::string& path) {
       leftovers.push_back(entry.path());
     }
   }
-  for (const auto& p : leftovers) fs::remove_all(p);
+  for (const auto& p : leftovers) reach::io::remove_tree(p);
 }
 
 RunLock::RunLock(const std::string& dir) {
@@ -108,7 +109,7 @@ void remove_run_entries(const std::string& dir, const std::vector<std::string>& 
     std::error_code ec;
     if (fs::exists(root / name, ec)) fs::rename(root / name, trash / name);
   }
-  fs::remove_all(trash);
+  reach::io::remove_tree(trash);
 }
 
 void check_resume_config(const std::string& checkpoint_toml, const std::string& config_toml,

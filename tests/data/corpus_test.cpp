@@ -6,6 +6,8 @@
 #include <fstream>
 #include <set>
 
+#include "io/remove_tree.hpp"
+
 namespace reach::data {
 namespace {
 
@@ -41,7 +43,7 @@ TEST(Corpus, SplitsBookText) {
 
 TEST(Corpus, ReadsUserFilesAndFolders) {
   const fs::path dir = fs::temp_directory_path() / "reach_corpus_test";
-  fs::remove_all(dir);
+  reach::io::remove_tree(dir);
   fs::create_directories(dir / "sub");
   for (int i = 0; i < 20; ++i)
     std::ofstream(dir / "sub" / ("doc" + std::to_string(i))) << "text " << i;
@@ -57,7 +59,7 @@ TEST(Corpus, ReadsUserFilesAndFolders) {
   ASSERT_EQ(single.train.size(), 1u);
   ASSERT_EQ(single.heldout.size(), 1u);
   EXPECT_EQ(single.train[0].text + single.heldout[0].text, "text 3");
-  fs::remove_all(dir);
+  reach::io::remove_tree(dir);
 }
 
 // The kjv split is by book name and must never move (the demo's numbers depend on it).
@@ -74,7 +76,7 @@ TEST(Corpus, NameHashIsTheDocumentedFunction) {
 
 fs::path fresh_dir(const std::string& name) {
   const fs::path dir = fs::temp_directory_path() / name;
-  fs::remove_all(dir);
+  reach::io::remove_tree(dir);
   fs::create_directories(dir);
   return dir;
 }
@@ -103,7 +105,7 @@ TEST(Corpus, SingleFileIsSplitByPosition) {
   // Another fraction moves the cut.
   const auto quarter = load_corpus((dir / "book.txt").string(), {0.25, {}});
   EXPECT_NEAR(static_cast<double>(quarter.heldout[0].text.size()) / text.size(), 0.25, 0.01);
-  fs::remove_all(dir);
+  reach::io::remove_tree(dir);
 }
 
 TEST(Corpus, FolderHoldsOutWholeFilesThenATail) {
@@ -126,7 +128,7 @@ TEST(Corpus, FolderHoldsOutWholeFilesThenATail) {
   EXPECT_LE(split_files, 1);
   EXPECT_GE(corpus.heldout.size(), 2u);
   EXPECT_NEAR(static_cast<double>(held) / static_cast<double>(total), 0.1, 0.01);
-  fs::remove_all(dir);
+  reach::io::remove_tree(dir);
 }
 
 TEST(Corpus, HeldoutFilesAreExactlyTheNamedOnes) {
@@ -157,13 +159,13 @@ TEST(Corpus, HeldoutFilesAreExactlyTheNamedOnes) {
   EXPECT_NE(message(split_options(0.1, "a.txt,sub/b.txt,c.txt")).find("no training documents"),
             std::string::npos);
   EXPECT_NE(message({1.0, {}}).find("data.heldout_fraction must be in (0, 1)"), std::string::npos);
-  fs::remove_all(dir);
+  reach::io::remove_tree(dir);
 }
 
 TEST(Corpus, DirectoryAsAFileIsAClearError) {
   const auto dir = fresh_dir("reach_corpus_dir_as_file");
   EXPECT_THROW(read_file_bytes(dir.string()), std::runtime_error);
-  fs::remove_all(dir);
+  reach::io::remove_tree(dir);
 }
 
 TEST(Corpus, MissingPathIsAClearError) {

@@ -8,6 +8,7 @@
 #include <random>
 
 #include "data/tokenizer/token_cache.hpp"
+#include "io/remove_tree.hpp"
 
 namespace reach::data {
 namespace {
@@ -16,7 +17,7 @@ namespace fs = std::filesystem;
 
 fs::path fresh_dir(const std::string& name) {
   const auto dir = fs::temp_directory_path() / name;
-  fs::remove_all(dir);
+  reach::io::remove_tree(dir);
   fs::create_directories(dir);
   return dir;
 }
@@ -50,7 +51,7 @@ TEST(Tokenizer, SentencePieceTrainsSavesAndRoundTrips) {
   EXPECT_EQ(loaded->kind(), "sentencepiece");
   EXPECT_EQ(loaded->encode(text), ids);
   EXPECT_EQ(loaded->fingerprint(), tok->fingerprint());
-  fs::remove_all(dir);
+  reach::io::remove_tree(dir);
 }
 
 // encode_many (one sentencepiece process per ~4 MB batch, batches in parallel) must give each
@@ -85,7 +86,7 @@ TEST(Tokenizer, SentencePieceEncodeManyEqualsEncodeOfEachText) {
     EXPECT_EQ(many[i], tok->encode(texts[i])) << "text " << i << ": " << texts[i].substr(0, 40);
   }
   EXPECT_TRUE(tok->encode_many({}).empty());
-  fs::remove_all(dir);
+  reach::io::remove_tree(dir);
 }
 
 // A Python that imports sentencepiece (Debian's python3-sentencepiece is /usr/bin/python3's).
@@ -134,7 +135,7 @@ TEST(Tokenizer, SentencePiecePythonRunnerMatchesThePrograms) {
   }
   unsetenv("REACH_SENTENCEPIECE");
   unsetenv("REACH_PYTHON");
-  fs::remove_all(dir);
+  reach::io::remove_tree(dir);
 }
 
 TEST(Tokenizer, BadSpecsAreClearErrors) {
@@ -147,7 +148,7 @@ TEST(Tokenizer, BadSpecsAreClearErrors) {
   } catch (const std::runtime_error& e) {
     EXPECT_NE(std::string(e.what()).find("unknown type 'wordpiece'"), std::string::npos);
   }
-  fs::remove_all(dir);
+  reach::io::remove_tree(dir);
 }
 
 TEST(TokenCache, BuildsOnceReusesAndDetectsTruncation) {
@@ -178,7 +179,7 @@ TEST(TokenCache, BuildsOnceReusesAndDetectsTruncation) {
   } catch (const std::runtime_error& e) {
     EXPECT_NE(std::string(e.what()).find("truncated"), std::string::npos) << e.what();
   }
-  fs::remove_all(cache);
+  reach::io::remove_tree(cache);
 }
 
 }  // namespace

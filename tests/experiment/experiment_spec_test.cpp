@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "io/remove_tree.hpp"
 #include "model/gpt.hpp"
 #include "train/train_config.hpp"
 
@@ -81,7 +82,7 @@ TEST(ExperimentSpec, ConfigPathsAreRelativeToTheMatrix) {
       << "[experiment]\nconfig = \"configs/base.toml\"\n[[run]]\nname = \"a\"\n";
   const auto spec = load_experiment((dir / "matrix.toml").string());
   EXPECT_EQ(spec.runs[0].config_path, (dir / "configs" / "base.toml").string());
-  std::filesystem::remove_all(dir);
+  reach::io::remove_tree(dir);
 }
 
 // The shipped paper matrix: 22 runs (the authors' f01..f21 and dense), every run's config

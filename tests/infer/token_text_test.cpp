@@ -8,6 +8,8 @@
 #include <fstream>
 #include <stdexcept>
 
+#include "io/remove_tree.hpp"
+
 namespace reach::infer {
 namespace {
 
@@ -33,7 +35,7 @@ TEST(TokenText, SentencepiecePieces) {
   EXPECT_EQ(t.piece(5), " the");
   EXPECT_EQ(t.piece(6), "ing");
   EXPECT_EQ(t.piece(7), " ");
-  std::filesystem::remove_all(dir);
+  reach::io::remove_tree(dir);
   EXPECT_THROW(TokenText::load("sentencepiece", dir.string()), std::runtime_error);
   EXPECT_THROW(TokenText::load("wordpiece", ""), std::runtime_error);
 }

@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "io/remove_tree.hpp"
 #include "model/attention/chunk_retrieval.hpp"
 #include "model/attention/factory.hpp"
 #include "model/attention/window.hpp"
@@ -455,7 +456,7 @@ TEST(ChunkAttention, ModelTrainsEveryParameterGetsAGradient) {
 TEST(ChunkAttention, CheckpointRoundTrip) {
   namespace fs = std::filesystem;
   const fs::path dir = fs::temp_directory_path() / "reach_chunk_ckpt_test";
-  fs::remove_all(dir);
+  reach::io::remove_tree(dir);
   auto config = train::parse_train_config(
       "[model]\npreset = \"micro\"\nattention = \"chunk\"\nchunk_size = 4\n",
       {"run.out_dir=" + dir.string(), "model.vocab_size=256", "model.chunk_top_k=3",
@@ -492,7 +493,7 @@ TEST(ChunkAttention, CheckpointRoundTrip) {
   EXPECT_EQ(moba.model.chunk_landmark, ChunkLandmark::mean_keys);
   torch::NoGradGuard no_grad;
   EXPECT_TRUE(torch::equal(loaded.model(x), net(x)));
-  fs::remove_all(dir);
+  reach::io::remove_tree(dir);
 }
 
 TEST(ChunkAttention, BadConfigKeysAreClearErrors) {

@@ -6,6 +6,8 @@
 #include <filesystem>
 #include <fstream>
 
+#include "io/remove_tree.hpp"
+
 namespace reach::train {
 namespace {
 
@@ -13,7 +15,7 @@ namespace fs = std::filesystem;
 
 TEST(Checkpoint, RoundTripsWeightsAndOptimizerState) {
   const fs::path dir = fs::temp_directory_path() / "reach_ckpt_test";
-  fs::remove_all(dir);
+  reach::io::remove_tree(dir);
   auto config = parse_train_config(
       "[model]\npreset = \"micro\"\n",
       {"run.out_dir=" + dir.string(), "model.schedule=learned", "model.vocab_size=256"});
@@ -51,7 +53,7 @@ TEST(Checkpoint, RoundTripsWeightsAndOptimizerState) {
       std::runtime_error);
   fs::remove(fs::path(*latest) / "state.json");
   EXPECT_THROW(load_checkpoint(*latest), std::runtime_error);
-  fs::remove_all(dir);
+  reach::io::remove_tree(dir);
 }
 
 // Writes checkpoints of one micro model at the given steps under dir.
@@ -70,7 +72,7 @@ void write_checkpoints(const fs::path& dir, const std::vector<int64_t>& steps) {
 
 TEST(Checkpoint, NewestValidFallsBackPastCorruptAndStrayDirectories) {
   const fs::path dir = fs::temp_directory_path() / "reach_ckpt_fallback_test";
-  fs::remove_all(dir);
+  reach::io::remove_tree(dir);
   write_checkpoints(dir, {10, 20});
   const fs::path root = dir / "checkpoints";
   // The newest written one corrupt, and an empty stray directory above it.
@@ -87,7 +89,7 @@ TEST(Checkpoint, NewestValidFallsBackPastCorruptAndStrayDirectories) {
   EXPECT_EQ(choose_checkpoint(dir.string()).dir, choice.dir);
   EXPECT_EQ(choose_checkpoint((root / "step-00000010").string()).checkpoint.step, 10);
   // Nothing valid: an error naming the run and each reason.
-  fs::remove_all(root / "step-00000010");
+  reach::io::remove_tree(root / "step-00000010");
   try {
     choose_checkpoint(dir.string());
     FAIL() << "no valid checkpoint, yet one was chosen";
@@ -96,12 +98,12 @@ TEST(Checkpoint, NewestValidFallsBackPastCorruptAndStrayDirectories) {
     EXPECT_NE(std::string(e.what()).find("step-00000020"), std::string::npos) << e.what();
   }
   EXPECT_TRUE(newest_valid_checkpoint((dir / "nothing").string()).dir.empty());
-  fs::remove_all(dir);
+  reach::io::remove_tree(dir);
 }
 
 TEST(Checkpoint, PartialWritesAreRemoved) {
   const fs::path dir = fs::temp_directory_path() / "reach_ckpt_partial_test";
-  fs::remove_all(dir);
+  reach::io::remove_tree(dir);
   write_checkpoints(dir, {5});
   const fs::path partial = dir / "checkpoints" / ".tmp-step-00000010";
   fs::create_directories(partial);
@@ -110,12 +112,12 @@ TEST(Checkpoint, PartialWritesAreRemoved) {
   ASSERT_EQ(removed.size(), 1u);
   EXPECT_FALSE(fs::exists(partial));
   EXPECT_TRUE(fs::exists(dir / "checkpoints" / "step-00000005"));
-  fs::remove_all(dir);
+  reach::io::remove_tree(dir);
 }
 
 TEST(Checkpoint, RetentionKeepsTheNewestAndTheMarked) {
   const fs::path dir = fs::temp_directory_path() / "reach_ckpt_retention_test";
-  fs::remove_all(dir);
+  reach::io::remove_tree(dir);
   write_checkpoints(dir, {1, 2, 3, 4, 5});
   const fs::path root = dir / "checkpoints";
   std::ofstream(root / "step-00000002" / "keep");
@@ -125,17 +127,17 @@ TEST(Checkpoint, RetentionKeepsTheNewestAndTheMarked) {
   for (const auto& e : fs::directory_iterator(root)) left.push_back(e.path().filename());
   std::sort(left.begin(), left.end());
   EXPECT_EQ(left, (std::vector<std::string>{"step-00000002", "step-00000004", "step-00000005"}));
-  fs::remove_all(dir);
+  reach::io::remove_tree(dir);
 }
 
 TEST(Checkpoint, StepsPastEightDigitsSortByNumber) {
   const fs::path dir = fs::temp_directory_path() / "reach_ckpt_digits_test";
-  fs::remove_all(dir);
+  reach::io::remove_tree(dir);
   fs::create_directories(dir / "checkpoints" / "step-99999999");
   fs::create_directories(dir / "checkpoints" / "step-100000000");
   fs::create_directories(dir / "checkpoints" / "step-x");
   EXPECT_EQ(fs::path(*latest_checkpoint(dir.string())).filename(), "step-100000000");
-  fs::remove_all(dir);
+  reach::io::remove_tree(dir);
 }
 
 }  // namespace

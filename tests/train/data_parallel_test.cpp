@@ -23,6 +23,7 @@
 #include <thread>
 #include <vector>
 
+#include "io/remove_tree.hpp"
 #include "train/gradient_buckets.hpp"
 #include "train/local_launch.hpp"
 #include "train/process_group.hpp"
@@ -61,7 +62,7 @@ eval_tokens = 64
 
 fs::path work_dir(const std::string& name) {
   const fs::path dir = fs::path(testing::TempDir()) / ("reach_data_parallel_" + name);
-  fs::remove_all(dir);
+  reach::io::remove_tree(dir);
   fs::create_directories(dir);
   // The corpus: Debian's KJV, or a folder corpus where the machine lacks the Debian packages
   // (REACH_TEST_CORPUS: the GPU machine's build-deps/kjv, the same books).

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "io/remove_tree.hpp"
 #include "train/device.hpp"
 
 namespace reach::train {
@@ -35,7 +36,7 @@ TaskRunConfig toy_config(const std::string& dir, const std::vector<std::string>&
 
 TEST(TaskTrainer, RunDirectoryLoadsBackToTheSameModel) {
   const auto dir = (fs::temp_directory_path() / "reach_task_run_test").string();
-  fs::remove_all(dir);
+  reach::io::remove_tree(dir);
   const auto c = toy_config(dir, {"model.normalizer=asentmax", "model.positions=nape"});
   model::Gpt trained{nullptr};
   const auto result = train_task_model(c, {.quiet = true}, &trained);
@@ -62,7 +63,7 @@ TEST(TaskTrainer, RunDirectoryLoadsBackToTheSameModel) {
   }
   EXPECT_EQ(acc[3].length, 96);
   EXPECT_FALSE(acc[3].skipped.empty());  // 96 > max_length 48
-  fs::remove_all(dir);
+  reach::io::remove_tree(dir);
 }
 
 TEST(TaskTrainer, MissingRunGivesAClearError) {
@@ -86,14 +87,14 @@ TEST(TaskTrainer, MissingRunGivesAClearError) {
   }
   std::ofstream(fs::path(dir) / "model.safetensors") << "not a safetensors file";
   EXPECT_THROW(load_task_run(dir), std::runtime_error);
-  fs::remove_all(dir);
+  reach::io::remove_tree(dir);
 }
 
 // Chance is ~1/8 for the maximum of 4 draws from 8 values (well above 1/8, as large
 // values are likelier maxima, but far below what a trained model reaches).
 TEST(TaskTrainer, SmallModelLearnsMaxRetrieval) {
   const auto dir = (fs::temp_directory_path() / "reach_task_learns").string();
-  fs::remove_all(dir);
+  reach::io::remove_tree(dir);
   const auto c = toy_config(
       dir, {"train.steps=300", "train.batch=16", "train.lr=0.01", "model.attention=dense",
             "model.positions=nope", "eval.examples=64", "eval.batch=64"});
@@ -102,7 +103,7 @@ TEST(TaskTrainer, SmallModelLearnsMaxRetrieval) {
   const auto acc = evaluate_task_model(trained, c, {1}, nullptr);
   EXPECT_GT(acc[0].accuracy, 0.8);
   EXPECT_DOUBLE_EQ(acc[0].token_accuracy, acc[0].accuracy);  // one-token answers
-  fs::remove_all(dir);
+  reach::io::remove_tree(dir);
 }
 
 // Seed 003's recipe trains at 48 +- 16: each step draws its length from [32, 64], the same
@@ -127,7 +128,7 @@ TEST(TaskTrainer, StepLengthsVaryOverTheTrainingRange) {
 // context by the queries and answers) and evaluates at multiples of the longest.
 TEST(TaskTrainer, AssociativeRecallTrainsOverVaryingLengths) {
   const auto dir = (fs::temp_directory_path() / "reach_task_mqar").string();
-  fs::remove_all(dir);
+  reach::io::remove_tree(dir);
   const auto c = parse_task_config(
       "", {"run.out_dir=\"" + dir + "\"", "run.threads=1", "task.name=mqar", "train.length=64",
            "train.min_length=32", "train.batch=4", "train.steps=4", "model.layers=1",
@@ -145,7 +146,7 @@ TEST(TaskTrainer, AssociativeRecallTrainsOverVaryingLengths) {
     EXPECT_GE(r.token_accuracy, r.accuracy);  // all 13 tokens right implies each is
     EXPECT_LE(r.token_accuracy, 1.0);
   }
-  fs::remove_all(dir);
+  reach::io::remove_tree(dir);
 }
 
 std::vector<std::pair<int64_t, double>> losses(const std::string& dir) {
@@ -164,8 +165,8 @@ std::vector<std::pair<int64_t, double>> losses(const std::string& dir) {
 TEST(TaskTrainer, ResumeIsExact) {
   const auto straight = (fs::temp_directory_path() / "reach_task_resume_straight").string();
   const auto cut = (fs::temp_directory_path() / "reach_task_resume_cut").string();
-  fs::remove_all(straight);
-  fs::remove_all(cut);
+  reach::io::remove_tree(straight);
+  reach::io::remove_tree(cut);
   const std::vector<std::string> extra{"train.steps=6", "train.checkpoint_every=3",
                                        "train.log_every=2"};
   train_task_model(toy_config(straight, extra), {.quiet = true});
@@ -183,14 +184,14 @@ TEST(TaskTrainer, ResumeIsExact) {
   EXPECT_EQ(resumed.steps, 6);
   EXPECT_EQ(losses(cut), losses(straight));
   ASSERT_EQ(losses(straight).size(), 6u);
-  fs::remove_all(straight);
-  fs::remove_all(cut);
+  reach::io::remove_tree(straight);
+  reach::io::remove_tree(cut);
 }
 
 TEST(TaskTrainerGpu, TrainsAndEvaluatesOnTheGpu) {
   if (!resolve_device("auto").is_cuda()) GTEST_SKIP() << "no CUDA GPU";
   const auto dir = (fs::temp_directory_path() / "reach_task_gpu").string();
-  fs::remove_all(dir);
+  reach::io::remove_tree(dir);
   const auto c = toy_config(dir, {"train.steps=20", "train.device=cuda"});
   model::Gpt trained{nullptr};
   const auto result = train_task_model(c, {.quiet = true}, &trained);
@@ -200,7 +201,7 @@ TEST(TaskTrainerGpu, TrainsAndEvaluatesOnTheGpu) {
   ASSERT_EQ(acc.size(), 2u);
   EXPECT_GE(acc[0].accuracy, 0.0);
   EXPECT_EQ(losses(dir).size(), 20u);
-  fs::remove_all(dir);
+  reach::io::remove_tree(dir);
 }
 
 }  // namespace
