@@ -19,7 +19,10 @@ namespace {
 struct ExperimentOptions {
   std::string matrix;
   std::vector<std::string> overrides;
+  std::vector<std::string> only;
+  std::vector<uint64_t> seeds;
   bool dry_run = false;
+  bool table_only = false;
   bool quiet = false;
   bool no_png = false;
 };
@@ -31,15 +34,17 @@ void write_text(const fs::path& path, const std::string& text) {
 }
 
 void run_experiment_command(const ExperimentOptions& o) {
-  const auto spec = experiment::load_experiment(o.matrix, o.overrides);
+  const auto spec =
+      experiment::select_runs(experiment::load_experiment(o.matrix, o.overrides), o.only, o.seeds);
   fmt::print(stderr, "[experiment] {}: {} runs, lengths", spec.name, spec.runs.size());
   for (const int64_t m : spec.multipliers) fmt::print(stderr, " {}x", m);
   fmt::print(stderr, ", results in {}\n", spec.out_dir);
   const auto result = experiment::run_experiment(
-      spec, {.quiet = o.quiet, .dry_run = o.dry_run, .log = [](const std::string& line) {
-               fmt::print(stderr, "[experiment] {}\n", line);
-             }});
-  if (o.dry_run) return;
+      spec,
+      {.quiet = o.quiet, .dry_run = o.dry_run || o.table_only, .log = [](const std::string& line) {
+         fmt::print(stderr, "[experiment] {}\n", line);
+       }});
+  if (o.dry_run && !o.table_only) return;
   fs::create_directories(spec.out_dir);
   const fs::path out(spec.out_dir);
   const auto markdown = experiment::markdown_table(spec, result);
@@ -77,7 +82,16 @@ void add_experiment_command(CLI::App& app) {
   cmd->add_option("matrix", o->matrix, "The matrix file (TOML)")->required();
   cmd->add_option("--set", o->overrides,
                   "Config override for every run (after the matrix's own), e.g. train.steps=100");
+  cmd->add_option("--only", o->only,
+                  "Run and tabulate only these runs of the matrix (names, comma separated); "
+                  "a later run of the whole matrix skips what they finished")
+      ->delimiter(',');
+  cmd->add_option("--seeds", o->seeds,
+                  "Seeds for every run, replacing the matrix's (comma separated), e.g. 42")
+      ->delimiter(',');
   cmd->add_flag("--dry-run", o->dry_run, "Say which runs are finished, resumable or to train");
+  cmd->add_flag("--table-only", o->table_only,
+                "Write the table (and plot) of the runs finished so far; train nothing");
   cmd->add_flag("--quiet", o->quiet, "No training progress lines");
   cmd->add_flag("--no-png", o->no_png, "Do not draw the plot (needs gnuplot)");
   cmd->callback([o] { run_experiment_command(*o); });

@@ -3,6 +3,7 @@
 #include <fmt/core.h>
 #include <toml++/toml.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -189,6 +190,36 @@ ExperimentSpec load_experiment(const std::string& path,
   text << in.rdbuf();
   if (!in) throw std::invalid_argument(fmt::format("experiment: cannot read '{}'", path));
   return parse_experiment(text.str(), fs::path(path).parent_path().string(), extra_overrides);
+}
+
+ExperimentSpec select_runs(const ExperimentSpec& spec, const std::vector<std::string>& names,
+                           const std::vector<uint64_t>& seeds) {
+  std::set<std::string> wanted;
+  for (const auto& name : names) {
+    const bool known = std::any_of(spec.runs.begin(), spec.runs.end(),
+                                   [&](const ExperimentRun& run) { return run.name == name; });
+    if (!known) {
+      std::string all;
+      for (const auto& run : spec.runs) all += (all.empty() ? "" : ", ") + run.name;
+      throw std::invalid_argument(fmt::format(
+          "experiment: no run named '{}' in '{}' (its runs: {})", name, spec.name, all));
+    }
+    if (!wanted.insert(name).second) {
+      throw std::invalid_argument(fmt::format("experiment: run '{}' named twice", name));
+    }
+  }
+  std::set<uint64_t> distinct(seeds.begin(), seeds.end());
+  if (distinct.size() != seeds.size()) {
+    throw std::invalid_argument("experiment: a seed is named twice");
+  }
+  ExperimentSpec selected = spec;
+  selected.runs.clear();
+  for (const auto& run : spec.runs) {
+    if (!wanted.empty() && !wanted.contains(run.name)) continue;
+    selected.runs.push_back(run);
+    if (!seeds.empty()) selected.runs.back().seeds = seeds;
+  }
+  return selected;
 }
 
 std::string run_directory(const ExperimentSpec& spec, const ExperimentRun& run, uint64_t seed) {

@@ -51,6 +51,14 @@ ExperimentSpec parse_experiment(const std::string& toml_text, const std::string&
 ExperimentSpec load_experiment(const std::string& path,
                                const std::vector<std::string>& extra_overrides = {});
 
+// `reach experiment --only NAMES --seeds LIST`: keeps the named runs (in the matrix's order)
+// and, when `seeds` is not empty, replaces every kept run's seeds with it; empty `names` keeps
+// every run. So one matrix can be run in parts (the results of each part land in the same
+// directories, and a later run of the whole matrix skips them). Throws std::invalid_argument
+// naming an unknown or repeated run (and listing the matrix's runs).
+ExperimentSpec select_runs(const ExperimentSpec& spec, const std::vector<std::string>& names,
+                           const std::vector<uint64_t>& seeds);
+
 // The directory of one run and seed: <out_dir>/<run>-seed<seed>.
 std::string run_directory(const ExperimentSpec& spec, const ExperimentRun& run, uint64_t seed);
 

@@ -63,6 +63,21 @@ assert runs["second"]["inference_tokens_per_s"] > 0, runs["second"]
 assert runs["second"]["frozen_inference_tokens_per_s"] == 0, runs["second"]
 assert runs["first"]["device"] == "cpu", runs["first"]
 PY
+# --only runs a part of the matrix and tabulates that part alone; --table-only trains nothing
+# and tabulates every finished run; an unknown run name is an error listing the matrix's runs.
+"$reach" experiment "$work/matrix.toml" --quiet --no-png --only second >"$work/log_only" 2>&1 || {
+  cat "$work/log_only"; exit 1; }
+grep -q '| second | 1 |' "$work/out/results.md" && ! grep -q '| first |' "$work/out/results.md" || {
+  echo "--only second tabulated other runs:"; cat "$work/out/results.md"; exit 1; }
+"$reach" experiment "$work/matrix.toml" --no-png --table-only >"$work/log_table" 2>&1 || {
+  cat "$work/log_table"; exit 1; }
+grep -q '| first | 1 |' "$work/out/results.md" && grep -q '| second | 1 |' "$work/out/results.md" || {
+  echo "--table-only lacks a finished run:"; cat "$work/out/results.md"; exit 1; }
+if "$reach" experiment "$work/matrix.toml" --no-png --only third >"$work/log_bad" 2>&1; then
+  echo "an unknown run name was accepted"; exit 1
+fi
+grep -q "no run named 'third' in 'resume-test' (its runs: first, second)" "$work/log_bad" || {
+  cat "$work/log_bad"; exit 1; }
 # A matrix changed under a finished run is an error naming the run, not a silent mix.
 sed -i 's/train.checkpoint_every=20"/train.checkpoint_every=20", "train.lr=0.002"/' "$work/matrix.toml"
 if "$reach" experiment "$work/matrix.toml" --quiet --no-png >"$work/log3" 2>&1; then

@@ -59,6 +59,35 @@ TEST(ExperimentSpec, ParsesRunsSharedOverridesSeedsAndReferences) {
   EXPECT_EQ(run_directory(spec, spec.runs[1], 43), "runs/m/stagger-seed43");
 }
 
+TEST(ExperimentSpec, SelectRunsKeepsTheNamedRunsInOrderAndReplacesTheirSeeds) {
+  const auto spec = parse_experiment(kMatrix, ".");
+  const auto only_stagger = select_runs(spec, {"stagger"}, {});
+  ASSERT_EQ(only_stagger.runs.size(), 1u);
+  EXPECT_EQ(only_stagger.runs[0].name, "stagger");
+  EXPECT_EQ(only_stagger.runs[0].seeds, (std::vector<uint64_t>{42, 43}));
+  EXPECT_EQ(only_stagger.out_dir, spec.out_dir);  // the same run directories as the whole
+  const auto both_one_seed = select_runs(spec, {"stagger", "dense"}, {7});
+  ASSERT_EQ(both_one_seed.runs.size(), 2u);
+  EXPECT_EQ(both_one_seed.runs[0].name, "dense");  // the matrix's order, not the list's
+  EXPECT_EQ(both_one_seed.runs[0].seeds, (std::vector<uint64_t>{7}));
+  EXPECT_EQ(both_one_seed.runs[1].seeds, (std::vector<uint64_t>{7}));
+  EXPECT_EQ(select_runs(spec, {}, {}).runs.size(), 2u);
+  const auto error_of = [&](const std::vector<std::string>& names,
+                            const std::vector<uint64_t>& seeds) -> std::string {
+    try {
+      select_runs(spec, names, seeds);
+    } catch (const std::invalid_argument& e) {
+      return e.what();
+    }
+    return "";
+  };
+  EXPECT_NE(
+      error_of({"coprime"}, {}).find("no run named 'coprime' in 'm' (its runs: dense, stagger)"),
+      std::string::npos);
+  EXPECT_NE(error_of({"dense", "dense"}, {}).find("'dense' named twice"), std::string::npos);
+  EXPECT_NE(error_of({}, {3, 3}).find("seed is named twice"), std::string::npos);
+}
+
 TEST(ExperimentSpec, BadMatricesNameTheProblem) {
   expect_error("[experiment]\nname = \"x\"\n", "no runs");
   expect_error("[[run]]\nname = \"a\"\nstep = 3\n", "unknown key 'step'");
