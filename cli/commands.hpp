@@ -16,7 +16,8 @@ void add_experiment_command(CLI::App& app);
 void add_generate_command(CLI::App& app);
 void add_info_command(CLI::App& app);
 void add_budget_study_command(CLI::App& app);
-void add_bench_entmax_command(CLI::App& app);  // after add_bench_command
-void add_bench_decode_command(CLI::App& app);  // after add_bench_command
+void add_bench_entmax_command(CLI::App& app);     // after add_bench_command
+void add_bench_decode_command(CLI::App& app);     // after add_bench_command
+void add_bench_inference_command(CLI::App& app);  // after add_bench_command
 
 }  // namespace reach::cli

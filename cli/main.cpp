@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
   reach::cli::add_bench_command(app);
   reach::cli::add_bench_entmax_command(app);
   reach::cli::add_bench_decode_command(app);
+  reach::cli::add_bench_inference_command(app);
   reach::cli::add_train_command(app);
   reach::cli::add_eval_command(app);
   reach::cli::add_info_command(app);

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "experiment/inference_speed.hpp"
 #include "io/remove_tree.hpp"
 #include "model/gpt.hpp"
 #include "train/checkpoint.hpp"
@@ -17,9 +18,6 @@
 
 namespace reach::experiment {
 namespace fs = std::filesystem;
-namespace {
-
-constexpr const char* kResultFile = "result.json";
 
 train::TrainConfig run_config(const ExperimentRun& run, const std::string& directory,
                               uint64_t seed) {
@@ -33,6 +31,10 @@ train::TrainConfig run_config(const ExperimentRun& run, const std::string& direc
     throw std::invalid_argument(fmt::format("experiment: run '{}': {}", run.name, e.what()));
   }
 }
+
+namespace {
+
+constexpr const char* kResultFile = "result.json";
 
 nlohmann::json to_json(const SeedResult& r, const std::string& config_toml) {
   nlohmann::json lengths = nlohmann::json::array();
@@ -68,31 +70,6 @@ void write_atomically(const fs::path& path, const std::string& text) {
     if (!out) throw std::runtime_error(fmt::format("experiment: cannot write {}", tmp.string()));
   }
   fs::rename(tmp, path);
-}
-
-// Forward tokens/s of `model` at batch x seq_len on its device: two warm-up passes, then
-// timed passes until at least a second or 20 passes; the median.
-double inference_tokens_per_s(model::Gpt& model, const torch::Device& device, bool bf16,
-                              int64_t batch, int64_t seq_len, int64_t vocab) {
-  const auto tokens =
-      torch::randint(0, vocab, {batch, seq_len}, torch::TensorOptions().dtype(torch::kLong))
-          .to(device);
-  const train::Bf16Autocast autocast(bf16);
-  std::vector<double> seconds;
-  double total = 0;
-  for (int pass = 0; pass < 22 && (pass < 5 || total < 1.0); ++pass) {
-    train::synchronize(device);
-    const auto t0 = std::chrono::steady_clock::now();
-    const auto logits = model(tokens);
-    train::synchronize(device);
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (pass >= 2) {
-      seconds.push_back(s);
-      total += s;
-    }
-  }
-  std::sort(seconds.begin(), seconds.end());
-  return static_cast<double>(batch * seq_len) / seconds[seconds.size() / 2];
 }
 
 // Trains (or resumes) one run and seed, evaluates its last checkpoint, writes result.json.

@@ -11,6 +11,7 @@
 
 #include "eval/perplexity.hpp"
 #include "experiment/experiment_spec.hpp"
+#include "train/train_config.hpp"
 
 namespace reach::experiment {
 
@@ -54,6 +55,11 @@ struct ExperimentResult {
 ExperimentResult run_experiment(const ExperimentSpec& spec, const RunnerOptions& options);
 
 RunState run_state(const std::string& directory);
+
+// The training config of one run and seed (its config file and overrides, out_dir = directory,
+// run.seed = seed); throws std::invalid_argument naming the run.
+train::TrainConfig run_config(const ExperimentRun& run, const std::string& directory,
+                              uint64_t seed);
 
 // The result file's contents for one finished seed; throws std::runtime_error naming the file
 // when it is unreadable or not a result.

@@ -60,15 +60,27 @@ eval_tokens = 64
     }                                                                          \
   } while (0)
 
+// The corpus: REACH_TEST_CORPUS when set (a folder; relative to the source tree, as ctest runs
+// tests in the build tree), else Debian's KJV where its packages are installed, else the
+// source tree's build-deps/kjv (scripts/stage-gpu-deps: the same 66 books as a folder corpus,
+// what the GPU machine has, which lacks the Debian packages). Empty: the config's default.
+std::string test_corpus() {
+  if (const char* corpus = std::getenv("REACH_TEST_CORPUS"); corpus != nullptr && *corpus) {
+    const fs::path path(corpus);
+    return (path.is_absolute() ? path : fs::path(REACH_SOURCE_DIR) / path).string();
+  }
+  if (fs::exists("/usr/bin/bible")) return {};
+  const fs::path staged = fs::path(REACH_SOURCE_DIR) / "build-deps" / "kjv";
+  return fs::is_directory(staged) ? staged.string() : std::string();
+}
+
 fs::path work_dir(const std::string& name) {
   const fs::path dir = fs::path(testing::TempDir()) / ("reach_data_parallel_" + name);
   reach::io::remove_tree(dir);
   fs::create_directories(dir);
-  // The corpus: Debian's KJV, or a folder corpus where the machine lacks the Debian packages
-  // (REACH_TEST_CORPUS: the GPU machine's build-deps/kjv, the same books).
   std::string config = kConfig;
-  if (const char* corpus = std::getenv("REACH_TEST_CORPUS"); corpus != nullptr && *corpus) {
-    config.insert(config.find("[data]\n") + 7, std::string("corpus = \"") + corpus + "\"\n");
+  if (const auto corpus = test_corpus(); !corpus.empty()) {
+    config.insert(config.find("[data]\n") + 7, "corpus = \"" + corpus + "\"\n");
   }
   std::ofstream(dir / "config.toml") << config;
   return dir;
