@@ -162,7 +162,9 @@ int main(int argc, char** argv) try {
   if (!o.trace.empty() && o.profile_steps > 0) {
     namespace prof = torch::autograd::profiler;
     namespace impl = torch::profiler::impl;
-    const impl::ProfilerConfig profiler_config(impl::ProfilerState::KINETO);
+    // Input shapes recorded: scripts/profile_summary.py prints those of the op behind each kernel.
+    const impl::ProfilerConfig profiler_config(impl::ProfilerState::KINETO,
+                                               /*report_input_shapes=*/true);
     const std::set<impl::ActivityType> activities{impl::ActivityType::CPU,
                                                   impl::ActivityType::CUDA};
     prof::prepareProfiler(profiler_config, activities);

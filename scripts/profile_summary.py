@@ -121,16 +121,23 @@ def launching_ops(events, launches):
         # others that contain t enclose it. Named as "innermost < autograd node" when an
         # autograd engine node (evaluate_function: XBackward) encloses it, so a kernel of the
         # backward names the forward op it differentiates.
-        chain = []
+        chain, innermost = [], None
         for i in range(bisect.bisect_right(starts[key], t) - 1, max(-1, bisect.bisect_right(
                 starts[key], t) - 5000), -1):
             if ops[i]["ts"] + ops[i]["dur"] >= t:
                 chain.append(ops[i]["name"])
+                innermost = innermost or ops[i]
         if chain:
             node = next((c for c in chain[1:] if "evaluate_function" in c), None)
             name = chain[0]
             if node:
                 name += " < " + node.replace("autograd::engine::evaluate_function: ", "")
+            # Shapes and types when the trace recorded them (report_input_shapes).
+            a = innermost.get("args") or {}
+            if a.get("Input Dims"):
+                name += f" dims {a['Input Dims']} types {a.get('Input type', '')}"
+                if a.get("Input Strides"):
+                    name += f" strides {a['Input Strides']}"
             result[correlation] = name
     return result
 

@@ -85,6 +85,12 @@ torch::Tensor EntmaxAttention::alphas() const {
 
 EntmaxAttention::Scaling EntmaxAttention::scaling(int64_t queries) const {
   Scaling s{delta_, beta_, gamma_};
+  // SSMax's delta and gamma are constants, not parameters: they stay where they were made
+  // (the CPU) when the model moves, so they follow beta (a parameter) to its device here.
+  if (beta_.defined()) {
+    if (s.delta.defined()) s.delta = s.delta.to(beta_.device());
+    if (s.gamma.defined()) s.gamma = s.gamma.to(beta_.device());
+  }
   if (scale_beta_) {
     s.beta = query_beta_;
     s.gamma = query_gamma_;

@@ -29,6 +29,8 @@ def main():
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--window", type=int, default=8)
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--warmup", type=int, default=2,
+                        help="first steps left out of the timing (kernel loading, autotuning)")
     args = parser.parse_args()
 
     config = transformers.LlamaConfig(
@@ -50,17 +52,21 @@ def main():
     ids = phrase.repeat(1, args.seq_len // 16).to(args.device)
     for name, m in (("reach_dilated", model), ("masked SDPA", masked)):
         optimiser = torch.optim.AdamW(m.parameters(), lr=args.lr)
-        start = time.perf_counter()
-        losses = []
+        losses, seconds = [], []
         for _ in range(args.steps):
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            start = time.perf_counter()
             loss = m(ids, labels=ids).loss
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-            losses.append(loss.item())
-        seconds = time.perf_counter() - start
+            losses.append(loss.item())  # synchronizes
+            seconds.append(time.perf_counter() - start)
+        timed = sorted(seconds[args.warmup:] or seconds)
         print(f"{name}: loss {losses[0]:.4f} -> {losses[-1]:.4f} in {args.steps} steps, "
-              f"{seconds / args.steps * 1e3:.1f} ms/step")
+              f"{timed[len(timed) // 2] * 1e3:.1f} ms/step (median of the {len(timed)} steps "
+              f"after {min(args.warmup, len(seconds) - 1)} warm-up)")
 
 
 if __name__ == "__main__":

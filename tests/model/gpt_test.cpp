@@ -199,6 +199,39 @@ TEST(Gpt, EveryNormalizerAndPositionSchemeTrains) {
   }
 }
 
+// Every normaliser with NAPE (the associative-recall models) on CUDA gives the CPU's logits and
+// gradients: a parameter-free part of the scaling (SSMax's delta and gamma) left on the CPU
+// made the SSMax model fail on the GPU ("found at least two devices"). float32 both sides;
+// 1e-4 covers the different summation orders of the CUDA and CPU kernels at 30 tokens.
+TEST(GptCuda, EveryNormalizerWithNapeMatchesTheCpu) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  for (const auto normalizer :
+       {Normalizer::softmax, Normalizer::entmax, Normalizer::asentmax, Normalizer::ssmax}) {
+    auto c = preset("micro");
+    c.attention = AttentionFamily::dense;
+    c.normalizer = normalizer;
+    c.positions = Positions::nape;
+    torch::manual_seed(11);
+    Gpt cpu(c);
+    torch::manual_seed(11);
+    Gpt gpu(c);
+    gpu->to(torch::kCUDA);
+    const auto x = torch::randint(0, 256, {2, 30}, torch::kInt64);
+    const auto expected = cpu(x);
+    const auto got = gpu(x.to(torch::kCUDA));
+    const std::string what = to_string(normalizer);
+    EXPECT_TRUE(torch::allclose(got.cpu(), expected, 1e-4, 1e-4)) << what;
+    expected.logsumexp(-1).mean().backward();
+    got.logsumexp(-1).mean().backward();
+    const auto gpu_parameters = gpu->named_parameters();
+    for (const auto& p : cpu->named_parameters()) {
+      const auto g = gpu_parameters[p.key()].grad();
+      ASSERT_TRUE(g.defined()) << what << " " << p.key();
+      EXPECT_TRUE(torch::allclose(g.cpu(), p.value().grad(), 1e-3, 1e-4)) << what << " " << p.key();
+    }
+  }
+}
+
 // The same NAPE softmax attention by two routes: the dense matmul path (attention =
 // dense) and the entmax operator's softmax over a window covering every key (attention =
 // window, W >= T). Same seed, same parameters, so the logits agree to float32 rounding.
