@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <stdexcept>
@@ -49,6 +50,8 @@ void check_output_path(const std::string& path, const std::string& flag) {
   }
   if (!existed) fs::remove(path, ec);
 }
+
+bool gnuplot_available() { return std::system("command -v gnuplot > /dev/null 2>&1") == 0; }
 
 void run_gnuplot(const std::string& script, const std::string& png_path) {
   check_output_path(png_path, "--png");

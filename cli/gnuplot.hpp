@@ -25,6 +25,11 @@ class PlotDataDir {
   std::filesystem::path path_;
 };
 
+// Whether a gnuplot program is on PATH: a plot the user did not ask for (the default
+// accuracy.png of `reach tasks train`) is skipped with a note where it is not, rather than
+// failing a finished run.
+bool gnuplot_available();
+
 // Fails early, before any work, when a report could not be written: throws
 // std::runtime_error naming `flag` when `path` is a directory, its folder does not exist, or
 // it cannot be opened for writing. An empty path is fine (no report asked for).

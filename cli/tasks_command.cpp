@@ -163,8 +163,14 @@ void add_tasks_command(CLI::App& app) {
     if (t->no_eval) return;
     std::vector<TaskRunResults> runs{evaluate_run(config.out_dir, model, config, t->quiet)};
     const std::filesystem::path dir(config.out_dir);
-    write_task_reports(runs, (dir / "accuracy.json").string(), (dir / "accuracy.md").string(),
-                       (dir / "accuracy.png").string());
+    std::string png = (dir / "accuracy.png").string();
+    if (!gnuplot_available()) {
+      fmt::print(stderr,
+                 "[tasks] no gnuplot on PATH: accuracy.png not drawn (install "
+                 "gnuplot-nox; the JSON and Markdown reports are written)\n");
+      png.clear();
+    }
+    write_task_reports(runs, (dir / "accuracy.json").string(), (dir / "accuracy.md").string(), png);
     fmt::print("{}", task_markdown_table(runs));
   });
 
