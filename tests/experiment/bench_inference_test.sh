@@ -2,7 +2,7 @@
 # `reach bench inference`: three runs of a micro matrix (dense, Fibonacci stagger, learned) timed
 # side by side on the CPU; the table has a row per model plus the learned one frozen, the ratio
 # column is 1.000x for the first, the JSON holds one figure per round, and runs that do not
-# share shapes are refused with a clear error.
+# share shapes, unknown runs and a tokenizer's vocabulary without --vocab are clear errors.
 set -euo pipefail
 reach=$1
 work=$(mktemp -d)
@@ -24,6 +24,10 @@ set = ["model.attention=fibonacci", "model.schedule=stagger"]
 [[run]]
 name = "learned"
 set = ["model.attention=fibonacci", "model.schedule=learned"]
+
+[[run]]
+name = "tokenized"
+set = ["model.attention=dense", "data.tokenizer=$work/some-tokenizer"]
 
 [[run]]
 name = "longer"
@@ -56,4 +60,11 @@ if "$reach" bench inference "$work/matrix.toml" --only nosuch --device cpu >"$wo
   echo "an unknown run was not refused"; exit 1
 fi
 grep -q "nosuch" "$work/out3" || { echo "unclear error:"; cat "$work/out3"; exit 1; }
+# A run whose vocabulary comes from a tokenizer needs --vocab (no corpus is read here).
+if "$reach" bench inference "$work/matrix.toml" --only tokenized --device cpu >"$work/out4" 2>&1; then
+  echo "a tokenizer run without --vocab was not refused"; exit 1
+fi
+grep -q "give --vocab" "$work/out4" || { echo "unclear error:"; cat "$work/out4"; exit 1; }
+"$reach" bench inference "$work/matrix.toml" --only tokenized --device cpu --vocab 300 --rounds 1 \
+  --seconds-per-round 0.05 2>/dev/null | grep -q '^| tokenized | ' || { echo "--vocab not taken"; exit 1; }
 echo "bench inference: ok"
