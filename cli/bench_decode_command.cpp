@@ -17,6 +17,7 @@
 #include "cli/eval_device.hpp"
 #include "cli/gnuplot.hpp"
 #include "cli/validators.hpp"
+#include "infer/decode_graph.hpp"
 #include "model/attention/chunk_retrieval.hpp"
 #include "model/attention/forward_context.hpp"
 #include "model/attention/kv_cache.hpp"
@@ -36,6 +37,7 @@ struct DecodeBenchOptions {
   int64_t max_prefill = 8192;
   int64_t chunk_size = 64, chunk_top_k = 8;
   double max_cache_gib = 4.0;
+  bool cuda_graph = false;  // also time the steps replayed from a CUDA graph
   std::string device = "cpu";
   std::string json, markdown;
 };
@@ -47,6 +49,8 @@ struct DecodeBenchRow {
   double prefill_tokens_per_s = 0;  // 0: not prefilled (cache filled with random rows)
   double decode_ms = 0;             // median per token
   double keys_per_query = 0;        // 0 when not counted (GPU)
+  double graph_decode_ms = 0;       // --cuda-graph: median per token replayed (0: not run)
+  std::string graph_skipped;        // why the graph did not run, when asked for
   std::string skipped;
 };
 
@@ -69,7 +73,9 @@ DecodeBenchRow bench_one(const DecodeBenchOptions& o, const EvalDevice& where,
   c.reach = std::max(n + o.steps, c.window);  // offsets reach across the whole context
   c.chunk_size = o.chunk_size;
   c.chunk_top_k = o.chunk_top_k;
-  const int64_t capacity = n + o.steps + 1;
+  // The eager steps (a warm-up and --steps), then with --cuda-graph its first eager step, the
+  // capture and --steps replays.
+  const int64_t capacity = n + o.steps + 1 + (o.cuda_graph ? o.steps + 2 : 0);
   const double cache_bytes = model::attention::kv_cache_bytes_per_token(c, where.bf16 ? 2.0 : 4.0) *
                              static_cast<double>(capacity) * static_cast<double>(o.batch);
   row.cache_mib = cache_bytes / (1 << 20);
@@ -122,6 +128,31 @@ DecodeBenchRow bench_one(const DecodeBenchOptions& o, const EvalDevice& where,
   if (usage.queries > 0) {
     row.keys_per_query = static_cast<double>(usage.keys) / static_cast<double>(usage.queries);
   }
+  if (o.cuda_graph) {
+    // The same cache, each of its sequences now a request of its own (the graph's form),
+    // every step after the capture replayed.
+    const bool batched_form = c.attention != model::AttentionFamily::chunk;
+    if (batched_form) {
+      for (int64_t l = 0; l < cache.layers(); ++l) cache.layer(l).split_into_requests();
+    }
+    row.graph_skipped = batched_form ? infer::DecodeGraph::problem(net, cache)
+                                     : "the chunk family has no batched step";
+    if (row.graph_skipped.empty()) {
+      infer::DecodeGraph graph(net, cache);
+      times.clear();
+      for (int64_t s = 0; s < o.steps + 2; ++s) {
+        const auto token =
+            torch::randint(0, c.vocab_size, {o.batch}, torch::kLong).to(where.device);
+        synchronize(where.device);
+        const auto t0 = std::chrono::steady_clock::now();
+        graph.step(token);
+        synchronize(where.device);
+        if (s >= 2) times.push_back(seconds_since(t0) * 1e3);  // the eager step and the capture
+      }
+      std::sort(times.begin(), times.end());
+      row.graph_decode_ms = times[times.size() / 2];
+    }
+  }
   return row;
 }
 
@@ -131,22 +162,30 @@ std::string length_label(int64_t n) {
   return std::to_string(n);
 }
 
-std::string markdown(const std::vector<DecodeBenchRow>& rows, int64_t batch) {
+std::string markdown(const std::vector<DecodeBenchRow>& rows, int64_t batch, bool cuda_graph) {
   std::string out =
-      "| family | context | keys/query | prefill tokens/s | decode ms/token | KV cache MiB |\n"
-      "| --- | ---: | ---: | ---: | ---: | ---: |\n";
+      cuda_graph ? "| family | context | keys/query | prefill tokens/s | decode ms/token | decode "
+                   "ms/token, CUDA graph | KV cache MiB |\n"
+                   "| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+                 : "| family | context | keys/query | prefill tokens/s | decode ms/token | KV "
+                   "cache MiB |\n"
+                   "| --- | ---: | ---: | ---: | ---: | ---: |\n";
   for (const auto& r : rows) {
     if (!r.skipped.empty()) {
-      out += fmt::format("| {} | {} | — | — | skipped: {} | {:.0f} |\n", r.family,
-                         length_label(r.context), r.skipped, r.cache_mib);
+      out += fmt::format("| {} | {} | — | — | skipped: {} |{} {:.0f} |\n", r.family,
+                         length_label(r.context), r.skipped, cuda_graph ? " — |" : "", r.cache_mib);
       continue;
     }
-    out +=
-        fmt::format("| {} | {} | {} | {} | {:.3f} | {:.0f} |\n", r.family, length_label(r.context),
-                    r.keys_per_query > 0 ? fmt::format("{:.1f}", r.keys_per_query) : "—",
-                    r.prefill_tokens_per_s > 0 ? fmt::format("{:.0f}", r.prefill_tokens_per_s)
-                                               : "— (random cache)",
-                    r.decode_ms, r.cache_mib);
+    const std::string graph_cell = !cuda_graph ? ""
+                                   : !r.graph_skipped.empty()
+                                       ? " not taken: " + r.graph_skipped + " |"
+                                       : fmt::format(" {:.3f} |", r.graph_decode_ms);
+    out += fmt::format("| {} | {} | {} | {} | {:.3f} |{} {:.0f} |\n", r.family,
+                       length_label(r.context),
+                       r.keys_per_query > 0 ? fmt::format("{:.1f}", r.keys_per_query) : "—",
+                       r.prefill_tokens_per_s > 0 ? fmt::format("{:.0f}", r.prefill_tokens_per_s)
+                                                  : "— (random cache)",
+                       r.decode_ms, graph_cell, r.cache_mib);
   }
   if (batch > 1) {
     out += fmt::format(
@@ -163,6 +202,11 @@ void run(const DecodeBenchOptions& o) {
   for (const auto& f : o.families) model::parse_attention_family(f);  // fail before any work
   model::preset(o.preset);
   const EvalDevice where = resolve_eval_device(o.device, o.precision);
+  if (o.cuda_graph && !where.device.is_cuda()) {
+    throw std::invalid_argument(
+        "bench decode: --cuda-graph needs a CUDA device (--device cuda), got " +
+        where.device.str());
+  }
   const auto c = model::preset(o.preset);
   fmt::print(stderr,
              "[bench decode] preset {} ({} layers, d_model {}, {} heads, W {}), {} request(s) "
@@ -175,12 +219,14 @@ void run(const DecodeBenchOptions& o) {
     for (const int64_t n : o.lengths) {
       rows.push_back(bench_one(o, where, family, n));
       const auto& r = rows.back();
-      fmt::print(
-          stderr, "[bench decode] {} at {}: {}\n", family, length_label(n),
-          r.skipped.empty() ? fmt::format("decode {:.3f} ms/token", r.decode_ms) : r.skipped);
+      fmt::print(stderr, "[bench decode] {} at {}: {}{}\n", family, length_label(n),
+                 r.skipped.empty() ? fmt::format("decode {:.3f} ms/token", r.decode_ms) : r.skipped,
+                 r.graph_decode_ms > 0     ? fmt::format(", CUDA graph {:.3f}", r.graph_decode_ms)
+                 : r.graph_skipped.empty() ? ""
+                                           : ", CUDA graph not taken: " + r.graph_skipped);
     }
   }
-  const auto table = markdown(rows, o.batch);
+  const auto table = markdown(rows, o.batch, o.cuda_graph);
   fmt::print("{}", table);
   if (!o.markdown.empty()) write_text_file(o.markdown, table);
   if (!o.json.empty()) {
@@ -197,6 +243,11 @@ void run(const DecodeBenchOptions& o) {
             r.prefill_tokens_per_s > 0 ? nlohmann::json(r.prefill_tokens_per_s) : nlohmann::json();
         e["keys_per_query"] =
             r.keys_per_query > 0 ? nlohmann::json(r.keys_per_query) : nlohmann::json();
+        if (o.cuda_graph) {
+          e["cuda_graph_decode_ms_per_token"] =
+              r.graph_decode_ms > 0 ? nlohmann::json(r.graph_decode_ms) : nlohmann::json();
+          if (!r.graph_skipped.empty()) e["cuda_graph_not_taken"] = r.graph_skipped;
+        }
       }
       j.push_back(e);
     }
@@ -250,6 +301,10 @@ void add_bench_decode_command(CLI::App& app) {
                   "fp32, or bf16 (CUDA only: bf16 autocast and a bf16 cache)")
       ->check(CLI::IsMember({"fp32", "bf16"}))
       ->capture_default_str();
+  cmd->add_flag("--cuda-graph", o->cuda_graph,
+                "Also time each point's decode steps replayed from a CUDA graph (one launch a "
+                "step; after the eager steps, over the same cache; CUDA only, softmax families "
+                "with RoPE or NoPE)");
   cmd->add_option("--json", o->json, "Write the rows as JSON");
   cmd->add_option("--markdown", o->markdown, "Write the table as Markdown");
   cmd->callback([o] { run(*o); });

@@ -1,5 +1,6 @@
 #include "infer/batch_session.hpp"
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 
@@ -50,6 +51,7 @@ torch::Tensor BatchSession::add(const std::vector<int64_t>& prompt, BudgetRule b
     cache_.layer(l).add_request(layer.keys, layer.values, max_requests_, capacity_);
   }
   budgets_.push_back(std::move(budget));
+  graph_.reset();  // it holds the requests it was captured for
   return logits.to(torch::kCPU, torch::kFloat32);
 }
 
@@ -75,9 +77,26 @@ torch::Tensor BatchSession::step(const std::vector<int64_t>& tokens) {
     context.positions.push_back(n);
     context.budgets.push_back(attention_budget(budgets_[static_cast<size_t>(i)].at(n + 1)));
   }
+  const bool trained_key_sets =
+      std::all_of(context.budgets.begin(), context.budgets.end(), [](const auto& b) {
+        return !b.rungs && !b.chunks && !b.chunk_rule && !b.chunk_mass && !b.window && !b.mass;
+      });
+  if (use_graph_ && trained_key_sets && DecodeGraph::problem(model_, cache_).empty()) {
+    if (!graph_) graph_ = std::make_unique<DecodeGraph>(model_, cache_);
+    const int64_t replays = graph_->replays();
+    const auto logits = graph_->step(torch::tensor(tokens, torch::kLong));
+    graph_steps_ += graph_->replays() - replays;
+    return logits.to(torch::kCPU, torch::kFloat32);
+  }
+  graph_.reset();  // its device positions would be stale after an eager step
   const auto input =
       torch::tensor(tokens, torch::kLong).view({r, 1}).to(model_->parameters().front().device());
   return model_->forward_with(context, input).select(1, 0).to(torch::kCPU, torch::kFloat32);
+}
+
+void BatchSession::use_cuda_graph(bool on) {
+  use_graph_ = on;
+  if (!on) graph_.reset();
 }
 
 }  // namespace reach::infer

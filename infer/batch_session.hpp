@@ -11,9 +11,11 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "infer/budget_rule.hpp"
+#include "infer/decode_graph.hpp"
 #include "model/attention/forward_context.hpp"
 #include "model/attention/kv_cache.hpp"
 #include "model/gpt.hpp"
@@ -33,8 +35,18 @@ class BatchSession {
 
   int64_t requests() const { return static_cast<int64_t>(budgets_.size()); }
   int64_t length(int64_t request) const;
-  // Keys read per query and head over the decode steps so far, all requests together.
+  // Keys read per query and head over the decode steps so far, all requests together (the
+  // eager steps: a step replayed from a CUDA graph does not count them).
   const model::attention::BudgetUsage& usage() const { return usage_; }
+
+  // On a CUDA device: run the steps from a CUDA graph (infer/decode_graph) while every
+  // request decodes under its trained key set and the model is one the graph takes
+  // (DecodeGraph::problem); otherwise, and by default, steps run eagerly. The graph is
+  // captured again after a request joins. Same logits (the same kernels; the float32 bound
+  // of the tests is 1e-5 relative).
+  void use_cuda_graph(bool on);
+  // Steps replayed from a graph so far.
+  int64_t graph_steps() const { return graph_steps_; }
 
  private:
   model::Gpt model_;
@@ -42,6 +54,9 @@ class BatchSession {
   std::vector<BudgetRule> budgets_;
   model::attention::KvCache cache_;
   model::attention::BudgetUsage usage_;
+  bool use_graph_ = false;
+  std::unique_ptr<DecodeGraph> graph_;
+  int64_t graph_steps_ = 0;
 };
 
 }  // namespace reach::infer

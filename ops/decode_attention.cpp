@@ -8,6 +8,7 @@
 
 #include "kernels/cpu/decode_attention.hpp"
 #ifdef REACH_DECODE_ATTENTION_CUDA
+#include "kernels/cuda/decode_attention.hpp"  // kDecodeMaxOffsets (no CUDA headers)
 #include "ops/decode_attention_cuda.hpp"
 #endif
 
@@ -271,6 +272,8 @@ DecodeAttentionResult decode_attention(const torch::Tensor& q, const torch::Tens
           "q and the cache buffers must be on one device");
   require(q.device().is_cpu() || q.device().is_cuda(),
           "tensors must be on the CPU or a CUDA GPU, got " + q.device().str());
+  require(!o.lengths_are_bounds || q.device().is_cuda(),
+          "lengths_are_bounds (device lengths) is for CUDA tensors, got " + q.device().str());
   if (q.device().is_cuda()) {
     require(decode_attention_supported(q.device(), o),
             "entmax and the dynamic mass budget decode on the CPU only (the GPU path is "
@@ -345,6 +348,22 @@ DecodeAttentionResult decode_attention(const torch::Tensor& q, const torch::Tens
                               dl.numel() == batch && dl.is_contiguous()),
             "device_lengths must be contiguous int32 [batch] on q's device");
     const auto qc = q.contiguous();
+    if (o.lengths_are_bounds) {
+      require(dl.defined(), "lengths_are_bounds needs device_lengths (the true lengths)");
+#ifdef REACH_DECODE_ATTENTION_CUDA
+      require(decode_cuda::kernel_takes(qc, o, p.capacity),
+              "lengths_are_bounds runs the CUDA decode kernel only, which takes bfloat16 or "
+              "float32 softmax key sets with integer offsets (at most " +
+                  std::to_string(kernels::gpu::kDecodeMaxOffsets) +
+                  ") and head_dim <= " + std::to_string(kernels::gpu::kDecodeMaxHeadDim));
+      DecodeAttentionResult result;
+      result.out = decode_cuda::forward(qc, key_buffer, value_buffer, lengths, o, p.scale);
+      result.path = DecodeAttentionPath::cuda_kernel;
+      return result;
+#else
+      require(false, "lengths_are_bounds needs the CUDA decode kernel, which this build lacks");
+#endif
+    }
 #ifdef REACH_DECODE_ATTENTION_CUDA
     if (!sdpa_takes(qc, lengths, o) && decode_cuda::kernel_takes(qc, o, p.capacity)) {
       DecodeAttentionResult result;

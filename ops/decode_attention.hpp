@@ -35,6 +35,11 @@ struct DecodeAttentionOptions {
   // DecodeLengths, which a step's layers share), so the kernel reads them without an upload
   // per layer; undefined: uploaded here.
   torch::Tensor device_lengths;
+  // CUDA, with device_lengths: `lengths` are host upper bounds (>= the device lengths, e.g.
+  // the capacity) and the kernel reads the true lengths from the device alone, so nothing on
+  // the host depends on them (a decode step captured in a CUDA graph: infer/decode_graph).
+  // Always the CUDA kernel (an error where it does not take the options); keys_read is empty.
+  bool lengths_are_bounds = false;
 };
 
 // Which implementation ran (tests check that the kernel they judge is the one that ran).

@@ -124,11 +124,14 @@ torch::Tensor AttentionLayer::batched_step(torch::Tensor q, torch::Tensor k, tor
     throw std::invalid_argument("attention: a batched step's positions differ from layer " +
                                 std::to_string(layer_) + "'s cached lengths");
   }
+  const bool on_device = context.device_positions.defined();
   if (config_.positions == Positions::rope) {
-    // Each request's token at its own position: rows of the tables, one per request.
+    // Each request's token at its own position: rows of the tables, one per request. With the
+    // positions on the device, tables for the whole capacity (built once, never regrown).
     const int64_t last = *std::max_element(positions.begin(), positions.end());
-    const auto [cos, sin] = rope_.get(0, last + 1, q.options());
-    const auto index = torch::tensor(positions, torch::kLong).to(q.device());
+    const auto [cos, sin] = rope_.get(0, on_device ? cache.capacity : last + 1, q.options());
+    const auto index = on_device ? context.device_positions
+                                 : torch::tensor(positions, torch::kLong).to(q.device());
     const auto c = cos.index_select(0, index).view({b, 1, 1, -1});
     const auto s = sin.index_select(0, index).view({b, 1, 1, -1});
     q = apply_rope(q, c, s);
@@ -139,7 +142,11 @@ torch::Tensor AttentionLayer::batched_step(torch::Tensor q, torch::Tensor k, tor
     k = k.repeat_interleave(q.size(1) / k.size(1), 1);
     v = v.repeat_interleave(q.size(1) / v.size(1), 1);
   }
-  cache.append_batched(k.contiguous(), v.contiguous());
+  if (on_device) {
+    cache.write_batched(k.contiguous(), v.contiguous(), context.device_positions);
+  } else {
+    cache.append_batched(k.contiguous(), v.contiguous());
+  }
   const auto y = attend_cached(q.contiguous(), cache, context);
   return y.transpose(1, 2).reshape({b, 1, config_.d_model});
 }

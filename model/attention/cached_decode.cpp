@@ -54,6 +54,22 @@ torch::Tensor decode_with_kernel(const torch::Tensor& q, const LayerKvCache& cac
       cache.key_buffer.defined() ? cache.key_buffer.narrow(0, 0, batch) : cache.keys.contiguous();
   const auto values = cache.value_buffer.defined() ? cache.value_buffer.narrow(0, 0, batch)
                                                    : cache.values.contiguous();
+  if (context.device_lengths.defined()) {
+    // A step replayed from a CUDA graph: the kernel reads the lengths from the device; the
+    // host passes the capacity as their bound. Per-request budgets would be host values baked
+    // into the graph, and counting keys read needs the host lengths: neither is taken.
+    if (any_window || any_rungs || any_mass || context.usage != nullptr) {
+      throw std::invalid_argument(
+          "attention: a decode step with device lengths (a CUDA graph) takes the trained key "
+          "set only: no per-request budget, no count of keys read");
+    }
+    key_set.device_lengths = context.device_lengths;
+    key_set.lengths_are_bounds = true;
+    return ops::decode_attention(q.to(keys.scalar_type()), keys, values,
+                                 std::vector<int64_t>(static_cast<size_t>(batch), cache.capacity),
+                                 key_set)
+        .out;
+  }
   const auto lengths =
       cache.batched() ? cache.lengths : std::vector<int64_t>(static_cast<size_t>(batch), n);
   if (q.is_cuda()) {

@@ -62,7 +62,9 @@ torch::Tensor DenseAttention::attend_cached(const torch::Tensor& q, const LayerK
                                             const ForwardContext& context) {
   if (!decode_kernel_applies(q, context)) return AttentionLayer::attend_cached(q, cache, context);
   ops::DecodeAttentionOptions key_set;
-  key_set.window = cache.length();  // every key
+  // Every key: with device lengths (a CUDA graph step) the host length is stale by the next
+  // replay, so the capacity, which bounds every length.
+  key_set.window = context.device_lengths.defined() ? cache.capacity : cache.length();
   key_set.alibi_slopes = slopes_;
   return decode_with_kernel(q, cache, key_set, context, /*windowed=*/false);
 }

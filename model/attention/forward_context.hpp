@@ -66,6 +66,14 @@ class ForwardContext {
   std::vector<int64_t> positions;
   // Per-request budgets of such a step (empty: `budget` for every request).
   std::vector<AttentionBudget> budgets;
+  // Defined: such a step whose positions live on the device (infer/decode_graph replays it
+  // from a CUDA graph): request b's token sits at device_positions[b] (int64 [requests]) and it
+  // holds device_lengths[b] = device_positions[b] + 1 keys after the step (int32). The layers
+  // then read positions and lengths only from these (RoPE rows, the cache row written, the
+  // decode kernel's lengths, with the capacity as the host bound) and leave the cache's host
+  // lengths for the caller to advance: nothing computed depends on a host value that changes
+  // from step to step. `positions` still holds the lengths at the time of the call.
+  torch::Tensor device_positions, device_lengths;
   // Set: the layers add the keys they read (every query then runs through the decode
   // kernel, which counts them; on the CPU only).
   BudgetUsage* usage = nullptr;

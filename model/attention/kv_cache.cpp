@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <stdexcept>
+#include <string>
 
 namespace reach::model::attention {
 
@@ -85,6 +86,47 @@ void LayerKvCache::append_batched(const torch::Tensor& k, const torch::Tensor& v
   key_buffer.index_put_({request, Slice(), row}, k.select(2, 0).to(key_buffer.scalar_type()));
   value_buffer.index_put_({request, Slice(), row}, v.select(2, 0).to(value_buffer.scalar_type()));
   for (auto& n : lengths) ++n;
+  view_batched();
+}
+
+void LayerKvCache::write_batched(const torch::Tensor& k, const torch::Tensor& v,
+                                 const torch::Tensor& rows) {
+  const auto requests = static_cast<int64_t>(lengths.size());
+  if (!batched() || k.size(0) != requests || k.size(2) != 1 || rows.numel() != requests ||
+      rows.scalar_type() != torch::kLong || rows.device() != key_buffer.device()) {
+    throw std::invalid_argument("KV cache: write_batched takes one token per request (" +
+                                std::to_string(requests) +
+                                " requests) and their rows as int64 on the cache's device");
+  }
+  using torch::indexing::Slice;
+  const auto request =
+      torch::arange(requests, torch::dtype(torch::kLong).device(key_buffer.device()));
+  key_buffer.index_put_({request, Slice(), rows}, k.select(2, 0).to(key_buffer.scalar_type()));
+  value_buffer.index_put_({request, Slice(), rows}, v.select(2, 0).to(value_buffer.scalar_type()));
+}
+
+void LayerKvCache::advance_batched() {
+  if (!batched())
+    throw std::logic_error("KV cache: advance_batched on a cache that is not batched");
+  for (size_t b = 0; b < lengths.size(); ++b) {
+    if (lengths[b] + 1 > capacity) {
+      throw std::length_error("KV cache: request " + std::to_string(b) + " holds " +
+                              std::to_string(lengths[b]) +
+                              " tokens; one more exceeds its capacity " + std::to_string(capacity));
+    }
+  }
+  for (auto& n : lengths) ++n;
+  view_batched();
+}
+
+void LayerKvCache::split_into_requests() {
+  if (batched()) throw std::logic_error("KV cache: split_into_requests on a batched cache");
+  if (!key_buffer.defined() || length() == 0) {
+    throw std::logic_error(
+        "KV cache: split_into_requests needs a capacity cache holding tokens (reserve, then a "
+        "prefill)");
+  }
+  lengths.assign(static_cast<size_t>(key_buffer.size(0)), length());
   view_batched();
 }
 

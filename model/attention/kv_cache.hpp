@@ -41,6 +41,16 @@ struct LayerKvCache {
   // Batched: one token per request [requests, H, 1, head_dim], each after its own rows;
   // throws std::length_error past the capacity.
   void append_batched(const torch::Tensor& k, const torch::Tensor& v);
+  // Batched, the rows on the device: writes request b's token at row rows[b] (int64
+  // [requests] on the buffers' device) and leaves the host lengths alone (advance_batched
+  // moves them on once the step has run): a step captured in a CUDA graph.
+  void write_batched(const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& rows);
+  // Batched: every request one token longer (after write_batched wrote that token's row);
+  // throws std::length_error past the capacity.
+  void advance_batched();
+  // A capacity cache of B sequences of one length (a prefill or fill_random_kv_cache over a
+  // batch) becomes a batched cache of B requests of that length, each free to grow alone.
+  void split_into_requests();
 
  private:
   void view_batched();

@@ -40,6 +40,9 @@ std::vector<int64_t> LearnedDilatedAttention::integer_offsets() const {
 }
 
 torch::Tensor LearnedDilatedAttention::host_value() const {
+  // Frozen: the integer offsets are fixed, alpha is not read (and a decode step captured in a
+  // CUDA graph must not read anything from the device).
+  if (frozen_.defined()) return {};
   return torch::softplus(theta_.detach());
 }
 
