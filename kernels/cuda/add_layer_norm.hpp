@@ -9,9 +9,15 @@
 // unfused step's weight-gradient kernel alone took 274 us per LayerNorm at 65,536 x 512.
 // RMSNorm (y = h * rstd * gamma, rstd = 1 / sqrt(mean(h^2) + eps)) has no mean, beta or dbeta:
 // those pointers are not read or written (nullptr allowed).
-// One warp per row, float32 arithmetic; a row is read from global memory again in each pass
-// (it is 2 KiB at D = 512: the re-reads hit L1/L2). dim <= kMaxLayerNormDim (the backward's
-// per-warp partials live in shared memory). Raw device pointers, no torch, no CUDA headers.
+// One warp per row, float32 arithmetic, dim <= kMaxLayerNormDim. Fast path (dim a multiple of
+// 128, float32 pointers 16-byte and bf16 ones 8-byte aligned; chosen at launch): the row is read
+// from global memory once into registers (dim / 32 values a lane, in 16-byte float32 / 8-byte
+// bf16 vector loads, coalesced), the mean and the centred variance come from the registers and
+// the outputs are written once, so the kernels only stream their bytes; the backward's warps
+// take rows grid-stride and keep their dgamma/dbeta sums in registers until one shared-memory
+// reduction per block. Otherwise the generic kernels: scalar loads, a row read again in each
+// pass (the re-reads hit L1/L2), the backward's per-warp partials in shared memory. Raw device
+// pointers, no torch, no CUDA headers.
 #pragma once
 
 #include <cstdint>
@@ -32,7 +38,9 @@ struct AddLayerNormArgs {
   NormKind kind = NormKind::kLayerNorm;
 };
 
-// Blocks the backward launches for these args (the rows of its partial sums).
+// Blocks the backward launches for these args (the rows of its partial sums). For the fast
+// path's dims the count is what the current device holds at once (its SM count), so ask on the
+// device the backward will run on.
 int64_t add_layer_norm_backward_blocks(const AddLayerNormArgs& args);
 
 // x [rows, dim] float32, r (nullptr: none) of r_type, gamma, beta float32 [dim]. Writes h

@@ -3,13 +3,15 @@
 // inputs, forward and backward: op harness cases on backend "cuda" (ctest label gpu), which skip
 // without a GPU. RoPE split cases cover both output layouts (heads first, token major); SwiGLU
 // cases both its 16-byte path and its element-by-element path (pointers one element off 16-byte
-// alignment). Every output buffer is poisoned with NaN first, so an unwritten element fails.
+// alignment); the norm cases both the fast kernels (dim a multiple of 128, aligned rows) and the
+// generic ones (other dims, and fast dims with rows one element off alignment). Every output buffer
+// is poisoned with NaN first, so an unwritten element fails.
 //
 // Error rule (relative L2 against the float64 reference on the same, rounded, inputs):
 //  * float32 outputs within 1e-5: each element is a handful of float32 operations (RoPE) or
 //    sums of at most D = 768 float32 terms per row (LayerNorm; dgamma/dbeta: per-block float32
-//    partials of <= rows / 512 * 8 terms, then summed in float64 here), eps 6e-8, so the
-//    expected error is ~1e-6;
+//    partials of rows / add_layer_norm_backward_blocks terms, a handful in these cases, then
+//    summed in float64 here), eps 6e-8, so the expected error is ~1e-6;
 //  * RMSNorm as LayerNorm (the same kernel without centring), with no D = 1 row: there its input
 //    gradient is rstd * dy * gamma * eps / (h^2 + eps), ~1e-7 of the terms float32 subtracts to
 //    get it, so any float32 evaluation (the tensor-op path's too) is O(1) off in relative terms;
@@ -26,9 +28,11 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "kernels/cpu/reference_add_layer_norm.hpp"
 #include "kernels/cpu/reference_rope_split.hpp"
@@ -241,25 +245,71 @@ REACH_OP_CASES(permute_heads_cuda_cases) {
   }
 }
 
+namespace {
+
+// Shapes for both norms: dims a multiple of 128 (128 ... 768) take the fast kernels (row in
+// registers), the others (1, 7, 20, 96, 100, 130) the generic ones; row counts not a multiple of
+// the rows a block takes (8 forward, 4 backward) and 9001 rows of D = 128, several rows per
+// backward warp. misaligned: one element in front of every row tensor (x, r, h, y, dy, dh, dx,
+// dr; cudaMalloc is 256-byte aligned, so the rows start 4 or 2 bytes past a 16-byte boundary),
+// which sends a fast-path dim to the generic kernels.
+struct NormShape {
+  int64_t rows, dim;
+  bool misaligned = false;
+};
+
+std::string norm_shape_name(const NormShape& s, bool with_r, bool with_dh) {
+  return shape_part("rows", static_cast<double>(s.rows)) + "_" +
+         shape_part("d", static_cast<double>(s.dim)) + (with_r ? "_r" : "") +
+         (with_dh ? "_dh" : "") + (s.misaligned ? "_misaligned" : "");
+}
+
+// The skip elements in front of a row tensor when misaligned (see NormShape).
+struct Padding {
+  size_t skip = 0;
+  std::vector<double> padded(const std::vector<double>& v) const {
+    std::vector<double> out(skip, 1.0);
+    out.insert(out.end(), v.begin(), v.end());
+    return out;
+  }
+  void* at(const DeviceTensor& t) const {
+    return static_cast<char*>(t.ptr) + skip * (t.bf16 ? 2 : 4);
+  }
+  float* f32(const DeviceTensor& t) const { return static_cast<float*>(at(t)); }
+  std::vector<double> unpadded(const DeviceTensor& t) const {
+    const auto v = t.download();
+    return std::vector<double>(v.begin() + static_cast<std::ptrdiff_t>(skip), v.end());
+  }
+  // Outputs written in front of their first element (those stay NaN-poisoned).
+  void check_front(Report& r, std::initializer_list<const DeviceTensor*> outputs) const {
+    if (skip == 0) return;
+    double written = 0;
+    for (const DeviceTensor* t : outputs) written += std::isnan(t->download()[0]) ? 0 : 1;
+    r.lt("outputs written in front of their first element", written, 0.5);
+  }
+};
+
+}  // namespace
+
 REACH_OP_CASES(add_layer_norm_cuda_cases) {
-  struct Shape {
-    int64_t rows, dim;
-  };
   for (const bool bf16 : {false, true}) {
-    for (const Shape s : {Shape{1, 1}, Shape{3, 7}, Shape{33, 96}, Shape{1000, 512},
-                          Shape{4100, 512}, Shape{5, 768}}) {
+    for (const NormShape s :
+         {NormShape{1, 1}, NormShape{3, 7}, NormShape{11, 20}, NormShape{33, 96},
+          NormShape{67, 100}, NormShape{45, 130}, NormShape{37, 128}, NormShape{9001, 128},
+          NormShape{130, 384}, NormShape{1000, 512}, NormShape{4100, 512}, NormShape{5, 768},
+          NormShape{203, 768}, NormShape{257, 512, true}, NormShape{21, 768, true}}) {
       for (const bool with_r : {false, true}) {
         for (const bool with_dh : {false, true}) {
           const std::string dtype = bf16 ? "bf16" : "f32";
-          const std::string shape = shape_part("rows", static_cast<double>(s.rows)) + "_" +
-                                    shape_part("d", static_cast<double>(s.dim)) +
-                                    (with_r ? "_r" : "") + (with_dh ? "_dh" : "");
+          const std::string shape = norm_shape_name(s, with_r, with_dh);
           registry.add(
               {"add_layer_norm", "cuda", dtype, shape, "forward_backward", [=](Report& r) {
                  if (!cuda_device_available()) return r.skip("no CUDA device");
                  Rng rng(seed_of("add_layer_norm_cuda" + dtype + shape));
                  const auto n = static_cast<size_t>(s.rows * s.dim);
                  const auto d = static_cast<size_t>(s.dim);
+                 const Padding pad{s.misaligned ? size_t{1} : size_t{0}};
+                 const size_t np = n + pad.skip;
                  // r and y (and dy) in bf16 for the bf16 case (autocast); x, h, gamma, beta
                  // float32.
                  const auto x = rounded(rng.normal(n, 2.0), false);
@@ -269,22 +319,23 @@ REACH_OP_CASES(add_layer_norm_cuda_cases) {
                  kernels::gpu::AddLayerNormArgs args{
                      s.rows, s.dim, 1e-5, bf16 ? ScalarType::kBFloat16 : ScalarType::kFloat32,
                      bf16 ? ScalarType::kBFloat16 : ScalarType::kFloat32};
-                 DeviceTensor d_x(n, false), d_r(with_r ? n : 1, bf16), d_gamma(d, false),
-                     d_beta(d, false), d_h(n, false), d_y(n, bf16),
+                 DeviceTensor d_x(np, false), d_r(with_r ? np : 1, bf16), d_gamma(d, false),
+                     d_beta(d, false), d_h(np, false), d_y(np, bf16),
                      d_mean(static_cast<size_t>(s.rows), false),
                      d_rstd(static_cast<size_t>(s.rows), false);
-                 d_x.upload(x);
-                 if (with_r) d_r.upload(res);
+                 d_x.upload(pad.padded(x));
+                 if (with_r) d_r.upload(pad.padded(res));
                  d_gamma.upload(gamma);
                  d_beta.upload(beta);
                  kernels::gpu::add_layer_norm_forward_cuda(
-                     args, d_x.f32(), with_r ? d_r.ptr : nullptr, d_gamma.f32(), d_beta.f32(),
-                     with_r ? d_h.f32() : nullptr, d_y.ptr, d_mean.f32(), d_rstd.f32(), nullptr);
+                     args, pad.f32(d_x), with_r ? pad.at(d_r) : nullptr, d_gamma.f32(),
+                     d_beta.f32(), with_r ? pad.f32(d_h) : nullptr, pad.at(d_y), d_mean.f32(),
+                     d_rstd.f32(), nullptr);
                  std::vector<double> h, y, mean, rstd;
                  kernels::cpu::reference_add_layer_norm_forward(s.rows, s.dim, x, res, gamma, beta,
                                                                 1e-5, h, y, mean, rstd);
-                 if (with_r) r.rel_l2("h", d_h.download(), h, 1e-5);
-                 compare(r, "y", bf16, d_y.download(), y);
+                 if (with_r) r.rel_l2("h", pad.unpadded(d_h), h, 1e-5);
+                 compare(r, "y", bf16, pad.unpadded(d_y), y);
                  r.rel_l2("mean", d_mean.download(), mean, 1e-5);
                  r.rel_l2("rstd", d_rstd.download(), rstd, 1e-5);
 
@@ -292,22 +343,22 @@ REACH_OP_CASES(add_layer_norm_cuda_cases) {
                  const auto dh = with_dh ? rounded(rng.normal(n), false) : std::vector<double>{};
                  const auto blocks =
                      static_cast<size_t>(kernels::gpu::add_layer_norm_backward_blocks(args));
-                 DeviceTensor d_dy(n, bf16), d_dh(with_dh ? n : 1, false), d_dx(n, false),
-                     d_dr(n, bf16), d_pg(blocks * d, false), d_pb(blocks * d, false);
-                 d_dy.upload(dy);
-                 if (with_dh) d_dh.upload(dh);
+                 DeviceTensor d_dy(np, bf16), d_dh(with_dh ? np : 1, false), d_dx(np, false),
+                     d_dr(np, bf16), d_pg(blocks * d, false), d_pb(blocks * d, false);
+                 d_dy.upload(pad.padded(dy));
+                 if (with_dh) d_dh.upload(pad.padded(dh));
                  // The kernel reads h (x itself when there is no r), mean and rstd from the
                  // forward.
-                 const float* saved_h = with_r ? d_h.f32() : d_x.f32();
+                 const float* saved_h = with_r ? pad.f32(d_h) : pad.f32(d_x);
                  kernels::gpu::add_layer_norm_backward_cuda(
-                     args, d_dy.ptr, with_dh ? d_dh.f32() : nullptr, saved_h, d_mean.f32(),
-                     d_rstd.f32(), d_gamma.f32(), d_dx.f32(), d_dr.ptr, d_pg.f32(), d_pb.f32(),
-                     nullptr);
+                     args, pad.at(d_dy), with_dh ? pad.f32(d_dh) : nullptr, saved_h, d_mean.f32(),
+                     d_rstd.f32(), d_gamma.f32(), pad.f32(d_dx), pad.at(d_dr), d_pg.f32(),
+                     d_pb.f32(), nullptr);
                  std::vector<double> dx, dgamma, dbeta;
                  kernels::cpu::reference_add_layer_norm_backward(s.rows, s.dim, dy, dh, h, gamma,
                                                                  1e-5, dx, dgamma, dbeta);
-                 r.rel_l2("dx", d_dx.download(), dx, 1e-5);
-                 compare(r, "dr", bf16, d_dr.download(), dx);
+                 r.rel_l2("dx", pad.unpadded(d_dx), dx, 1e-5);
+                 compare(r, "dr", bf16, pad.unpadded(d_dr), dx);
                  const auto pg = d_pg.download(), pb = d_pb.download();
                  std::vector<double> got_g(d, 0.0), got_b(d, 0.0);
                  for (size_t blk = 0; blk < blocks; ++blk) {
@@ -318,6 +369,11 @@ REACH_OP_CASES(add_layer_norm_cuda_cases) {
                  }
                  r.rel_l2("dgamma", got_g, dgamma, 1e-5);
                  r.rel_l2("dbeta", got_b, dbeta, 1e-5);
+                 if (with_r) {
+                   pad.check_front(r, {&d_h, &d_y, &d_dx, &d_dr});
+                 } else {
+                   pad.check_front(r, {&d_y, &d_dx, &d_dr});
+                 }
                }});
         }
       }
@@ -326,25 +382,25 @@ REACH_OP_CASES(add_layer_norm_cuda_cases) {
 }
 
 REACH_OP_CASES(add_rms_norm_cuda_cases) {
-  struct Shape {
-    int64_t rows, dim;
-  };
   constexpr double kEps = 1e-6;  // model::RmsNormImpl's
   for (const bool bf16 : {false, true}) {
-    for (const Shape s : {Shape{2, 3}, Shape{3, 7}, Shape{33, 96}, Shape{1000, 512},
-                          Shape{4100, 512}, Shape{5, 768}}) {
+    for (const NormShape s :
+         {NormShape{2, 3}, NormShape{3, 7}, NormShape{11, 20}, NormShape{33, 96},
+          NormShape{67, 100}, NormShape{45, 130}, NormShape{37, 128}, NormShape{9001, 128},
+          NormShape{130, 384}, NormShape{1000, 512}, NormShape{4100, 512}, NormShape{5, 768},
+          NormShape{203, 768}, NormShape{257, 512, true}, NormShape{21, 768, true}}) {
       for (const bool with_r : {false, true}) {
         for (const bool with_dh : {false, true}) {
           const std::string dtype = bf16 ? "bf16" : "f32";
-          const std::string shape = shape_part("rows", static_cast<double>(s.rows)) + "_" +
-                                    shape_part("d", static_cast<double>(s.dim)) +
-                                    (with_r ? "_r" : "") + (with_dh ? "_dh" : "");
+          const std::string shape = norm_shape_name(s, with_r, with_dh);
           registry.add(
               {"add_rms_norm", "cuda", dtype, shape, "forward_backward", [=](Report& r) {
                  if (!cuda_device_available()) return r.skip("no CUDA device");
                  Rng rng(seed_of("add_rms_norm_cuda" + dtype + shape));
                  const auto n = static_cast<size_t>(s.rows * s.dim);
                  const auto d = static_cast<size_t>(s.dim);
+                 const Padding pad{s.misaligned ? size_t{1} : size_t{0}};
+                 const size_t np = n + pad.skip;
                  // r and y (and dy) in bf16 for the bf16 case (autocast); x, h, gamma float32.
                  const auto x = rounded(rng.normal(n, 2.0), false);
                  const auto res = with_r ? rounded(rng.normal(n), bf16) : std::vector<double>{};
@@ -352,45 +408,51 @@ REACH_OP_CASES(add_rms_norm_cuda_cases) {
                  const ScalarType type = bf16 ? ScalarType::kBFloat16 : ScalarType::kFloat32;
                  const kernels::gpu::AddLayerNormArgs args{
                      s.rows, s.dim, kEps, type, type, kernels::gpu::NormKind::kRmsNorm};
-                 DeviceTensor d_x(n, false), d_r(with_r ? n : 1, bf16), d_gamma(d, false),
-                     d_h(n, false), d_y(n, bf16), d_rstd(static_cast<size_t>(s.rows), false);
-                 d_x.upload(x);
-                 if (with_r) d_r.upload(res);
+                 DeviceTensor d_x(np, false), d_r(with_r ? np : 1, bf16), d_gamma(d, false),
+                     d_h(np, false), d_y(np, bf16), d_rstd(static_cast<size_t>(s.rows), false);
+                 d_x.upload(pad.padded(x));
+                 if (with_r) d_r.upload(pad.padded(res));
                  d_gamma.upload(gamma);
                  // RMSNorm reads no beta and writes no mean: nullptr for both.
                  kernels::gpu::add_layer_norm_forward_cuda(
-                     args, d_x.f32(), with_r ? d_r.ptr : nullptr, d_gamma.f32(), nullptr,
-                     with_r ? d_h.f32() : nullptr, d_y.ptr, nullptr, d_rstd.f32(), nullptr);
+                     args, pad.f32(d_x), with_r ? pad.at(d_r) : nullptr, d_gamma.f32(), nullptr,
+                     with_r ? pad.f32(d_h) : nullptr, pad.at(d_y), nullptr, d_rstd.f32(), nullptr);
                  std::vector<double> h, y, rstd;
                  kernels::cpu::reference_add_rms_norm_forward(s.rows, s.dim, x, res, gamma, kEps, h,
                                                               y, rstd);
-                 if (with_r) r.rel_l2("h", d_h.download(), h, 1e-5);
-                 compare(r, "y", bf16, d_y.download(), y);
+                 if (with_r) r.rel_l2("h", pad.unpadded(d_h), h, 1e-5);
+                 compare(r, "y", bf16, pad.unpadded(d_y), y);
                  r.rel_l2("rstd", d_rstd.download(), rstd, 1e-5);
 
                  const auto dy = rounded(rng.normal(n), bf16);
                  const auto dh = with_dh ? rounded(rng.normal(n), false) : std::vector<double>{};
                  const auto blocks =
                      static_cast<size_t>(kernels::gpu::add_layer_norm_backward_blocks(args));
-                 DeviceTensor d_dy(n, bf16), d_dh(with_dh ? n : 1, false), d_dx(n, false),
-                     d_dr(n, bf16), d_pg(blocks * d, false);
-                 d_dy.upload(dy);
-                 if (with_dh) d_dh.upload(dh);
-                 const float* saved_h = with_r ? d_h.f32() : d_x.f32();
+                 DeviceTensor d_dy(np, bf16), d_dh(with_dh ? np : 1, false), d_dx(np, false),
+                     d_dr(np, bf16), d_pg(blocks * d, false);
+                 d_dy.upload(pad.padded(dy));
+                 if (with_dh) d_dh.upload(pad.padded(dh));
+                 const float* saved_h = with_r ? pad.f32(d_h) : pad.f32(d_x);
                  kernels::gpu::add_layer_norm_backward_cuda(
-                     args, d_dy.ptr, with_dh ? d_dh.f32() : nullptr, saved_h, nullptr, d_rstd.f32(),
-                     d_gamma.f32(), d_dx.f32(), d_dr.ptr, d_pg.f32(), nullptr, nullptr);
+                     args, pad.at(d_dy), with_dh ? pad.f32(d_dh) : nullptr, saved_h, nullptr,
+                     d_rstd.f32(), d_gamma.f32(), pad.f32(d_dx), pad.at(d_dr), d_pg.f32(), nullptr,
+                     nullptr);
                  std::vector<double> dx, dgamma;
                  kernels::cpu::reference_add_rms_norm_backward(s.rows, s.dim, dy, dh, h, gamma,
                                                                kEps, dx, dgamma);
-                 r.rel_l2("dx", d_dx.download(), dx, 1e-5);
-                 compare(r, "dr", bf16, d_dr.download(), dx);
+                 r.rel_l2("dx", pad.unpadded(d_dx), dx, 1e-5);
+                 compare(r, "dr", bf16, pad.unpadded(d_dr), dx);
                  const auto pg = d_pg.download();
                  std::vector<double> got_g(d, 0.0);
                  for (size_t blk = 0; blk < blocks; ++blk) {
                    for (size_t c = 0; c < d; ++c) got_g[c] += pg[blk * d + c];
                  }
                  r.rel_l2("dgamma", got_g, dgamma, 1e-5);
+                 if (with_r) {
+                   pad.check_front(r, {&d_h, &d_y, &d_dx, &d_dr});
+                 } else {
+                   pad.check_front(r, {&d_y, &d_dx, &d_dr});
+                 }
                }});
         }
       }
