@@ -16,6 +16,7 @@
 // GPU they skip.
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <string>
@@ -294,6 +295,26 @@ void check(const DecodeCase& c, torch::ScalarType type, harness::Report& r) {
   const double bound = type == torch::kFloat64 ? 1e-12 : type == torch::kFloat32 ? 1e-5 : 4e-3;
   r.max_rel("out vs the float64 reference", harness::host_values(got.out), want.out, bound);
   if (got.keys_read != want.keys_read) r.fail("keys read differ from the reference's");
+  // The form a step replayed from a CUDA graph takes: the capacity as every length's host bound,
+  // the true lengths on the device alone; the same key sets, so the same bound.
+  const auto path = expected_path(c, type);
+  if (path == DecodeAttentionPath::cuda_kernel || path == DecodeAttentionPath::cuda_sdpa) {
+    auto bounded = o;
+    DecodeLengths true_lengths;
+    bounded.device_lengths = true_lengths.on(torch::Device(torch::kCUDA), c.lengths);
+    bounded.lengths_are_bounds = true;
+    if (bounded.window >= *std::max_element(c.lengths.begin(), c.lengths.end()) &&
+        c.windows.empty() && c.offsets.empty()) {
+      bounded.window = c.capacity;  // dense: every key, whatever the length
+    }
+    const auto graph_form =
+        decode_attention(q, k, v, std::vector<int64_t>(c.lengths.size(), c.capacity), bounded);
+    if (graph_form.path != DecodeAttentionPath::cuda_kernel) {
+      r.fail("lengths_are_bounds ran " + path_name(graph_form.path));
+    }
+    r.max_rel("out with the lengths as device values and host bounds",
+              harness::host_values(graph_form.out), want.out, bound);
+  }
 }
 
 void check_errors(harness::Report& r) {
@@ -328,7 +349,10 @@ void check_errors(harness::Report& r) {
   short_lengths.device_lengths =
       torch::full({2}, 10, torch::dtype(torch::kInt).device(torch::kCUDA));
   expect_error(short_lengths, {10}, k, "device_lengths must be contiguous int32 [batch]");
-  r.lt("bad inputs accepted or not named (of 6)", wrong, 0.5);
+  DecodeAttentionOptions bounds_alone;
+  bounds_alone.lengths_are_bounds = true;
+  expect_error(bounds_alone, {10}, k, "lengths_are_bounds needs device_lengths");
+  r.lt("bad inputs accepted or not named (of 7)", wrong, 0.5);
   // DecodeLengths uploads again when the lengths change, not otherwise.
   DecodeLengths lengths;
   const auto first = lengths.on(torch::Device(torch::kCUDA), {5, 7});
