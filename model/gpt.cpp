@@ -71,6 +71,19 @@ torch::Tensor BlockImpl::mlp(const torch::Tensor& x) {
     if (ops::swiglu_supports(gate, value)) return linear_rows(out_, ops::swiglu(gate, value));
     return linear_rows(out_, torch::silu(gate) * value);
   }
+  // GELU: on CUDA with the fused kernels on, fc's bias goes into the activation's kernel
+  // (ops::bias_gelu) rather than the matrix product, so its gradient is summed where gelu's
+  // backward is computed, not in a second pass over the [tokens, hidden] gradient.
+  if (x.is_cuda() && fc_->bias.defined() && ops::fused_block_kernels_enabled()) {
+    auto sizes = x.sizes().vec();
+    const auto h0 = torch::nn::functional::linear(x.reshape({-1, sizes.back()}), fc_->weight);
+    sizes.back() = h0.size(-1);
+    if (ops::bias_gelu_supports(h0, fc_->bias)) {
+      return linear_rows(out_, ops::bias_gelu(h0, fc_->bias).view(sizes));
+    }
+    // (A type the kernels do not take, e.g. float64 or float16 autocast: the same sum, unfused.)
+    return linear_rows(out_, torch::gelu(h0 + fc_->bias).view(sizes));
+  }
   return linear_rows(out_, torch::gelu(linear_rows(fc_, x)));
 }
 

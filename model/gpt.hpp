@@ -51,7 +51,8 @@ class BlockImpl : public torch::nn::Module {
 
  private:
   // SwiGLU's silu(fc x) * up x runs in one fused kernel (ops::swiglu) on CUDA tensors when the
-  // fused kernels are on; the CPU keeps the tensor ops.
+  // fused kernels are on, and GELU's fc bias add + gelu in another (ops::bias_gelu, which also
+  // sums fc's bias gradient in its backward); the CPU keeps the tensor ops.
   torch::Tensor mlp(const torch::Tensor& x);
   Mlp kind_;
   Norm norm_;

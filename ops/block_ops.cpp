@@ -7,6 +7,7 @@
 #include <stdexcept>
 
 #include "kernels/cuda/add_layer_norm.hpp"  // kMaxLayerNormDim (no CUDA headers)
+#include "kernels/cuda/bias_gelu.hpp"       // kMaxBiasGeluCols (no CUDA headers)
 
 namespace reach::ops {
 namespace {
@@ -46,6 +47,15 @@ bool swiglu_supports(const torch::Tensor& a, const torch::Tensor& b) {
          (type == torch::kFloat32 || type == torch::kBFloat16);
 }
 
+bool bias_gelu_supports(const torch::Tensor& h0, const torch::Tensor& bias) {
+  const auto type = h0.scalar_type();
+  return fused_block_kernels_enabled() && h0.is_cuda() && h0.dim() == 2 && h0.is_contiguous() &&
+         h0.numel() > 0 && h0.size(1) <= kernels::gpu::kMaxBiasGeluCols &&
+         (type == torch::kFloat32 || type == torch::kBFloat16) && bias.defined() &&
+         bias.device() == h0.device() && bias.scalar_type() == torch::kFloat32 && bias.dim() == 1 &&
+         bias.size(0) == h0.size(1) && bias.is_contiguous();
+}
+
 #ifndef REACH_BLOCK_OPS_CUDA
 std::array<torch::Tensor, 3> rope_split(const torch::Tensor&, int64_t, const torch::Tensor&,
                                         const torch::Tensor&, bool) {
@@ -78,6 +88,12 @@ std::pair<torch::Tensor, torch::Tensor> add_rms_norm(const torch::Tensor&, const
 torch::Tensor swiglu(const torch::Tensor&, const torch::Tensor&) {
   throw std::invalid_argument(
       "swiglu: this build has no CUDA kernels (it needs a LibTorch "
+      "with CUDA); use the tensor-op path");
+}
+
+torch::Tensor bias_gelu(const torch::Tensor&, const torch::Tensor&) {
+  throw std::invalid_argument(
+      "bias_gelu: this build has no CUDA kernels (it needs a LibTorch "
       "with CUDA); use the tensor-op path");
 }
 #endif

@@ -5,7 +5,9 @@
 //  * add_layer_norm, add_rms_norm: h = x + r and y = layer_norm(h) or rms_norm(h) (r undefined:
 //    h is x itself), y in the autocast dtype when CUDA autocast is on, else in x's
 //    (kernels/cuda/add_layer_norm.hpp);
-//  * swiglu: the SwiGLU MLP's activation silu(a) * b (kernels/cuda/swiglu.hpp).
+//  * swiglu: the SwiGLU MLP's activation silu(a) * b (kernels/cuda/swiglu.hpp);
+//  * bias_gelu: the GELU MLP's fc bias add and activation gelu(h0 + bias), whose backward also
+//    sums the bias gradient (kernels/cuda/bias_gelu.hpp).
 // The model uses them on CUDA tensors only, when switched on (model/gpt.cpp,
 // model/attention/attention_layer.cpp); on the CPU it keeps the tensor-op path, so what reach
 // computes there does not change.
@@ -61,5 +63,16 @@ bool swiglu_supports(const torch::Tensor& a, const torch::Tensor& b);
 
 // a, b of one shape and type (float32 or bf16, CUDA): y = silu(a) * b, in that type.
 torch::Tensor swiglu(const torch::Tensor& a, const torch::Tensor& b);
+
+// Whether the model runs bias_gelu on these tensors: the fused kernels on, CUDA, h0 a non-empty
+// contiguous 2-D float32 or bf16 tensor of at most kernels::gpu::kMaxBiasGeluCols columns, bias
+// contiguous float32 [h0.size(1)] on h0's device.
+bool bias_gelu_supports(const torch::Tensor& h0, const torch::Tensor& bias);
+
+// h0 [rows, cols] (float32 or bf16, CUDA: the fc layer's x W^T without its bias), bias float32
+// [cols]: y = gelu(h0 + bias) (the exact, erf GELU), in h0's type. The backward gives dh in h0's
+// type and dbias float32, summed from the float32 values of dh before rounding, in the kernel
+// that computes dh (no second pass over it).
+torch::Tensor bias_gelu(const torch::Tensor& h0, const torch::Tensor& bias);
 
 }  // namespace reach::ops

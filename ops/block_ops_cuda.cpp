@@ -1,5 +1,6 @@
 // The fused block ops on CUDA (ops/block_ops.hpp): autograd functions over the kernels of
-// kernels/cuda/rope_split.hpp, add_layer_norm.hpp and swiglu.hpp, on the current stream;
+// kernels/cuda/rope_split.hpp, add_layer_norm.hpp, swiglu.hpp and bias_gelu.hpp, on the current
+// stream;
 // nothing here waits for the GPU.
 #include <ATen/autocast_mode.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "kernels/cuda/add_layer_norm.hpp"
+#include "kernels/cuda/bias_gelu.hpp"
 #include "kernels/cuda/head_layout.hpp"
 #include "kernels/cuda/rope_split.hpp"
 #include "kernels/cuda/swiglu.hpp"
@@ -299,6 +301,35 @@ struct SwiGlu : torch::autograd::Function<SwiGlu> {
   }
 };
 
+// y = gelu(h0 + bias): output {y}; the backward's bias gradient is the sum of the kernel's
+// per-block partial column sums.
+struct BiasGelu : torch::autograd::Function<BiasGelu> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& h0_in, const Tensor& bias_in) {
+    const c10::cuda::CUDAGuard guard(h0_in.device());
+    const auto h0 = h0_in.contiguous(), bias = bias_in.contiguous();
+    auto y = torch::empty_like(h0);
+    gpu::bias_gelu_forward_cuda(h0.size(0), h0.size(1), kernel_type(h0, "bias_gelu", "h0"),
+                                h0.data_ptr(), bias.data_ptr<float>(), y.data_ptr(), stream());
+    ctx->save_for_backward({h0, bias});
+    return {y};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto &h0 = saved[0], &bias = saved[1];
+    const c10::cuda::CUDAGuard guard(h0.device());
+    const auto dy = grads[0].to(h0.scalar_type()).contiguous();
+    const int64_t rows = h0.size(0), cols = h0.size(1);
+    const auto type = kernel_type(h0, "bias_gelu", "h0");
+    auto dh = torch::empty_like(h0);
+    auto partial = torch::empty({gpu::bias_gelu_backward_partial_rows(rows, cols, type), cols},
+                                bias.options());
+    gpu::bias_gelu_backward_cuda(rows, cols, type, dy.data_ptr(), h0.data_ptr(),
+                                 bias.data_ptr<float>(), dh.data_ptr(), partial.data_ptr<float>(),
+                                 stream());
+    return {dh, partial.sum(0)};
+  }
+};
+
 }  // namespace
 
 std::array<Tensor, 3> rope_split(const Tensor& qkv, int64_t heads, const Tensor& cos,
@@ -359,6 +390,20 @@ Tensor swiglu(const Tensor& a, const Tensor& b) {
               std::string(c10::toString(b.scalar_type())));
   kernel_type(a, "swiglu", "a");
   return SwiGlu::apply(a, b)[0];
+}
+
+Tensor bias_gelu(const Tensor& h0, const Tensor& bias) {
+  require(h0.is_cuda() && bias.is_cuda() && h0.device() == bias.device(),
+          "bias_gelu: h0 and bias must be CUDA tensors on one device");
+  require(
+      h0.dim() == 2 && h0.size(0) >= 1 && h0.size(1) >= 1 && h0.size(1) <= gpu::kMaxBiasGeluCols,
+      "bias_gelu: h0 must be [rows, cols] with rows >= 1 and 1 <= cols <= " +
+          std::to_string(gpu::kMaxBiasGeluCols) + ", got " + c10::str(h0.sizes()));
+  require(bias.scalar_type() == torch::kFloat32 && bias.dim() == 1 && bias.size(0) == h0.size(1),
+          "bias_gelu: bias must be float32 [" + std::to_string(h0.size(1)) + "], got " +
+              c10::str(bias.sizes()) + " " + std::string(c10::toString(bias.scalar_type())));
+  kernel_type(h0, "bias_gelu", "h0");
+  return BiasGelu::apply(h0, bias)[0];
 }
 
 }  // namespace reach::ops

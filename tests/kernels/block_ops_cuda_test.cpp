@@ -1,11 +1,13 @@
 // The fused block kernels on CUDA (kernels/cuda/rope_split.hpp, kernels/cuda/add_layer_norm.hpp
-// with LayerNorm and RMSNorm, kernels/cuda/swiglu.hpp) against their float64 references on random
-// inputs, forward and backward: op harness cases on backend "cuda" (ctest label gpu), which skip
-// without a GPU. RoPE split cases cover both output layouts (heads first, token major); SwiGLU
-// cases both its 16-byte path and its element-by-element path (pointers one element off 16-byte
-// alignment); the norm cases both the fast kernels (dim a multiple of 128, aligned rows) and the
-// generic ones (other dims, and fast dims with rows one element off alignment). Every output buffer
-// is poisoned with NaN first, so an unwritten element fails.
+// with LayerNorm and RMSNorm, kernels/cuda/swiglu.hpp, kernels/cuda/bias_gelu.hpp) against their
+// float64 references on random inputs, forward and backward: op harness cases on backend "cuda"
+// (ctest label gpu), which skip without a GPU. RoPE split cases cover both output layouts (heads
+// first, token major); SwiGLU cases both its 16-byte path and its element-by-element path
+// (pointers one element off 16-byte alignment); the norm cases both the fast kernels (dim a
+// multiple of 128, aligned rows) and the generic ones (other dims, and fast dims with rows one
+// element off alignment); bias + GELU cases its fast kernels (cols % 8 == 0, aligned) and its
+// generic ones (other cols, or pointers one element off). Every output buffer is poisoned with NaN
+// first, so an unwritten element fails.
 //
 // Error rule (relative L2 against the float64 reference on the same, rounded, inputs):
 //  * float32 outputs within 1e-5: each element is a handful of float32 operations (RoPE) or
@@ -16,14 +18,17 @@
 //    gradient is rstd * dy * gamma * eps / (h^2 + eps), ~1e-7 of the terms float32 subtracts to
 //    get it, so any float32 evaluation (the tensor-op path's too) is O(1) off in relative terms;
 //  * SwiGLU float32 outputs within 1e-5: a handful of float32 operations and one expf per
-//    element (~1e-7 relative);
+//    element (~1e-7 relative); bias + GELU's y and dh likewise (one erff, and one expf backward);
+//  * bias + GELU's bias gradient: see bias_gelu_cuda_cases (a worst-case bound per column);
 //  * bf16 outputs (q, k, v, dqkv of the bf16 kernels; y and dr of the bf16 norms; y, da, db of
-//    the bf16 SwiGLU) within the bf16 rule (harness::Bf16Rule: 2x what rounding the float64
-//    result to bf16 costs + 1e-4): the kernels compute in float32 and round once;
+//    the bf16 SwiGLU; y, dh of the bf16 bias + GELU) within the bf16 rule (harness::Bf16Rule: 2x
+//    what rounding the float64 result to bf16 costs + 1e-4): the kernels compute in float32 and
+//    round once;
 //  * permute_heads (kernels/cuda/head_layout.hpp) moves bytes only: exact equality with the
 //    host permutation.
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -35,9 +40,11 @@
 #include <vector>
 
 #include "kernels/cpu/reference_add_layer_norm.hpp"
+#include "kernels/cpu/reference_bias_gelu.hpp"
 #include "kernels/cpu/reference_rope_split.hpp"
 #include "kernels/cpu/reference_swiglu.hpp"
 #include "kernels/cuda/add_layer_norm.hpp"
+#include "kernels/cuda/bias_gelu.hpp"
 #include "kernels/cuda/head_layout.hpp"
 #include "kernels/cuda/rope_split.hpp"
 #include "kernels/cuda/swiglu.hpp"
@@ -519,6 +526,97 @@ REACH_OP_CASES(swiglu_cuda_cases) {
                }
              }});
       }
+    }
+  }
+}
+
+namespace {
+
+struct GeluShape {
+  int64_t rows, cols;
+  bool misaligned = false;
+};
+
+}  // namespace
+
+// h0 [rows, cols] and bias [cols]: cols a multiple of 8 (2048: the paper preset's MLP width; 512,
+// 128, 16) take the fast kernels, the others (100, 20, 1, 7) the generic ones, as do fast cols
+// with every pointer one element off 16-byte alignment (misaligned, as the norm cases'). Row
+// counts not a multiple of the 8 rows a block takes at once, and 30001 x 16 (the most row groups,
+// so each thread sums ~15 rows) for the bias gradient's accumulation.
+//
+// The bias gradient is the float64 sum of the kernel's partial rows, against the reference's
+// column sums of the exact dh (the kernel sums its float32 values of dh before rounding them to
+// the output type, so a bf16 dh's rounding does not enter; the bound is the same for both types).
+// Per column c, with u = 2^-24 and m = ceil(rows / (8 partial rows)) the most rows one thread
+// sums: each float32 dh is within ~8 u |dy| of the exact one (erff's ~2 ulp of 1 in 1 + erf, expf,
+// the rounding of h0 + bias times |x gelu''(x)| <= 0.6, a few products; |gelu'| <= 1.13), and the
+// float32 sum of m terms and then of the block's 8 lanes adds at most (m + 8) u times the sum of
+// the |terms| (<= 1.13 sum |dy|). So |got_c - want_c| <= (m + 16) 2u sum_rows |dy_rc|, a
+// worst-case bound (typical errors are ~sqrt of it); a missed or doubled row is O(|dy|) over it.
+REACH_OP_CASES(bias_gelu_cuda_cases) {
+  for (const bool bf16 : {false, true}) {
+    for (const GeluShape s :
+         {GeluShape{1, 1}, GeluShape{3, 7}, GeluShape{5, 20}, GeluShape{67, 100},
+          GeluShape{1, 2048}, GeluShape{1000, 2048}, GeluShape{37, 512}, GeluShape{4100, 128},
+          GeluShape{30001, 16}, GeluShape{37, 512, true}, GeluShape{257, 2048, true}}) {
+      const std::string dtype = bf16 ? "bf16" : "f32";
+      const std::string shape = shape_part("rows", static_cast<double>(s.rows)) + "_" +
+                                shape_part("cols", static_cast<double>(s.cols)) +
+                                (s.misaligned ? "_misaligned" : "");
+      registry.add(
+          {"bias_gelu", "cuda", dtype, shape, "forward_backward", [=](Report& r) {
+             if (!cuda_device_available()) return r.skip("no CUDA device");
+             Rng rng(seed_of("bias_gelu_cuda" + dtype + shape));
+             const auto n = static_cast<size_t>(s.rows * s.cols);
+             const auto d = static_cast<size_t>(s.cols);
+             const Padding pad{s.misaligned ? size_t{1} : size_t{0}};
+             // h0 + bias ~ N(0, 5): both tails of gelu and its minimum (x ~ -0.75) in the sample.
+             const auto h0 = rounded(rng.normal(n, 2.0), bf16);
+             const auto bias = rounded(rng.normal(d), false);
+             const auto dy = rounded(rng.normal(n), bf16);
+             const ScalarType type = bf16 ? ScalarType::kBFloat16 : ScalarType::kFloat32;
+             const auto partial_rows = static_cast<size_t>(
+                 kernels::gpu::bias_gelu_backward_partial_rows(s.rows, s.cols, type));
+             DeviceTensor d_h0(n + pad.skip, bf16), d_bias(d + pad.skip, false),
+                 d_y(n + pad.skip, bf16), d_dy(n + pad.skip, bf16), d_dh(n + pad.skip, bf16),
+                 d_partial(partial_rows * d + pad.skip, false);
+             d_h0.upload(pad.padded(h0));
+             d_bias.upload(pad.padded(bias));
+             d_dy.upload(pad.padded(dy));
+             kernels::gpu::bias_gelu_forward_cuda(s.rows, s.cols, type, pad.at(d_h0),
+                                                  pad.f32(d_bias), pad.at(d_y), nullptr);
+             kernels::gpu::bias_gelu_backward_cuda(s.rows, s.cols, type, pad.at(d_dy), pad.at(d_h0),
+                                                   pad.f32(d_bias), pad.at(d_dh),
+                                                   pad.f32(d_partial), nullptr);
+             std::vector<double> y, dh, dbias;
+             kernels::cpu::reference_bias_gelu_forward(s.rows, s.cols, h0, bias, y);
+             kernels::cpu::reference_bias_gelu_backward(s.rows, s.cols, dy, h0, bias, dh, dbias);
+             compare(r, "y", bf16, pad.unpadded(d_y), y);
+             compare(r, "dh", bf16, pad.unpadded(d_dh), dh);
+             const auto partial = pad.unpadded(d_partial);
+             std::vector<double> got(d, 0.0), scale(d, 0.0);
+             for (size_t p = 0; p < partial_rows; ++p) {
+               for (size_t c = 0; c < d; ++c) got[c] += partial[p * d + c];
+             }
+             for (size_t i = 0; i < n; ++i) scale[i % d] += std::abs(dy[i]);
+             double worst = 0;  // max over columns of |got - want| / sum |dy| (NaN kept)
+             for (size_t c = 0; c < d; ++c) {
+               const double e = std::abs(got[c] - dbias[c]) / std::max(scale[c], 1e-300);
+               if (std::isnan(e) || e > worst) worst = e;
+             }
+             const auto m = static_cast<double>(
+                 (static_cast<size_t>(s.rows) + 8 * partial_rows - 1) / (8 * partial_rows));
+             r.lt("dbias |error| / sum |dy|, worst column", worst,
+                  (m + 16) * 2 * std::ldexp(1.0, -24));
+             r.lt("partial rows within 1..256 and ceil(rows / 8)",
+                  partial_rows >= 1 && partial_rows <= 256 &&
+                          partial_rows <= (static_cast<size_t>(s.rows) + 7) / 8
+                      ? 0.0
+                      : 1.0,
+                  0.5);
+             pad.check_front(r, {&d_y, &d_dh, &d_partial});
+           }});
     }
   }
 }

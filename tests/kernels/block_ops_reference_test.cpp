@@ -1,16 +1,19 @@
 // The float64 references of the fused block kernels (kernels/cpu/reference_rope_split.hpp,
 // kernels/cpu/reference_add_layer_norm.hpp (LayerNorm and RMSNorm),
-// kernels/cpu/reference_swiglu.hpp): forwards against independent formulations, and backwards
-// against central finite differences of a random linear functional of the outputs. Bounds: the
-// references are float64 and the losses are linear (RoPE) or smooth (the norms, SwiGLU) in the
+// kernels/cpu/reference_swiglu.hpp, kernels/cpu/reference_bias_gelu.hpp): forwards against
+// independent formulations, and backwards against central finite differences of a random linear
+// functional of the outputs. Bounds: the references are float64 and the losses are linear (RoPE)
+// or smooth (the norms, SwiGLU, GELU) in the
 // inputs, so finite differences with h = 1e-6 agree to ~1e-8; 1e-6 leaves a margin while any
 // wrong term (a sign, a missing 1/D) is O(1). Forwards: 1e-12 (float64 rounding), 1e-9 where a
 // statistic is recomputed from outputs of size up to ~10.
 #include <algorithm>
 #include <cmath>
 #include <complex>
+#include <utility>
 
 #include "kernels/cpu/reference_add_layer_norm.hpp"
+#include "kernels/cpu/reference_bias_gelu.hpp"
 #include "kernels/cpu/reference_rope_split.hpp"
 #include "kernels/cpu/reference_swiglu.hpp"
 #include "tests/kernels/harness.hpp"
@@ -275,6 +278,49 @@ REACH_OP_CASES(swiglu_reference_cases) {
                     kernels::cpu::reference_swiglu_backward(wy, a, b, da, db);
                     r.fd("da", finite_difference_error(a, da, loss), 1e-6);
                     r.fd("db", finite_difference_error(b, db, loss), 1e-6);
+                  }});
+  }
+}
+
+// Bias + GELU: the forward against GELU written through erfc (x Phi(x), Phi(x) =
+// erfc(-x / sqrt 2) / 2) on h0 + bias, the backward (dh and dbias) against finite differences;
+// h0 + bias spread over about [-9, 9] so both of gelu's tails and its minimum (x ~ -0.75) are in
+// the sample; one row, one column, and shapes with both several rows and columns (dbias sums
+// rows).
+REACH_OP_CASES(bias_gelu_reference_cases) {
+  for (const auto& [rows_of, cols_of] :
+       {std::pair<int64_t, int64_t>{1, 1}, std::pair<int64_t, int64_t>{1, 13},
+        std::pair<int64_t, int64_t>{7, 1}, std::pair<int64_t, int64_t>{5, 12},
+        std::pair<int64_t, int64_t>{20, 10}}) {
+    const int64_t rows = rows_of, cols = cols_of;  // (copies the lambdas below can capture)
+    const std::string shape = shape_part("rows", static_cast<double>(rows)) + "_" +
+                              shape_part("cols", static_cast<double>(cols));
+    const auto n = static_cast<size_t>(rows * cols), d = static_cast<size_t>(cols);
+    registry.add({"bias_gelu", "reference", "f64", shape, "forward", [=](Report& r) {
+                    Rng rng(seed_of("bias_gelu_forward" + shape));
+                    const auto h0 = rng.uniform(n, -7, 7), bias = rng.uniform(d, -2, 2);
+                    std::vector<double> y;
+                    kernels::cpu::reference_bias_gelu_forward(rows, cols, h0, bias, y);
+                    std::vector<double> want(n);
+                    for (size_t i = 0; i < n; ++i) {
+                      const double x = h0[i] + bias[i % d];
+                      want[i] = x * 0.5 * std::erfc(-x / std::sqrt(2.0));
+                    }
+                    r.max_scaled("y", y, want, 1e-12);
+                  }});
+    registry.add({"bias_gelu", "reference", "f64", shape, "fd", [=](Report& r) {
+                    Rng rng(seed_of("bias_gelu_fd" + shape));
+                    auto h0 = rng.uniform(n, -7, 7), bias = rng.uniform(d, -2, 2);
+                    const auto wy = rng.normal(n);
+                    const auto loss = [&] {
+                      std::vector<double> y;
+                      kernels::cpu::reference_bias_gelu_forward(rows, cols, h0, bias, y);
+                      return dot(y, wy);
+                    };
+                    std::vector<double> dh, dbias;
+                    kernels::cpu::reference_bias_gelu_backward(rows, cols, wy, h0, bias, dh, dbias);
+                    r.fd("dh", finite_difference_error(h0, dh, loss), 1e-6);
+                    r.fd("dbias", finite_difference_error(bias, dbias, loss), 1e-6);
                   }});
   }
 }

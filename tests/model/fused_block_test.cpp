@@ -1,9 +1,9 @@
 // The model's fused GPU path (ops/block_ops.hpp: RoPE split, residual add + LayerNorm or RMSNorm,
-// SwiGLU) against its tensor-op path on the same weights and tokens: the LayerNorm + GELU model,
-// and the paper model's kind (RMSNorm, SwiGLU, grouped-query attention). On the CPU the fused
-// ops are never used, switched on or not (the model keeps the tensor ops there: the same numbers,
-// bit for bit), and calling them is a clear error. GPU cases (suite FusedBlockCuda, label gpu)
-// skip without a device.
+// SwiGLU, bias + GELU) against its tensor-op path on the same weights and tokens: the LayerNorm +
+// GELU model, and the paper model's kind (RMSNorm, SwiGLU, grouped-query attention). On the CPU the
+// fused ops are never used, switched on or not (the model keeps the tensor ops there: the same
+// numbers, bit for bit), and calling them is a clear error. GPU cases (suite FusedBlockCuda, label
+// gpu) skip without a device.
 //
 // Bounds. Float32 on the GPU, no autocast: logits and every parameter gradient within 1e-4
 // relative L2 of the unfused path: both are float32 with different operation orders (the
@@ -49,8 +49,10 @@ TEST(FusedBlock, CpuTensorsAreAClearError) {
   EXPECT_THROW(ops::add_rms_norm(torch::randn({3, 8}), {}, torch::ones({8}), 1e-6),
                std::invalid_argument);
   EXPECT_THROW(ops::swiglu(torch::randn({3, 8}), torch::randn({3, 8})), std::invalid_argument);
+  EXPECT_THROW(ops::bias_gelu(torch::randn({3, 8}), torch::randn({8})), std::invalid_argument);
   EXPECT_FALSE(ops::add_layer_norm_supports(torch::randn({3, 8}), 8));
   EXPECT_FALSE(ops::swiglu_supports(torch::randn({3, 8}), torch::randn({3, 8})));
+  EXPECT_FALSE(ops::bias_gelu_supports(torch::randn({3, 8}), torch::randn({8})));
 }
 
 TEST(FusedBlock, OnByDefaultWhereBuiltAndNeverOnTheCpu) {
@@ -161,23 +163,40 @@ TEST(FusedBlockCuda, RmsNormSwigluGqaMatchesTheTensorOpPath) {
   }
 }
 
+// Under bf16 autocast, config c's fused path against the float32 tensor-op path, no worse than
+// the bf16 tensor-op path (the bound in the header).
+void expect_bf16_no_worse(const ModelConfig& c, const std::string& what) {
+  auto [net, tokens] = cuda_model(c);
+  const auto exact = run_pass(net, tokens, false, false);
+  const auto unfused = run_pass(net, tokens, false, true);
+  const auto fused = run_pass(net, tokens, true, true);
+  const auto bound = [](double unfused_error) { return 2 * unfused_error + 1e-3; };
+  EXPECT_LT(rel_l2(fused.logits, exact.logits), bound(rel_l2(unfused.logits, exact.logits)))
+      << what;
+  const auto names = net->named_parameters().keys();
+  for (size_t i = 0; i < exact.grads.size(); ++i) {
+    EXPECT_LT(rel_l2(fused.grads[i], exact.grads[i]),
+              bound(rel_l2(unfused.grads[i], exact.grads[i])))
+        << what << " " << names[i];
+  }
+}
+
+// LayerNorm + GELU with biases (the fused bias + GELU: fc's bias added in float32 before gelu,
+// its gradient summed from dh before rounding; the tensor ops add it in the bf16 product).
+TEST(FusedBlockCuda, LayerNormGeluUnderBf16AutocastIsNoWorseThanTheTensorOps) {
+  if (skip_without_cuda_kernels()) GTEST_SKIP() << "no CUDA device or no CUDA kernels";
+  for (const auto attention : {AttentionFamily::dense, AttentionFamily::fibonacci}) {
+    auto c = preset("tiny");  // GELU MLP of hidden 512, biases
+    c.heads = 2;              // head_dim 64
+    c.attention = attention;
+    expect_bf16_no_worse(c, "layernorm gelu " + to_string(attention));
+  }
+}
+
 TEST(FusedBlockCuda, RmsNormSwigluGqaUnderBf16AutocastIsNoWorseThanTheTensorOps) {
   if (skip_without_cuda_kernels()) GTEST_SKIP() << "no CUDA device or no CUDA kernels";
   for (const auto attention : {AttentionFamily::dense, AttentionFamily::fibonacci}) {
-    auto [net, tokens] = cuda_model(paper_kind(attention));
-    const auto exact = run_pass(net, tokens, false, false);
-    const auto unfused = run_pass(net, tokens, false, true);
-    const auto fused = run_pass(net, tokens, true, true);
-    const auto bound = [](double unfused_error) { return 2 * unfused_error + 1e-3; };
-    const std::string what = to_string(attention);
-    EXPECT_LT(rel_l2(fused.logits, exact.logits), bound(rel_l2(unfused.logits, exact.logits)))
-        << what;
-    const auto names = net->named_parameters().keys();
-    for (size_t i = 0; i < exact.grads.size(); ++i) {
-      EXPECT_LT(rel_l2(fused.grads[i], exact.grads[i]),
-                bound(rel_l2(unfused.grads[i], exact.grads[i])))
-          << what << " " << names[i];
-    }
+    expect_bf16_no_worse(paper_kind(attention), to_string(attention));
   }
 }
 
