@@ -3,6 +3,7 @@
 // text from a trained checkpoint, streamed to stdout; timing and the budget used on stderr.
 #include <fmt/core.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -13,9 +14,11 @@
 
 #include "cli/checkpoint_choice.hpp"
 #include "cli/commands.hpp"
+#include "cli/eval_device.hpp"
 #include "data/tokenizer/tokenizer.hpp"
 #include "infer/generator.hpp"
 #include "train/checkpoint.hpp"
+#include "train/device.hpp"
 
 namespace reach::cli {
 namespace {
@@ -33,6 +36,8 @@ struct GenerateOptions {
   std::string budget = "full";
   bool quiet = false;
   bool freeze = true;
+  std::string device = "cpu", precision = "fp32";
+  bool cuda_graph = false;
 };
 
 std::string read_prompt(const GenerateOptions& o) {
@@ -60,6 +65,12 @@ void run(const GenerateOptions& o) {
     if (s.empty()) throw std::invalid_argument("--stop: stop strings must not be empty");
   }
   request.budget = infer::parse_budget_rule(o.budget);
+  const EvalDevice where = resolve_eval_device(o.device, o.precision);
+  if (o.cuda_graph && !where.device.is_cuda()) {
+    throw std::invalid_argument("--cuda-graph needs a CUDA device (--device cuda), got " +
+                                where.device.str());
+  }
+  request.cuda_graph = o.cuda_graph;
   const auto prompt = read_prompt(o);
   if (prompt.empty()) {
     throw std::invalid_argument("empty prompt: give --prompt, --prompt-file or text on stdin");
@@ -72,6 +83,8 @@ void run(const GenerateOptions& o) {
   const auto text = infer::TokenText::load(tokenizer->kind(), dir);
   for (const auto id : tokenizer->encode(prompt)) request.prompt.push_back(id);
   if (o.freeze) ckpt.model->freeze_schedules();
+  prepare_for_eval(*ckpt.model, where, "checkpoint " + dir);
+  const train::Bf16Autocast autocast(where.bf16);
 
   const auto result = infer::generate(ckpt.model, text, request, [](const std::string& piece) {
     std::fwrite(piece.data(), 1, piece.size(), stdout);
@@ -89,6 +102,16 @@ void run(const GenerateOptions& o) {
              static_cast<double>(request.prompt.size()) / std::max(result.prefill_seconds, 1e-9),
              result.tokens.size(), result.decode_seconds, n / std::max(result.decode_seconds, 1e-9),
              result.stop_reason, request.budget.text, result.keys_per_query);
+  if (o.cuda_graph) {
+    fmt::print(
+        stderr, "{}\n",
+        result.graph_refused.empty()
+            ? fmt::format("CUDA graph: {} of {} decode steps replayed (keys read counted "
+                          "on the eager ones)",
+                          result.graph_steps,
+                          std::max<int64_t>(static_cast<int64_t>(result.tokens.size()) - 1, 0))
+            : "CUDA graph not taken: " + result.graph_refused);
+  }
 }
 
 }  // namespace
@@ -114,6 +137,14 @@ void add_generate_command(CLI::App& app) {
       "Keys per query: full | window=W,rungs=K | rungs=2*log2(n) | mass=0.9 | chunks=K | "
       "chunks=sqrt(c) | chunk_mass=0.9 "
       "(docs/inference.md)");
+  cmd->add_option("--device", o->device, "cpu, auto, cuda or cuda:N")->capture_default_str();
+  cmd->add_option("--precision", o->precision,
+                  "fp32, or bf16 (CUDA only: bf16 autocast and a bf16 cache)")
+      ->check(CLI::IsMember({"fp32", "bf16"}))
+      ->capture_default_str();
+  cmd->add_flag("--cuda-graph", o->cuda_graph,
+                "CUDA: replay the decode steps from a CUDA graph (one launch a token; softmax "
+                "families with RoPE or NoPE under the full budget, else eager steps)");
   cmd->add_flag("--quiet", o->quiet, "No timing report on stderr");
   cmd->add_flag("!--no-freeze", o->freeze,
                 "Learned schedules: decode their real offsets instead of freezing them to "

@@ -51,6 +51,20 @@ bool DecodeGraph::available() {
 }
 
 std::string DecodeGraph::problem(const model::Gpt& model, const model::attention::KvCache& cache) {
+  if (auto why = model_problem(model); !why.empty()) return why;
+  const auto& c = model->config();
+  if (cache.layers() != c.layers) {
+    return "the cache has " + std::to_string(cache.layers()) + " layers, the model " +
+           std::to_string(c.layers);
+  }
+  if (cache.layers() == 0 || cache.layer_lengths().empty()) {
+    return "the cache must be batched, with at least one request (BatchSession's, or "
+           "KvCache::split_into_requests)";
+  }
+  return {};
+}
+
+std::string DecodeGraph::model_problem(const model::Gpt& model) {
   if (!available()) return "this build's LibTorch has no CUDA (no CUDA graphs)";
   const auto device = model->parameters().front().device();
   if (!device.is_cuda()) return "the model is on " + device.str() + ", not a CUDA device";
@@ -70,14 +84,6 @@ std::string DecodeGraph::problem(const model::Gpt& model, const model::attention
       return "a learned schedule reads alpha on the host each step: freeze it first "
              "(Gpt::freeze_schedules)";
     }
-  }
-  if (cache.layers() != c.layers) {
-    return "the cache has " + std::to_string(cache.layers()) + " layers, the model " +
-           std::to_string(c.layers);
-  }
-  if (cache.layers() == 0 || cache.layer_lengths().empty()) {
-    return "the cache must be batched, with at least one request (BatchSession's, or "
-           "KvCache::split_into_requests)";
   }
   return {};
 }

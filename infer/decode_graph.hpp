@@ -41,6 +41,8 @@ class DecodeGraph {
 
   // Empty when the model and cache are taken; else why not, in one line.
   static std::string problem(const model::Gpt& model, const model::attention::KvCache& cache);
+  // The model's part of problem() (device, family, normaliser, positions, schedules).
+  static std::string model_problem(const model::Gpt& model);
   // Whether this build can capture CUDA graphs (LibTorch with CUDA).
   static bool available();
 

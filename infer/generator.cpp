@@ -74,6 +74,7 @@ GenerationResult generate(model::Gpt model, const TokenText& text, const Generat
   GenerationResult result;
   result.stop_reason = "max new tokens";
   Session session(model, static_cast<int64_t>(r.prompt.size()) + r.max_new_tokens, r.budget);
+  session.use_cuda_graph(r.cuda_graph);
   Sampler sampler(r.sampling);
 
   auto start = Clock::now();
@@ -110,6 +111,8 @@ GenerationResult generate(model::Gpt model, const TokenText& text, const Generat
   }
   emit(result.text.size());
   result.decode_seconds = seconds_since(start);
+  result.graph_steps = session.graph_steps();
+  result.graph_refused = session.graph_refused();
   const auto& usage = session.usage();
   result.keys_per_query =
       usage.queries > 0 ? static_cast<double>(usage.keys) / static_cast<double>(usage.queries) : 0;

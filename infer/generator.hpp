@@ -22,6 +22,9 @@ struct GenerationRequest {
   SamplingParams sampling;
   BudgetRule budget;
   int64_t max_context = 1 << 20;  // prompt + max_new_tokens may not exceed it (cache memory)
+  // On a CUDA device, decode steps replayed from a CUDA graph where the model and budget allow
+  // (Session::use_cuda_graph).
+  bool cuda_graph = false;
 };
 
 struct GenerationResult {
@@ -29,7 +32,9 @@ struct GenerationResult {
   std::string text;             // generated text, cut before the stop string
   std::string stop_reason;      // "stop string" or "max new tokens"
   double prefill_seconds = 0, decode_seconds = 0;
-  double keys_per_query = 0;  // mean keys read per query and head while decoding
+  double keys_per_query = 0;  // mean keys read per query and head while decoding (eager steps)
+  int64_t graph_steps = 0;    // decode steps replayed from a CUDA graph
+  std::string graph_refused;  // why not, when asked for and not taken
 };
 
 // Throws std::invalid_argument naming the problem (empty prompt, a prompt over the context

@@ -44,6 +44,22 @@ torch::Tensor Session::prefill(const std::vector<int64_t>& tokens) {
   return forward(tokens);
 }
 
-torch::Tensor Session::step(int64_t token) { return forward({token})[0]; }
+torch::Tensor Session::step(int64_t token) {
+  if (use_graph_ && !graph_ && graph_refused_.empty() && length() > 0) {
+    graph_refused_ = !budget_.is_full() ? "the budget " + budget_.text + " is a host value per step"
+                                        : DecodeGraph::model_problem(model_);
+    if (graph_refused_.empty()) {
+      // The graph's form: the cache as a batch of one request (irreversible, so only here).
+      for (int64_t l = 0; l < cache_.layers(); ++l) cache_.layer(l).split_into_requests();
+      graph_ = std::make_unique<DecodeGraph>(model_, cache_);
+    }
+  }
+  if (!graph_) return forward({token})[0];
+  if (length() + 1 > capacity_) {
+    throw std::invalid_argument("request holds " + std::to_string(length()) +
+                                " tokens; 1 more exceed its capacity " + std::to_string(capacity_));
+  }
+  return graph_->step(torch::tensor({token}, torch::kLong))[0].to(torch::kCPU, torch::kFloat32);
+}
 
 }  // namespace reach::infer

@@ -51,4 +51,19 @@ if "${gen[@]}" --prompt "In the beginning" --max-context 20 >/dev/null 2>"$work/
   echo "a prompt over the context limit was accepted"; exit 1
 fi
 grep -q "exceed the context limit 20" "$work/f.err" || { cat "$work/f.err"; exit 1; }
+if "${gen[@]}" --prompt "In the beginning" --cuda-graph >/dev/null 2>"$work/g.err"; then
+  echo "--cuda-graph on the CPU was accepted"; exit 1
+fi
+grep -q "cuda-graph needs a CUDA device" "$work/g.err" || { cat "$work/g.err"; exit 1; }
+# On a machine with a CUDA GPU (and a CUDA build): the same greedy text on the GPU, eager and
+# replayed from a CUDA graph (float32: the same kernels), and the graph's steps reported.
+if [[ ${REACH_TEST_CUDA:-0} == 1 ]]; then
+  "${gen[@]}" --prompt "In the beginning" --device cuda >"$work/h.txt" 2>"$work/h.err" ||
+    { cat "$work/h.err"; exit 1; }
+  "${gen[@]}" --prompt "In the beginning" --device cuda --cuda-graph >"$work/i.txt" 2>"$work/i.err" ||
+    { cat "$work/i.err"; exit 1; }
+  cmp "$work/h.txt" "$work/i.txt" || { echo "CUDA graph output differs from eager on the GPU"; exit 1; }
+  grep -q "CUDA graph: 38 of 39 decode steps replayed" "$work/i.err" || { cat "$work/i.err"; exit 1; }
+  cat "$work/h.err" "$work/i.err"
+fi
 echo "generate end to end: ok"

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "infer/batch_session.hpp"
+#include "infer/session.hpp"
 #include "model/attention/kv_cache.hpp"
 #include "train/device.hpp"
 
@@ -186,6 +187,45 @@ TEST(DecodeGraphCuda, BudgetsStepEagerlyAndAFullRequestIsAnError) {
   for (int64_t s = 0; s < 3; ++s) small.step({s});
   EXPECT_EQ(small.graph_steps(), 2);
   expect_error([&] { small.step({1}); }, "one more exceeds its capacity 8");
+}
+
+// One request (reach generate's Session): steps replayed from the graph equal eager steps of a
+// second Session on the same GPU (float32, 1e-5, greedy tokens identical); every step after the
+// first is a replay; a budget other than "full" is refused with its reason and steps eagerly.
+TEST(DecodeGraphCuda, SessionStepsReplayedEqualEagerSteps) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  for (const auto family : {AttentionFamily::fibonacci, AttentionFamily::dense}) {
+    auto net = make_model(family);
+    net->to(torch::kCUDA);
+    Session graph(net, 90), eager(net, 90);
+    graph.use_cuda_graph(true);
+    const auto prompt = random_tokens(11, 7);
+    graph.prefill(prompt);
+    auto next = eager.prefill(prompt)[-1].argmax().item<int64_t>();
+    double worst = 0;
+    const int64_t steps = 50;  // past the offsets' reach (40)
+    for (int64_t s = 0; s < steps; ++s) {
+      const auto got = graph.step(next), want = eager.step(next);
+      worst = std::max(worst, relative_error(got, want));
+      EXPECT_EQ(got.argmax().item<int64_t>(), want.argmax().item<int64_t>()) << "step " << s;
+      next = want.argmax().item<int64_t>();
+    }
+    EXPECT_LT(worst, 1e-5) << static_cast<int>(family);
+    EXPECT_EQ(graph.graph_steps(), steps - 1);
+    EXPECT_TRUE(graph.graph_refused().empty()) << graph.graph_refused();
+    EXPECT_EQ(graph.length(), eager.length());
+    RecordProperty(family == AttentionFamily::dense ? "dense" : "fibonacci", std::to_string(worst));
+  }
+  auto net = make_model(AttentionFamily::fibonacci);
+  net->to(torch::kCUDA);
+  Session budgeted(net, 20, parse_budget_rule("rungs=1"));
+  budgeted.use_cuda_graph(true);
+  budgeted.prefill(random_tokens(5, 8));
+  budgeted.step(1);
+  budgeted.step(2);
+  EXPECT_EQ(budgeted.graph_steps(), 0);
+  EXPECT_NE(budgeted.graph_refused().find("rungs=1"), std::string::npos)
+      << budgeted.graph_refused();
 }
 
 }  // namespace
