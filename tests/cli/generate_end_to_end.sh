@@ -22,7 +22,8 @@ checkpoint_every = 4
 eval_every = 1000
 eval_tokens = 64
 TOML
-"$reach" train "$work/config.toml" --set run.out_dir="$work/run" >"$work/train.txt" 2>&1 ||
+"$reach" train "$work/config.toml" --set run.out_dir="$work/run" \
+  ${REACH_TEST_CORPUS:+--set data.corpus="$REACH_TEST_CORPUS"} >"$work/train.txt" 2>&1 ||
   { cat "$work/train.txt"; exit 1; }
 gen=("$reach" generate "$work/run" --max-new-tokens 40)
 "${gen[@]}" --prompt "In the beginning" >"$work/a.txt" 2>"$work/a.err"
