@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "infer/session.hpp"
+#include "tests/infer/micro_decode_models.hpp"
 
 namespace reach::infer {
 namespace {
@@ -20,31 +21,13 @@ using model::AlphaSchedule;
 using model::AttentionFamily;
 using model::Normalizer;
 
+using testing::expect_error;
+using testing::random_tokens;
+using testing::relative_error;
+
 model::Gpt make_model(AttentionFamily attention, AlphaSchedule schedule = AlphaSchedule::stagger,
                       Normalizer normalizer = Normalizer::softmax, int64_t kv_heads = 0) {
-  auto c = model::preset("micro");
-  c.kv_heads = kv_heads;
-  c.attention = attention;
-  c.schedule = schedule;
-  c.normalizer = normalizer;
-  c.alpha_min = 1.0;
-  c.alpha_max = 2.3;
-  c.reach = 40;
-  torch::manual_seed(21);
-  model::Gpt net(c);
-  net->eval();
-  if (schedule == AlphaSchedule::learned) net->freeze_schedules();
-  return net;
-}
-
-std::vector<int64_t> random_tokens(int64_t n, int64_t seed) {
-  torch::manual_seed(static_cast<uint64_t>(seed));
-  const auto t = torch::randint(0, 256, {n}, torch::kLong);
-  return {t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + n};
-}
-
-double relative_error(const torch::Tensor& got, const torch::Tensor& want) {
-  return (got - want).abs().max().item<double>() / want.abs().max().item<double>();
+  return testing::micro_model(attention, schedule, normalizer, kv_heads);
 }
 
 struct Request {
@@ -133,14 +116,6 @@ TEST(BatchSession, RequestsJoinBetweenSteps) {
 TEST(BatchSession, BadRequestsAreClearErrors) {
   auto net = make_model(AttentionFamily::fibonacci);
   BatchSession batch(net, 1, 8);
-  auto expect_error = [](const std::function<void()>& f, const std::string& fragment) {
-    try {
-      f();
-      ADD_FAILURE() << "no error, expected: " << fragment;
-    } catch (const std::exception& e) {
-      EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
-    }
-  };
   expect_error([&] { batch.step({}); }, "step with no requests");
   expect_error([&] { batch.add({}); }, "at least one token");
   expect_error([&] { batch.add(random_tokens(9, 1)); }, "exceeds the capacity 8");
@@ -196,14 +171,6 @@ TEST(BatchSessionCuda, EachRequestEqualsRunningItAloneOnTheGpu) {
     RecordProperty(c.name, std::to_string(error));
   }
 
-  auto expect_error = [](const std::function<void()>& f, const std::string& fragment) {
-    try {
-      f();
-      ADD_FAILURE() << "no error, expected: " << fragment;
-    } catch (const std::exception& e) {
-      EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
-    }
-  };
   auto entmax = make_model(AttentionFamily::fibonacci, AlphaSchedule::stagger, Normalizer::entmax);
   entmax->to(torch::kCUDA);
   BatchSession entmax_batch(entmax, 2, 40);

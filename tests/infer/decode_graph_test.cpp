@@ -14,6 +14,7 @@
 #include "infer/batch_session.hpp"
 #include "infer/session.hpp"
 #include "model/attention/kv_cache.hpp"
+#include "tests/infer/micro_decode_models.hpp"
 #include "train/device.hpp"
 
 namespace reach::infer {
@@ -23,39 +24,13 @@ using model::AlphaSchedule;
 using model::AttentionFamily;
 using model::Normalizer;
 
+using testing::expect_error;
+using testing::random_tokens;
+using testing::relative_error;
+
 model::Gpt make_model(AttentionFamily attention, AlphaSchedule schedule = AlphaSchedule::stagger,
                       int64_t kv_heads = 0) {
-  auto c = model::preset("micro");
-  c.kv_heads = kv_heads;
-  c.attention = attention;
-  c.schedule = schedule;
-  c.alpha_min = 1.0;
-  c.alpha_max = 2.3;
-  c.reach = 40;
-  torch::manual_seed(21);
-  model::Gpt net(c);
-  net->eval();
-  if (schedule == AlphaSchedule::learned) net->freeze_schedules();
-  return net;
-}
-
-std::vector<int64_t> random_tokens(int64_t n, int64_t seed) {
-  torch::manual_seed(static_cast<uint64_t>(seed));
-  const auto t = torch::randint(0, 256, {n}, torch::kLong);
-  return {t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + n};
-}
-
-double relative_error(const torch::Tensor& got, const torch::Tensor& want) {
-  return (got - want).abs().max().item<double>() / want.abs().max().item<double>();
-}
-
-void expect_error(const std::function<void()>& f, const std::string& fragment) {
-  try {
-    f();
-    ADD_FAILURE() << "no error, expected: " << fragment;
-  } catch (const std::exception& e) {
-    EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
-  }
+  return testing::micro_model(attention, schedule, Normalizer::softmax, kv_heads);
 }
 
 // Greedy steps of ragged requests through two sessions, one replaying a graph; a fifth request
