@@ -108,6 +108,19 @@ TEST(DecodeGraph, SplitIntoRequestsNeedsAFilledCapacityCache) {
   expect_error([&] { layer.split_into_requests(); }, "on a batched cache");
   layer.advance_batched();
   EXPECT_EQ(layer.length(), 5);
+  // write_batched: one token per request, int64 rows on the cache's device.
+  const auto token = torch::randn({3, 2, 1, 8});
+  expect_error([&] { layer.write_batched(token, token, torch::zeros({2}, torch::kLong)); },
+               "one token per request (3 requests)");
+  expect_error([&] { layer.write_batched(token, token, torch::zeros({3}, torch::kInt)); },
+               "rows as int64");
+  layer.write_batched(token, token, torch::full({3}, 5, torch::kLong));
+  EXPECT_TRUE(torch::equal(layer.key_buffer.select(2, 5), token.select(2, 0)));
+  EXPECT_EQ(layer.length(), 5);  // the host lengths wait for advance_batched
+  for (int i = 0; i < 5; ++i) layer.advance_batched();
+  expect_error([&] { layer.advance_batched(); }, "one more exceeds its capacity 10");
+  model::attention::LayerKvCache unbatched;
+  expect_error([&] { unbatched.advance_batched(); }, "not batched");
 }
 
 TEST(DecodeGraphCuda, ReplaysEqualEagerSteps) {
