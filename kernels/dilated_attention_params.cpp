@@ -10,6 +10,10 @@ std::string validate_params(const DilatedAttentionParams& p) {
     return "query heads per K/V head (kv_group = " + std::to_string(p.kv_group) +
            ") must be >= 1 and divide batch * heads (" + std::to_string(p.batch_heads) + ")";
   }
+  if (p.out_heads < 0 || (p.out_heads > 0 && p.batch_heads % p.out_heads != 0)) {
+    return "out_heads (the token-major output's heads, " + std::to_string(p.out_heads) +
+           ") must be 0 or divide batch * heads (" + std::to_string(p.batch_heads) + ")";
+  }
   if (p.seq_len < 1) return "sequence length must be >= 1, got " + std::to_string(p.seq_len);
   if (p.head_dim < 1) return "head_dim must be >= 1, got " + std::to_string(p.head_dim);
   if (p.window < 1) return "window W must be >= 1, got " + std::to_string(p.window);

@@ -30,6 +30,10 @@ struct DilatedAttentionParams {
   int64_t num_offsets = 0;          // K >= 0
   double scale = 1.0;               // softmax scale, usually 1 / sqrt(d)
   int64_t kv_group = 1;             // query heads per K/V head (GQA), divides batch_heads
+  // Layout of out (forward) and of out and grad_out (backward): 0, [batch_heads, seq_len,
+  // head_dim] like q; H > 0, token-major [batch, seq_len, H, head_dim] with H = heads (the
+  // output projection's layout). Only the CUDA tensor-core kernels take H > 0.
+  int64_t out_heads = 0;
 
   int64_t kv_batch_heads() const { return batch_heads / kv_group; }
 

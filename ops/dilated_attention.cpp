@@ -70,9 +70,13 @@ double resolve_scale(c10::optional<double> scale, int64_t head_dim) {
 
 }  // namespace
 
+Tensor token_major_copy(const Tensor& t) { return t.transpose(1, 2).contiguous().transpose(1, 2); }
+
+bool is_token_major(const Tensor& t) { return t.dim() == 4 && t.transpose(1, 2).is_contiguous(); }
+
 std::tuple<Tensor, Tensor> forward_cpu(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
                                        int64_t window, const Tensor& offsets,
-                                       c10::optional<double> scale) {
+                                       c10::optional<double> scale, bool token_major_out) {
   check_inputs(q_in, k_in, v_in, window, offsets);
   TORCH_CHECK(q_in.device().is_cpu(), "dilated_attention: the CPU kernel got a ", q_in.device(),
               " tensor");
@@ -86,7 +90,8 @@ std::tuple<Tensor, Tensor> forward_cpu(const Tensor& q_in, const Tensor& k_in, c
         p, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
         out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>());
   });
-  return {out, lse};
+  // The CPU kernel writes [B, H, n, d]; the token-major layout asked for is one copy away.
+  return {token_major_out && q.size(1) > 1 ? token_major_copy(out) : out, lse};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> backward_cpu(
@@ -116,7 +121,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> backward_cpu(
 namespace {
 
 using ForwardSignature = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
-                                                    int64_t, const Tensor&, c10::optional<double>);
+                                                    int64_t, const Tensor&, c10::optional<double>,
+                                                    bool);
 using BackwardSignature = std::tuple<Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&,
                                                                      const Tensor&, const Tensor&,
                                                                      const Tensor&, const Tensor&,
@@ -143,10 +149,10 @@ class DilatedAttentionFunction : public torch::autograd::Function<DilatedAttenti
  public:
   static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& q, const Tensor& k,
                         const Tensor& v, int64_t window, const Tensor& offsets,
-                        c10::optional<double> scale) {
+                        c10::optional<double> scale, bool token_major_out) {
     at::AutoDispatchBelowADInplaceOrView guard;
     const auto& op = forward_op();
-    auto [out, lse] = op.call(q, k, v, window, offsets, scale);
+    auto [out, lse] = op.call(q, k, v, window, offsets, scale, token_major_out);
     ctx->save_for_backward({q, k, v, out, lse, offsets});
     ctx->saved_data["window"] = window;
     ctx->saved_data["scale"] = resolve_scale(scale, q.size(3));
@@ -169,6 +175,7 @@ class DilatedAttentionFunction : public torch::autograd::Function<DilatedAttenti
             dv,
             Tensor(),
             need_offsets ? doff.to(offsets.device(), offsets.scalar_type()) : Tensor(),
+            Tensor(),
             Tensor()};
   }
 };
@@ -186,7 +193,7 @@ class LearnedDilatedAttentionFunction
     at::AutoDispatchBelowADInplaceOrView guard;
     const Tensor offsets = bases * alpha_value;  // on the host
     const auto& op = forward_op();
-    auto [out, lse] = op.call(q, k, v, window, offsets, c10::nullopt);
+    auto [out, lse] = op.call(q, k, v, window, offsets, c10::nullopt, false);
     ctx->save_for_backward({q, k, v, out, lse});
     ctx->saved_data["window"] = window;
     ctx->saved_data["offsets"] = offsets;
@@ -225,9 +232,9 @@ class LearnedDilatedAttentionFunction
 }  // namespace
 
 Tensor dilated_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t window,
-                         const Tensor& offsets, c10::optional<double> scale) {
+                         const Tensor& offsets, c10::optional<double> scale, bool token_major_out) {
   check_inputs(q, k, v, window, offsets);  // before dispatch, which would pick one device
-  return DilatedAttentionFunction::apply(q, k, v, window, offsets, scale);
+  return DilatedAttentionFunction::apply(q, k, v, window, offsets, scale, token_major_out);
 }
 
 Tensor dilated_attention_static(const Tensor& q, const Tensor& k, const Tensor& v,
@@ -278,8 +285,8 @@ at::Tensor dilated_attention_op(const at::Tensor& q, const at::Tensor& k, const 
 std::tuple<at::Tensor, at::Tensor> forward_op(const at::Tensor& q, const at::Tensor& k,
                                               const at::Tensor& v, int64_t window,
                                               const at::Tensor& offsets,
-                                              c10::optional<double> scale) {
-  return reach::ops::forward_cpu(q, k, v, window, offsets, scale);
+                                              c10::optional<double> scale, bool token_major_out) {
+  return reach::ops::forward_cpu(q, k, v, window, offsets, scale, token_major_out);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_op(
@@ -298,7 +305,7 @@ TORCH_LIBRARY(reach, m) {
       "float? scale=None) -> Tensor");
   m.def(
       "dilated_attention_forward(Tensor q, Tensor k, Tensor v, int window, Tensor offsets, "
-      "float? scale=None) -> (Tensor, Tensor)");
+      "float? scale=None, bool token_major_out=False) -> (Tensor, Tensor)");
   m.def(
       "dilated_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, "
       "Tensor lse, int window, Tensor offsets, float? scale=None, bool offsets_grad=True) "

@@ -3,7 +3,8 @@
 // Ops (load from Python with torch.ops.load_library("libreach_ops.so")):
 //   reach::dilated_attention(Tensor q, Tensor k, Tensor v, int window, Tensor offsets,
 //                            float? scale=None) -> Tensor      (autograd-aware)
-//   reach::dilated_attention_forward(...)  -> (Tensor out, Tensor lse)
+//   reach::dilated_attention_forward(..., bool token_major_out=False)  -> (Tensor out, Tensor lse)
+//     (token_major_out: out is a [B, H, n, d] view of a [B, n, H, d] tensor)
 //   reach::dilated_attention_backward(...) -> (Tensor dq, Tensor dk, Tensor dv, Tensor doffsets)
 //     (doffsets on q's device)
 // q: [batch, heads, n, head_dim]; k, v: [batch, kv_heads, n, head_dim] with kv_heads dividing
@@ -20,10 +21,14 @@
 
 namespace reach::ops {
 
+// token_major_out: the output as a [B, H, n, d] view of a token-major [B, n, H, d] tensor (the
+// output projection reads it without a permute; the CUDA tensor-core kernels write it in place,
+// and read its gradient in place when that is token-major too). Same values either way.
 torch::Tensor dilated_attention(const torch::Tensor& q, const torch::Tensor& k,
                                 const torch::Tensor& v, int64_t window,
                                 const torch::Tensor& offsets,
-                                c10::optional<double> scale = c10::nullopt);
+                                c10::optional<double> scale = c10::nullopt,
+                                bool token_major_out = false);
 
 // Static schedules: integer offsets from (base, alpha, window, reach) per docs/definitions.md.
 torch::Tensor dilated_attention_static(const torch::Tensor& q, const torch::Tensor& k,
@@ -44,11 +49,16 @@ torch::Tensor dilated_attention_learned(const torch::Tensor& q, const torch::Ten
 std::tuple<torch::Tensor, torch::Tensor> forward_cpu(const torch::Tensor& q, const torch::Tensor& k,
                                                      const torch::Tensor& v, int64_t window,
                                                      const torch::Tensor& offsets,
-                                                     c10::optional<double> scale);
+                                                     c10::optional<double> scale,
+                                                     bool token_major_out = false);
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> backward_cpu(
     const torch::Tensor& grad_out, const torch::Tensor& q, const torch::Tensor& k,
     const torch::Tensor& v, const torch::Tensor& out, const torch::Tensor& lse, int64_t window,
     const torch::Tensor& offsets, c10::optional<double> scale, bool need_offsets_grad);
+
+// The token-major layout: a [B, H, n, d] view of a contiguous [B, n, H, d] tensor.
+bool is_token_major(const torch::Tensor& t);
+torch::Tensor token_major_copy(const torch::Tensor& t);
 
 // Dense exact causal attention, matmul + mask + softmax: the LibTorch baseline.
 torch::Tensor dense_causal_attention(const torch::Tensor& q, const torch::Tensor& k,

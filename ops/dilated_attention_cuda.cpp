@@ -7,8 +7,10 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <cstdint>
 
 #include "kernels/cuda/dilated_attention.hpp"
+#include "ops/dilated_attention.hpp"
 
 namespace reach::ops {
 namespace {
@@ -83,21 +85,31 @@ kernels::DilatedAttentionParams cuda_params(const Tensor& q, const Tensor& k, in
 
 std::tuple<Tensor, Tensor> forward_cuda(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
                                         int64_t window, const Tensor& offsets,
-                                        c10::optional<double> scale) {
+                                        c10::optional<double> scale, bool token_major_out) {
   const auto type = check_cuda_inputs(q_in, k_in, v_in);
   const c10::cuda::CUDAGuard guard(q_in.device());
   const int64_t head_dim = q_in.size(3), width = kernel_head_dim(head_dim);
   const Tensor q = padded_head_dim(q_in, width), k = padded_head_dim(k_in, width),
                v = padded_head_dim(v_in, width);
   const Tensor off = host_offsets(offsets);
-  const auto p = cuda_params(q, k, window, off,
-                             scale.value_or(1.0 / std::sqrt(static_cast<double>(head_dim))));
-  Tensor out = torch::empty_like(q);
+  auto p = cuda_params(q, k, window, off,
+                       scale.value_or(1.0 / std::sqrt(static_cast<double>(head_dim))));
+  // The tensor-core kernel writes a token-major output in place; elsewhere (float32, a padded
+  // head_dim) it is the heads-first result, copied.
+  const bool in_place = token_major_out && width == head_dim &&
+                        kernels::gpu::dilated_attention_uses_tensor_cores(p, type, false);
+  Tensor out =
+      in_place
+          ? torch::empty({q.size(0), q.size(2), q.size(1), q.size(3)}, q.options()).transpose(1, 2)
+          : torch::empty_like(q);
+  if (in_place) p.out_heads = q.size(1);
   Tensor lse = torch::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(torch::kFloat));
   kernels::gpu::dilated_attention_forward_cuda(p, type, q.data_ptr(), k.data_ptr(), v.data_ptr(),
                                                out.data_ptr(), lse.data_ptr<float>(),
                                                at::cuda::getCurrentCUDAStream().stream());
-  return {unpadded_head_dim(out, head_dim), lse};
+  out = unpadded_head_dim(out, head_dim);
+  if (token_major_out && !in_place && !is_token_major(out)) out = token_major_copy(out);
+  return {out, lse};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> backward_cuda(
@@ -114,12 +126,28 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> backward_cuda(
   const int64_t head_dim = q_in.size(3), width = kernel_head_dim(head_dim);
   const Tensor q = padded_head_dim(q_in, width), k = padded_head_dim(k_in, width),
                v = padded_head_dim(v_in, width);
-  const Tensor out = padded_head_dim(out_in.to(q.scalar_type()), width);
-  const Tensor grad_out = padded_head_dim(grad_out_in.to(q.scalar_type()), width);
   const Tensor lse = lse_in.to(torch::kFloat).contiguous();
   const Tensor off = host_offsets(offsets);
-  const auto p = cuda_params(q, k, window, off,
-                             scale.value_or(1.0 / std::sqrt(static_cast<double>(head_dim))));
+  auto p = cuda_params(q, k, window, off,
+                       scale.value_or(1.0 / std::sqrt(static_cast<double>(head_dim))));
+  // A token-major gradient (the output projection's, when the forward wrote token-major) is
+  // read in place by the tensor-core kernels, with out in the same layout; otherwise both
+  // become heads-first copies.
+  const bool in_place =
+      width == head_dim && q.size(1) > 1 && is_token_major(grad_out_in) &&
+      grad_out_in.scalar_type() == q.scalar_type() &&
+      reinterpret_cast<uintptr_t>(grad_out_in.data_ptr()) % 16 == 0 &&
+      kernels::gpu::dilated_attention_uses_tensor_cores(p, type, need_offsets_grad);
+  Tensor out, grad_out;
+  if (in_place) {
+    p.out_heads = q.size(1);
+    grad_out = grad_out_in;
+    out = out_in.to(q.scalar_type());
+    if (!is_token_major(out)) out = token_major_copy(out);
+  } else {
+    out = padded_head_dim(out_in.to(q.scalar_type()), width);
+    grad_out = padded_head_dim(grad_out_in.to(q.scalar_type()), width);
+  }
   // The kernels write dK and dV per query head; with grouped-query attention each group's
   // heads are summed into their shared K/V head's gradient below (K and V themselves are
   // read in place, never copied per query head).

@@ -50,6 +50,11 @@ void check(const DilatedAttentionParams& p) {
   if (auto message = validate_params(p); !message.empty()) {
     throw std::invalid_argument("dilated attention: " + message);
   }
+  if (p.out_heads != 0) {
+    throw std::invalid_argument(
+        "dilated attention (CPU): out and grad_out must be [batch_heads, n, d] (out_heads = 0); "
+        "the token-major layout is the CUDA tensor-core kernels' only");
+  }
 }
 
 // Scores of row i into s[0..S): window slots then offset slots; invisible slots get -inf.

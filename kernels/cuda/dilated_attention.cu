@@ -548,7 +548,8 @@ void tc_forward_group(const DilatedAttentionParams& p, const void* q, const void
   allow_smem(tc::forward_kernel<D, G, Frac>, smem);
   tc::forward_kernel<D, G, Frac><<<t.grid, tc::kThreads, smem, stream>>>(
       static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
-      static_cast<T*>(out), lse, t.n, t.window, t.scale_log2, t.offs, static_cast<int>(p.kv_group));
+      static_cast<T*>(out), lse, t.n, t.window, t.scale_log2, t.offs, static_cast<int>(p.kv_group),
+      static_cast<int>(p.out_heads));
   check_cuda(cudaGetLastError(), "forward launch (tensor cores)");
 }
 
@@ -593,7 +594,7 @@ void tc_backward_group(const DilatedAttentionParams& p, const void* q, const voi
       static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
       static_cast<const T*>(out), lse, static_cast<const T*>(grad_out), static_cast<T*>(grad_q),
       delta, prob, dscore, want_offsets ? partials : nullptr, t.n, t.window, t.scale, t.scale_log2,
-      t.offs, static_cast<int>(p.kv_group));
+      t.offs, static_cast<int>(p.kv_group), static_cast<int>(p.out_heads));
   check_cuda(cudaGetLastError(), "backward query-pass launch (tensor cores)");
   constexpr size_t smem_k = tc::backward_key_smem_bytes<D>();
   allow_smem(tc::backward_key_kernel<D, G, Frac>, smem_k);
@@ -601,7 +602,7 @@ void tc_backward_group(const DilatedAttentionParams& p, const void* q, const voi
       static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), lse,
       static_cast<const T*>(grad_out), delta, prob, dscore, static_cast<T*>(grad_k),
       static_cast<T*>(grad_v), t.n, t.window, t.scale, t.scale_log2, t.offs,
-      static_cast<int>(p.kv_group));
+      static_cast<int>(p.kv_group), static_cast<int>(p.out_heads));
   check_cuda(cudaGetLastError(), "backward key-pass launch (tensor cores)");
   if (want_offsets) {
     reduce_offset_partials<<<static_cast<unsigned>(p.num_offsets), 256, 0, stream>>>(
@@ -662,6 +663,11 @@ void dilated_attention_forward_cuda(const DilatedAttentionParams& p, ScalarType 
                                     void* stream_ptr) {
   check_params(p);
   const auto stream = static_cast<cudaStream_t>(stream_ptr);
+  if (p.out_heads != 0 && !tensor_core_forward(p, type)) {
+    throw std::invalid_argument(
+        "dilated attention (CUDA): a token-major output (out_heads > 0) needs the tensor-core "
+        "forward (bfloat16, head_dim 64 or 128)");
+  }
   if (tensor_core_forward(p, type)) {
     if (p.head_dim == 64)
       tc_forward<64>(p, q, k, v, out, lse, stream);
@@ -697,6 +703,11 @@ void dilated_attention_backward_cuda(const DilatedAttentionParams& p, ScalarType
                                      void* workspace, void* stream_ptr) {
   check_params(p);
   const auto stream = static_cast<cudaStream_t>(stream_ptr);
+  if (p.out_heads != 0 && !tensor_core_path(p, type, grad_offsets != nullptr)) {
+    throw std::invalid_argument(
+        "dilated attention (CUDA): a token-major out / grad_out (out_heads > 0) needs the "
+        "tensor-core backward (dilated_attention_uses_tensor_cores)");
+  }
   if (tensor_core_path(p, type, grad_offsets != nullptr)) {
     if (p.head_dim == 64)
       tc_backward<64>(p, q, k, v, out, lse, grad_out, grad_q, grad_k, grad_v, grad_offsets,

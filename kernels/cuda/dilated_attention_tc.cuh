@@ -187,10 +187,27 @@ __device__ __forceinline__ float quad_max(float x) {
   return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
 }
 
-// Copies rows [row0, row0 + 64) of a [n, D] matrix into a padded smem tile; rows
-// outside [0, n) become zeros.
+// Where head bh's rows of out / grad_out live: heads-first [BH, n, D] (out_heads = 0, the
+// layout of q), or token-major [B, n, H, D] (out_heads = H), the output projection's layout,
+// which saves a permute of the output forward and of its gradient backward.
+struct RowSpan {
+  size_t base;  // first row of the head
+  int stride;   // elements between consecutive rows
+};
+
 template <int D>
-__device__ __forceinline__ void load_tile(bf16* dst, const bf16* src, int row0, int n) {
+__device__ __forceinline__ RowSpan out_rows(int bh, int n, int out_heads) {
+  if (out_heads == 0) return {static_cast<size_t>(bh) * n * D, D};
+  return {static_cast<size_t>(bh / out_heads) * n * out_heads * D +
+              static_cast<size_t>(bh % out_heads) * D,
+          out_heads * D};
+}
+
+// Copies rows [row0, row0 + 64) of a [n, D] matrix (rows `stride` elements apart) into a
+// padded smem tile; rows outside [0, n) become zeros.
+template <int D>
+__device__ __forceinline__ void load_tile(bf16* dst, const bf16* src, int row0, int n,
+                                          int stride = D) {
   using S = Shape<D>;
 #pragma unroll
   for (int it = 0; it < kTile * S::kChunks / kThreads; ++it) {
@@ -199,7 +216,7 @@ __device__ __forceinline__ void load_tile(bf16* dst, const bf16* src, int row0, 
     const int row = row0 + r;
     const bool valid = row >= 0 && row < n;
     cp_async16(dst + r * S::kStride + ch * 8,
-               src + static_cast<size_t>(valid ? row : 0) * D + ch * 8, valid);
+               src + static_cast<size_t>(valid ? row : 0) * stride + ch * 8, valid);
   }
 }
 
@@ -527,7 +544,8 @@ template <int D, int G, bool Frac>
 __global__ void __launch_bounds__(kThreads)
     forward_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
                    const bf16* __restrict__ v, bf16* __restrict__ out, float* __restrict__ lse,
-                   int n, int window, float scale_log2, IntOffsets offs, int kv_group) {
+                   int n, int window, float scale_log2, IntOffsets offs, int kv_group,
+                   int out_heads) {
   using S = Shape<D>;
   constexpr int RC = S::kRowChunks;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -642,7 +660,8 @@ __global__ void __launch_bounds__(kThreads)
   for (int r = 0; r < 2; ++r) {
     const int i = rows[r];
     if (i >= n) continue;
-    store_row<RC>(out + head + static_cast<size_t>(i) * D, c, acc[r], 1.f / l[r]);
+    const RowSpan o = out_rows<D>(blockIdx.y, n, out_heads);
+    store_row<RC>(out + o.base + static_cast<size_t>(i) * o.stride, c, acc[r], 1.f / l[r]);
     if (c == 0) lse[static_cast<size_t>(blockIdx.y) * n + i] = (m[r] + log2f(l[r])) * kLn2;
   }
 }
@@ -670,7 +689,7 @@ __global__ void __launch_bounds__(kThreads)
                           bf16* __restrict__ grad_q, float* __restrict__ delta,
                           float* __restrict__ prob, float* __restrict__ dscore,
                           float* __restrict__ offset_partials, int n, int window, float scale,
-                          float scale_log2, IntOffsets offs, int kv_group) {
+                          float scale_log2, IntOffsets offs, int kv_group, int out_heads) {
   using S = Shape<D>;
   constexpr int RC = S::kRowChunks;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -701,8 +720,9 @@ __global__ void __launch_bounds__(kThreads)
 
   const int first = first_band_chunk(t0, window);
   const int chunks = (t0 - first) / kTile + 1;
+  const RowSpan o = out_rows<D>(blockIdx.y, n, out_heads);  // out and grad_out
   load_tile<D>(sQ, qh, t0, n);
-  load_tile<D>(sdO, grad_out + head, t0, n);
+  load_tile<D>(sdO, grad_out + o.base, t0, n, o.stride);
   load_tile<D>(sK, kh, first, n);
   load_tile<D>(sV, vh, first, n);
   cp_async_commit();
@@ -713,8 +733,8 @@ __global__ void __launch_bounds__(kThreads)
   for (int r = 0; r < 2; ++r) {
     const int i = rows[r] < n ? rows[r] : n - 1;
     uint4 dorow[RC], orow[RC];
-    load_row<D>(grad_out + head + static_cast<size_t>(i) * D, c, dorow);
-    load_row<D>(out + head + static_cast<size_t>(i) * D, c, orow);
+    load_row<D>(grad_out + o.base + static_cast<size_t>(i) * o.stride, c, dorow);
+    load_row<D>(out + o.base + static_cast<size_t>(i) * o.stride, c, orow);
     dlt[r] = quad_sum(dot_part<RC>(dorow, orow));
     lse2[r] = lse[row_base + i] * kLog2e;
     if (c == r && rows[r] < n) delta[row_base + rows[r]] = dlt[r];
@@ -868,7 +888,8 @@ __global__ void __launch_bounds__(kThreads)
                         const bf16* __restrict__ grad_out, const float* __restrict__ delta,
                         const float* __restrict__ prob, const float* __restrict__ dscore,
                         bf16* __restrict__ grad_k, bf16* __restrict__ grad_v, int n, int window,
-                        float scale, float scale_log2, IntOffsets offs, int kv_group) {
+                        float scale, float scale_log2, IntOffsets offs, int kv_group,
+                        int out_heads) {
   using S = Shape<D>;
   constexpr int RC = S::kRowChunks;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -890,7 +911,8 @@ __global__ void __launch_bounds__(kThreads)
   const int rows[2] = {jb + g, jb + g + 8};
   const size_t head = static_cast<size_t>(blockIdx.y) * n * D;
   const bf16* qh = q + head;
-  const bf16* doh = grad_out + head;
+  const RowSpan o = out_rows<D>(blockIdx.y, n, out_heads);  // grad_out's rows
+  const bf16* doh = grad_out + o.base;
   const size_t row_base = static_cast<size_t>(blockIdx.y) * n;
   load_offsets(offs, s_off);
 
@@ -899,7 +921,7 @@ __global__ void __launch_bounds__(kThreads)
   const int chunks = (highest - j0) / kTile + 1;
   auto load_chunk = [&](int stage, int qc) {
     load_tile<D>(sQ + stage * S::kTileElems, qh, qc, n);
-    load_tile<D>(sdO + stage * S::kTileElems, doh, qc, n);
+    load_tile<D>(sdO + stage * S::kTileElems, doh, qc, n, o.stride);
     const int t = threadIdx.x;  // 128 threads: 64 lse + 64 delta values
     const int i = qc + (t & 63);
     const bool valid = i < n;
@@ -989,7 +1011,7 @@ __global__ void __launch_bounds__(kThreads)
           const bool ok = i < n && rows[r] < n;
           const size_t at = static_cast<size_t>(ok ? i : 0);
           load_row<D>(qh + at * D, c, qr[r]);
-          load_row<D>(doh + at * D, c, dor[r]);
+          load_row<D>(doh + at * o.stride, c, dor[r]);
           const size_t wi = row_base * count + static_cast<size_t>(kk) * n + at;
           p[r] = ok ? w * __ldg(prob + wi) : 0.f;
           ds[r] = ok ? w * __ldg(dscore + wi) : 0.f;
@@ -1015,7 +1037,7 @@ __global__ void __launch_bounds__(kThreads)
         const bool ok = exists && i < n && rows[r] < n;
         const size_t at = static_cast<size_t>(ok ? i : 0);
         load_row<D>(qh + at * D, c, qr[u][r]);
-        load_row<D>(doh + at * D, c, dor[u][r]);
+        load_row<D>(doh + at * o.stride, c, dor[u][r]);
         const size_t w = row_base * count + static_cast<size_t>(ok ? k0 + u : 0) * n + at;
         p[u][r] = ok ? __ldg(prob + w) : 0.f;
         ds[u][r] = ok ? __ldg(dscore + w) : 0.f;

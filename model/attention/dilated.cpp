@@ -17,8 +17,10 @@ DilatedAttention::DilatedAttention(const ModelConfig& config, int64_t layer)
 torch::Tensor DilatedAttention::attend(const torch::Tensor& q, const torch::Tensor& k,
                                        const torch::Tensor& v, const ForwardContext& context) {
   const int64_t window = budget_window(kernel_window(config()), context.budget);
+  // On a GPU the output comes token-major: the output projection reads it without a permute.
   return ops::dilated_attention(q, k, v, window,
-                                beyond_window(within_budget(distances_, context.budget), window));
+                                beyond_window(within_budget(distances_, context.budget), window),
+                                c10::nullopt, /*token_major_out=*/q.is_cuda());
 }
 
 torch::Tensor DilatedAttention::attend_cached(const torch::Tensor& q, const LayerKvCache& cache,

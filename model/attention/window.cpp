@@ -12,7 +12,7 @@ WindowAttention::WindowAttention(const ModelConfig& config, int64_t layer)
 torch::Tensor WindowAttention::attend(const torch::Tensor& q, const torch::Tensor& k,
                                       const torch::Tensor& v, const ForwardContext& context) {
   return ops::dilated_attention(q, k, v, budget_window(kernel_window(config()), context.budget),
-                                no_offsets_);
+                                no_offsets_, c10::nullopt, /*token_major_out=*/q.is_cuda());
 }
 
 torch::Tensor WindowAttention::attend_cached(const torch::Tensor& q, const LayerKvCache& cache,

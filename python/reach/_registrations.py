@@ -20,12 +20,15 @@ def _contiguous_like(t, dtype=None):
 
 
 @torch.library.register_fake(_lib + "dilated_attention_forward")
-def _dilated_forward_fake(q, k, v, window, offsets, scale=None):
+def _dilated_forward_fake(q, k, v, window, offsets, scale=None, token_major_out=False):
     torch._check(q.dim() == 4, lambda: "dilated_attention: q must have rank 4")
     torch._check(k.shape == v.shape, lambda: "dilated_attention: k and v must share one shape")
     # The CUDA kernels keep the log-sum-exp in float32 whatever q's dtype.
     lse_dtype = torch.float32 if q.device.type == "cuda" else q.dtype
     lse = q.new_empty(q.shape[:3], dtype=lse_dtype)
+    if token_major_out and q.shape[1] > 1:  # a [B, H, n, d] view of a [B, n, H, d] tensor
+        b, h, n, d = q.shape
+        return q.new_empty((b, n, h, d)).transpose(1, 2), lse
     return _contiguous_like(q), lse
 
 
@@ -38,7 +41,7 @@ def _dilated_backward_fake(
 
 
 def _dilated_setup(ctx, inputs, output):
-    q, k, v, window, offsets, scale = inputs
+    q, k, v, window, offsets, scale = inputs[:6]
     out, lse = output
     ctx.save_for_backward(q, k, v, offsets, out, lse)
     ctx.window, ctx.scale = window, scale
@@ -52,7 +55,7 @@ def _dilated_backward(ctx, grad_out, grad_lse):
         grad_out, q, k, v, out, lse, ctx.window, offsets, ctx.scale, need_offsets
     )
     doff = doff.to(offsets.device, offsets.dtype) if need_offsets else None
-    return dq, dk, dv, None, doff, None
+    return dq, dk, dv, None, doff, None, None
 
 
 torch.library.register_autograd(

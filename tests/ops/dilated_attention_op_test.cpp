@@ -13,6 +13,7 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <limits>
 
 #include "ops/dilated_attention.hpp"
 #include "tests/ops/torch_harness.hpp"
@@ -219,6 +220,97 @@ REACH_OP_CASES(dilated_attention_gqa_cases) {
                 [](Report& r) { check_grouped_kv(torch::kCPU, torch::kFloat64, r); }});
   registry.add({"dilated_attention", "torch_cuda", "bf16", "b2_hq8_hkv2_n300_d64_W13_K6_gqa",
                 "fwd_bwd", [](Report& r) { check_grouped_kv(torch::kCUDA, torch::kBFloat16, r); }});
+}
+
+// token_major_out: the output is a [B, H, n, d] view of a token-major [B, n, H, d] tensor and
+// the gradient arrives token-major too (as the output projection hands it back). Values and
+// gradients equal the heads-first run exactly (the kernels compute the same numbers, only the
+// addresses of out and grad_out change; the CPU and non-tensor-core CUDA paths copy), and both
+// are checked against the float64 CPU op (the bf16 rule on CUDA, 1e-12 on the CPU).
+void check_token_major_out(torch::Device device, torch::ScalarType dtype, int64_t head_dim,
+                           int64_t kv_heads, const std::vector<double>& offsets, bool learn_offsets,
+                           Report& r) {
+  if (device.is_cuda() && !torch::cuda::is_available()) return r.skip("no CUDA device");
+  torch::manual_seed(23);
+  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  const int64_t heads = 4, n = 333, window = 16;
+  auto draw = [&](int64_t h) {
+    return torch::randn({2, h, n, head_dim}, f64).to(torch::kBFloat16).to(torch::kFloat64);
+  };
+  const auto q = draw(heads), k = draw(kv_heads), v = draw(kv_heads), g = draw(heads);
+  const auto offs = torch::tensor(offsets, f64);
+  auto run = [&](torch::Device dev, torch::ScalarType type, bool token_major) {
+    auto leaf = [&](const torch::Tensor& t) {
+      return t.to(dev, type).detach().clone().requires_grad_();
+    };
+    auto qq = leaf(q), kk = leaf(k), vv = leaf(v);
+    auto oo = offs.clone().requires_grad_(learn_offsets);
+    auto out = dilated_attention(qq, kk, vv, window, oo, c10::nullopt, token_major);
+    if (token_major && !ops::is_token_major(out)) r.fail("out is not token-major");
+    if (!token_major && !out.is_contiguous()) r.fail("out is not contiguous");
+    const auto grad = g.to(dev, type);
+    out.backward(token_major ? ops::token_major_copy(grad) : grad);
+    std::vector<std::vector<double>> got{host_values(out), host_values(qq.grad()),
+                                         host_values(kk.grad()), host_values(vv.grad())};
+    if (learn_offsets) got.push_back(host_values(oo.grad()));
+    return got;
+  };
+  const auto want = run(torch::kCPU, torch::kFloat64, false);
+  const auto plain = run(device, dtype, false);
+  const auto token_major = run(device, dtype, true);
+  const char* names[] = {"out", "dq", "dk", "dv", "doffsets"};
+  for (size_t t = 0; t < want.size(); ++t) {
+    const std::string name = names[t];
+    // d offsets sums over threads in an order that may vary on the CPU: not bit-equal there.
+    if (name != "doffsets" || device.is_cuda()) {
+      // Exact: the harness's check is error < bound, and any difference exceeds this bound.
+      r.rel_l2(name + " token-major vs heads-first (exact)", token_major[t], plain[t],
+               std::numeric_limits<double>::min());
+    }
+    if (name == "doffsets") {
+      r.rel_l2(name, token_major[t], want[t], dtype == torch::kFloat64 ? 1e-9 : 1e-2);
+    } else if (dtype == torch::kBFloat16) {
+      r.bf16(name, token_major[t], want[t]);
+    } else {
+      r.rel_l2(name, token_major[t], want[t], dtype == torch::kFloat64 ? 1e-12 : 1e-5);
+    }
+  }
+}
+
+REACH_OP_CASES(dilated_attention_token_major_cases) {
+  const auto fib = [] {
+    const auto ints = pattern::integer_offsets({pattern::OffsetBase::fibonacci, 1.0, 21, 300});
+    return std::vector<double>(ints.begin(), ints.end());
+  }();
+  const std::vector<double> frac{21.5, 34.0, 55.25, 89.75, 144.0, 233.5};
+  struct Case {
+    const char* shape;
+    torch::Device device;
+    torch::ScalarType dtype;
+    const char* type;
+    int64_t head_dim, kv_heads;
+    bool fractional;
+  };
+  const Case cases[] = {
+      {"b2_h4_n333_d32_W16_K5", torch::kCPU, torch::kFloat64, "f64", 32, 4, false},
+      {"b2_h4_n333_d64_W16_K5", torch::kCUDA, torch::kBFloat16, "bf16", 64, 4, false},
+      {"b2_h4_n333_d128_W16_K5", torch::kCUDA, torch::kBFloat16, "bf16", 128, 4, false},
+      {"b2_hq4_hkv1_n333_d64_W16_K5_gqa", torch::kCUDA, torch::kBFloat16, "bf16", 64, 1, false},
+      {"b2_h4_n333_d64_W16_K6_frac_doffsets", torch::kCUDA, torch::kBFloat16, "bf16", 64, 4, true},
+      // CUDA-core backward (d = 128 with the offset gradient), float32, a padded head_dim:
+      // the kernels take heads-first rows there, so the op copies.
+      {"b2_h4_n333_d128_W16_K6_frac_doffsets", torch::kCUDA, torch::kBFloat16, "bf16", 128, 4,
+       true},
+      {"b2_h4_n333_d64_W16_K5", torch::kCUDA, torch::kFloat32, "f32", 64, 4, false},
+      {"b2_h4_n333_d16_W16_K5_padded", torch::kCUDA, torch::kBFloat16, "bf16", 16, 4, false},
+  };
+  for (const auto& c : cases) {
+    registry.add({"dilated_attention", c.device.is_cuda() ? "torch_cuda" : "torch", c.type,
+                  std::string(c.shape) + "_token_major_out", "fwd_bwd", [c, fib, frac](Report& r) {
+                    check_token_major_out(c.device, c.dtype, c.head_dim, c.kv_heads,
+                                          c.fractional ? frac : fib, c.fractional, r);
+                  }});
+  }
 }
 
 TEST(DilatedAttentionOp, LearnedAlphaGradientKeepsAlphasDtypeAndShape) {
