@@ -2,7 +2,12 @@
 // kernels/chunk_attention_params.hpp; raw device pointers, no torch and no CUDA headers
 // here so C++ callers and tests can include it.
 //
-// One warp per (batch, KV group, query). Selection: each lane scores the candidates
+// Two paths. bfloat16 with the chunk size a multiple of 16 up to 64 runs the tensor-core,
+// chunk-centric kernels of chunk_attention_tc.cuh (no float atomics, bitwise reproducible; the
+// design is described there and in docs/chunk_attention.md). Everything else (float32, other
+// chunk sizes) runs the fallback below.
+//
+// Fallback: one warp per (batch, KV group, query). Selection: each lane scores the candidates
 // lane, lane + 32, ... against the landmarks and keeps its own top-k list; k rounds of a
 // warp arg-max (score descending, ties to the lower chunk index) merge them into the
 // query's slots (the lists live in shared memory). Attention: per head of the group and selected
