@@ -72,10 +72,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_cuda(const Tensor& q_in, cons
       torch::empty({p.batch, p.kv_heads, p.seq_len, top_k}, q.options().dtype(torch::kLong));
   Tensor weights = torch::empty({p.batch, p.kv_heads, p.seq_len, top_k}, f32);
   Tensor lse = torch::empty({p.batch, p.query_heads, p.seq_len, top_k}, f32);
+  // The tensor-core path's scratch (sorted chunk lists, per-slot partials) from torch's
+  // caching allocator.
+  const auto bytes = kernels::gpu::chunk_attention_forward_workspace_bytes(p, type, false);
+  Tensor workspace =
+      torch::empty({static_cast<int64_t>(bytes / 4 + 4)}, q.options().dtype(torch::kFloat));
   kernels::gpu::chunk_attention_forward_cuda(
       p, type, q.data_ptr(), k.data_ptr(), v.data_ptr(), r.data_ptr(), l.data_ptr(), out.data_ptr(),
       indices.data_ptr<int64_t>(), weights.data_ptr<float>(), lse.data_ptr<float>(),
-      at::cuda::getCurrentCUDAStream().stream());
+      workspace.data_ptr(), at::cuda::getCurrentCUDAStream().stream());
   return {out, indices, weights, lse};
 }
 
@@ -99,7 +104,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_cuda(
               ": saved indices must be [B, Hkv, n, top_k], got ", indices.sizes());
   Tensor dq = torch::empty_like(q), dk = torch::empty_like(k), dv = torch::empty_like(v),
          dr = torch::empty_like(r), dl = torch::empty_like(l);
-  const auto bytes = kernels::gpu::chunk_attention_backward_workspace_bytes(p);
+  const auto bytes = kernels::gpu::chunk_attention_backward_workspace_bytes(p, type);
   Tensor workspace =
       torch::empty({static_cast<int64_t>(bytes / 4 + 4)}, q.options().dtype(torch::kFloat));
   kernels::gpu::chunk_attention_backward_cuda(

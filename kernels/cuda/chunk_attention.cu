@@ -1,11 +1,14 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <climits>
+#include <cmath>
 #include <stdexcept>
 #include <string>
 
 #include "kernels/cuda/chunk_attention.hpp"
+#include "kernels/cuda/chunk_attention_tc.cuh"
 
 namespace reach::kernels::gpu {
 namespace {
@@ -388,6 +391,234 @@ void backward_typed(const ChunkAttentionParams& p, const Args& a, const void* q,
   convert(dl, gl, lm);
 }
 
+// ---- tensor-core path (chunk_attention_tc.cuh) ----------------------------------------
+
+namespace ct = chunk_tc;
+
+bool fast_path(const ChunkAttentionParams& p, ScalarType type) {
+  const int64_t s = p.selection.chunk_size;
+  return type == ScalarType::kBFloat16 && s % 16 == 0 && s <= ct::kMaxS &&
+         p.selection.top_k <= ct::kMaxK &&
+         p.batch * p.kv_heads * p.seq_len * p.selection.top_k < INT_MAX;
+}
+
+ct::Sizes make_sizes(const ChunkAttentionParams& p) {
+  ct::Sizes a;
+  a.n = static_cast<int>(p.seq_len);
+  a.s = static_cast<int>(p.selection.chunk_size);
+  a.k = static_cast<int>(p.slots());
+  a.dr = static_cast<int>(p.retrieval_dim);
+  a.group = static_cast<int>(p.group_size());
+  a.query_heads = static_cast<int>(p.query_heads);
+  a.kv_heads = static_cast<int>(p.kv_heads);
+  a.chunks = static_cast<int>(p.chunks());
+  a.segs = static_cast<int>(p.batch * p.kv_heads * p.chunks());
+  a.entries = p.batch * p.kv_heads * p.seq_len * p.slots();
+  a.max_pieces = a.segs + static_cast<int>((a.entries + ct::kPieceEntries - 1) / ct::kPieceEntries);
+  a.scale = static_cast<float>(p.scale);
+  a.scale_log2 = static_cast<float>(p.scale * 1.4426950408889634);
+  a.retrieval_scale = static_cast<float>(p.retrieval_scale);
+  a.selection = p.selection;
+  a.stick_breaking = p.weighting == ChunkWeighting::stick_breaking;
+  return a;
+}
+
+int key_bits(const ct::Sizes& a) {  // keys are 0 .. segs (segs: empty slot)
+  int bits = 1;
+  while ((1ll << bits) <= a.segs) ++bits;
+  return bits;
+}
+
+size_t align256(size_t x) { return (x + 255) / 256 * 256; }
+
+// Byte offsets of the fast path's workspace (forward or backward).
+struct FastLayout {
+  size_t indices = 0, weights = 0, keys_in = 0, keys_out = 0, values_in = 0, values_out = 0,
+         seg_off = 0, pieces = 0, piece_off = 0, temp = 0, temp_bytes = 0, partial = 0, delta = 0,
+         gs = 0, dkv = 0, total = 0;
+};
+
+FastLayout fast_layout(const ChunkAttentionParams& p, bool backward, bool own_selection) {
+  const ct::Sizes a = make_sizes(p);
+  const int entries = static_cast<int>(a.entries);
+  size_t sort_bytes = 0, scan_bytes = 0;
+  check_cuda(
+      cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, static_cast<const int*>(nullptr),
+                                      static_cast<int*>(nullptr), static_cast<const int*>(nullptr),
+                                      static_cast<int*>(nullptr), entries, 0, key_bits(a)),
+      "sort size");
+  check_cuda(cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes, static_cast<int*>(nullptr),
+                                           static_cast<int*>(nullptr), a.segs + 1),
+             "scan size");
+  FastLayout l;
+  size_t at = 0;
+  auto take = [&](size_t bytes) {
+    const size_t here = at;
+    at += align256(bytes);
+    return here;
+  };
+  const size_t e = static_cast<size_t>(a.entries);
+  const size_t per_head_slot = static_cast<size_t>(p.batch * p.query_heads * p.seq_len * a.k);
+  if (own_selection) {
+    l.indices = take(e * sizeof(int64_t));
+    l.weights = take(e * sizeof(float));
+  }
+  l.keys_in = take(e * sizeof(int));
+  l.keys_out = take(e * sizeof(int));
+  l.values_in = take(e * sizeof(int));
+  l.values_out = take(e * sizeof(int));
+  l.seg_off = take((a.segs + 1) * sizeof(int));
+  l.pieces = take((a.segs + 1) * sizeof(int));
+  l.piece_off = take((a.segs + 1) * sizeof(int));
+  l.temp_bytes = std::max(sort_bytes, scan_bytes);
+  l.temp = take(l.temp_bytes);
+  l.partial = take(per_head_slot * p.head_dim * sizeof(float));  // out or dq partials
+  if (backward) {
+    l.delta = take(per_head_slot * sizeof(float));
+    l.gs = take(e * sizeof(float));
+    l.dkv = take(static_cast<size_t>(a.max_pieces) * 2 * ct::kTile * p.head_dim * sizeof(float));
+  }
+  l.total = at + 256;  // the base may be only 16-byte aligned
+  return l;
+}
+
+char* aligned_base(void* workspace) {
+  const auto x = reinterpret_cast<uintptr_t>(workspace);
+  return reinterpret_cast<char*>((x + 255) / 256 * 256);
+}
+
+unsigned grid_for(long long work, int threads) {
+  return static_cast<unsigned>(
+      std::max<long long>(1, std::min<long long>((work + threads - 1) / threads, 1 << 16)));
+}
+
+// The sorted (query, slot) lists of every (batch, group, chunk) and their pieces.
+void build_lists(const ct::Sizes& a, const FastLayout& l, char* ws, const int64_t* indices,
+                 cudaStream_t stream) {
+  int* keys_in = reinterpret_cast<int*>(ws + l.keys_in);
+  int* keys_out = reinterpret_cast<int*>(ws + l.keys_out);
+  int* values_in = reinterpret_cast<int*>(ws + l.values_in);
+  int* values_out = reinterpret_cast<int*>(ws + l.values_out);
+  int* seg_off = reinterpret_cast<int*>(ws + l.seg_off);
+  int* pieces = reinterpret_cast<int*>(ws + l.pieces);
+  int* piece_off = reinterpret_cast<int*>(ws + l.piece_off);
+  ct::list_keys_kernel<<<grid_for(a.entries, 256), 256, 0, stream>>>(a, indices, keys_in,
+                                                                     values_in);
+  check_cuda(cudaGetLastError(), "list keys launch");
+  size_t temp_bytes = l.temp_bytes;
+  check_cuda(cub::DeviceRadixSort::SortPairs(ws + l.temp, temp_bytes, keys_in, keys_out, values_in,
+                                             values_out, static_cast<int>(a.entries), 0,
+                                             key_bits(a), stream),
+             "list sort");
+  const unsigned seg_blocks = static_cast<unsigned>((a.segs + 1 + 255) / 256);
+  ct::list_offsets_kernel<<<seg_blocks, 256, 0, stream>>>(a, keys_out, seg_off);
+  check_cuda(cudaGetLastError(), "list offsets launch");
+  ct::list_pieces_kernel<<<seg_blocks, 256, 0, stream>>>(a, seg_off, pieces);
+  check_cuda(cudaGetLastError(), "list pieces launch");
+  temp_bytes = l.temp_bytes;
+  check_cuda(
+      cub::DeviceScan::ExclusiveSum(ws + l.temp, temp_bytes, pieces, piece_off, a.segs + 1, stream),
+      "piece scan");
+}
+
+template <typename K>
+void allow_smem(K kernel, size_t bytes) {
+  if (bytes > 48 * 1024) {
+    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    static_cast<int>(bytes)),
+               "shared memory opt-in");
+  }
+}
+
+template <int D>
+void fast_forward(const ChunkAttentionParams& p, const void* q, const void* k, const void* v,
+                  const void* r, const void* landmarks, void* out, int64_t* indices, float* weights,
+                  float* lse, void* workspace, cudaStream_t stream) {
+  using bf16 = __nv_bfloat16;
+  const ct::Sizes a = make_sizes(p);
+  const bool own = indices == nullptr;
+  const FastLayout l = fast_layout(p, false, own);
+  char* ws = aligned_base(workspace);
+  if (own) {
+    indices = reinterpret_cast<int64_t*>(ws + l.indices);
+    weights = reinterpret_cast<float*>(ws + l.weights);
+  }
+  const size_t sel_smem = ct::select_smem_bytes(a.dr);
+  allow_smem(ct::select_kernel<bf16>, sel_smem);
+  const dim3 sel_grid(static_cast<unsigned>((a.n + ct::kSelQueries - 1) / ct::kSelQueries),
+                      static_cast<unsigned>(p.batch * p.kv_heads));
+  ct::select_kernel<bf16><<<sel_grid, ct::kSelThreads, sel_smem, stream>>>(
+      a, static_cast<const bf16*>(r), static_cast<const bf16*>(landmarks), indices, weights);
+  check_cuda(cudaGetLastError(), "select launch");
+  build_lists(a, l, ws, indices, stream);
+  float* partial = reinterpret_cast<float*>(ws + l.partial);
+  constexpr size_t smem = ct::forward_smem_bytes<D>();
+  allow_smem(ct::chunk_forward_kernel<D>, smem);
+  ct::chunk_forward_kernel<D><<<static_cast<unsigned>(a.max_pieces), ct::kThreads, smem, stream>>>(
+      a, static_cast<const bf16*>(q), static_cast<const bf16*>(k), static_cast<const bf16*>(v),
+      reinterpret_cast<const int*>(ws + l.values_out), reinterpret_cast<const int*>(ws + l.seg_off),
+      reinterpret_cast<const int*>(ws + l.piece_off), weights, lse, partial);
+  check_cuda(cudaGetLastError(), "chunk forward launch");
+  const long long rows = p.batch * p.query_heads * p.seq_len;
+  ct::reduce_slots_kernel<D><<<grid_for(rows * (D / 4), 256), 256, 0, stream>>>(
+      a, static_cast<int>(p.batch), indices, partial, static_cast<bf16*>(out), 1.f, lse);
+  check_cuda(cudaGetLastError(), "slot reduce launch");
+}
+
+template <int D>
+void fast_backward(const ChunkAttentionParams& p, const void* q, const void* k, const void* v,
+                   const void* r, const void* landmarks, const void* grad_out,
+                   const int64_t* indices, const float* weights, const float* lse, void* grad_q,
+                   void* grad_k, void* grad_v, void* grad_r, void* grad_landmarks, void* workspace,
+                   cudaStream_t stream) {
+  using bf16 = __nv_bfloat16;
+  const ct::Sizes a = make_sizes(p);
+  const FastLayout l = fast_layout(p, true, false);
+  char* ws = aligned_base(workspace);
+  build_lists(a, l, ws, indices, stream);
+  const int* values = reinterpret_cast<const int*>(ws + l.values_out);
+  const int* seg_off = reinterpret_cast<const int*>(ws + l.seg_off);
+  const int* piece_off = reinterpret_cast<const int*>(ws + l.piece_off);
+  float* dq_part = reinterpret_cast<float*>(ws + l.partial);
+  float* delta = reinterpret_cast<float*>(ws + l.delta);
+  float* gs = reinterpret_cast<float*>(ws + l.gs);
+  float* dkv = reinterpret_cast<float*>(ws + l.dkv);
+  constexpr size_t smem = ct::backward_smem_bytes<D>();
+  allow_smem(ct::chunk_backward_kernel<D>, smem);
+  ct::chunk_backward_kernel<D><<<static_cast<unsigned>(a.max_pieces), ct::kThreads, smem, stream>>>(
+      a, static_cast<const bf16*>(q), static_cast<const bf16*>(k), static_cast<const bf16*>(v),
+      static_cast<const bf16*>(grad_out), values, seg_off, piece_off, weights, lse, dq_part, delta,
+      dkv);
+  check_cuda(cudaGetLastError(), "chunk backward launch");
+  const long long qrows = p.batch * p.query_heads * p.seq_len;
+  ct::reduce_slots_kernel<D><<<grid_for(qrows * (D / 4), 256), 256, 0, stream>>>(
+      a, static_cast<int>(p.batch), indices, dq_part, static_cast<bf16*>(grad_q), 1.f, nullptr);
+  check_cuda(cudaGetLastError(), "dq reduce launch");
+  const long long kvrows = p.batch * p.kv_heads * p.seq_len;
+  ct::reduce_dkv_kernel<D><<<grid_for(kvrows * (D / 4), 256), 256, 0, stream>>>(
+      a, static_cast<int>(p.batch), piece_off, dkv, static_cast<bf16*>(grad_k),
+      static_cast<bf16*>(grad_v));
+  check_cuda(cudaGetLastError(), "dk/dv reduce launch");
+  ct::query_backward_kernel<<<static_cast<unsigned>((kvrows + ct::kQueryWarps - 1) /
+                                                    ct::kQueryWarps),
+                              32 * ct::kQueryWarps, 0, stream>>>(
+      a, kvrows, static_cast<const bf16*>(r), static_cast<const bf16*>(landmarks), indices, weights,
+      delta, gs, static_cast<bf16*>(grad_r));
+  check_cuda(cudaGetLastError(), "query backward launch");
+  if (a.segs > 0) {
+    ct::landmark_backward_kernel<<<static_cast<unsigned>(a.segs), 32 * ct::kLandmarkWarps, 0,
+                                   stream>>>(a, static_cast<const bf16*>(r), values, seg_off, gs,
+                                             static_cast<bf16*>(grad_landmarks));
+    check_cuda(cudaGetLastError(), "landmark backward launch");
+  }
+}
+
+size_t fallback_backward_bytes(const ChunkAttentionParams& p) {
+  const int64_t kv = p.batch * p.kv_heads * p.seq_len * p.head_dim;
+  const int64_t lm = p.batch * p.kv_heads * p.chunks() * p.retrieval_dim;
+  return sizeof(float) * static_cast<size_t>(2 * kv + lm) + 16;
+}
+
 }  // namespace
 
 std::string chunk_cuda_support_problem(const ChunkAttentionParams& p) {
@@ -412,10 +643,20 @@ std::string chunk_cuda_support_problem(const ChunkAttentionParams& p) {
   return {};
 }
 
+bool chunk_attention_uses_tensor_cores(const ChunkAttentionParams& p, ScalarType type) {
+  return chunk_cuda_support_problem(p).empty() && fast_path(p, type);
+}
+
+size_t chunk_attention_forward_workspace_bytes(const ChunkAttentionParams& p, ScalarType type,
+                                               bool inference) {
+  if (!chunk_attention_uses_tensor_cores(p, type)) return 16;
+  return fast_layout(p, false, inference).total;
+}
+
 void chunk_attention_forward_cuda(const ChunkAttentionParams& p, ScalarType type, const void* q,
                                   const void* k, const void* v, const void* r,
                                   const void* landmarks, void* out, int64_t* indices,
-                                  float* weights, float* lse, void* stream) {
+                                  float* weights, float* lse, void* workspace, void* stream) {
   const Args a = make_args(p);
   const bool save = indices != nullptr;
   if (save != (weights != nullptr) || save != (lse != nullptr)) {
@@ -424,6 +665,15 @@ void chunk_attention_forward_cuda(const ChunkAttentionParams& p, ScalarType type
   }
   auto s = static_cast<cudaStream_t>(stream);
   const bool bf16 = type == ScalarType::kBFloat16;
+  if (fast_path(p, type)) {
+    if (workspace == nullptr) {
+      throw std::invalid_argument("chunk_attention (CUDA): the tensor-core path needs a workspace");
+    }
+    p.head_dim == 64
+        ? fast_forward<64>(p, q, k, v, r, landmarks, out, indices, weights, lse, workspace, s)
+        : fast_forward<128>(p, q, k, v, r, landmarks, out, indices, weights, lse, workspace, s);
+    return;
+  }
   if (p.head_dim == 64) {
     bf16 ? forward_typed<__nv_bfloat16, 64>(a, q, k, v, r, landmarks, out, indices, weights, lse, s)
          : forward_typed<float, 64>(a, q, k, v, r, landmarks, out, indices, weights, lse, s);
@@ -434,10 +684,35 @@ void chunk_attention_forward_cuda(const ChunkAttentionParams& p, ScalarType type
   }
 }
 
+void chunk_attention_forward_cuda(const ChunkAttentionParams& p, ScalarType type, const void* q,
+                                  const void* k, const void* v, const void* r,
+                                  const void* landmarks, void* out, int64_t* indices,
+                                  float* weights, float* lse, void* stream) {
+  make_args(p);  // throws on bad params before anything is allocated
+  auto s = static_cast<cudaStream_t>(stream);
+  void* workspace = nullptr;
+  if (fast_path(p, type)) {
+    const size_t bytes = chunk_attention_forward_workspace_bytes(p, type, indices == nullptr);
+    check_cuda(cudaMallocAsync(&workspace, bytes, s), "forward workspace");
+  }
+  try {
+    chunk_attention_forward_cuda(p, type, q, k, v, r, landmarks, out, indices, weights, lse,
+                                 workspace, stream);
+  } catch (...) {
+    if (workspace != nullptr) cudaFreeAsync(workspace, s);
+    throw;
+  }
+  if (workspace != nullptr) check_cuda(cudaFreeAsync(workspace, s), "forward workspace free");
+}
+
+size_t chunk_attention_backward_workspace_bytes(const ChunkAttentionParams& p, ScalarType type) {
+  if (chunk_attention_uses_tensor_cores(p, type)) return fast_layout(p, true, false).total;
+  return fallback_backward_bytes(p);
+}
+
 size_t chunk_attention_backward_workspace_bytes(const ChunkAttentionParams& p) {
-  const int64_t kv = p.batch * p.kv_heads * p.seq_len * p.head_dim;
-  const int64_t lm = p.batch * p.kv_heads * p.chunks() * p.retrieval_dim;
-  return sizeof(float) * static_cast<size_t>(2 * kv + lm) + 16;
+  return std::max(chunk_attention_backward_workspace_bytes(p, ScalarType::kFloat32),
+                  chunk_attention_backward_workspace_bytes(p, ScalarType::kBFloat16));
 }
 
 void chunk_attention_backward_cuda(const ChunkAttentionParams& p, ScalarType type, const void* q,
@@ -450,6 +725,14 @@ void chunk_attention_backward_cuda(const ChunkAttentionParams& p, ScalarType typ
   auto s = static_cast<cudaStream_t>(stream);
   auto* ws = static_cast<float*>(workspace);
   const bool bf16 = type == ScalarType::kBFloat16;
+  if (fast_path(p, type)) {
+    p.head_dim == 64
+        ? fast_backward<64>(p, q, k, v, r, landmarks, grad_out, indices, weights, lse, grad_q,
+                            grad_k, grad_v, grad_r, grad_landmarks, workspace, s)
+        : fast_backward<128>(p, q, k, v, r, landmarks, grad_out, indices, weights, lse, grad_q,
+                             grad_k, grad_v, grad_r, grad_landmarks, workspace, s);
+    return;
+  }
   if (p.head_dim == 64) {
     bf16 ? backward_typed<__nv_bfloat16, 64>(p, a, q, k, v, r, landmarks, grad_out, indices,
                                              weights, lse, grad_q, grad_k, grad_v, grad_r,

@@ -121,6 +121,16 @@ std::vector<ChunkCudaCase> chunk_cuda_cases() {
       cases.push_back({bf16, 1, 2, 2, 1000, d, 48, 32, 16, 0, false, true});
     }
   }
+  // The tensor-core path (bf16, S a multiple of 16 up to 64) with many queries per chunk, so
+  // chunk lists span several pieces (kPieceEntries = 512) and tiles: GQA 4:1 at S = 64;
+  // window exclusion + stick-breaking; fraction budget with a partial chunk and S = 32;
+  // S = 48 (a partial key block), k = 16, retrieval_dim 128.
+  for (int d : {64, 128}) {
+    cases.push_back({true, 1, 8, 2, 4096, d, 64, 64, 8, 0, false, false});
+    cases.push_back({true, 1, 4, 1, 4096, d, 64, 64, 8, 256, false, true});
+    cases.push_back({true, 2, 4, 2, 3000, d, 32, 32, 6, 0, true, false});
+    cases.push_back({true, 1, 2, 2, 2048, d, 128, 48, 16, 0, false, true});
+  }
   return cases;
 }
 
@@ -164,8 +174,7 @@ ChunkCudaResult run_chunk_cuda_case(const ChunkCudaCase& c, unsigned seed) {
     const size_t eb = c.bf16 ? 2 : 4;
     DeviceBuffer dq_in(nq, eb), dk_in(nkv, eb), dv_in(nkv, eb), dr_in(nr, eb), dl_in(nl, eb),
         dgo(nq, eb), dout(nq, eb), didx(slots, 8), dw(slots, 4), dlse(qslots, 4), gq(nq, eb),
-        gk(nkv, eb), gv(nkv, eb), gr(nr, eb), gl(nl, eb),
-        ws(kernels::gpu::chunk_attention_backward_workspace_bytes(p), 1);
+        gk(nkv, eb), gv(nkv, eb), gr(nr, eb), gl(nl, eb);
     upload(dq_in, q, c.bf16);
     upload(dk_in, k, c.bf16);
     upload(dv_in, v, c.bf16);
@@ -178,12 +187,34 @@ ChunkCudaResult run_chunk_cuda_case(const ChunkCudaCase& c, unsigned seed) {
                                                dl_in.ptr, dout.ptr, static_cast<int64_t*>(didx.ptr),
                                                static_cast<float*>(dw.ptr),
                                                static_cast<float*>(dlse.ptr), nullptr);
+    // The backward's workspace as the op sizes it (the tensor-core path's for bf16).
+    DeviceBuffer typed_ws(kernels::gpu::chunk_attention_backward_workspace_bytes(p, type), 1);
     kernels::gpu::chunk_attention_backward_cuda(
         p, type, dq_in.ptr, dk_in.ptr, dv_in.ptr, dr_in.ptr, dl_in.ptr, dgo.ptr,
         static_cast<const int64_t*>(didx.ptr), static_cast<const float*>(dw.ptr),
-        static_cast<const float*>(dlse.ptr), gq.ptr, gk.ptr, gv.ptr, gr.ptr, gl.ptr, ws.ptr,
+        static_cast<const float*>(dlse.ptr), gq.ptr, gk.ptr, gv.ptr, gr.ptr, gl.ptr, typed_ws.ptr,
         nullptr);
     check(cudaDeviceSynchronize(), "kernels");
+    if (kernels::gpu::chunk_attention_uses_tensor_cores(p, type)) {
+      // No float atomics on this path: a second backward must reproduce every bit.
+      std::vector<double> first[5];
+      const DeviceBuffer* grads_out[5] = {&gq, &gk, &gv, &gr, &gl};
+      for (int i = 0; i < 5; ++i) first[i] = download(*grads_out[i], c.bf16);
+      kernels::gpu::chunk_attention_backward_cuda(
+          p, type, dq_in.ptr, dk_in.ptr, dv_in.ptr, dr_in.ptr, dl_in.ptr, dgo.ptr,
+          static_cast<const int64_t*>(didx.ptr), static_cast<const float*>(dw.ptr),
+          static_cast<const float*>(dlse.ptr), gq.ptr, gk.ptr, gv.ptr, gr.ptr, gl.ptr, typed_ws.ptr,
+          nullptr);
+      check(cudaDeviceSynchronize(), "second backward");
+      for (int i = 0; i < 5; ++i) {
+        const auto again = download(*grads_out[i], c.bf16);
+        for (size_t t = 0; t < again.size(); ++t) {
+          const bool same =
+              again[t] == first[i][t] || (std::isnan(again[t]) && std::isnan(first[i][t]));
+          res.reproducible = res.reproducible && same;
+        }
+      }
+    }
     std::vector<int64_t> idx(slots);
     check(cudaMemcpy(idx.data(), didx.ptr, slots * 8, cudaMemcpyDeviceToHost), "indices");
 
@@ -207,7 +238,7 @@ ChunkCudaResult run_chunk_cuda_case(const ChunkCudaCase& c, unsigned seed) {
       }
       res.passed = res.passed && res.err[i] <= res.bound[i];
     }
-    res.passed = res.passed && res.all_written;
+    res.passed = res.passed && res.all_written && res.reproducible;
   } catch (const std::exception& e) {
     res.error = e.what();
     res.passed = false;

@@ -6,6 +6,8 @@
 //  * float32: out and every gradient within 1e-4. The kernels accumulate at most S * d or
 //    k * S terms per element in float32 (eps 6e-8) and the atomics only reorder float32
 //    sums, so 1e-4 leaves a wide margin; an indexing or weighting error is O(1e-1).
+//  * the bfloat16 tensor-core path (chunk_attention_uses_tensor_cores) has no float atomics:
+//    its gradients must also be bitwise identical in a second backward.
 //  * bfloat16 (inputs rounded to bf16, ref on the rounded inputs): each output within 2x
 //    the error of rounding the float64 result to bf16 (FlashAttention's rule) plus 1e-4.
 //  * the selected chunk indices equal the reference's exactly (random inputs keep the
@@ -31,7 +33,8 @@ struct ChunkCudaResult {
   double err[6] = {0, 0, 0, 0, 0, 0};
   double bound[6] = {0, 0, 0, 0, 0, 0};
   long index_mismatches = 0;
-  bool all_written = true;  // no NaN (poison) left in any output
+  bool all_written = true;   // no NaN (poison) left in any output
+  bool reproducible = true;  // tensor-core path: a second backward gives identical bits
   bool passed = false;
   std::string error;
 };

@@ -29,6 +29,7 @@ REACH_OP_CASES(chunk_attention_cuda_cases) {
                     const auto res = tests::run_chunk_cuda_case(c, case_seed);
                     if (!res.error.empty()) return r.fail(res.error);
                     if (!res.all_written) r.fail("an output was left unwritten (NaN poison)");
+                    if (!res.reproducible) r.fail("a second backward gave different bits");
                     if (res.index_mismatches != 0) {
                       r.fail(std::to_string(res.index_mismatches) +
                              " selected chunk indices differ from the reference");

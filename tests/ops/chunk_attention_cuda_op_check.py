@@ -3,6 +3,9 @@
 (float32 and bfloat16) with the CPU op in float64, forward and every gradient, and times
 forward + backward. Run by scripts/gpu-check; by hand (repo root, on the GPU machine):
     python3 tests/ops/chunk_attention_cuda_op_check.py [--out FILE.json] [--ops-library PATH]
+        [--time-lengths 8192,32768,65536,131072] [--compare] [--skip-checks]
+--compare also times dense causal SDPA and FlexAttention (a block mask of the chunk selection at
+64-token granularity) in the same process; every timing row is printed as JSON with its ratios.
 Error rule: relative L2 against float64; float32 within 1e-4, bfloat16 within 2x the error of
 rounding the float64 result to bfloat16 plus 1e-4 (as tests/kernels/chunk_attention_cuda_cases.hpp).
 """
@@ -59,7 +62,18 @@ def check_case(name, b, hq, hkv, n, d, dr, cfg, results):
               ("  PASS" if ok else "  FAIL"), flush=True)
 
 
-def time_case(n, d, results, hq=8, hkv=2, dr=64, s=64, k=8, window=0):
+def timed(step, reps=3):
+    """Mean ms of step() over reps after one warm-up."""
+    step()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        step()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / reps * 1e3
+
+
+def time_case(n, d, results, hq=8, hkv=2, dr=64, s=64, k=8, window=0, compare=False):
     cfg = dict(chunk_size=s, top_k=k, window=window)
     dev = "cuda"
     q = torch.randn(1, hq, n, d, device=dev, dtype=torch.bfloat16, requires_grad=True)
@@ -68,27 +82,88 @@ def time_case(n, d, results, hq=8, hkv=2, dr=64, s=64, k=8, window=0):
     r = torch.randn(1, hkv, n, dr, device=dev, dtype=torch.bfloat16, requires_grad=True)
     lm = torch.randn(1, hkv, n // s, dr, device=dev, dtype=torch.bfloat16, requires_grad=True)
     go = torch.randn(1, hq, n, d, device=dev, dtype=torch.bfloat16)
+
     def step():
         out = torch.ops.reach.chunk_attention(q, kk, v, r, lm, **cfg)
         out.backward(go)
-    step()
-    torch.cuda.synchronize()
-    reps = 3
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        step()
-    torch.cuda.synchronize()
-    ms = (time.perf_counter() - t0) / reps * 1e3
+    def fwd():
+        with torch.no_grad():
+            torch.ops.reach.chunk_attention(q, kk, v, r, lm, **cfg)
     row = {"timing": f"bf16 fwd+bwd n={n} Hq={hq} Hkv={hkv} d={d} dr={dr} S={s} k={k}",
-           "ms": ms}
+           "n": n, "ms": timed(step), "fwd_ms": timed(fwd)}
+    if compare:
+        row.update(compare_dense(n, d, hq, hkv, q, kk, v, r, lm, go, s, k))
     results.append(row)
-    print(row, flush=True)
+    print(json.dumps(row), flush=True)
+    del q, kk, v, r, lm, go
+    torch.cuda.empty_cache()
+
+
+def compare_dense(n, d, hq, hkv, q, kk, v, r, lm, go, s, k):
+    """Dense causal SDPA (FlashAttention) and FlexAttention with a block mask equivalent to
+    chunk selection at 64-token block granularity: each 64-query block reads its own block
+    (causal) and the previous one (a local window) plus the top-k chunks of its mean retrieval
+    query (chunks fully before the block). Same B, Hq, n, d, bf16, fwd+bwd."""
+    import torch.nn.functional as F
+    out = {}
+    qd = q.detach().clone().requires_grad_()
+    kd = kk.detach().repeat_interleave(hq // hkv, dim=1).requires_grad_()
+    vd = v.detach().repeat_interleave(hq // hkv, dim=1).requires_grad_()
+
+    def sdpa():
+        o = F.scaled_dot_product_attention(qd, kd, vd, is_causal=True)
+        o.backward(go)
+    try:
+        out["sdpa_ms"] = timed(sdpa)
+    except RuntimeError as e:  # e.g. out of memory
+        out["sdpa_error"] = str(e).splitlines()[0]
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+        blk = 64
+        nb = n // blk
+        with torch.no_grad():  # block-level selection from the block's mean retrieval query
+            rb = r.detach().float()[0, :, :nb * blk].reshape(hkv, nb, blk, -1).mean(2)
+            sc = torch.einsum("gbe,gce->gbc", rb, lm.detach().float()[0])  # [Hkv, nb, chunks]
+            bi = torch.arange(nb, device=q.device)
+            ci = torch.arange(sc.shape[-1], device=q.device)
+            # chunk c (tokens c*s .. c*s+s-1) lies before block b: (c+1)*s <= b*blk
+            sc = sc.masked_fill((ci[None, :] + 1) * s > bi[:, None] * blk, float("-inf"))
+            top = sc.topk(min(k, sc.shape[-1]), dim=-1).indices  # [Hkv, nb, k]
+            valid = torch.gather(sc, -1, top) > float("-inf")
+            sel = torch.zeros(hkv, nb, sc.shape[-1], dtype=torch.bool, device=q.device)
+            sel.scatter_(-1, top, valid)
+        group = hq // hkv
+
+        def mask_mod(b, h, qi, ki):
+            qb = qi // blk
+            local = (ki <= qi) & (ki // blk >= qb - 1)
+            chosen = sel[h // group, qb.clamp(max=nb - 1), (ki // s).clamp(max=sel.shape[-1] - 1)]
+            return local | chosen
+        # _compile: evaluate the mask per block without materialising n x n
+        bm = create_block_mask(mask_mod, 1, hq, n, n, device=q.device, BLOCK_SIZE=blk,
+                               _compile=True)
+        flex = torch.compile(flex_attention)
+        qf = q.detach().clone().requires_grad_()
+        kf = kk.detach().clone().requires_grad_()
+        vf = v.detach().clone().requires_grad_()
+
+        def flex_step():
+            o = flex(qf, kf, vf, block_mask=bm, enable_gqa=True)
+            o.backward(go)
+        out["flex_ms"] = timed(flex_step)
+        out["flex_block_sparsity"] = float(bm.sparsity())
+    except Exception as e:  # noqa: BLE001 (report, keep timing the rest)
+        out["flex_error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return out
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
     ap.add_argument("--time-lengths", default="16384,65536")
+    ap.add_argument("--compare", action="store_true",
+                    help="also time dense causal SDPA and a FlexAttention block mask (ratios)")
+    ap.add_argument("--skip-checks", action="store_true", help="timing only")
     ap.add_argument("--ops-library",
                     default=os.path.join(ROOT, "build-gpu", "ops", "libreach_ops.so"))
     a = ap.parse_args()
@@ -97,14 +172,22 @@ def main():
     results = []
     print(f"{'case':40s} {'dtype':9s} {'out':>8s} {'dq':>8s} {'dk':>8s} {'dv':>8s} {'dr':>8s} "
           f"{'dL':>8s}")
-    for d in (64, 128):
+    for d in (64, 128) if not a.skip_checks else ():
         check_case(f"gqa_window d={d}", 1, 4, 2, 1000, d, 64,
                    dict(chunk_size=64, top_k=8, window=128), results)
         check_case(f"stick_fraction d={d}", 2, 2, 1, 700, d, 32,
                    dict(chunk_size=32, top_k=6, budget="fraction", fraction=0.3, min_k=2,
                         weighting="stick_breaking"), results)
     for n in [int(x) for x in a.time_lengths.split(",") if x]:
-        time_case(n, 128, results)
+        time_case(n, 128, results, compare=a.compare)
+    for row in results:
+        if "sdpa_ms" in row:
+            row["sdpa_over_chunk"] = row["sdpa_ms"] / row["ms"]
+        if "flex_ms" in row:
+            row["flex_over_chunk"] = row["flex_ms"] / row["ms"]
+    timings = [r for r in results if "timing" in r]
+    if timings:
+        print(json.dumps({"timings": timings}, indent=1))
     ok = all(r.get("pass", True) for r in results)
     print("PASS" if ok else "FAIL")
     if a.out:
