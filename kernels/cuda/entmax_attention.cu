@@ -7,6 +7,7 @@
 #include <cmath>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "kernels/cuda/entmax_attention.hpp"
 
@@ -85,22 +86,28 @@ __device__ __forceinline__ float jacobian_weight(const Normaliser& m, float prob
   return __powf(prob, 2.0f - static_cast<float>(m.alpha));
 }
 
+// x^y for x > 0 as exp(y log x): double pow() calls a non-inlined slow path whose ABI spills
+// registers in the tensor-core kernels.
+__device__ __forceinline__ double positive_pow(double x, double y) { return exp(y * log(x)); }
+
 // Index of beta and gamma for row i of head bh.
 __device__ __forceinline__ int64_t scale_index(const DeviceParams& p, int64_t bh, int64_t i) {
   return p.per_query ? bh * p.n + i : bh % p.heads;
 }
 
 // c_i = delta + beta * log(visible + 1)^gamma (1 without scaling).
-__device__ double multiplier(const DeviceParams& p, int64_t bh, int64_t i, int64_t visible) {
+__device__ __forceinline__ double multiplier(const DeviceParams& p, int64_t bh, int64_t i,
+                                             int64_t visible) {
   if (!p.scaling) return 1.0;
   const int64_t s = scale_index(p, bh, i);
   const double log_n = log(static_cast<double>(visible) + 1.0);
-  return p.delta[bh % p.heads] + p.beta[s] * pow(log_n, p.gamma[s]);
+  return p.delta[bh % p.heads] + p.beta[s] * positive_pow(log_n, p.gamma[s]);
 }
 
 // The per-row parameter gradients from dL/dc (row_grads layout: [4][rows]).
-__device__ void write_row_grads(const DeviceParams& p, double* row_grads, int64_t bh, int64_t i,
-                                int64_t visible, double dalpha, double dc) {
+__device__ __forceinline__ void write_row_grads(const DeviceParams& p, double* row_grads,
+                                                int64_t bh, int64_t i, int64_t visible,
+                                                double dalpha, double dc) {
   if (!row_grads) return;
   const int64_t rows = p.batch_heads * p.n, row = bh * p.n + i;
   row_grads[row] = dalpha;
@@ -109,7 +116,7 @@ __device__ void write_row_grads(const DeviceParams& p, double* row_grads, int64_
   if (p.scaling) {
     const int64_t s = scale_index(p, bh, i);
     const double log_n = log(static_cast<double>(visible) + 1.0);
-    const double lg = pow(log_n, p.gamma[s]);
+    const double lg = positive_pow(log_n, p.gamma[s]);
     dbeta = dc * lg;
     dgamma = dc * p.beta[s] * lg * log(log_n);
   }
@@ -1015,6 +1022,860 @@ __global__ void __launch_bounds__(kRowWarps * 32)
 }
 
 // ------------------------------------------------------------------------------------------
+// Tensor-core path (bf16, dense causal, head_dim 64 or 128, entmax with alpha in (1, 2]).
+// A block of 128 threads owns 64 query rows (forward, query backward) or 64 keys (key
+// backward); warp w owns rows 16 w .. 16 w + 15. Scores are mma.sync m16n8k16 bf16 products
+// with fp32 accumulation (exact bf16 products, as the CUDA-core path's float32 dots), K/V (or
+// Q/dO) tiles stream through shared memory double-buffered by cp.async. Accumulator layout:
+// lane = 4 g + c holds rows g and g + 8 of its warp's 16, columns 8 t + 2 c + {0, 1} of n8
+// tile t; the 4 lanes of a quad share a row, so per-row state lives in registers (identical
+// in the quad's lanes) and row reductions are two shuffles. Saved state (tau, norm, c, mean_g
+// per row, the support bit per query tile x key tile) is the CUDA-core path's, bit for bit in
+// layout, so either backward can follow either forward.
+namespace tcp {
+
+using bf16 = __nv_bfloat16;
+
+constexpr int kThreadsTc = 128;
+// P, dS as bf16 hi + lo pairs in the P V, dS K, P^T dO, dS^T Q products (two mmas each): the
+// products keep fp32-like accuracy and only the outputs are rounded to bf16. false halves
+// those mmas at the cost of one more bf16 rounding per probability (FlashAttention's choice).
+constexpr bool kSplitForward = true;
+constexpr bool kSplitBackward = true;
+
+template <int D>
+struct Shape {
+  static constexpr int kStride = D + 8;  // bf16 per smem row: +16 B keeps ldmatrix conflict-free
+  static constexpr int kTileElems = kTile * kStride;
+  static constexpr int kChunks = D / 8;   // 16-byte chunks per row
+  static constexpr int kKSteps = D / 16;  // k16 steps over head_dim
+  static constexpr int kNTiles = D / 8;   // n8 tiles over head_dim
+  // A warp's 16 rows of Q / dO / K / V stay in registers as A fragments for d = 64; d = 128
+  // reloads them from shared memory (registers).
+  static constexpr bool kHold = D == 64;
+  static constexpr int kHeld = kHold ? kKSteps : 1;
+};
+
+__device__ __forceinline__ uint32_t smem_u32(const void* ptr) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(ptr));
+}
+
+// 16-byte global -> shared copy, zero-filled when !valid (src stays a valid address).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
+               "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const bf16* ptr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(ptr)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const bf16* ptr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(ptr)));
+}
+
+// c += a (16x16, row) * b (16x8, col), bf16 in, fp32 accumulate.
+__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                    uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+      "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 x = __floats2bfloat162_rn(lo, hi);
+  uint32_t u;
+  memcpy(&u, &x, sizeof(u));
+  return u;
+}
+__device__ __forceinline__ float bf16_lo(uint32_t w) { return __uint_as_float(w << 16); }
+__device__ __forceinline__ float bf16_hi(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
+
+// Two accumulator n8 tiles (16 x 16 fp32) as an A fragment: bf16 hi and (kSplit) lo parts.
+template <bool kSplit>
+__device__ __forceinline__ void to_a_fragment(const float (&x0)[4], const float (&x1)[4],
+                                              uint32_t (&hi)[4], uint32_t (&lo)[4]) {
+  const float val[8] = {x0[0], x0[1], x0[2], x0[3], x1[0], x1[1], x1[2], x1[3]};
+#pragma unroll
+  for (int t = 0; t < 4; ++t) {
+    hi[t] = pack_bf16(val[2 * t], val[2 * t + 1]);
+    lo[t] = kSplit ? pack_bf16(val[2 * t] - bf16_lo(hi[t]), val[2 * t + 1] - bf16_hi(hi[t])) : 0u;
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ T quad_sum(T x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+__device__ __forceinline__ float quad_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+
+// Rows [row0, row0 + 64) of a [n, D] matrix into a padded smem tile (zeros past n), async.
+template <int D>
+__device__ __forceinline__ void load_tile(bf16* dst, const bf16* src, int row0, int n) {
+  using S = Shape<D>;
+#pragma unroll
+  for (int it = 0; it < kTile * S::kChunks / kThreadsTc; ++it) {
+    const int idx = it * kThreadsTc + static_cast<int>(threadIdx.x);
+    const int r = idx / S::kChunks, ch = idx % S::kChunks;
+    const int row = row0 + r;
+    const bool valid = row < n;
+    cp_async16(dst + r * S::kStride + ch * 8,
+               src + static_cast<size_t>(valid ? row : 0) * D + ch * 8, valid);
+  }
+}
+
+template <int D>
+__device__ __forceinline__ const bf16* a_address(const bf16* tile, int wrow, int ks, int lane) {
+  return tile + (wrow + (lane & 7) + ((lane >> 3) & 1) * 8) * Shape<D>::kStride + ks * 16 +
+         (lane >> 4) * 8;
+}
+
+template <int D>
+__device__ __forceinline__ void hold_fragments(uint32_t (&held)[Shape<D>::kHeld][4],
+                                               const bf16* tile, int wrow, int lane) {
+  if constexpr (Shape<D>::kHold) {
+#pragma unroll
+    for (int ks = 0; ks < Shape<D>::kKSteps; ++ks) {
+      ldmatrix_x4(held[ks], a_address<D>(tile, wrow, ks, lane));
+    }
+  }
+}
+
+template <int D>
+__device__ __forceinline__ void a_fragment(uint32_t (&dst)[4],
+                                           const uint32_t (&held)[Shape<D>::kHeld][4],
+                                           const bf16* tile, int wrow, int ks, int lane) {
+  if constexpr (Shape<D>::kHold) {
+#pragma unroll
+    for (int t = 0; t < 4; ++t) dst[t] = held[ks][t];
+  } else {
+    ldmatrix_x4(dst, a_address<D>(tile, wrow, ks, lane));
+  }
+}
+
+// x (16 x 16) = A B^T for a warp: A its 16 rows (held or at wrow of a_tile), B rows
+// block .. block + 15 of b_tile. x[h] holds columns block + 8 h + 2 c + {0, 1}.
+template <int D>
+__device__ __forceinline__ void score16(float (&x)[2][4],
+                                        const uint32_t (&held)[Shape<D>::kHeld][4],
+                                        const bf16* a_tile, int wrow, const bf16* b_tile, int block,
+                                        int lane) {
+  using S = Shape<D>;
+  x[0][0] = x[0][1] = x[0][2] = x[0][3] = x[1][0] = x[1][1] = x[1][2] = x[1][3] = 0.0f;
+#pragma unroll
+  for (int ks = 0; ks < S::kKSteps; ++ks) {
+    uint32_t a[4], b[4];
+    a_fragment<D>(a, held, a_tile, wrow, ks, lane);
+    ldmatrix_x4(b, b_tile + (block + (lane & 7) + (lane >> 4) * 8) * S::kStride + ks * 16 +
+                       ((lane >> 3) & 1) * 8);
+    mma(x[0], a, b[0], b[1]);
+    mma(x[1], a, b[2], b[3]);
+  }
+}
+
+// acc (16 x D) += X B: X a 16 x 16 block as A fragments (hi, and lo when kSplit), B rows
+// block .. block + 15 of an smem tile (ldmatrix .trans).
+template <int D, bool kSplit>
+__device__ __forceinline__ void accumulate16(float (&acc)[Shape<D>::kNTiles][4],
+                                             const uint32_t (&hi)[4], const uint32_t (&lo)[4],
+                                             const bf16* tile, int block, int lane) {
+#pragma unroll
+  for (int nd = 0; nd < D / 16; ++nd) {
+    uint32_t b[4];
+    ldmatrix_x4_trans(b, tile + (block + (lane & 7) + ((lane >> 3) & 1) * 8) * Shape<D>::kStride +
+                             nd * 16 + (lane >> 4) * 8);
+    mma(acc[2 * nd], hi, b[0], b[1]);
+    mma(acc[2 * nd + 1], hi, b[2], b[3]);
+    if constexpr (kSplit) {
+      mma(acc[2 * nd], lo, b[0], b[1]);
+      mma(acc[2 * nd + 1], lo, b[2], b[3]);
+    }
+  }
+}
+
+template <int N>
+__device__ __forceinline__ void zero(float (&x)[N][4]) {
+#pragma unroll
+  for (int t = 0; t < N; ++t) x[t][0] = x[t][1] = x[t][2] = x[t][3] = 0.0f;
+}
+
+// The first set bit >= from in a shared tile mask, or last + 1 (bits past last are zero).
+__device__ __forceinline__ int next_tile(const uint32_t* bits, int from, int last) {
+  while (from <= last) {
+    const uint32_t w = bits[from >> 5] >> (from & 31);
+    if (w) return min(from + __ffs(w) - 1, last + 1);
+    from = (from | 31) + 1;
+  }
+  return last + 1;
+}
+
+// x = (a - 1) z, z = c scale (q . k) - slope (i - j), for a visible key; the same expression
+// in every kernel so that the forward's support and the backward's agree bit for bit.
+__device__ __forceinline__ float logit_x(const Normaliser& nm, float zc, float slope, float dot,
+                                         int dist) {
+  return nm.am1 * fmaf(zc, dot, -slope * static_cast<float>(dist));
+}
+
+// Unnormalised probability [x - tau]_+^r.
+__device__ __forceinline__ float weight(const Normaliser& nm, float x, float tau) {
+  const float y = x - tau;
+  return y > 0.0f ? power(nm, y) : 0.0f;
+}
+
+// A sweep over the set tiles of `bits` up to `last`, K (and V) tile kt double-buffered into
+// sK / sV (2 stages each); body(kt, k_tile, v_tile) returns whether the tile mattered, and
+// `keep` gets the tiles where it did for some thread. The block barrier after each body
+// guards the stage the next prefetch overwrites.
+template <int D, bool kWithV, typename Body>
+__device__ __forceinline__ void sweep(const uint32_t* bits, uint32_t* keep, int last, bf16* sK,
+                                      bf16* sV, const bf16* kh, const bf16* vh, int n,
+                                      Body&& body) {
+  using S = Shape<D>;
+  int kt = next_tile(bits, 0, last);
+  if (kt > last) return;
+  load_tile<D>(sK, kh, kt * kTile, n);
+  if (kWithV) load_tile<D>(sV, vh, kt * kTile, n);
+  cp_async_commit();
+  int stage = 0;
+  while (kt <= last) {
+    const int next = next_tile(bits, kt + 1, last);
+    if (next <= last) {
+      load_tile<D>(sK + (stage ^ 1) * S::kTileElems, kh, next * kTile, n);
+      if (kWithV) load_tile<D>(sV + (stage ^ 1) * S::kTileElems, vh, next * kTile, n);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const bool mattered = body(kt, sK + stage * S::kTileElems, sV + stage * S::kTileElems);
+    if (__syncthreads_or(mattered) && threadIdx.x == 0) keep[kt >> 5] |= 1u << (kt & 31);
+    kt = next;
+    stage ^= 1;
+  }
+}
+
+// Forward: the threshold solve of the CUDA-core path (max pass, 8-point bracket pass,
+// safeguarded Halley / Newton passes), each pass a tensor-core sweep, then the output pass
+// with P V on the tensor cores. f and its derivatives are summed in float within a tile and
+// in float64 across tiles; tau moves on float-representable values (the passes evaluate f at
+// float(tau)), and a row is final when |f - 1| < 1e-6 or the next step does not change
+// float(tau).
+template <int D>
+__global__ void __launch_bounds__(kThreadsTc, 1)
+    tc_forward(DeviceParams p, const bf16* __restrict__ q, const bf16* __restrict__ k,
+               const bf16* __restrict__ v, bf16* __restrict__ out, float* __restrict__ stats,
+               uint32_t* __restrict__ mask_out, int mask_words) {
+  using S = Shape<D>;
+  extern __shared__ __align__(16) unsigned char tc_smem[];
+  bf16* sQ = reinterpret_cast<bf16*>(tc_smem);
+  bf16* sK = sQ + S::kTileElems;      // 2 stages
+  bf16* sV = sK + 2 * S::kTileElems;  // 2 stages
+  __shared__ uint32_t active[kMaskWords], keep[kMaskWords];
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
+  const int wrow = 16 * warp;
+  const int n = static_cast<int>(p.n), qt = static_cast<int>(gridDim.x - 1 - blockIdx.x);
+  const int64_t bh = blockIdx.y;
+  const int i0 = qt * kTile;
+  const size_t base = static_cast<size_t>(bh) * static_cast<size_t>(n) * D;
+  const int h = static_cast<int>(bh % p.heads);
+  const Normaliser nm = normaliser_of(p, h);
+  const float slope = p.alibi ? static_cast<float>(p.alibi[h]) : 0.0f;
+
+  int row[2];
+  bool valid[2];
+  float zc[2], cf[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    row[r] = i0 + wrow + g + 8 * r;
+    valid[r] = row[r] < n;
+    cf[r] = valid[r] ? static_cast<float>(multiplier(p, bh, row[r], row[r] + 1)) : 1.0f;
+    zc[r] = cf[r] * p.scale;
+  }
+
+  load_tile<D>(sQ, q + base, i0, n);
+  cp_async_commit();
+  for (int w = tid; w < mask_words; w += kThreadsTc) {
+    // Dense causal: key tiles 0 .. qt.
+    const int first = 32 * w;
+    active[w] = qt >= first + 31 ? 0xffffffffu : (qt < first ? 0u : (2u << (qt - first)) - 1u);
+    keep[w] = 0;
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+  uint32_t qa[S::kHeld][4];
+  hold_fragments<D>(qa, sQ, wrow, lane);
+
+  // x of the 2 x 4 elements of a 16 x 16 block (key block kb of tile kt); -inf if invisible.
+  auto block_x = [&](float(&x)[2][4], int kt, int kb, const bf16* cK) {
+    score16<D>(x, qa, sQ, wrow, cK, 16 * kb, lane);
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = e >> 1, j = kt * kTile + 16 * kb + 8 * hh + 2 * c4 + (e & 1);
+        x[hh][e] =
+            valid[r] && j <= row[r] ? logit_x(nm, zc[r], slope, x[hh][e], row[r] - j) : -INFINITY;
+      }
+    }
+  };
+  // Key blocks of the diagonal tile above every row of the warp hold nothing visible.
+  auto skip_block = [&](int kt, int kb) { return kt == qt && 16 * kb > wrow + 15; };
+
+  // Pass 1: the row maximum of x.
+  float mx[2] = {-INFINITY, -INFINITY};
+  sweep<D, false>(active, keep, qt, sK, sV, k + base, v + base, n,
+                  [&](int kt, const bf16* cK, const bf16*) {
+#pragma unroll
+                    for (int kb = 0; kb < 4; ++kb) {
+                      if (skip_block(kt, kb)) continue;
+                      float x[2][4];
+                      block_x(x, kt, kb, cK);
+#pragma unroll
+                      for (int e = 0; e < 4; ++e) {
+                        mx[e >> 1] = fmaxf(mx[e >> 1], fmaxf(x[0][e], x[1][e]));
+                      }
+                    }
+                    return true;
+                  });
+  double lo[2], hi[2], t[2];
+  bool done[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const float m = quad_max(mx[r]);
+    done[r] = !valid[r];
+    lo[r] = hi[r] = t[r] = 0.0;
+    if (valid[r]) {
+      lo[r] = static_cast<double>(m) - 1.0;
+      hi[r] = static_cast<double>(m) - positive_pow(static_cast<double>(row[r] + 1), -nm.am1_d);
+    }
+  }
+  // Every later sweep sets `keep` afresh: the tiles where some row has x above its lower bound.
+  auto restart = [&]() {
+    __syncthreads();
+    for (int w = tid; w < mask_words; w += kThreadsTc) {
+      active[w] = keep[w];
+      keep[w] = 0;
+    }
+    __syncthreads();
+  };
+  restart();
+
+  // Pass 2: f at kPoints evenly spaced points of every row's bracket (float, as the CUDA-core
+  // path); keeps the sub-interval holding the root.
+  {
+    float first[2], step[2], lof[2], f[2][kPoints];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      step[r] = static_cast<float>((hi[r] - lo[r]) / (kPoints + 1));
+      first[r] = static_cast<float>(lo[r] + (hi[r] - lo[r]) / (kPoints + 1));
+      lof[r] = valid[r] ? static_cast<float>(lo[r]) : INFINITY;
+#pragma unroll
+      for (int m = 0; m < kPoints; ++m) f[r][m] = 0.0f;
+    }
+    sweep<D, false>(
+        active, keep, qt, sK, sV, k + base, v + base, n, [&](int kt, const bf16* cK, const bf16*) {
+          bool any = false;
+#pragma unroll
+          for (int kb = 0; kb < 4; ++kb) {
+            if (skip_block(kt, kb)) continue;
+            float x[2][4];
+            block_x(x, kt, kb, cK);
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh) {
+#pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = e >> 1;
+                if (x[hh][e] > lof[r]) {
+                  any = true;
+#pragma unroll
+                  for (int m = 0; m < kPoints; ++m) {
+                    const float y = x[hh][e] - fmaf(step[r], static_cast<float>(m), first[r]);
+                    if (y > 0.0f) f[r][m] += power(nm, y);
+                  }
+                }
+              }
+            }
+          }
+          return any;
+        });
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      int last = -1;  // the largest point with f >= 1
+#pragma unroll
+      for (int m = 0; m < kPoints; ++m) {
+        if (quad_sum(f[r][m]) >= 1.0f) last = m;
+      }
+      if (!done[r]) {
+        double new_lo = lo[r], new_hi = hi[r];
+#pragma unroll
+        for (int m = 0; m < kPoints; ++m) {
+          if (m == last) new_lo = fmaf(step[r], static_cast<float>(m), first[r]);
+          if (m == last + 1) new_hi = fmaf(step[r], static_cast<float>(m), first[r]);
+        }
+        lo[r] = new_lo;
+        hi[r] = new_hi;
+        // Newton and Halley move monotonically from the left (f convex); t stays a float.
+        t[r] = static_cast<float>(new_lo);
+      }
+    }
+  }
+  restart();
+
+  // Passes 3..: Halley (r >= 2) or Newton steps at t, kept inside the bracket.
+  for (int pass = 0; pass < kMaxSolvePasses; ++pass) {
+    double F0[2] = {0, 0}, F1[2] = {0, 0}, F2[2] = {0, 0};
+    float tf[2], lof[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      tf[r] = static_cast<float>(t[r]);
+      lof[r] = done[r] && !valid[r] ? INFINITY : static_cast<float>(lo[r]);
+    }
+    sweep<D, false>(active, keep, qt, sK, sV, k + base, v + base, n,
+                    [&](int kt, const bf16* cK, const bf16*) {
+                      bool any = false;
+                      float f0[2] = {0, 0}, f1[2] = {0, 0}, f2[2] = {0, 0};
+#pragma unroll
+                      for (int kb = 0; kb < 4; ++kb) {
+                        if (skip_block(kt, kb)) continue;
+                        float x[2][4];
+                        block_x(x, kt, kb, cK);
+#pragma unroll
+                        for (int hh = 0; hh < 2; ++hh) {
+#pragma unroll
+                          for (int e = 0; e < 4; ++e) {
+                            const int r = e >> 1;
+                            any |= x[hh][e] > lof[r];
+                            const float y = x[hh][e] - tf[r];
+                            if (y > 0.0f) {
+                              if (nm.kind == 1) {
+                                f0[r] += y;
+                                f1[r] += 1.0f;
+                              } else if (nm.kind == 2) {
+                                f0[r] = fmaf(y, y, f0[r]);
+                                f1[r] += y;
+                                f2[r] += 1.0f;
+                              } else {
+                                const float yr1 = __powf(y, nm.r - 1.0f);
+                                f0[r] = fmaf(yr1, y, f0[r]);
+                                f1[r] += yr1;
+                                f2[r] += __fdividef(yr1, y);
+                              }
+                            }
+                          }
+                        }
+                      }
+#pragma unroll
+                      for (int r = 0; r < 2; ++r) {
+                        F0[r] += f0[r];
+                        F1[r] += f1[r];
+                        F2[r] += f2[r];
+                      }
+                      return any;
+                    });
+    bool open = false;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const double s0 = quad_sum(F0[r]), s1 = quad_sum(F1[r]), s2 = quad_sum(F2[r]);
+      if (done[r]) continue;
+      const double tt = t[r], ff = s0 - 1.0;
+      if (fabs(ff) < kSolveTolerance) {
+        done[r] = true;
+        continue;
+      }
+      if (ff > 0) {
+        lo[r] = tt;
+      } else {
+        hi[r] = tt;
+      }
+      const double df = -nm.r_d * s1;  // f'(t)
+      double next;
+      if (nm.r_d >= 2.0) {
+        const double ddf = nm.r_d * (nm.r_d - 1.0) * s2;
+        next = tt - ff * df / (df * df - 0.5 * ff * ddf);
+      } else {
+        next = tt - ff / df;
+      }
+      if (!(next > lo[r] && next < hi[r])) next = 0.5 * (lo[r] + hi[r]);
+      next = static_cast<float>(next);
+      if (next == tt || hi[r] - lo[r] <= 1e-12 * fmax(1.0, fabs(tt))) {
+        done[r] = true;  // at the resolution of float(tau)
+      } else {
+        t[r] = next;
+        open = true;
+      }
+    }
+    restart();
+    if (!__syncthreads_or(open)) break;
+  }
+
+  // Output pass: p = [x - tau]_+^r, normalised by its actual sum; out = p V. `keep` ends as
+  // the tiles holding support (the saved mask).
+  float tau[2], norm[2] = {0.0f, 0.0f};
+#pragma unroll
+  for (int r = 0; r < 2; ++r) tau[r] = static_cast<float>(t[r]);
+  float o[S::kNTiles][4];
+  zero(o);
+  sweep<D, true>(active, keep, qt, sK, sV, k + base, v + base, n,
+                 [&](int kt, const bf16* cK, const bf16* cV) {
+                   bool any = false;
+#pragma unroll
+                   for (int kb = 0; kb < 4; ++kb) {
+                     if (skip_block(kt, kb)) continue;
+                     float x[2][4];
+                     block_x(x, kt, kb, cK);
+                     bool here = false;
+#pragma unroll
+                     for (int hh = 0; hh < 2; ++hh) {
+#pragma unroll
+                       for (int e = 0; e < 4; ++e) {
+                         x[hh][e] = weight(nm, x[hh][e], tau[e >> 1]);
+                         here |= x[hh][e] > 0.0f;
+                         norm[e >> 1] += x[hh][e];
+                       }
+                     }
+                     if (!__any_sync(0xffffffffu, here)) continue;  // warp-uniform
+                     any = true;
+                     uint32_t a_hi[4], a_lo[4];
+                     to_a_fragment<kSplitForward>(x[0], x[1], a_hi, a_lo);
+                     accumulate16<D, kSplitForward>(o, a_hi, a_lo, cV, 16 * kb, lane);
+                   }
+                   return any;
+                 });
+  __syncthreads();
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const float total = quad_sum(norm[r]);
+    if (!valid[r]) continue;
+    const float inv = 1.0f / total;
+    bf16* orow = out + base + static_cast<size_t>(row[r]) * D;
+#pragma unroll
+    for (int nt = 0; nt < S::kNTiles; ++nt) {
+      *reinterpret_cast<uint32_t*>(orow + 8 * nt + 2 * c4) =
+          pack_bf16(o[nt][2 * r] * inv, o[nt][2 * r + 1] * inv);
+    }
+    if (c4 == 0) {
+      float* st = stats + (static_cast<size_t>(bh) * n + row[r]) * 4;
+      st[0] = tau[r];
+      st[1] = total;
+      st[2] = cf[r];
+      st[3] = 0.0f;
+    }
+  }
+  uint32_t* mask_row = mask_out + (static_cast<size_t>(bh) * gridDim.x + qt) * mask_words;
+  for (int w = tid; w < mask_words; w += kThreadsTc) mask_row[w] = keep[w];
+}
+
+// Query-centric backward: sweep A gathers the row sums (mean_g = sum(s g) / sum(s) and the
+// sums behind d alpha and d c), sweep B forms dz = s (g - mean_g) in fp32 and dq = c scale
+// dz K on the tensor cores. Both recompute S = Q K^T and G = dO V^T.
+template <int D>
+__global__ void __launch_bounds__(kThreadsTc, 1)
+    tc_backward_queries(DeviceParams p, const bf16* __restrict__ q, const bf16* __restrict__ k,
+                        const bf16* __restrict__ v, const bf16* __restrict__ grad_out,
+                        float* __restrict__ stats, const uint32_t* __restrict__ mask,
+                        int mask_words, bf16* __restrict__ grad_q, double* __restrict__ row_grads) {
+  using S = Shape<D>;
+  extern __shared__ __align__(16) unsigned char tc_smem[];
+  bf16* sQ = reinterpret_cast<bf16*>(tc_smem);
+  bf16* sG = sQ + S::kTileElems;
+  bf16* sK = sG + S::kTileElems;      // 2 stages
+  bf16* sV = sK + 2 * S::kTileElems;  // 2 stages
+  __shared__ uint32_t active[kMaskWords], keep[kMaskWords];
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
+  const int wrow = 16 * warp;
+  const int n = static_cast<int>(p.n), qt = static_cast<int>(gridDim.x - 1 - blockIdx.x);
+  const int64_t bh = blockIdx.y;
+  const int i0 = qt * kTile;
+  const size_t base = static_cast<size_t>(bh) * static_cast<size_t>(n) * D;
+  const int h = static_cast<int>(bh % p.heads);
+  const Normaliser nm = normaliser_of(p, h);
+  const float slope = p.alibi ? static_cast<float>(p.alibi[h]) : 0.0f;
+  const uint32_t* saved_mask = mask + (static_cast<size_t>(bh) * gridDim.x + qt) * mask_words;
+
+  load_tile<D>(sQ, q + base, i0, n);
+  load_tile<D>(sG, grad_out + base, i0, n);
+  cp_async_commit();
+  for (int w = tid; w < mask_words; w += kThreadsTc) active[w] = saved_mask[w];
+  int row[2];
+  bool valid[2];
+  float zc[2], tau[2], norm[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    row[r] = i0 + wrow + g + 8 * r;
+    valid[r] = row[r] < n;
+    const float* st = stats + (static_cast<size_t>(bh) * n + (valid[r] ? row[r] : 0)) * 4;
+    tau[r] = valid[r] ? st[0] : 0.0f;
+    norm[r] = valid[r] ? st[1] : 1.0f;
+    zc[r] = (valid[r] ? st[2] : 1.0f) * p.scale;  // the forward's float c times scale
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+  uint32_t qa[S::kHeld][4], ga[S::kHeld][4];
+  hold_fragments<D>(qa, sQ, wrow, lane);
+  hold_fragments<D>(ga, sG, wrow, lane);
+  auto skip_block = [&](int kt, int kb) { return kt == qt && 16 * kb > wrow + 15; };
+  // Scores (raw = scale q . k, x) and g = dO . v of a 16 x 16 block; p > 0 only if visible.
+  auto block_terms = [&](float(&raw)[2][4], float(&x)[2][4], float(&gg)[2][4], int kt, int kb,
+                         const bf16* cK, const bf16* cV) {
+    score16<D>(raw, qa, sQ, wrow, cK, 16 * kb, lane);
+    score16<D>(gg, ga, sG, wrow, cV, 16 * kb, lane);
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = e >> 1, j = kt * kTile + 16 * kb + 8 * hh + 2 * c4 + (e & 1);
+        x[hh][e] =
+            valid[r] && j <= row[r] ? logit_x(nm, zc[r], slope, raw[hh][e], row[r] - j) : -INFINITY;
+        raw[hh][e] *= p.scale;
+      }
+    }
+  };
+
+  // Sweep A. Row sums: s, s g, s z, p log p, g s z, g p log p, s g raw, s raw.
+  float sums[8][2];
+#pragma unroll
+  for (int u = 0; u < 8; ++u) sums[u][0] = sums[u][1] = 0.0f;
+  const int last = qt;
+  sweep<D, true>(active, keep, last, sK, sV, k + base, v + base, n,
+                 [&](int kt, const bf16* cK, const bf16* cV) {
+#pragma unroll
+                   for (int kb = 0; kb < 4; ++kb) {
+                     if (skip_block(kt, kb)) continue;
+                     float raw[2][4], x[2][4], gg[2][4];
+                     block_terms(raw, x, gg, kt, kb, cK, cV);
+#pragma unroll
+                     for (int hh = 0; hh < 2; ++hh) {
+#pragma unroll
+                       for (int e = 0; e < 4; ++e) {
+                         const int r = e >> 1;
+                         const float w = weight(nm, x[hh][e], tau[r]);
+                         if (w > 0.0f) {
+                           const float prob = w / norm[r];
+                           const float s = jacobian_weight(nm, prob);
+                           const float plogp = prob * __logf(prob);
+                           const float z = x[hh][e] / nm.am1, gv = gg[hh][e];
+                           sums[0][r] += s;
+                           sums[1][r] += s * gv;
+                           sums[2][r] += s * z;
+                           sums[3][r] += plogp;
+                           sums[4][r] += gv * s * z;
+                           sums[5][r] += gv * plogp;
+                           sums[6][r] += s * gv * raw[hh][e];
+                           sums[7][r] += s * raw[hh][e];
+                         }
+                       }
+                     }
+                   }
+                   return false;
+                 });
+  float total[8][2], mean_g[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+#pragma unroll
+    for (int u = 0; u < 8; ++u) total[u][r] = quad_sum(sums[u][r]);
+    mean_g[r] = valid[r] ? total[1][r] / total[0][r] : 0.0f;
+  }
+
+  // Sweep B: dq = c scale sum_j s_j (g_j - mean_g) k_j.
+  float dq[S::kNTiles][4];
+  zero(dq);
+  sweep<D, true>(active, keep, last, sK, sV, k + base, v + base, n,
+                 [&](int kt, const bf16* cK, const bf16* cV) {
+#pragma unroll
+                   for (int kb = 0; kb < 4; ++kb) {
+                     if (skip_block(kt, kb)) continue;
+                     float raw[2][4], x[2][4], gg[2][4];
+                     block_terms(raw, x, gg, kt, kb, cK, cV);
+                     bool here = false;
+#pragma unroll
+                     for (int hh = 0; hh < 2; ++hh) {
+#pragma unroll
+                       for (int e = 0; e < 4; ++e) {
+                         const int r = e >> 1;
+                         const float w = weight(nm, x[hh][e], tau[r]);
+                         float dz = 0.0f;
+                         if (w > 0.0f) {
+                           dz = jacobian_weight(nm, w / norm[r]) * (gg[hh][e] - mean_g[r]) * zc[r];
+                           here = true;
+                         }
+                         x[hh][e] = dz;
+                       }
+                     }
+                     if (!__any_sync(0xffffffffu, here)) continue;
+                     uint32_t a_hi[4], a_lo[4];
+                     to_a_fragment<kSplitBackward>(x[0], x[1], a_hi, a_lo);
+                     accumulate16<D, kSplitBackward>(dq, a_hi, a_lo, cK, 16 * kb, lane);
+                   }
+                   return false;
+                 });
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    if (!valid[r]) continue;
+    bf16* drow = grad_q + base + static_cast<size_t>(row[r]) * D;
+#pragma unroll
+    for (int nt = 0; nt < S::kNTiles; ++nt) {
+      *reinterpret_cast<uint32_t*>(drow + 8 * nt + 2 * c4) =
+          pack_bf16(dq[nt][2 * r], dq[nt][2 * r + 1]);
+    }
+    if (c4 == 0) {
+      stats[(static_cast<size_t>(bh) * n + row[r]) * 4 + 3] = mean_g[r];
+      const double tau_prime = (double(total[2][r]) - total[3][r]) / total[0][r];
+      const double dalpha =
+          (double(total[4][r]) - tau_prime * total[1][r] - total[5][r]) / nm.am1_d;
+      const double dc = double(total[6][r]) - double(mean_g[r]) * total[7][r];
+      write_row_grads(p, row_grads, bh, row[r], row[r] + 1, dalpha, dc);
+    }
+  }
+}
+
+// Key-centric backward: a block of 64 keys gathers dv = P^T dO and dk = (dz c scale)^T Q from
+// the query tiles whose saved mask bit says they hold support in this key tile. Per-query
+// tau, norm, c scale and mean_g are staged in shared memory with each query tile.
+template <int D>
+__global__ void __launch_bounds__(kThreadsTc, 1)
+    tc_backward_keys(DeviceParams p, const bf16* __restrict__ q, const bf16* __restrict__ k,
+                     const bf16* __restrict__ v, const bf16* __restrict__ grad_out,
+                     const float* __restrict__ stats, const uint32_t* __restrict__ mask,
+                     int mask_words, bf16* __restrict__ grad_k, bf16* __restrict__ grad_v) {
+  using S = Shape<D>;
+  extern __shared__ __align__(16) unsigned char tc_smem[];
+  bf16* sK = reinterpret_cast<bf16*>(tc_smem);
+  bf16* sV = sK + S::kTileElems;
+  bf16* sQ = sV + S::kTileElems;        // 2 stages
+  bf16* sG = sQ + 2 * S::kTileElems;    // 2 stages
+  __shared__ float4 rows_st[2][kTile];  // tau, norm, c scale, mean_g; per stage
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
+  const int wrow = 16 * warp;
+  const int n = static_cast<int>(p.n), tiles = static_cast<int>(gridDim.x);
+  const int kt = tiles - 1 - static_cast<int>(blockIdx.x);
+  const int64_t bh = blockIdx.y;
+  const int k0 = kt * kTile;
+  const size_t base = static_cast<size_t>(bh) * static_cast<size_t>(n) * D;
+  const int h = static_cast<int>(bh % p.heads);
+  const Normaliser nm = normaliser_of(p, h);
+  const float slope = p.alibi ? static_cast<float>(p.alibi[h]) : 0.0f;
+  const uint32_t* mask_bh = mask + static_cast<size_t>(bh) * tiles * mask_words;
+  auto holds = [&](int qt) { return (mask_bh[qt * mask_words + (kt >> 5)] >> (kt & 31)) & 1u; };
+  auto next_query_tile = [&](int from) {
+    while (from < tiles && !holds(from)) ++from;
+    return from;
+  };
+  auto stage_tile = [&](int qt, int stage) {
+    load_tile<D>(sQ + stage * S::kTileElems, q + base, qt * kTile, n);
+    load_tile<D>(sG + stage * S::kTileElems, grad_out + base, qt * kTile, n);
+    cp_async_commit();
+    if (tid < kTile) {
+      const int i = qt * kTile + tid;
+      float4 st = make_float4(0.0f, 1.0f, 0.0f, 0.0f);
+      if (i < n) {
+        st = *reinterpret_cast<const float4*>(stats + (static_cast<size_t>(bh) * n + i) * 4);
+        st.z *= p.scale;
+      }
+      rows_st[stage][tid] = st;
+    }
+  };
+
+  load_tile<D>(sK, k + base, k0, n);
+  load_tile<D>(sV, v + base, k0, n);
+  cp_async_commit();
+  int key[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) key[r] = k0 + wrow + g + 8 * r;
+  float dk[S::kNTiles][4], dv[S::kNTiles][4];
+  zero(dk);
+  zero(dv);
+  int qt = next_query_tile(kt);
+  if (qt < tiles) stage_tile(qt, 0);
+  cp_async_wait<0>();
+  __syncthreads();
+  uint32_t ka[S::kHeld][4], va[S::kHeld][4];
+  hold_fragments<D>(ka, sK, wrow, lane);
+  hold_fragments<D>(va, sV, wrow, lane);
+  int stage = 0;
+  while (qt < tiles) {
+    const int next = next_query_tile(qt + 1);
+    if (next < tiles) {
+      stage_tile(next, stage ^ 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const bf16* cQ = sQ + stage * S::kTileElems;
+    const bf16* cG = sG + stage * S::kTileElems;
+    const int i0 = qt * kTile;
+#pragma unroll
+    for (int kb = 0; kb < 4; ++kb) {
+      // Query blocks of the diagonal tile below every key of the warp see none of them.
+      if (qt == kt && 16 * kb + 15 < wrow) continue;
+      float x[2][4], gg[2][4];
+      score16<D>(x, ka, sK, wrow, cQ, 16 * kb, lane);   // S^T: keys x queries
+      score16<D>(gg, va, sV, wrow, cG, 16 * kb, lane);  // G^T
+      float dz[2][4];
+      bool here = false;
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int col = 16 * kb + 8 * hh + 2 * c4 + (e & 1), i = i0 + col, j = key[e >> 1];
+          const float4 st = rows_st[stage][col];
+          float prob = 0.0f, d = 0.0f;
+          if (i < n && j <= i) {
+            const float w = weight(nm, logit_x(nm, st.z, slope, x[hh][e], i - j), st.x);
+            if (w > 0.0f) {
+              prob = w / st.y;
+              d = jacobian_weight(nm, prob) * (gg[hh][e] - st.w) * st.z;
+              here = true;
+            }
+          }
+          x[hh][e] = prob;
+          dz[hh][e] = d;
+        }
+      }
+      if (!__any_sync(0xffffffffu, here)) continue;
+      uint32_t a_hi[4], a_lo[4];
+      to_a_fragment<kSplitBackward>(x[0], x[1], a_hi, a_lo);
+      accumulate16<D, kSplitBackward>(dv, a_hi, a_lo, cG, 16 * kb, lane);
+      to_a_fragment<kSplitBackward>(dz[0], dz[1], a_hi, a_lo);
+      accumulate16<D, kSplitBackward>(dk, a_hi, a_lo, cQ, 16 * kb, lane);
+    }
+    __syncthreads();  // the stage the next prefetch overwrites is free
+    qt = next;
+    stage ^= 1;
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    if (key[r] >= n) continue;
+    bf16* krow = grad_k + base + static_cast<size_t>(key[r]) * D;
+    bf16* vrow = grad_v + base + static_cast<size_t>(key[r]) * D;
+#pragma unroll
+    for (int nt = 0; nt < S::kNTiles; ++nt) {
+      *reinterpret_cast<uint32_t*>(krow + 8 * nt + 2 * c4) =
+          pack_bf16(dk[nt][2 * r], dk[nt][2 * r + 1]);
+      *reinterpret_cast<uint32_t*>(vrow + 8 * nt + 2 * c4) =
+          pack_bf16(dv[nt][2 * r], dv[nt][2 * r + 1]);
+    }
+  }
+}
+
+}  // namespace tcp
+
+// ------------------------------------------------------------------------------------------
 // Host side.
 
 int64_t visible_offsets(const EntmaxAttentionParams& params) {
@@ -1116,10 +1977,72 @@ void tiled_backward_launch(const DeviceParams& p, const EntmaxAttentionParams& p
 }
 
 template <typename T>
+constexpr ScalarType type_of() {
+  return std::is_same_v<T, __nv_bfloat16> ? ScalarType::kBFloat16 : ScalarType::kFloat32;
+}
+
+// The tensor-core path takes bf16, dense causal (no offsets, W >= n), head_dim 64 or 128,
+// entmax (alpha in (1, 2]; softmax and SSMax keep the CUDA-core path). ASEntmax scaling (per
+// head or per query) and ALiBi / NAPE slopes are supported.
+bool uses_tensor_cores(const EntmaxAttentionParams& params, ScalarType type) {
+  const auto& b = params.base;
+  return type == ScalarType::kBFloat16 && !params.softmax && visible_offsets(params) == 0 &&
+         b.window >= b.seq_len && (b.head_dim == 64 || b.head_dim == 128);
+}
+
+template <int D>
+constexpr size_t tc_tiles_bytes(int tiles) {
+  return static_cast<size_t>(tiles) * tcp::Shape<D>::kTileElems * sizeof(__nv_bfloat16);
+}
+
+template <int D>
+void tc_forward_launch(const DeviceParams& p, const EntmaxAttentionParams& params, const void* q,
+                       const void* k, const void* v, void* out, void* saved, cudaStream_t stream) {
+  using bf16 = __nv_bfloat16;
+  const size_t smem = tc_tiles_bytes<D>(5);  // Q + 2 stages of K and V
+  allow_smem(tcp::tc_forward<D>, smem);
+  const dim3 grid(static_cast<unsigned>(query_tiles(params)), static_cast<unsigned>(p.batch_heads));
+  float* stats = static_cast<float*>(saved);
+  auto* mask = reinterpret_cast<uint32_t*>(stats + p.batch_heads * p.n * 4);
+  tcp::tc_forward<D><<<grid, tcp::kThreadsTc, smem, stream>>>(
+      p, static_cast<const bf16*>(q), static_cast<const bf16*>(k), static_cast<const bf16*>(v),
+      static_cast<bf16*>(out), stats, mask, mask_words_of(params));
+}
+
+template <int D>
+void tc_backward_launch(const DeviceParams& p, const EntmaxAttentionParams& params, const void* q,
+                        const void* k, const void* v, const void* grad_out, const void* saved,
+                        void* grad_q, void* grad_k, void* grad_v, double* row_grads,
+                        cudaStream_t stream) {
+  using bf16 = __nv_bfloat16;
+  const size_t smem = tc_tiles_bytes<D>(6);  // 2 resident tiles + 2 stages of 2 tiles
+  allow_smem(tcp::tc_backward_queries<D>, smem);
+  allow_smem(tcp::tc_backward_keys<D>, smem);
+  const dim3 grid(static_cast<unsigned>(query_tiles(params)), static_cast<unsigned>(p.batch_heads));
+  auto* stats = static_cast<float*>(const_cast<void*>(saved));  // the query pass adds mean_g
+  const auto* mask = reinterpret_cast<const uint32_t*>(stats + p.batch_heads * p.n * 4);
+  const int words = mask_words_of(params);
+  tcp::tc_backward_queries<D><<<grid, tcp::kThreadsTc, smem, stream>>>(
+      p, static_cast<const bf16*>(q), static_cast<const bf16*>(k), static_cast<const bf16*>(v),
+      static_cast<const bf16*>(grad_out), stats, mask, words, static_cast<bf16*>(grad_q),
+      row_grads);
+  tcp::tc_backward_keys<D><<<grid, tcp::kThreadsTc, smem, stream>>>(
+      p, static_cast<const bf16*>(q), static_cast<const bf16*>(k), static_cast<const bf16*>(v),
+      static_cast<const bf16*>(grad_out), stats, mask, words, static_cast<bf16*>(grad_k),
+      static_cast<bf16*>(grad_v));
+}
+
+template <typename T>
 void forward_typed(const EntmaxAttentionParams& params, const void* q, const void* k, const void* v,
                    void* out, void* saved, cudaStream_t stream) {
   const DeviceParams p = device_params(params);
-  if (entmax_uses_tiles(params)) {
+  if (uses_tensor_cores(params, type_of<T>())) {
+    if (p.d == 64) {
+      tc_forward_launch<64>(p, params, q, k, v, out, saved, stream);
+    } else {
+      tc_forward_launch<128>(p, params, q, k, v, out, saved, stream);
+    }
+  } else if (entmax_uses_tiles(params)) {
     switch (padded_dim(p.d)) {
       case 32:
         tiled_forward_launch<T, 32>(p, params, q, k, v, out, saved, stream);
@@ -1148,7 +2071,15 @@ void backward_typed(const EntmaxAttentionParams& params, const void* q, const vo
                     void* grad_k, void* grad_v, double* row_grads, void* workspace,
                     cudaStream_t stream) {
   const DeviceParams p = device_params(params);
-  if (entmax_uses_tiles(params)) {
+  if (uses_tensor_cores(params, type_of<T>())) {
+    if (p.d == 64) {
+      tc_backward_launch<64>(p, params, q, k, v, grad_out, saved, grad_q, grad_k, grad_v, row_grads,
+                             stream);
+    } else {
+      tc_backward_launch<128>(p, params, q, k, v, grad_out, saved, grad_q, grad_k, grad_v,
+                              row_grads, stream);
+    }
+  } else if (entmax_uses_tiles(params)) {
     switch (padded_dim(p.d)) {
       case 32:
         tiled_backward_launch<T, 32>(p, params, q, k, v, grad_out, saved, grad_q, grad_k, grad_v,

@@ -14,6 +14,19 @@
 //    backward (a bit per query block x key tile, saved by the forward). Backward: a
 //    query-centric pass (dq and the row sums behind dz, d alpha and d c) and a key-centric pass
 //    (dk, dv); no atomics.
+//  * tensor cores (a fast form of the tiled path: bf16, dense causal (no offsets, W >= n),
+//    head_dim 64 or 128, entmax with alpha in (1, 2] per head; ASEntmax per head or per query
+//    and ALiBi / NAPE slopes included). Softmax and SSMax, float32, windows W < n and other
+//    head_dims take the CUDA-core tiled path. 128 threads per block of 64 queries (4 warps x 16
+//    rows); the scores of every pass are mma.sync m16n8k16 bf16 products with fp32
+//    accumulation, K/V tiles double-buffered by cp.async, per-row solve state in registers.
+//    Same passes as the tiled path (max, 8-point bracket, safeguarded Halley / Newton; f, f',
+//    f'' summed in float per tile, float64 across tiles; a row stops at |f - 1| < 1e-6 or
+//    when the step no longer changes float(tau)), then P V on the tensor cores. Backward: a
+//    query kernel with two sweeps (the row sums -> mean_g = sum(s g) / sum(s), d alpha, d c;
+//    then dz = s (g - mean_g) in fp32 and dq = c scale dz K) and a key kernel (dv = P^T dO,
+//    dk = (c scale dz)^T Q), no atomics; P and dz enter the mmas as bf16 hi + lo pairs. The
+//    saved state is the tiled path's, same layout.
 //  * rows (window + offsets, S = min(W, n) + K <= kMaxRowSlots): a warp per query keeps the
 //    row's S scores in shared memory and finds tau by float64 bisection to machine precision,
 //    as the CPU kernel does. Backward: the warp per query writes dq, the row sums and, per slot,

@@ -4,6 +4,8 @@
 // (alpha-entmax at a = 1.5, 2 and per-head general a, ASEntmax with per-head and per-query beta
 // and gamma, SSMax, softmax with ALiBi, NAPE), both paths (tiled: dense causal and plain window;
 // rows: window + Fibonacci offsets), n from 1 to 70,000, head_dim 32..128 (48: padded).
+// bf16 dense causal entmax at head_dim 64 / 128 takes the tensor-core kernels (mma.sync scores,
+// P V, dz K, P^T dO, dz^T Q); the cases at the end (n up to 4,096) aim at them.
 //
 // Error rule (relative L2, ||x - ref|| / ||ref||, ref in float64 on the same inputs):
 //  * float32: out, dq, dk, dv within 1e-4. Scores and products accumulate in float32 (eps 6e-8)
@@ -23,6 +25,7 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -119,7 +122,17 @@ std::vector<double> fibonacci_offsets(int64_t window, int64_t reach) {
 }
 
 // The normalisers the cases cover.
-enum class Norm { entmax15, sparsemax, general, asentmax, asentmax_per_query, ssmax, alibi, nape };
+enum class Norm {
+  entmax15,
+  sparsemax,
+  general,
+  mixed,
+  asentmax,
+  asentmax_per_query,
+  ssmax,
+  alibi,
+  nape
+};
 
 const char* norm_name(Norm m) {
   switch (m) {
@@ -129,6 +142,8 @@ const char* norm_name(Norm m) {
       return "sparsemax";
     case Norm::general:
       return "alpha_per_head";
+    case Norm::mixed:
+      return "alpha_mixed";
     case Norm::asentmax:
       return "asentmax";
     case Norm::asentmax_per_query:
@@ -185,6 +200,9 @@ struct Heads {
         break;
       case Norm::general:
         for (size_t h = 0; h < H; ++h) alpha[h] = h % 2 ? 1.75 : 1.25;
+        break;
+      case Norm::mixed:  // every exponent form in one launch: r = 2, 1, 4 and 4/3
+        for (size_t h = 0; h < H; ++h) alpha[h] = std::array{1.5, 2.0, 1.25, 1.75}[h % 4];
         break;
       case Norm::asentmax:
       case Norm::nape:
@@ -272,6 +290,18 @@ std::vector<Case> cuda_cases() {
   cases.push_back({false, 1, 2, 20001, 64, 64, fibonacci_offsets(64, 20001), Norm::nape});
   cases.push_back({true, 1, 2, 8192, 64, 8192, {}, Norm::entmax15});
   cases.push_back({false, 1, 2, 6000, 64, 6000, {}, Norm::asentmax});
+  // The tensor-core path (bf16, dense causal, head_dim 64 / 128, entmax): every exponent form,
+  // ASEntmax per head and per query, NAPE, several query tiles and a partial last tile.
+  cases.push_back({true, 1, 4, 4096, 64, 4096, {}, Norm::mixed});
+  cases.push_back({true, 1, 4, 2050, 128, 2050, {}, Norm::mixed});
+  cases.push_back({true, 1, 2, 2048, 128, 2048, {}, Norm::entmax15});
+  cases.push_back({true, 1, 2, 4096, 64, 4096, {}, Norm::sparsemax});
+  cases.push_back({true, 1, 2, 3001, 128, 3001, {}, Norm::general});
+  cases.push_back({true, 1, 2, 2048, 64, 2048, {}, Norm::asentmax});
+  cases.push_back({true, 2, 2, 1500, 128, 1500, {}, Norm::asentmax_per_query});
+  cases.push_back({true, 1, 4, 4096, 128, 4096, {}, Norm::nape});
+  cases.push_back({true, 1, 4, 2000, 64, 2000, {}, Norm::nape});
+  cases.push_back({true, 1, 4, 128, 128, 128, {}, Norm::mixed, true});
   cases.push_back({true, 1, 1, 30000, 64, 300, {}, Norm::entmax15});
   return cases;
 }
