@@ -82,6 +82,7 @@ void write_task_reports(const std::vector<TaskRunResults>& runs, const std::stri
                          {"token_accuracy", r.token_accuracy},
                          {"seconds", r.seconds}};
         if (!r.skipped.empty()) e["skipped"] = r.skipped;
+        if (r.peak_gpu_mib >= 0) e["peak_gpu_mib"] = r.peak_gpu_mib;
         if (r.skipped.empty() && i < run.budgets.size()) e["budget"] = budget_json(run.budgets[i]);
         results.push_back(e);
       }

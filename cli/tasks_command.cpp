@@ -46,11 +46,13 @@ void print_progress(const std::string& label, const train::LengthAccuracy& r) {
     fmt::print(stderr, "[tasks] {}: {}x ({} tokens) skipped: {}\n", label, r.multiplier, r.length,
                r.skipped);
   } else {
-    fmt::print(stderr,
-               "[tasks] {}: {}x ({} tokens) accuracy {:.1f}% ({:.1f}% of answer tokens) on {} "
-               "examples ({:.1f}s)\n",
-               label, r.multiplier, r.length, 100.0 * r.accuracy, 100.0 * r.token_accuracy,
-               r.examples, r.seconds);
+    fmt::print(
+        stderr,
+        "[tasks] {}: {}x ({} tokens) accuracy {:.1f}% ({:.1f}% of answer tokens) on {} "
+        "examples ({:.1f}s{})\n",
+        label, r.multiplier, r.length, 100.0 * r.accuracy, 100.0 * r.token_accuracy, r.examples,
+        r.seconds,
+        r.peak_gpu_mib >= 0 ? fmt::format(", peak GPU memory {:.1f} MiB", r.peak_gpu_mib) : "");
   }
 }
 

@@ -5,6 +5,8 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "data/tasks/needle_task.hpp"
+#include "data/tasks/variable_tracking_task.hpp"
 #include "train/config_fields.hpp"
 
 namespace reach::train {
@@ -22,19 +24,26 @@ ConfigKeys keys(TaskRunConfig& c) {
   ConfigKeys k;
   add_run_keys(k, c.out_dir, c.seed, c.threads);
   k.add("task.name", &c.task, "the task",
-        one_of({"max_retrieval", "associative_recall", "mqar", "passkey"}))
+        one_of({"max_retrieval", "associative_recall", "mqar", "passkey", "needle",
+                "variable_tracking"}))
       .add("task.num_values", &c.num_values, "max_retrieval: values")
       .add("task.items", &c.items, "max_retrieval: numbers shown")
       .add("task.filler_tokens", &c.filler_tokens, "max_retrieval: distinct filler tokens")
       .add("task.alphabet", &c.alphabet, "associative_recall: symbols spelling keys and values")
       .add("task.vocabulary", &c.vocabulary,
            "associative_recall: distinct keys (and distinct values) examples draw from")
-      .add("task.queries", &c.queries, "associative_recall: keys asked")
+      .add("task.queries", &c.queries, "associative_recall, needle: keys asked")
       .add("task.tokens_per_item", &c.tokens_per_item, "associative_recall: tokens per key / value")
       .add("task.kv_fraction", &c.kv_fraction,
            "associative_recall: share of the context taken by the bindings", above_up_to(0, 1))
-      .add("task.digits", &c.digits, "passkey: digits")
-      .add("task.depth", &c.depth, "passkey: where the key sits, in [0, 1] (< 0 random)");
+      .add("task.digits", &c.digits, "passkey, needle, variable_tracking: digits of the value")
+      .add("task.depth", &c.depth, "passkey: where the key sits, in [0, 1] (< 0 random)")
+      .add("task.needles", &c.needles, "needle: needles in the haystack")
+      .add("task.chains", &c.chains, "variable_tracking: chains of assignments (one query each)")
+      .add("task.hops", &c.hops, "variable_tracking: assignments after the first, per chain")
+      .add("task.corpus", &c.corpus,
+           "needle, variable_tracking: filler text: kjv (the Debian KJV Bible), or a text file "
+           "or folder");
   add_model_keys(k, c.model);
   k.add("train.length", &c.train_length,
         "training length (associative_recall: of the context; queries and answers come on top)",
@@ -142,9 +151,17 @@ std::unique_ptr<data::tasks::SyntheticTask> make_task(const TaskRunConfig& c) {
                                     narrow(c.queries, "task.queries"), c.kv_fraction});
   }
   if (c.task == "passkey") return make_passkey({narrow(c.digits, "task.digits"), c.depth});
+  if (c.task == "needle") {
+    return make_needle({narrow(c.needles, "task.needles"), narrow(c.queries, "task.queries"),
+                        narrow(c.digits, "task.digits"), c.corpus});
+  }
+  if (c.task == "variable_tracking") {
+    return make_variable_tracking({narrow(c.chains, "task.chains"), narrow(c.hops, "task.hops"),
+                                   narrow(c.digits, "task.digits"), c.corpus});
+  }
   throw std::invalid_argument(
       "config key 'task.name' must be max_retrieval, associative_recall "
-      "(mqar) or passkey, got '" +
+      "(mqar), passkey, needle or variable_tracking, got '" +
       c.task + "'");
 }
 

@@ -24,19 +24,24 @@ struct TaskRunConfig : OptimizerConfig {
   uint64_t seed = 1;
   int threads = 0;  // 0 = all cores
 
-  // "max_retrieval", "associative_recall" (alias "mqar") or "passkey", with the
-  // parameters of data/tasks/synthetic_task.hpp (each used by the tasks that have it).
+  // "max_retrieval", "associative_recall" (alias "mqar"), "passkey", "needle" or
+  // "variable_tracking", with the parameters of data/tasks/synthetic_task.hpp,
+  // needle_task.hpp and variable_tracking_task.hpp (each used by the tasks that have it).
   std::string task = "max_retrieval";
   int64_t num_values = 64;      // max_retrieval
   int64_t items = 16;           // max_retrieval
   int64_t filler_tokens = 1;    // max_retrieval: distinct filler tokens
   int64_t alphabet = 256;       // associative_recall: symbols spelling keys and values
   int64_t vocabulary = 10000;   // associative_recall: distinct keys (and values)
-  int64_t queries = 4;          // associative_recall
+  int64_t queries = 4;          // associative_recall, needle: keys asked
   int64_t tokens_per_item = 2;  // associative_recall: key / value length
   double kv_fraction = 0.8;     // associative_recall: share of the context in bindings
-  int64_t digits = 5;           // passkey
+  int64_t digits = 5;           // passkey, needle, variable_tracking: digits of the value
   double depth = -1.0;          // passkey: < 0 random
+  int64_t needles = 4;          // needle: needles inserted
+  int64_t chains = 2;           // variable_tracking: chains (one query each)
+  int64_t hops = 2;             // variable_tracking: assignments after the first, per chain
+  std::string corpus = "kjv";   // needle, variable_tracking: filler text (kjv, file or folder)
 
   std::string preset = "micro";  // applied before any model.* key; vocab = the task's
   model::ModelConfig model = model::preset("micro");

@@ -2,6 +2,7 @@
 
 #include <fmt/core.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -9,6 +10,11 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
+
+#ifdef REACH_TORCH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
+#endif
 
 #include "train/checkpoint.hpp"
 #include "train/cpu_threads.hpp"
@@ -72,10 +78,12 @@ int64_t mean_step_tokens(const data::tasks::SyntheticTask& task, const TaskRunCo
                       static_cast<double>(c.batch));
 }
 
-// Mean answer accuracy of the batch given logits [B, T, V]; `tokens` (may be null) gets the
+// Mean answer accuracy of the batch given the predicted tokens [B, T] (any integer type, any
+// device; positions that are no answer's may hold anything); `tokens` (may be null) gets the
 // fraction of answer tokens right, counted one by one.
-double batch_accuracy(const Batch& batch, const torch::Tensor& logits, double* tokens = nullptr) {
-  const auto predicted = logits.argmax(-1).to(torch::kCPU, torch::kInt32).contiguous();
+double prediction_accuracy(const Batch& batch, const torch::Tensor& predictions,
+                           double* tokens = nullptr) {
+  const auto predicted = predictions.to(torch::kCPU, torch::kInt32).contiguous();
   const int64_t length = predicted.size(1);
   const auto* p = predicted.data_ptr<int32_t>();
   double sum = 0;
@@ -94,6 +102,56 @@ double batch_accuracy(const Batch& batch, const torch::Tensor& logits, double* t
   }
   if (tokens != nullptr) *tokens = asked > 0 ? static_cast<double>(right) / asked : 0.0;
   return sum / static_cast<double>(batch.examples.size());
+}
+
+// The same given logits [B, T, V] (the argmax is taken where the logits are).
+double batch_accuracy(const Batch& batch, const torch::Tensor& logits, double* tokens = nullptr) {
+  return prediction_accuracy(batch, logits.argmax(-1), tokens);
+}
+
+// The model's predictions [B, T] (int64, on the model's device) at the batch's answer
+// positions only (-1 elsewhere): the head runs on those rows of the final hidden states, so
+// evaluating a long sequence never forms its [B, T, V] logits.
+torch::Tensor answer_predictions(model::Gpt& model, const Batch& batch,
+                                 const torch::Tensor& tokens) {
+  const auto hidden = model->hidden_states(tokens);  // [B, T, D]
+  const int64_t length = tokens.size(1);
+  std::vector<int64_t> rows;
+  for (size_t b = 0; b < batch.examples.size(); ++b) {
+    for (auto [begin, end] : batch.examples[b].answers) {
+      for (int64_t i = begin; i < end; ++i) rows.push_back(static_cast<int64_t>(b) * length + i);
+    }
+  }
+  auto predictions =
+      torch::full({tokens.size(0), length}, -1, torch::dtype(torch::kLong).device(tokens.device()));
+  if (rows.empty()) return predictions;
+  const auto index = torch::tensor(rows, torch::kLong).to(tokens.device());
+  const auto picked = hidden.reshape({-1, hidden.size(-1)}).index_select(0, index);
+  predictions.view({-1}).index_copy_(0, index, model->head(picked).argmax(-1));
+  return predictions;
+}
+
+// Peak GPU memory of `fn` in MiB beyond what was allocated before it (the CUDA caching
+// allocator's statistics), or -1 when the model is not on a CUDA device.
+double gpu_peak_mib(const torch::Device& device, const std::function<void()>& fn) {
+#ifdef REACH_TORCH_CUDA
+  if (device.is_cuda()) {
+    namespace alloc = c10::cuda::CUDACachingAllocator;
+    const c10::DeviceIndex index =
+        device.index() < 0 ? c10::cuda::current_device() : device.index();
+    c10::cuda::device_synchronize();
+    alloc::resetPeakStats(index);
+    const int64_t base = alloc::getDeviceStats(index).allocated_bytes[0].current;  // 0: all pools
+    fn();
+    c10::cuda::device_synchronize();
+    const int64_t peak = alloc::getDeviceStats(index).allocated_bytes[0].peak;
+    return static_cast<double>(std::max<int64_t>(0, peak - base)) / (1024.0 * 1024.0);
+  }
+#else
+  (void)device;
+#endif
+  fn();
+  return -1;
 }
 
 void write_text_atomically(const fs::path& path, const std::string& text) {
@@ -306,15 +364,17 @@ std::vector<LengthAccuracy> evaluate_task_model(
       for (int64_t done = 0; done < c.examples;) {
         const int64_t size = std::min(c.eval_batch, c.examples - done);
         const Batch batch = make_batch(*task, r.length, size, rng);
-        torch::Tensor logits;
-        {
+        torch::Tensor predictions;
+        const double peak = gpu_peak_mib(device, [&] {
           const Bf16Autocast autocast(bf16);
           // The model may be on a GPU (`tasks eval --device`); accuracy is counted on the CPU.
           const auto tokens = batch.tokens.to(device);
-          logits = (task_logits ? task_logits(tokens) : model->forward(tokens)).to(torch::kCPU);
-        }
+          predictions = task_logits ? task_logits(tokens).argmax(-1)
+                                    : answer_predictions(model, batch, tokens);
+        });
+        r.peak_gpu_mib = std::max(r.peak_gpu_mib, peak);
         double tokens = 0;
-        sum += batch_accuracy(batch, logits, &tokens) * static_cast<double>(size);
+        sum += prediction_accuracy(batch, predictions, &tokens) * static_cast<double>(size);
         token_sum += tokens * static_cast<double>(size);
         done += size;
         if (batch_progress) {

@@ -80,14 +80,20 @@ struct LengthAccuracy {
   double accuracy = 0;        // fraction of answers with every token right
   double token_accuracy = 0;  // fraction of the answers' tokens right (each on its own)
   double seconds = 0;
+  // Peak GPU memory of one evaluation batch's forward (no autograd), MiB beyond what was
+  // allocated before it (the weights); -1 when not measured (CPU, or skipped).
+  double peak_gpu_mib = -1;
   std::string skipped;  // why it was not measured (empty when measured)
 };
 
 // Accuracy (on the device the model is on; bf16 autocast there per train.precision) at each
 // multiple of config.train_length, on examples drawn from a stream seeded
 // by (seed, length) that training never sees. Lengths above config.max_length are
-// skipped. `progress` (may be empty) is told each finished length; `batch_progress` (may be
-// empty) each finished batch: (length, examples done, examples in all, seconds so far).
+// skipped. Memory: no autograd state is kept, and (without `logits`) the head runs only on
+// the answer positions' hidden states, so no [B, T, V] logits are formed; on CUDA each
+// length's peak memory is recorded (LengthAccuracy::peak_gpu_mib). `progress` (may be empty) is
+// told each finished length; `batch_progress` (may be empty) each finished batch: (length, examples
+// done, examples in all, seconds so far).
 using BatchProgress = std::function<void(int64_t, int64_t, int64_t, double)>;
 // `logits` (may be empty: the model's plain forward) maps a batch of tokens [B, T] on the
 // model's device to logits [B, T, V]: e.g. the forward under a per-request attention budget.

@@ -5,6 +5,9 @@
 #include <set>
 #include <stdexcept>
 
+#include "data/tasks/needle_task.hpp"
+#include "data/tasks/variable_tracking_task.hpp"
+
 namespace reach::data::tasks {
 namespace {
 
@@ -268,8 +271,11 @@ std::unique_ptr<SyntheticTask> make_task(const std::string& name) {
   if (name == "associative_recall" || name == "mqar") return make_associative_recall({});
   if (name == "max_retrieval") return make_max_retrieval({});
   if (name == "passkey") return make_passkey({});
+  if (name == "needle") return make_needle({});
+  if (name == "variable_tracking") return make_variable_tracking({});
   throw std::invalid_argument("unknown task '" + name +
-                              "' (expected associative_recall, max_retrieval or passkey)");
+                              "' (expected associative_recall, max_retrieval, passkey, needle or "
+                              "variable_tracking)");
 }
 
 double answer_accuracy(const TaskExample& example, const std::vector<int32_t>& predictions) {

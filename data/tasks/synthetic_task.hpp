@@ -78,7 +78,9 @@ std::unique_ptr<SyntheticTask> make_associative_recall(const AssociativeRecallSp
 std::unique_ptr<SyntheticTask> make_max_retrieval(const MaxRetrievalSpec& spec);
 std::unique_ptr<SyntheticTask> make_passkey(const PasskeySpec& spec);
 
-// By name: "associative_recall" (alias "mqar"), "max_retrieval", "passkey"; default specs.
+// By name: "associative_recall" (alias "mqar"), "max_retrieval", "passkey", and the tasks over
+// real text "needle" (data/tasks/needle_task.hpp) and "variable_tracking"
+// (data/tasks/variable_tracking_task.hpp); default specs.
 std::unique_ptr<SyntheticTask> make_task(const std::string& name);
 
 // Fraction of answers whose every target token equals `predictions` at that position.

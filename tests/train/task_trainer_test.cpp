@@ -66,6 +66,36 @@ TEST(TaskTrainer, RunDirectoryLoadsBackToTheSameModel) {
   reach::io::remove_tree(dir);
 }
 
+TEST(TaskTrainer, NeedleTaskConfigsNameTheirErrors) {
+  auto message = [](const std::vector<std::string>& overrides) {
+    try {
+      parse_task_config("", overrides);
+    } catch (const std::invalid_argument& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(message({"task.name=\"needle\"", "task.corpus=\"/nonexistent/kjv.txt\""})
+                .find("task.corpus '/nonexistent/kjv.txt' does not exist"),
+            std::string::npos);
+  EXPECT_NE(message({"task.name=\"needle\"", "task.needles=2", "task.queries=3",
+                     "task.corpus=\"" REACH_SOURCE_DIR "/README.md\""})
+                .find("task.queries must be in 1..task.needles"),
+            std::string::npos);
+  EXPECT_NE(message({"task.name=\"variable_tracking\"", "task.hops=0",
+                     "task.corpus=\"" REACH_SOURCE_DIR "/README.md\""})
+                .find("task.hops must be >= 1"),
+            std::string::npos);
+  EXPECT_NE(message({"task.name=\"needle\"", "train.length=100",
+                     "task.corpus=\"" REACH_SOURCE_DIR "/README.md\""})
+                .find("below the task's minimum length"),
+            std::string::npos);
+  const auto c = parse_task_config("", {"task.name=\"needle\"", "train.length=512",
+                                        "task.corpus=\"" REACH_SOURCE_DIR "/docs\""});
+  EXPECT_EQ(c.model.vocab_size, 262);
+  EXPECT_EQ(parse_task_config(to_toml(c), {}).corpus, REACH_SOURCE_DIR "/docs");
+}
+
 TEST(TaskTrainer, MissingRunGivesAClearError) {
   EXPECT_THROW(load_task_run("/nonexistent/run"), std::runtime_error);
   const auto dir = (fs::temp_directory_path() / "reach_task_run_empty").string();
@@ -103,6 +133,17 @@ TEST(TaskTrainer, SmallModelLearnsMaxRetrieval) {
   const auto acc = evaluate_task_model(trained, c, {1}, nullptr);
   EXPECT_GT(acc[0].accuracy, 0.8);
   EXPECT_DOUBLE_EQ(acc[0].token_accuracy, acc[0].accuracy);  // one-token answers
+  // The evaluation runs the head on the answer positions only; the full forward's logits (the
+  // `logits` hook) give the same accuracies, here where most answers are right.
+  const auto full = evaluate_task_model(
+      trained, c, {1, 2}, nullptr, {}, [&](const torch::Tensor& t) { return trained->forward(t); });
+  const auto plain = evaluate_task_model(trained, c, {1, 2}, nullptr);
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_DOUBLE_EQ(plain[i].accuracy, full[i].accuracy);
+    EXPECT_DOUBLE_EQ(plain[i].token_accuracy, full[i].token_accuracy);
+    EXPECT_LT(plain[i].peak_gpu_mib, 0);  // not measured on the CPU
+  }
+  EXPECT_DOUBLE_EQ(plain[0].accuracy, acc[0].accuracy);
   reach::io::remove_tree(dir);
 }
 
