@@ -91,6 +91,7 @@ def time_case(n, d, results, hq=8, hkv=2, dr=64, s=64, k=8, window=0, compare=Fa
             torch.ops.reach.chunk_attention(q, kk, v, r, lm, **cfg)
     row = {"timing": f"bf16 fwd+bwd n={n} Hq={hq} Hkv={hkv} d={d} dr={dr} S={s} k={k}",
            "n": n, "ms": timed(step), "fwd_ms": timed(fwd)}
+    print(json.dumps(row), flush=True)  # before the peers: a cut run still has reach's time
     if compare:
         row.update(compare_dense(n, d, hq, hkv, q, kk, v, r, lm, go, s, k))
     results.append(row)
@@ -117,6 +118,7 @@ def compare_dense(n, d, hq, hkv, q, kk, v, r, lm, go, s, k):
         out["sdpa_ms"] = timed(sdpa)
     except RuntimeError as e:  # e.g. out of memory
         out["sdpa_error"] = str(e).splitlines()[0]
+    print(json.dumps({"n": n, **out}), flush=True)
     try:
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
         blk = 64
