@@ -142,7 +142,10 @@ def compare_dense(n, d, hq, hkv, q, kk, v, r, lm, go, s, k):
             chosen = sel[h // group, qb.clamp(max=nb - 1), (ki // s).clamp(max=sel.shape[-1] - 1)]
             return local | chosen
         # _compile: evaluate the mask per block without materialising n x n
-        bm = create_block_mask(mask_mod, 1, hq, n, n, device=q.device, BLOCK_SIZE=blk,
+        # Flex's kernels tile by 128 here (a 64-token BLOCK_SIZE failed in Inductor on the H200,
+        # 2026-12-03: "Q and KV block size must be divisible by BLOCK_M and BLOCK_N"); the mask
+        # itself stays the 64-token selection, evaluated per token inside partial blocks.
+        bm = create_block_mask(mask_mod, 1, hq, n, n, device=q.device, BLOCK_SIZE=128,
                                _compile=True)
         flex = torch.compile(flex_attention)
         qf = q.detach().clone().requires_grad_()
