@@ -58,7 +58,9 @@ TEST(TaskConfig, SharesTheOptimizerKeysWithTrain) {
   EXPECT_DOUBLE_EQ(parse_task_config("", {}).weight_decay, 0.0);
   const std::string help = task_config_help();
   EXPECT_NE(help.find("weight_decay = 0 "), std::string::npos) << help;
-  EXPECT_NE(help.find("(max_retrieval, associative_recall, mqar, passkey, needle or variable_tracking)"), std::string::npos);
+  EXPECT_NE(
+      help.find("(max_retrieval, associative_recall, mqar, passkey, needle or variable_tracking)"),
+      std::string::npos);
   expect_error("", {"train.warmup=-2"}, "train.warmup must be >= 0, got -2");
 }
 
