@@ -211,5 +211,25 @@ TEST(DilatedAttentionCpu, RejectsInvalidParams) {
   EXPECT_THROW(run(bad), std::invalid_argument);
 }
 
+// out_heads (the token-major output) must divide batch * heads, and only the CUDA
+// tensor-core kernels take it: the CPU kernel says so rather than writing the wrong rows.
+TEST(DilatedAttentionCpu, RejectsATokenMajorOutputLayout) {
+  DilatedAttentionParams p{2, 4, 16, 4, nullptr, 0, 0.25};
+  p.out_heads = -1;
+  EXPECT_NE(kernels::validate_params(p).find("out_heads"), std::string::npos);
+  p.out_heads = 3;  // does not divide batch * heads = 2
+  EXPECT_NE(kernels::validate_params(p).find("out_heads"), std::string::npos);
+  p.out_heads = 2;
+  EXPECT_EQ(kernels::validate_params(p), "");
+  std::vector<double> buf(128, 0.5), out(128), lse(8);
+  try {
+    kernels::dilated_attention_forward_cpu<double>(p, buf.data(), buf.data(), buf.data(),
+                                                   out.data(), lse.data());
+    FAIL() << "the CPU kernel took a token-major output";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("token-major"), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace reach::harness
