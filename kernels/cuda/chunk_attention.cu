@@ -33,11 +33,6 @@ __device__ __forceinline__ float warp_max(float x) {
   for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(kFull, x, o));
   return x;
 }
-__device__ __forceinline__ float log_sigmoid(float x) {
-  return x >= 0.f ? -log1pf(expf(-x)) : x - log1pf(expf(x));
-}
-// __fdividef: the IEEE division is a subroutine call, whose register saves spill here.
-__device__ __forceinline__ float sigmoid(float x) { return __fdividef(1.f, 1.f + expf(-x)); }
 
 // Launch arguments: sizes and scales computed on the host.
 struct Args {
@@ -114,38 +109,13 @@ __device__ int select_chunks(const Args& a, const float* r_s, const T* l_bg, int
 
 // Chunk weights from the selected scores (one lane).
 __device__ void chunk_weights(const Args& a, const float* score, const int* idx, int m, float* w) {
-  if (!a.stick_breaking) {
-    float top = -INFINITY, total = 0.f;
-    for (int c = 0; c < m; ++c) top = fmaxf(top, score[c]);
-    for (int c = 0; c < m; ++c) total += (w[c] = expf(score[c] - top));
-    for (int c = 0; c < m; ++c) w[c] = __fdividef(w[c], total);
-    return;
-  }
-  for (int c = 0; c < m; ++c) {  // nearest (highest index) chunk first
-    float lw = log_sigmoid(score[c]);
-    for (int j = 0; j < m; ++j) {
-      if (idx[j] > idx[c]) lw += log_sigmoid(-score[j]);
-    }
-    w[c] = expf(lw);
-  }
+  chunk_tc::weights_of(a.stick_breaking, score, idx, m, w);  // one formula for both paths
 }
 
 // dL/ds from dL/dw (one lane).
 __device__ void chunk_weights_backward(const Args& a, const float* score, const int* idx,
                                        const float* w, const float* gw, int m, float* gs) {
-  if (!a.stick_breaking) {
-    float mean = 0.f;
-    for (int c = 0; c < m; ++c) mean += w[c] * gw[c];
-    for (int c = 0; c < m; ++c) gs[c] = w[c] * (gw[c] - mean);
-    return;
-  }
-  for (int c = 0; c < m; ++c) {
-    float farther = 0.f;
-    for (int j = 0; j < m; ++j) {
-      if (idx[j] < idx[c]) farther += gw[j] * w[j];
-    }
-    gs[c] = gw[c] * w[c] * sigmoid(-score[c]) - sigmoid(score[c]) * farther;
-  }
+  chunk_tc::weights_backward_of(a.stick_breaking, score, idx, w, gw, m, gs);
 }
 
 template <typename T, int D>

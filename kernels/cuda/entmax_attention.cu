@@ -9,6 +9,8 @@
 #include <string>
 #include <type_traits>
 
+#include "kernels/cuda/dilated_attention.hpp"  // kMaxOffsets, which dilated_attention_tc.cuh reads
+#include "kernels/cuda/dilated_attention_tc.cuh"
 #include "kernels/cuda/entmax_attention.hpp"
 
 namespace reach::kernels::gpu {
@@ -1035,6 +1037,18 @@ __global__ void __launch_bounds__(kRowWarps * 32)
 namespace tcp {
 
 using bf16 = __nv_bfloat16;
+// The PTX wrappers and bf16 helpers of the dilated tensor-core kernels, shared.
+using tc::bf16_hi;
+using tc::bf16_lo;
+using tc::cp_async16;
+using tc::cp_async_commit;
+using tc::cp_async_wait;
+using tc::ldmatrix_x4;
+using tc::ldmatrix_x4_trans;
+using tc::mma;
+using tc::pack_bf16;
+using tc::quad_max;
+using tc::smem_u32;
 
 constexpr int kThreadsTc = 128;
 // P, dS as bf16 hi + lo pairs in the P V, dS K, P^T dO, dS^T Q products (two mmas each): the
@@ -1056,51 +1070,6 @@ struct Shape {
   static constexpr int kHeld = kHold ? kKSteps : 1;
 };
 
-__device__ __forceinline__ uint32_t smem_u32(const void* ptr) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(ptr));
-}
-
-// 16-byte global -> shared copy, zero-filled when !valid (src stays a valid address).
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
-               "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const bf16* ptr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_u32(ptr)));
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const bf16* ptr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_u32(ptr)));
-}
-
-// c += a (16x16, row) * b (16x8, col), bf16 in, fp32 accumulate.
-__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
-                                    uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
-      "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  const __nv_bfloat162 x = __floats2bfloat162_rn(lo, hi);
-  uint32_t u;
-  memcpy(&u, &x, sizeof(u));
-  return u;
-}
-__device__ __forceinline__ float bf16_lo(uint32_t w) { return __uint_as_float(w << 16); }
-__device__ __forceinline__ float bf16_hi(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
-
 // Two accumulator n8 tiles (16 x 16 fp32) as an A fragment: bf16 hi and (kSplit) lo parts.
 template <bool kSplit>
 __device__ __forceinline__ void to_a_fragment(const float (&x0)[4], const float (&x1)[4],
@@ -1117,10 +1086,6 @@ template <typename T>
 __device__ __forceinline__ T quad_sum(T x) {
   x += __shfl_xor_sync(0xffffffffu, x, 1);
   return x + __shfl_xor_sync(0xffffffffu, x, 2);
-}
-__device__ __forceinline__ float quad_max(float x) {
-  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
-  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
 }
 
 // Rows [row0, row0 + 64) of a [n, D] matrix into a padded smem tile (zeros past n), async.
