@@ -598,11 +598,14 @@ void tc_backward_group(const DilatedAttentionParams& p, const void* q, const voi
   check_cuda(cudaGetLastError(), "backward query-pass launch (tensor cores)");
   constexpr size_t smem_k = tc::backward_key_smem_bytes<D>();
   allow_smem(tc::backward_key_kernel<D, G, Frac>, smem_k);
-  tc::backward_key_kernel<D, G, Frac><<<t.grid, tc::kThreads, smem_k, stream>>>(
+  // Token-major grad_out: heads fastest (see the kernel) where grid.y can hold the tiles.
+  const bool heads_fastest = p.out_heads > 0 && t.grid.x <= 65535u;
+  const dim3 key_grid = heads_fastest ? dim3(t.grid.y, t.grid.x) : t.grid;
+  tc::backward_key_kernel<D, G, Frac><<<key_grid, tc::kThreads, smem_k, stream>>>(
       static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), lse,
       static_cast<const T*>(grad_out), delta, prob, dscore, static_cast<T*>(grad_k),
       static_cast<T*>(grad_v), t.n, t.window, t.scale, t.scale_log2, t.offs,
-      static_cast<int>(p.kv_group), static_cast<int>(p.out_heads));
+      static_cast<int>(p.kv_group), static_cast<int>(p.out_heads), heads_fastest);
   check_cuda(cudaGetLastError(), "backward key-pass launch (tensor cores)");
   if (want_offsets) {
     reduce_offset_partials<<<static_cast<unsigned>(p.num_offsets), 256, 0, stream>>>(

@@ -20,9 +20,9 @@
 // only (8 bytes per query and offset), then a key pass (dk, dv) that recomputes the
 // band blocks transposed and reads P and dS for its offset slots.
 //
-// Probabilities and score gradients enter the mma as bf16 hi + lo pairs (two mmas), so
-// rounding P or dS to bf16 costs no accuracy: the results keep fp32-like error and only
-// the final outputs are rounded to bf16.
+// Probabilities and score gradients enter the mma rounded to bf16 (one mma, FlashAttention's
+// choice; kSplit = true makes them bf16 hi + lo pairs, two mmas, for fp32-like products). The
+// extra rounding is one bf16 rounding per probability, inside the harness's bf16 rule.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -33,9 +33,9 @@ namespace reach::kernels::gpu::tc {
 
 using bf16 = __nv_bfloat16;
 
-constexpr int kTile = 64;      // rows per block
-constexpr int kThreads = 128;  // 4 warps x 16 rows
-constexpr bool kSplit = true;  // P and dS as bf16 hi + lo (see above)
+constexpr int kTile = 64;       // rows per block
+constexpr int kThreads = 128;   // 4 warps x 16 rows
+constexpr bool kSplit = false;  // P and dS as one bf16 (false) or bf16 hi + lo (see above)
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
@@ -888,8 +888,8 @@ __global__ void __launch_bounds__(kThreads)
                         const bf16* __restrict__ grad_out, const float* __restrict__ delta,
                         const float* __restrict__ prob, const float* __restrict__ dscore,
                         bf16* __restrict__ grad_k, bf16* __restrict__ grad_v, int n, int window,
-                        float scale, float scale_log2, IntOffsets offs, int kv_group,
-                        int out_heads) {
+                        float scale, float scale_log2, IntOffsets offs, int kv_group, int out_heads,
+                        bool heads_fastest) {
   using S = Shape<D>;
   constexpr int RC = S::kRowChunks;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -905,15 +905,19 @@ __global__ void __launch_bounds__(kThreads)
   float* sL = reinterpret_cast<float*>(sdO + 2 * S::kTileElems);  // [2][64] lse
   float* sDl = sL + 2 * kTile;                                    // [2][64] delta
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
-  const int j0 = blockIdx.x * kTile;
+  // heads_fastest (for a token-major grad_out): the grid is (heads, tiles), so the blocks in flight
+  // are all heads of few key tiles and together read whole [H * D] rows of grad_out (one head's
+  // rows are out_heads * D apart); otherwise (tiles, heads).
+  const int bh = heads_fastest ? blockIdx.x : blockIdx.y;
+  const int j0 = (heads_fastest ? blockIdx.y : blockIdx.x) * kTile;
   const int wrow = 16 * warp;
   const int jb = j0 + wrow;  // this warp's first key
   const int rows[2] = {jb + g, jb + g + 8};
-  const size_t head = static_cast<size_t>(blockIdx.y) * n * D;
+  const size_t head = static_cast<size_t>(bh) * n * D;
   const bf16* qh = q + head;
-  const RowSpan o = out_rows<D>(blockIdx.y, n, out_heads);  // grad_out's rows
+  const RowSpan o = out_rows<D>(bh, n, out_heads);  // grad_out's rows
   const bf16* doh = grad_out + o.base;
-  const size_t row_base = static_cast<size_t>(blockIdx.y) * n;
+  const size_t row_base = static_cast<size_t>(bh) * n;
   load_offsets(offs, s_off);
 
   // Query chunks j0, j0 + 64, ... cover queries j0 .. min(n - 1, j0 + 63 + W - 1).
@@ -930,7 +934,7 @@ __global__ void __launch_bounds__(kThreads)
   };
   // K/V of this query head's group (GQA); dK/dV are written per query head (the caller sums
   // each group).
-  const size_t kv_head = static_cast<size_t>(blockIdx.y / kv_group) * n * D;
+  const size_t kv_head = static_cast<size_t>(bh / kv_group) * n * D;
   load_tile<D>(sK, k + kv_head, j0, n);
   load_tile<D>(sV, v + kv_head, j0, n);
   load_chunk(0, j0);

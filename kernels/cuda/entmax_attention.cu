@@ -1051,11 +1051,11 @@ using tc::quad_max;
 using tc::smem_u32;
 
 constexpr int kThreadsTc = 128;
-// P, dS as bf16 hi + lo pairs in the P V, dS K, P^T dO, dS^T Q products (two mmas each): the
-// products keep fp32-like accuracy and only the outputs are rounded to bf16. false halves
-// those mmas at the cost of one more bf16 rounding per probability (FlashAttention's choice).
-constexpr bool kSplitForward = true;
-constexpr bool kSplitBackward = true;
+// P, dS rounded to bf16 in the P V, dS K, P^T dO, dS^T Q products (one mma each, FlashAttention's
+// choice: one more bf16 rounding per probability, inside the harness's bf16 rule); true makes
+// them bf16 hi + lo pairs (two mmas each) whose products keep fp32-like accuracy.
+constexpr bool kSplitForward = false;
+constexpr bool kSplitBackward = false;
 
 template <int D>
 struct Shape {
