@@ -14,6 +14,7 @@
 
 #include "kernels/cuda/add_layer_norm.hpp"
 #include "kernels/cuda/bias_gelu.hpp"
+#include "kernels/cuda/column_sums.hpp"
 #include "kernels/cuda/head_layout.hpp"
 #include "kernels/cuda/rope_split.hpp"
 #include "kernels/cuda/swiglu.hpp"
@@ -123,6 +124,15 @@ struct MergeHeads : torch::autograd::Function<MergeHeads> {
   }
 };
 
+// The column sums of a kernel's [blocks, dim] float32 partial sums (kernels/cuda/column_sums.hpp:
+// float64 accumulation in a fixed order; torch's sum(0) took ~11 us a call for these shapes).
+Tensor column_sums(const Tensor& partial) {
+  auto out = torch::empty({partial.size(1)}, partial.options());
+  gpu::column_sums_cuda(partial.size(0), partial.size(1), partial.data_ptr<float>(),
+                        out.data_ptr<float>(), stream());
+  return out;
+}
+
 torch::ScalarType output_type(const Tensor& x) {
   return at::autocast::is_autocast_enabled(at::kCUDA) ? at::autocast::get_autocast_dtype(at::kCUDA)
                                                       : x.scalar_type();
@@ -203,7 +213,7 @@ std::array<Tensor, 4> add_norm_backward(AutogradContext* ctx, bool has_r, const 
   // (A copy when r is float32: one tensor handed back for two inputs could be accumulated
   // into in place for one of them.)
   if (has_r) grad_r = dr.defined() ? dr : dx.clone();
-  return {dx, grad_r, dgamma.sum(0), rms ? Tensor() : dbeta.sum(0)};
+  return {dx, grad_r, column_sums(dgamma), rms ? Tensor() : column_sums(dbeta)};
 }
 
 // h = x + r, y = layer_norm(h): outputs {h, y}.
@@ -326,7 +336,7 @@ struct BiasGelu : torch::autograd::Function<BiasGelu> {
     gpu::bias_gelu_backward_cuda(rows, cols, type, dy.data_ptr(), h0.data_ptr(),
                                  bias.data_ptr<float>(), dh.data_ptr(), partial.data_ptr<float>(),
                                  stream());
-    return {dh, partial.sum(0)};
+    return {dh, column_sums(partial)};
   }
 };
 

@@ -37,6 +37,7 @@
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/cpu/reference_add_layer_norm.hpp"
@@ -45,6 +46,7 @@
 #include "kernels/cpu/reference_swiglu.hpp"
 #include "kernels/cuda/add_layer_norm.hpp"
 #include "kernels/cuda/bias_gelu.hpp"
+#include "kernels/cuda/column_sums.hpp"
 #include "kernels/cuda/head_layout.hpp"
 #include "kernels/cuda/rope_split.hpp"
 #include "kernels/cuda/swiglu.hpp"
@@ -618,6 +620,37 @@ REACH_OP_CASES(bias_gelu_cuda_cases) {
              pad.check_front(r, {&d_y, &d_dh, &d_partial});
            }});
     }
+  }
+}
+
+// Column sums (kernels/cuda/column_sums.hpp) of random float32 matrices, against the float64 sum
+// on the host: the kernel accumulates in float64 and rounds once, so each column is within half
+// an ulp of float32 of the exact sum (plus float64 rounding, ~rows 2^-53 relative): relative L2
+// 1e-7 > 2^-24 (a missed or doubled row is ~1/sqrt(rows) relative). A second run gives the same
+// bits (fixed order). Shapes: the partial sums' (132..256 rows, dims 512 / 2048), odd sizes,
+// one row, more rows than the 8 lanes x unroll.
+REACH_OP_CASES(column_sums_cuda_cases) {
+  for (const auto& [rows, cols] : std::initializer_list<std::pair<int64_t, int64_t>>{
+           {1, 1}, {3, 7}, {132, 512}, {256, 2048}, {1000, 33}, {9, 100}}) {
+    const std::string shape = shape_part("rows", static_cast<double>(rows)) + "_" +
+                              shape_part("cols", static_cast<double>(cols));
+    registry.add({"column_sums", "cuda", "f32", shape, "forward", [=](Report& r) {
+                    if (!cuda_device_available()) return r.skip("no CUDA device");
+                    Rng rng(seed_of("column_sums_cuda" + shape));
+                    const auto n = static_cast<size_t>(rows * cols);
+                    const auto in = rounded(rng.normal(n), false);
+                    DeviceTensor d_in(n, false), d_out(static_cast<size_t>(cols), false),
+                        d_again(static_cast<size_t>(cols), false);
+                    d_in.upload(in);
+                    kernels::gpu::column_sums_cuda(rows, cols, d_in.f32(), d_out.f32(), nullptr);
+                    kernels::gpu::column_sums_cuda(rows, cols, d_in.f32(), d_again.f32(), nullptr);
+                    std::vector<double> want(static_cast<size_t>(cols), 0.0);
+                    for (size_t i = 0; i < n; ++i) want[i % static_cast<size_t>(cols)] += in[i];
+                    const auto got = d_out.download();
+                    r.rel_l2("sums", got, want, 1e-7);
+                    r.lt("columns differing between two runs",
+                         static_cast<double>(got != d_again.download()), 0.5);
+                  }});
   }
 }
 
