@@ -54,11 +54,18 @@ namespace {
 // bf16 autocast ran matmul and then a separate add_ of the float32 bias into the bf16 output,
 // a mixed-type, non-vectorised kernel: 11.7 ms of an 82.6 ms training step of the paper preset
 // on the H200 (issue 15's profile, 32 calls), plus its AddBackward0 reductions.
+// Under bf16 autocast with the fused kernels on, the layer runs as ops::linear_bias: the same
+// products, its bias gradient summed by reach's column-sum kernels (torch's sum(0) over the bf16
+// [65,536, 512] gradient took 1.0 ms a step in 16 calls).
 torch::Tensor linear_rows(torch::nn::Linear linear, const torch::Tensor& x) {
   // CUDA only: the CPU path keeps LibTorch's own linear, so CPU results stay bit for bit.
-  if (!x.is_cuda() || x.dim() <= 2 || !linear->bias.defined()) return linear(x);
+  if (!x.is_cuda() || x.dim() < 2 || !linear->bias.defined()) return linear(x);
   auto sizes = x.sizes().vec();
-  const auto y = linear(x.reshape({-1, sizes.back()}));
+  const auto rows = x.dim() == 2 ? x : x.reshape({-1, sizes.back()});
+  const auto y = ops::linear_bias_supports(rows, linear->weight, linear->bias)
+                     ? ops::linear_bias(rows, linear->weight, linear->bias)
+                     : linear(rows);
+  if (x.dim() <= 2) return y;
   sizes.back() = y.size(-1);
   return y.view(sizes);
 }

@@ -96,6 +96,16 @@ torch::Tensor bias_gelu(const torch::Tensor&, const torch::Tensor&) {
       "bias_gelu: this build has no CUDA kernels (it needs a LibTorch "
       "with CUDA); use the tensor-op path");
 }
+
+bool linear_bias_supports(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) {
+  return false;
+}
+
+torch::Tensor linear_bias(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) {
+  throw std::invalid_argument(
+      "linear_bias: this build has no CUDA kernels (it needs a LibTorch "
+      "with CUDA); use the tensor-op path");
+}
 #endif
 
 }  // namespace reach::ops

@@ -340,6 +340,43 @@ struct BiasGelu : torch::autograd::Function<BiasGelu> {
   }
 };
 
+// y = x W^T + b in bf16 (as bf16 autocast computes it: addmm on the bf16 casts, the bias in the
+// matrix product's epilogue); the backward as AddmmBackward0 computes it (dx = dy W, dW = (x^T
+// dy)^T cast to W's float32), except the bias gradient: the column sums of dy by
+// kernels/cuda/column_sums.hpp (float32 partials of 256 rows, then float64) instead of torch's
+// sum(0) over the bf16 gradient, rounded once to float32 instead of to bf16 and then float32.
+struct LinearBias : torch::autograd::Function<LinearBias> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& weight,
+                               const Tensor& bias) {
+    const c10::cuda::CUDAGuard guard(x.device());
+    const auto xb = x.to(torch::kBFloat16).contiguous();
+    const auto wb = weight.to(torch::kBFloat16);
+    auto y = at::addmm(bias.to(torch::kBFloat16), xb, wb.t());
+    ctx->save_for_backward({xb, wb});
+    ctx->saved_data["x_type"] = static_cast<int64_t>(x.scalar_type());
+    ctx->saved_data["w_type"] = static_cast<int64_t>(weight.scalar_type());
+    ctx->saved_data["b_type"] = static_cast<int64_t>(bias.scalar_type());
+    return {y};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto &xb = saved[0], &wb = saved[1];
+    const c10::cuda::CUDAGuard guard(xb.device());
+    const auto dy = grads[0].to(torch::kBFloat16).contiguous();
+    const auto type = [&](const char* key) {
+      return static_cast<torch::ScalarType>(ctx->saved_data[key].toInt());
+    };
+    const auto dx = dy.mm(wb).to(type("x_type"));
+    const auto dw = xb.t().mm(dy).t().to(type("w_type"));
+    const int64_t rows = dy.size(0), cols = dy.size(1);
+    auto workspace = torch::empty({gpu::column_sums_bf16_workspace_rows(rows), cols},
+                                  dy.options().dtype(torch::kFloat32));
+    auto db = torch::empty({cols}, workspace.options());
+    gpu::column_sums_bf16_cuda(rows, cols, dy.data_ptr(), workspace.data_ptr<float>(),
+                               db.data_ptr<float>(), stream());
+    return {dx, dw, db.to(type("b_type"))};
+  }
+};
 }  // namespace
 
 std::array<Tensor, 3> rope_split(const Tensor& qkv, int64_t heads, const Tensor& cos,
@@ -414,6 +451,23 @@ Tensor bias_gelu(const Tensor& h0, const Tensor& bias) {
               c10::str(bias.sizes()) + " " + std::string(c10::toString(bias.scalar_type())));
   kernel_type(h0, "bias_gelu", "h0");
   return BiasGelu::apply(h0, bias)[0];
+}
+
+bool linear_bias_supports(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  return fused_block_kernels_enabled() && x.is_cuda() && x.dim() == 2 && x.size(0) > 0 &&
+         bias.defined() && weight.device() == x.device() && bias.device() == x.device() &&
+         output_type(x) == torch::kBFloat16 && at::autocast::is_autocast_enabled(at::kCUDA);
+}
+
+Tensor linear_bias(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  require(x.is_cuda() && weight.device() == x.device() && bias.device() == x.device(),
+          "linear_bias: x, weight and bias must be CUDA tensors on one device");
+  require(x.dim() == 2 && weight.dim() == 2 && bias.dim() == 1 && x.size(1) == weight.size(1) &&
+              bias.size(0) == weight.size(0) && x.size(0) >= 1 && weight.size(0) >= 1,
+          "linear_bias: x [rows, in], weight [out, in] and bias [out] with rows, out >= 1, got " +
+              c10::str(x.sizes()) + ", " + c10::str(weight.sizes()) + ", " +
+              c10::str(bias.sizes()));
+  return LinearBias::apply(x, weight, bias)[0];
 }
 
 }  // namespace reach::ops

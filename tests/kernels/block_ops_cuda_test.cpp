@@ -654,4 +654,50 @@ REACH_OP_CASES(column_sums_cuda_cases) {
   }
 }
 
+// The bf16 column sums (the bias gradient of ops::linear_bias) against the float64 sum of the
+// same bf16 values: pass 1 sums at most 32 rows per thread and 8 lanes in float32 (<= 40 roundings
+// of a partial sum), pass 2 in float64, so |got - want| <= 41 u sum |x| per column, u = 2^-24
+// (worst case; random-sign terms give ~sqrt of it). Shapes: the model's [65,536, 512] and odd ones
+// (the one-column-a-thread kernel: cols % 8 != 0, or the input one element off alignment).
+REACH_OP_CASES(column_sums_bf16_cuda_cases) {
+  struct Shape {
+    int64_t rows, cols;
+    bool misaligned;
+  };
+  for (const Shape s : {Shape{1, 8, false}, Shape{5, 3, false}, Shape{300, 64, false},
+                        Shape{65536, 512, false}, Shape{1000, 100, false}, Shape{777, 256, true}}) {
+    const std::string shape = shape_part("rows", static_cast<double>(s.rows)) + "_" +
+                              shape_part("cols", static_cast<double>(s.cols)) +
+                              (s.misaligned ? "_misaligned" : "");
+    registry.add({"column_sums", "cuda", "bf16", shape, "forward", [=](Report& r) {
+                    if (!cuda_device_available()) return r.skip("no CUDA device");
+                    Rng rng(seed_of("column_sums_bf16_cuda" + shape));
+                    const auto n = static_cast<size_t>(s.rows * s.cols);
+                    const auto cols = static_cast<size_t>(s.cols);
+                    const size_t skip = s.misaligned ? 1 : 0;
+                    auto in = rounded(rng.normal(n + skip), true);
+                    const auto ws_rows =
+                        static_cast<size_t>(kernels::gpu::column_sums_bf16_workspace_rows(s.rows));
+                    DeviceTensor d_in(n + skip, true), d_ws(ws_rows * cols, false),
+                        d_out(cols, false);
+                    d_in.upload(in);
+                    kernels::gpu::column_sums_bf16_cuda(s.rows, s.cols,
+                                                        static_cast<uint16_t*>(d_in.ptr) + skip,
+                                                        d_ws.f32(), d_out.f32(), nullptr);
+                    std::vector<double> want(cols, 0.0), scale(cols, 0.0);
+                    for (size_t i = 0; i < n; ++i) {
+                      want[i % cols] += in[i + skip];
+                      scale[i % cols] += std::abs(in[i + skip]);
+                    }
+                    const auto got = d_out.download();
+                    double worst = 0;  // max over columns of |got - want| / sum |x| (NaN kept)
+                    for (size_t c = 0; c < cols; ++c) {
+                      const double e = std::abs(got[c] - want[c]) / std::max(scale[c], 1e-300);
+                      if (std::isnan(e) || e > worst) worst = e;
+                    }
+                    r.lt("|error| / sum |x|, worst column", worst, 41 * std::ldexp(1.0, -24));
+                  }});
+  }
+}
+
 }  // namespace reach::harness
