@@ -224,7 +224,7 @@ TEST(FusedBlockCuda, LinearBiasMatchesTheAutocastLinear) {
       y = fused ? ops::linear_bias(x, w, b) : torch::nn::functional::linear(x, w, b);
     }
     y.backward(dy);
-    (fused ? got : want) = {y.detach(), x.grad(), w.grad(), b.grad()};
+    (fused ? got : want) = std::vector<torch::Tensor>{y.detach(), x.grad(), w.grad(), b.grad()};
   }
   EXPECT_EQ(got[0].scalar_type(), torch::kBFloat16);
   EXPECT_LT(rel_l2(got[0], want[0]), std::ldexp(1.0, -8)) << "y";
