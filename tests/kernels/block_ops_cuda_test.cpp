@@ -18,7 +18,8 @@
 //    gradient is rstd * dy * gamma * eps / (h^2 + eps), ~1e-7 of the terms float32 subtracts to
 //    get it, so any float32 evaluation (the tensor-op path's too) is O(1) off in relative terms;
 //  * SwiGLU float32 outputs within 1e-5: a handful of float32 operations and one expf per
-//    element (~1e-7 relative); bias + GELU's y and dh likewise (one erfc fit of < 1.2e-7, one expf backward);
+//    element (~1e-7 relative); bias + GELU's y and dh likewise (one erfc fit of < 1.2e-7, one expf
+//    backward);
 //  * bias + GELU's bias gradient: see bias_gelu_cuda_cases (a worst-case bound per column);
 //  * bf16 outputs (q, k, v, dqkv of the bf16 kernels; y and dr of the bf16 norms; y, da, db of
 //    the bf16 SwiGLU; y, dh of the bf16 bias + GELU) within the bf16 rule (harness::Bf16Rule: 2x
@@ -551,10 +552,10 @@ struct GeluShape {
 // column sums of the exact dh (the kernel sums its float32 values of dh before rounding them to
 // the output type, so a bf16 dh's rounding does not enter; the bound is the same for both types).
 // Per column c, with u = 2^-24 and m = ceil(rows / (8 partial rows)) the most rows one thread
-// sums: each float32 dh is within ~8 u |dy| of the exact one (the erfc fit's < 2 u in 1 + erf, expf,
-// the rounding of h0 + bias times |x gelu''(x)| <= 0.6, a few products; |gelu'| <= 1.13), and the
-// float32 sum of m terms and then of the block's 8 lanes adds at most (m + 8) u times the sum of
-// the |terms| (<= 1.13 sum |dy|). So |got_c - want_c| <= (m + 16) 2u sum_rows |dy_rc|, a
+// sums: each float32 dh is within ~8 u |dy| of the exact one (the erfc fit's < 2 u in 1 + erf,
+// expf, the rounding of h0 + bias times |x gelu''(x)| <= 0.6, a few products; |gelu'| <= 1.13), and
+// the float32 sum of m terms and then of the block's 8 lanes adds at most (m + 8) u times the sum
+// of the |terms| (<= 1.13 sum |dy|). So |got_c - want_c| <= (m + 16) 2u sum_rows |dy_rc|, a
 // worst-case bound (typical errors are ~sqrt of it); a missed or doubled row is O(|dy|) over it.
 REACH_OP_CASES(bias_gelu_cuda_cases) {
   for (const bool bf16 : {false, true}) {
