@@ -83,8 +83,8 @@ bool linear_bias_supports(const torch::Tensor& x, const torch::Tensor& weight,
 // x [rows, in], weight [out, in], bias [out] (CUDA): y = x W^T + b computed in bf16 as bf16
 // autocast computes it (addmm, the bias in the product's epilogue), y bf16. The backward is
 // AddmmBackward0's matrix products, with the bias gradient summed by reach's column-sum kernels
-// (float32 partials, float64 total) instead of torch's sum(0) over the bf16 gradient, ~3x faster
-// at [65,536, 512].
+// (float32 partials, float64 total) instead of torch's sum(0) over the bf16 gradient: 1.00 ->
+// 0.49 ms for the 16 calls of a paper-preset step at [65,536, 512] on the H200.
 torch::Tensor linear_bias(const torch::Tensor& x, const torch::Tensor& weight,
                           const torch::Tensor& bias);
 

@@ -55,6 +55,10 @@ TEST(FusedBlock, CpuTensorsAreAClearError) {
   EXPECT_FALSE(ops::add_layer_norm_supports(torch::randn({3, 8}), 8));
   EXPECT_FALSE(ops::swiglu_supports(torch::randn({3, 8}), torch::randn({3, 8})));
   EXPECT_FALSE(ops::bias_gelu_supports(torch::randn({3, 8}), torch::randn({8})));
+  EXPECT_THROW(ops::linear_bias(torch::randn({3, 8}), torch::randn({4, 8}), torch::randn({4})),
+               std::invalid_argument);
+  EXPECT_FALSE(
+      ops::linear_bias_supports(torch::randn({3, 8}), torch::randn({4, 8}), torch::randn({4})));
 }
 
 TEST(FusedBlock, OnByDefaultWhereBuiltAndNeverOnTheCpu) {
