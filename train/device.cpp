@@ -164,7 +164,29 @@ bool FusedAdamW::available(const torch::Device& device) {
 #endif
 }
 
-void FusedAdamW::step() {
+void FusedAdamW::step() { launch(std::nullopt); }
+
+void FusedAdamW::step(const torch::Tensor& lr) {
+  if (!lr.defined() || lr.numel() != 1 || lr.scalar_type() != torch::kFloat32 || !lr.is_cuda()) {
+    throw std::invalid_argument(
+        "FusedAdamW: the learning rate tensor must be one float32 value on the CUDA device");
+  }
+  launch(lr);
+}
+
+void FusedAdamW::count_host_step() {
+  for (auto& group : optimizer_.param_groups()) {
+    for (auto& p : group.params()) {
+      if (!p.grad().defined()) continue;
+      auto& slot = optimizer_.state()[optimizer_state_key(p)];
+      if (!slot) throw std::logic_error("FusedAdamW: count_host_step before any step");
+      auto& state = static_cast<torch::optim::AdamWParamState&>(*slot);
+      state.step(state.step() + 1);
+    }
+  }
+}
+
+void FusedAdamW::launch(const std::optional<torch::Tensor>& device_lr) {
 #if REACH_TORCH_AT_LEAST(2, 1)
   torch::NoGradGuard no_grad;
   // The kernel takes tensors of one dtype and device per call (a model may mix float32
@@ -190,7 +212,7 @@ void FusedAdamW::step() {
         device_step =
             torch::full({}, static_cast<double>(state.step()), p.options().dtype(torch::kFloat32));
       }
-      state.step(state.step() + 1);
+      if (!device_lr) state.step(state.step() + 1);  // else count_host_step, per run
       auto& bucket = buckets[{static_cast<int>(p.scalar_type()), p.device().str()}];
       bucket.params.push_back(p);
       bucket.grads.push_back(p.grad());
@@ -200,13 +222,21 @@ void FusedAdamW::step() {
     }
     for (auto& [key, b] : buckets) {
       at::_foreach_add_(b.steps, 1.0);
-      at::_fused_adamw_(b.params, b.grads, b.exp_avgs, b.exp_avg_sqs, {}, b.steps, options.lr(),
-                        std::get<0>(options.betas()), std::get<1>(options.betas()),
-                        options.weight_decay(), options.eps(), options.amsgrad(),
-                        /*maximize=*/false);
+      if (device_lr) {
+        at::_fused_adamw_(b.params, b.grads, b.exp_avgs, b.exp_avg_sqs, {}, b.steps, *device_lr,
+                          std::get<0>(options.betas()), std::get<1>(options.betas()),
+                          options.weight_decay(), options.eps(), options.amsgrad(),
+                          /*maximize=*/false);
+      } else {
+        at::_fused_adamw_(b.params, b.grads, b.exp_avgs, b.exp_avg_sqs, {}, b.steps, options.lr(),
+                          std::get<0>(options.betas()), std::get<1>(options.betas()),
+                          options.weight_decay(), options.eps(), options.amsgrad(),
+                          /*maximize=*/false);
+      }
     }
   }
 #else
+  (void)device_lr;
   throw std::logic_error("FusedAdamW needs LibTorch >= 2.1 and a CUDA device");
 #endif
 }

@@ -12,6 +12,7 @@
 #include <torch/torch.h>
 
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -72,9 +73,17 @@ class FusedAdamW {
  public:
   static bool available(const torch::Device& device);
   explicit FusedAdamW(torch::optim::AdamW& optimizer) : optimizer_(optimizer) {}
+  // At each group's own learning rate; counts the step in the host state.
   void step();
+  // At the learning rate held by `lr` (one float32 on the device, read by the kernel, so a step
+  // captured in a CUDA graph follows the schedule when it is replayed), for every group; the
+  // host state's step counts are left to count_host_step (once per run of the step: a capture
+  // runs nothing, a replay runs without the host).
+  void step(const torch::Tensor& lr);
+  void count_host_step();
 
  private:
+  void launch(const std::optional<torch::Tensor>& device_lr);
   torch::optim::AdamW& optimizer_;
   // The kernel reads step counts from float32 device tensors; the host count in the state is
   // kept in step with them.

@@ -10,10 +10,13 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <memory>
 #include <numeric>
 #include <set>
 #include <vector>
 
+#include "train/captured_step.hpp"
 #include "train/device.hpp"
 #include "train/optimizer.hpp"
 
@@ -163,6 +166,92 @@ LoopResult run_loop(model::Gpt& net, torch::optim::AdamW& optimizer, const torch
   const int64_t profile_to = profile_from + s.profile_steps;
   auto phase_clock = Clock::now();
 
+  // One step from a device batch: forward + loss (under bf16 autocast), backward, gradient
+  // clipping, the optimizer; at the param groups' learning rate, or at *device_lr (one float32
+  // on the device) for a step captured in a CUDA graph. phase_done(i) ends phase i of kPhases.
+  const auto train_step = [&](const DeviceBatch& b, const torch::Tensor* device_lr,
+                              bool keep_logits, torch::Tensor& logged_logits,
+                              const std::function<void(size_t)>& phase_done) {
+    torch::Tensor input = b.input, target = b.target;
+    if (b.sequence.defined()) {
+      const int64_t length = b.sequence.size(1) - 1;
+      input = b.sequence.narrow(1, 0, length).contiguous();
+      target = b.sequence.narrow(1, 1, length).contiguous();
+    }
+    optimizer.zero_grad();
+    torch::Tensor loss;
+    {
+      const Bf16Autocast autocast(s.bf16);
+      if (s.loss_chunk_rows == 0) {
+        auto logits = net(input);
+        loss = torch::nn::functional::cross_entropy(
+            logits.view({-1, logits.size(-1)}), target.view({-1}),
+            torch::nn::functional::CrossEntropyFuncOptions().ignore_index(s.ignore_index));
+        if (keep_logits) logged_logits = logits.detach();
+      } else {
+        // The head and loss in chunks; a logged step that needs the logits computes them apart.
+        const auto hidden = net->hidden_states(input);
+        loss = net->loss_of_hidden(hidden, target, s.ignore_index, s.loss_chunk_rows);
+        if (keep_logits) {
+          const torch::NoGradGuard no_grad;
+          logged_logits = net->head(hidden.detach());
+        }
+      }
+    }
+    phase_done(1);
+    loss.backward();
+    if (hooks.reduce_gradients) hooks.reduce_gradients();
+    phase_done(2);
+    torch::Tensor grad_norm;
+    if (device.is_cuda()) {
+      grad_norm = clip_grad_norm_on_device(net->parameters(), s.grad_clip);
+    } else {
+      grad_norm = torch::tensor(torch::nn::utils::clip_grad_norm_(net->parameters(), s.grad_clip),
+                                torch::kFloat64);
+    }
+    phase_done(3);
+    if (device_lr != nullptr) {
+      fused_adamw->step(*device_lr);
+    } else if (fused_adamw) {
+      fused_adamw->step();
+    } else {
+      optimizer.step();
+    }
+    phase_done(4);
+    return StepOutputs{loss.detach(), grad_norm.detach()};
+  };
+
+  // On a GPU, the step captured in a CUDA graph (train/captured_step.hpp) when the settings ask
+  // for it and nothing in the step or the hooks needs the host inside it.
+  std::unique_ptr<CapturedTrainStep> captured;
+  // Profiled steps synchronize between phases, so they run eagerly, before the graph's first.
+  const int64_t graph_from = s.profile_steps > 0 ? profile_to : start_step;
+  if (s.cuda_graph && device.is_cuda()) {
+    std::string why = CapturedTrainStep::problem(net);
+    if (why.empty() && !fused_adamw) why = "the fused AdamW kernel is not available";
+    if (why.empty() && hooks.logged_step) why = "logged steps read the logits (a task run)";
+    if (why.empty() && (hooks.reduce_gradients || hooks.average_loss)) {
+      why = "data-parallel ranks reduce gradients between backward and the optimizer";
+    }
+    if (why.empty()) {
+      captured = std::make_unique<CapturedTrainStep>(
+          [&](const DeviceBatch& b, const torch::Tensor& lr) {
+            torch::Tensor unused;
+            return train_step(b, &lr, false, unused, [](size_t) {});
+          },
+          device);
+      if (!s.quiet) {
+        fmt::print(stderr,
+                   "{} CUDA graph: the training step is captured at step {} and replayed for "
+                   "every step after it{}\n",
+                   s.log_prefix, graph_from + 2,
+                   s.profile_steps > 0 ? ", after the eagerly profiled steps" : "");
+      }
+    } else if (!s.quiet) {
+      fmt::print(stderr, "{} CUDA graph not used: {}\n", s.log_prefix, why);
+    }
+  }
+
   for (int64_t step = start_step; step < s.steps; ++step) {
     const bool profiling = step >= profile_from && step < profile_to;
     auto phase_done = [&](size_t phase) {
@@ -181,57 +270,34 @@ LoopResult run_loop(model::Gpt& net, torch::optim::AdamW& optimizer, const torch
       static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
     }
     const StepBatch batch = hooks.batch(step, device.is_cuda());
-    torch::Tensor input, target;
-    if (batch.sequence.defined()) {
-      const auto tokens = batch.sequence.to(device, /*non_blocking=*/true);
-      const int64_t length = tokens.size(1) - 1;
-      input = tokens.narrow(1, 0, length).contiguous();
-      target = tokens.narrow(1, 1, length).contiguous();
-    } else {
-      input = batch.input.to(device, /*non_blocking=*/true);
-      target = batch.target.to(device, /*non_blocking=*/true);
-    }
-    phase_done(0);
     const bool last = step + 1 == s.steps;
     const bool log_now = (step + 1) % s.log_every == 0 || last;
-    optimizer.zero_grad();
-    torch::Tensor loss, logged_logits;
-    {
-      const Bf16Autocast autocast(s.bf16);
-      if (s.loss_chunk_rows == 0) {
-        auto logits = net(input);
-        loss = torch::nn::functional::cross_entropy(
-            logits.view({-1, logits.size(-1)}), target.view({-1}),
-            torch::nn::functional::CrossEntropyFuncOptions().ignore_index(s.ignore_index));
-        if (log_now && hooks.logged_step) logged_logits = logits.detach();
-      } else {
-        // The head and loss in chunks; a logged step that needs the logits computes them apart.
-        const auto hidden = net->hidden_states(input);
-        loss = net->loss_of_hidden(hidden, target, s.ignore_index, s.loss_chunk_rows);
-        if (log_now && hooks.logged_step) {
-          const torch::NoGradGuard no_grad;
-          logged_logits = net->head(hidden.detach());
-        }
+    torch::Tensor loss, grad_norm, logged_logits;
+    if (captured && step >= graph_from &&
+        captured->accepts(batch.sequence, batch.input, batch.target)) {
+      try {
+        auto out = captured->run(batch.sequence, batch.input, batch.target, lr);
+        fused_adamw->count_host_step();
+        loss = std::move(out.loss);
+        grad_norm = std::move(out.grad_norm);
+      } catch (const std::runtime_error& e) {
+        if (!s.quiet) fmt::print(stderr, "{} {}; training on eagerly\n", s.log_prefix, e.what());
+        captured.reset();
+        synchronize(device);
       }
     }
-    phase_done(1);
-    loss.backward();
-    if (hooks.reduce_gradients) hooks.reduce_gradients();
-    phase_done(2);
-    torch::Tensor grad_norm;
-    if (device.is_cuda()) {
-      grad_norm = clip_grad_norm_on_device(net->parameters(), s.grad_clip);
-    } else {
-      grad_norm = torch::tensor(torch::nn::utils::clip_grad_norm_(net->parameters(), s.grad_clip),
-                                torch::kFloat64);
+    if (!loss.defined()) {
+      DeviceBatch on_device;
+      const auto to_device = [&](const torch::Tensor& t) {
+        return t.defined() ? t.to(device, /*non_blocking=*/true) : torch::Tensor();
+      };
+      on_device = {to_device(batch.sequence), to_device(batch.input), to_device(batch.target)};
+      phase_done(0);
+      auto out =
+          train_step(on_device, nullptr, log_now && hooks.logged_step, logged_logits, phase_done);
+      loss = std::move(out.loss);
+      grad_norm = std::move(out.grad_norm);
     }
-    phase_done(3);
-    if (fused_adamw) {
-      fused_adamw->step();
-    } else {
-      optimizer.step();
-    }
-    phase_done(4);
 
     nlohmann::json extra = nlohmann::json::object();
     if (logged_logits.defined()) hooks.logged_step(batch, logged_logits, extra);

@@ -69,6 +69,8 @@ struct LoopSettings {
   int64_t loss_chunk_rows = 0;
   double flops_per_token = 0, peak_flops = 0;  // MFU when peak_flops > 0
   bool bf16 = false;
+  // On CUDA: capture the step in a CUDA graph when it can be (train/captured_step.hpp).
+  bool cuda_graph = false;
   bool quiet = false;
   std::string log_prefix = "[train]";
   int64_t stop_after_step = 0;      // for tests: stop (without a final checkpoint) after this step

@@ -49,8 +49,12 @@ ConfigKeys keys(TrainConfig& c) {
            one_of({"auto", "fp32", "bf16"}))
       .add("train.peak_tflops", &c.peak_tflops,
            "device peak TFLOP/s for the MFU (0 = from the GPU's name)", at_least(0))
-      .add("train.profile_steps", &c.profile_steps, "> 0: time this many steps phase by phase",
-           at_least(0))
+      .add("train.profile_steps", &c.profile_steps,
+           "> 0: time this many steps phase by phase (eagerly: no CUDA graph)", at_least(0))
+      .add("train.cuda_graph", &c.cuda_graph,
+           "auto = on CUDA, capture the training step in a CUDA graph and replay it (the log "
+           "says why when it cannot); off = launch every kernel from the host",
+           one_of({"auto", "off"}))
       .add("train.loss_chunk_rows", &c.loss_chunk_rows,
            "rows of logits per chunk of the training loss (0 = full logits; -1 = auto: "
            "2^26 / vocab rows on CUDA when the vocabulary is >= 4096, else full logits)",

@@ -53,6 +53,10 @@ struct TrainConfig : OptimizerConfig {
   // > 0: after a warm-up, time this many steps phase by phase (data, forward, backward,
   // optimizer; synchronizing the device between phases) and print the breakdown.
   int64_t profile_steps = 0;
+  // "auto": on CUDA, the training step captured in a CUDA graph at its second step and replayed
+  // (train/captured_step.hpp; the log says why not when a model or run cannot be captured);
+  // "off": every kernel launched from the host.
+  std::string cuda_graph = "auto";
   // Rows of logits per chunk of the training loss (train/loss_chunk_rows.hpp): 0 = the full
   // logits, -1 = auto (chunked on CUDA when the vocabulary is >= 4096, else full logits).
   int64_t loss_chunk_rows = -1;

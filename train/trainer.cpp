@@ -230,6 +230,7 @@ TrainResult run_training(const TrainConfig& config_in, const TrainOptions& optio
   settings.flops_per_token = flops.total();
   settings.peak_flops = peak_flops;
   settings.bf16 = bf16;
+  settings.cuda_graph = c.cuda_graph == "auto";
   settings.loss_chunk_rows = resolve_loss_chunk_rows(c.loss_chunk_rows, device, vocab);
   settings.quiet = quiet;
   settings.log_prefix = "[train]";
