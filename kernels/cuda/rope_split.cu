@@ -79,32 +79,35 @@ struct alignas(16) Vec16 {
 // The vectorised form (issue 15: the scalar kernel above ran ~6x under the H200's bandwidth,
 // 7.9 ms forward + 7.8 ms backward per step of the paper preset): one thread per (row, part, h,
 // 16-byte group of pairs), x1 and x2 each read with one 128-bit load, cos/sin with float4 loads,
-// and one 64-bit division per thread instead of five. Needs half % kSize == 0 and 16-byte aligned
-// pointers (launch() checks; otherwise the scalar kernel runs). Same arithmetic, same rounding.
-template <typename T, bool kBackward>
+// and its index arithmetic in Index: int32_t (32-bit divisions, a few instructions each, where
+// a 64-bit one is a subroutine of dozens) whenever every element offset fits, int64_t otherwise.
+// Needs half % kSize == 0 and 16-byte aligned pointers (launch() checks; otherwise the scalar
+// kernel runs). Same arithmetic, same rounding.
+template <typename T, bool kBackward, typename Index>
 __global__ void rope_split_vec_kernel(const T* in0, const T* in1, const T* in2, const float* cos,
-                                      const float* sin, T* out0, T* out1, T* out2, int64_t rows,
-                                      int64_t seq_len, int heads, int head_dim, bool token_major) {
+                                      const float* sin, T* out0, T* out1, T* out2, Index rows,
+                                      Index seq_len, int heads, int head_dim, bool token_major) {
   using V = Vec16<T>;
   constexpr int kSize = V::kSize;
   const int half = head_dim / 2;
   const int groups = half / kSize;
   const int per_row = 3 * heads * groups;
-  const int64_t total = rows * per_row;
-  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t row = idx / per_row;  // b * seq_len + t
+  const Index total = rows * per_row;
+  for (Index idx = static_cast<Index>(blockIdx.x) * static_cast<Index>(blockDim.x) +
+                   static_cast<Index>(threadIdx.x);
+       idx < total; idx += static_cast<Index>(gridDim.x) * static_cast<Index>(blockDim.x)) {
+    const Index row = idx / per_row;  // b * seq_len + t
     int rest = static_cast<int>(idx - row * per_row);
     const int g = rest % groups;
     rest /= groups;
     const int h = rest % heads;
     const int part = rest / heads;
-    const int64_t t = row % seq_len;
-    const int64_t b = row / seq_len;
+    const Index t = row % seq_len;
+    const Index b = row / seq_len;
     const int i = g * kSize;
-    const int64_t packed = ((row * 3 + part) * heads + h) * head_dim + i;
-    const int64_t split = token_major ? (row * heads + h) * head_dim + i
-                                      : ((b * heads + h) * seq_len + t) * head_dim + i;
+    const Index packed = ((row * 3 + part) * heads + h) * head_dim + i;
+    const Index split = token_major ? (row * heads + h) * head_dim + i
+                                    : ((b * heads + h) * seq_len + t) * head_dim + i;
     float c[kSize], s[kSize];
     if (part < 2) {
       const float4* cos4 = reinterpret_cast<const float4*>(cos + t * half + i);
@@ -174,12 +177,22 @@ void launch(const cpu::RopeSplitShape& s, const void* in0, const void* in1, cons
   if (vectorised) {
     const int64_t total = s.batch * s.seq_len * 3 * s.heads * (half / kSize);
     const int64_t blocks = std::min<int64_t>((total + kThreads - 1) / kThreads, 1 << 20);
-    rope_split_vec_kernel<T, kBackward>
-        <<<static_cast<unsigned>(blocks), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-            static_cast<const T*>(in0), static_cast<const T*>(in1), static_cast<const T*>(in2), cos,
-            sin, static_cast<T*>(out0), static_cast<T*>(out1), static_cast<T*>(out2),
-            s.batch * s.seq_len, s.seq_len, static_cast<int>(s.heads), static_cast<int>(s.head_dim),
-            s.token_major);
+    // 32-bit indices when the largest element offset (and the grid stride past it) fits.
+    const int64_t elements = s.batch * s.seq_len * 3 * s.heads * s.head_dim;
+    const auto run = [&](auto index) {
+      using Index = decltype(index);
+      rope_split_vec_kernel<T, kBackward, Index>
+          <<<static_cast<unsigned>(blocks), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+              static_cast<const T*>(in0), static_cast<const T*>(in1), static_cast<const T*>(in2),
+              cos, sin, static_cast<T*>(out0), static_cast<T*>(out1), static_cast<T*>(out2),
+              static_cast<Index>(s.batch * s.seq_len), static_cast<Index>(s.seq_len),
+              static_cast<int>(s.heads), static_cast<int>(s.head_dim), s.token_major);
+    };
+    if (elements + blocks * kThreads < (int64_t{1} << 31)) {
+      run(int32_t{0});
+    } else {
+      run(int64_t{0});
+    }
   } else {
     launch_scalar<T, kBackward>(s, in0, in1, in2, cos, sin, out0, out1, out2, stream);
   }

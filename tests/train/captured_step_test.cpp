@@ -7,8 +7,8 @@
 // so the only differences are the nondeterministic ones of both paths (the embedding gradient's
 // atomic adds): a step's loss within 1e-3 relative of the eager run's over 8 steps, and the
 // weights after them within 1e-3 relative L2. A replay that skipped the optimizer would leave
-// the loss at its first value (the losses fall by > 5% over these steps), one that read a stale
-// batch or learning rate would leave the next loss off by far more than 1e-3.
+// the loss near its first value (the eager losses fall by > 2% over these steps: checked), one
+// that read a stale batch or learning rate would leave the next loss off by far more than 1e-3.
 #include "train/captured_step.hpp"
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -35,10 +35,12 @@ model::ModelConfig small_config() {
   return c;
 }
 
-// Steps of batch 4 x 64, each batch drawn from a generator seeded by its step.
+// Steps of batch 4 x 64, each batch drawn from a generator seeded by its step: rows counting up
+// (mod 64) from a random start, so the next token is learnable and the loss falls within steps.
 torch::Tensor batch_of(int64_t step) {
   auto g = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(1000 + step));
-  return torch::randint(0, 64, {4, 65}, g, torch::kInt64);
+  const auto start = torch::randint(0, 64, {4, 1}, g, torch::kInt64);
+  return (start + torch::arange(65, torch::kInt64).view({1, 65})).remainder(64);
 }
 
 // The loop's step: forward + loss under bf16 autocast, backward, clipping, fused AdamW at lr.
@@ -109,7 +111,7 @@ class CapturedStepCuda : public ::testing::Test {
 TEST_F(CapturedStepCuda, ReplaysMatchTheEagerSteps) {
   const torch::Device cuda(torch::kCUDA, 0);
   const int64_t steps = 8;
-  const auto lr_at = [](int64_t step) { return 2e-3 * static_cast<double>(step + 1) / 8.0; };
+  const auto lr_at = [](int64_t step) { return 1e-2 * static_cast<double>(step + 1) / 8.0; };
 
   torch::manual_seed(5);
   model::Gpt eager(small_config());
@@ -146,7 +148,7 @@ TEST_F(CapturedStepCuda, ReplaysMatchTheEagerSteps) {
   }
   EXPECT_EQ(captured.runs(), steps);
   EXPECT_EQ(captured.replays(), steps - 1);
-  ASSERT_GT(eager_losses.front() - eager_losses.back(), 0.05 * eager_losses.front())
+  ASSERT_GT(eager_losses.front() - eager_losses.back(), 0.02 * eager_losses.front())
       << "the reference run does not learn: the comparison would not catch a skipped update";
   for (int64_t step = 0; step < steps; ++step) {
     const auto i = static_cast<size_t>(step);
