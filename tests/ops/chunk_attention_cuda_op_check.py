@@ -6,6 +6,9 @@ forward + backward. Run by scripts/gpu-check; by hand (repo root, on the GPU mac
         [--time-lengths 8192,32768,65536,131072] [--compare] [--skip-checks]
 --compare also times dense causal SDPA and FlexAttention (a block mask of the chunk selection at
 64-token granularity) in the same process; every timing row is printed as JSON with its ratios.
+--nsa also times fla-core's NSA kernel (fla.ops.nsa.parallel_nsa: compression attention over
+mean-pooled 64-token blocks, its top-k blocks per query, attention over them) at the same shape,
+block size and k; it needs query heads per KV head a power of 2 >= 16, so use --hq 16 --hkv 1.
 Error rule: relative L2 against float64; float32 within 1e-4, bfloat16 within 2x the error of
 rounding the float64 result to bfloat16 plus 1e-4 (as tests/kernels/chunk_attention_cuda_cases.hpp).
 """
@@ -73,7 +76,7 @@ def timed(step, reps=3):
     return (time.perf_counter() - t0) / reps * 1e3
 
 
-def time_case(n, d, results, hq=8, hkv=2, dr=64, s=64, k=8, window=0, compare=False):
+def time_case(n, d, results, hq=8, hkv=2, dr=64, s=64, k=8, window=0, compare=False, nsa=False):
     cfg = dict(chunk_size=s, top_k=k, window=window)
     dev = "cuda"
     q = torch.randn(1, hq, n, d, device=dev, dtype=torch.bfloat16, requires_grad=True)
@@ -94,6 +97,8 @@ def time_case(n, d, results, hq=8, hkv=2, dr=64, s=64, k=8, window=0, compare=Fa
     print(json.dumps(row), flush=True)  # before the peers: a cut run still has reach's time
     if compare:
         row.update(compare_dense(n, d, hq, hkv, q, kk, v, r, lm, go, s, k))
+    if nsa:
+        row.update(compare_nsa(q, kk, v, go, s, k))
     results.append(row)
     print(json.dumps(row), flush=True)
     del q, kk, v, r, lm, go
@@ -162,6 +167,37 @@ def compare_dense(n, d, hq, hkv, q, kk, v, r, lm, go, s, k):
     return out
 
 
+def compare_nsa(q, kk, v, go, s, k):
+    """fla-core's NSA (parallel_nsa) fwd+bwd on the same q, k, v (its layout [B, T, H, D]):
+    block size s, k selected blocks per query, the selection from its compression branch (g_cmp
+    given: mean-pooled keys, compressed attention, top-k on the device), no sliding window (its
+    window branch needs flash-attn). Gates of ones; bf16."""
+    out = {}
+    try:
+        from fla.ops.nsa import parallel_nsa
+    except Exception as e:  # noqa: BLE001 (report, keep the rest)
+        return {"nsa_error": f"import: {type(e).__name__}: {e}"[:300]}
+    try:
+        qn = q.detach().transpose(1, 2).contiguous().requires_grad_()
+        kn = kk.detach().transpose(1, 2).contiguous().requires_grad_()
+        vn = v.detach().transpose(1, 2).contiguous().requires_grad_()
+        gon = go.transpose(1, 2).contiguous()
+        gate = torch.ones(qn.shape[:3], device=q.device, dtype=q.dtype, requires_grad=True)
+
+        def nsa_step():
+            o = parallel_nsa(qn, kn, vn, g_cmp=gate, g_slc=gate, block_counts=k, block_size=s)
+            o.backward(gon)
+
+        def nsa_fwd():
+            with torch.no_grad():
+                parallel_nsa(qn, kn, vn, g_cmp=gate, g_slc=gate, block_counts=k, block_size=s)
+        out["nsa_ms"] = timed(nsa_step)
+        out["nsa_fwd_ms"] = timed(nsa_fwd)
+    except Exception as e:  # noqa: BLE001
+        out["nsa_error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
@@ -169,6 +205,11 @@ def main():
     ap.add_argument("--compare", action="store_true",
                     help="also time dense causal SDPA and a FlexAttention block mask (ratios)")
     ap.add_argument("--skip-checks", action="store_true", help="timing only")
+    ap.add_argument("--nsa", action="store_true",
+                    help="also time fla-core's NSA kernel (needs --hq / --hkv a power of 2 >= 16)")
+    ap.add_argument("--hq", type=int, default=8, help="query heads of the timed cases")
+    ap.add_argument("--hkv", type=int, default=2, help="KV heads of the timed cases")
+    ap.add_argument("--head-dim", type=int, default=128, help="head_dim of the timed cases")
     ap.add_argument("--ops-library",
                     default=os.path.join(ROOT, "build-gpu", "ops", "libreach_ops.so"))
     a = ap.parse_args()
@@ -184,12 +225,14 @@ def main():
                    dict(chunk_size=32, top_k=6, budget="fraction", fraction=0.3, min_k=2,
                         weighting="stick_breaking"), results)
     for n in [int(x) for x in a.time_lengths.split(",") if x]:
-        time_case(n, 128, results, compare=a.compare)
+        time_case(n, a.head_dim, results, hq=a.hq, hkv=a.hkv, compare=a.compare, nsa=a.nsa)
     for row in results:
         if "sdpa_ms" in row:
             row["sdpa_over_chunk"] = row["sdpa_ms"] / row["ms"]
         if "flex_ms" in row:
             row["flex_over_chunk"] = row["flex_ms"] / row["ms"]
+        if "nsa_ms" in row:
+            row["nsa_over_chunk"] = row["nsa_ms"] / row["ms"]
     timings = [r for r in results if "timing" in r]
     if timings:
         print(json.dumps({"timings": timings}, indent=1))
