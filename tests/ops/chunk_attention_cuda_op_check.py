@@ -105,6 +105,9 @@ def time_case(n, d, results, hq=8, hkv=2, dr=64, s=64, k=8, window=0, compare=Fa
     torch.cuda.empty_cache()
 
 
+FLEX = True  # --no-flex: SDPA only in compare_dense
+
+
 def compare_dense(n, d, hq, hkv, q, kk, v, r, lm, go, s, k):
     """Dense causal SDPA (FlashAttention) and FlexAttention with a block mask equivalent to
     chunk selection at 64-token block granularity: each 64-query block reads its own block
@@ -124,6 +127,8 @@ def compare_dense(n, d, hq, hkv, q, kk, v, r, lm, go, s, k):
     except RuntimeError as e:  # e.g. out of memory
         out["sdpa_error"] = str(e).splitlines()[0]
     print(json.dumps({"n": n, **out}), flush=True)
+    if not FLEX:
+        return out
     try:
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
         blk = 64
@@ -207,12 +212,17 @@ def main():
     ap.add_argument("--skip-checks", action="store_true", help="timing only")
     ap.add_argument("--nsa", action="store_true",
                     help="also time fla-core's NSA kernel (needs --hq / --hkv a power of 2 >= 16)")
+    ap.add_argument("--no-flex", action="store_true",
+                    help="with --compare: SDPA only (FlexAttention's compile of a large mask can "
+                    "take minutes)")
     ap.add_argument("--hq", type=int, default=8, help="query heads of the timed cases")
     ap.add_argument("--hkv", type=int, default=2, help="KV heads of the timed cases")
     ap.add_argument("--head-dim", type=int, default=128, help="head_dim of the timed cases")
     ap.add_argument("--ops-library",
                     default=os.path.join(ROOT, "build-gpu", "ops", "libreach_ops.so"))
     a = ap.parse_args()
+    global FLEX
+    FLEX = not a.no_flex
     load_ops(a.ops_library)
     print(f"GPU {torch.cuda.get_device_name()}", flush=True)
     results = []
