@@ -42,7 +42,7 @@ struct TrainResult {
 // The config keys that may differ from the checkpoint's on resume; every other key (the
 // model, the data, the seed, the optimiser recipe) must match it, since the weights or the
 // data stream depend on it.
-inline constexpr std::array<const char*, 14> kResumeMutableKeys{"run.out_dir",
+inline constexpr std::array<const char*, 15> kResumeMutableKeys{"run.out_dir",
                                                                 "run.threads",
                                                                 "data.cache_dir",
                                                                 "train.steps",
@@ -55,6 +55,7 @@ inline constexpr std::array<const char*, 14> kResumeMutableKeys{"run.out_dir",
                                                                 "train.precision",
                                                                 "train.peak_tflops",
                                                                 "train.profile_steps",
+                                                                "train.cuda_graph",
                                                                 "train.loss_chunk_rows"};
 
 struct TrainOptions {
