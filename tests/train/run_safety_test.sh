@@ -37,7 +37,10 @@ case $case in
     train --set train.steps=6 --resume --set train.log_every=3 --set train.checkpoint_every=3 \
       >/dev/null 2>&1 || fail "resume with only mutable keys changed was refused"
     [[ -d $run/checkpoints/step-00000006 ]] || fail "resume did not train to step 6"
-    "$reach" train --help | grep -q "train.steps" || fail "--help does not list the mutable keys"
+    # (Not `--help | grep -q`: under pipefail grep's early exit can make reach's last write fail.)
+    help=$("$reach" train --help) || fail "reach train --help failed"
+    grep -q "train.steps" <<<"$help" || fail "--help does not list the mutable keys"
+    grep -q "train.cuda_graph" <<<"$help" || fail "--help does not list train.cuda_graph"
     ;;
   existing_run_is_refused)
     train --set train.steps=4 --set train.checkpoint_every=2 >/dev/null 2>&1
