@@ -94,6 +94,8 @@ def time_case(n, d, results, hq=8, hkv=2, dr=64, s=64, k=8, window=0, compare=Fa
             torch.ops.reach.chunk_attention(q, kk, v, r, lm, **cfg)
     row = {"timing": f"bf16 fwd+bwd n={n} Hq={hq} Hkv={hkv} d={d} dr={dr} S={s} k={k}",
            "n": n, "ms": timed(step), "fwd_ms": timed(fwd)}
+    if PROFILE:
+        row["kernels"] = kernel_times(step)
     print(json.dumps(row), flush=True)  # before the peers: a cut run still has reach's time
     if compare:
         row.update(compare_dense(n, d, hq, hkv, q, kk, v, r, lm, go, s, k))
@@ -106,6 +108,26 @@ def time_case(n, d, results, hq=8, hkv=2, dr=64, s=64, k=8, window=0, compare=Fa
 
 
 FLEX = True  # --no-flex: SDPA only in compare_dense
+PROFILE = False  # --profile: reach's fwd+bwd kernel by kernel
+
+
+def kernel_times(step, reps=3):
+    """{kernel name: mean device ms a call of step()} over reps calls, the 12 largest, from
+    torch.profiler (what a timing alone cannot say: which of the op's kernels takes the time)."""
+    from torch.profiler import ProfilerActivity, profile
+    step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            step()
+        torch.cuda.synchronize()
+    rows = []
+    for e in prof.key_averages():
+        ms = getattr(e, "device_time_total", getattr(e, "cuda_time_total", 0)) / 1e3 / reps
+        if ms > 0:
+            rows.append((ms, e.key, e.count // reps))
+    rows.sort(reverse=True)
+    return [{"ms": round(ms, 4), "calls": calls, "kernel": key[:120]} for ms, key, calls in rows[:12]]
 
 
 def compare_dense(n, d, hq, hkv, q, kk, v, r, lm, go, s, k):
@@ -215,14 +237,17 @@ def main():
     ap.add_argument("--no-flex", action="store_true",
                     help="with --compare: SDPA only (FlexAttention's compile of a large mask can "
                     "take minutes)")
+    ap.add_argument("--profile", action="store_true",
+                    help="also list reach's fwd+bwd kernel by kernel (torch.profiler)")
     ap.add_argument("--hq", type=int, default=8, help="query heads of the timed cases")
     ap.add_argument("--hkv", type=int, default=2, help="KV heads of the timed cases")
     ap.add_argument("--head-dim", type=int, default=128, help="head_dim of the timed cases")
     ap.add_argument("--ops-library",
                     default=os.path.join(ROOT, "build-gpu", "ops", "libreach_ops.so"))
     a = ap.parse_args()
-    global FLEX
+    global FLEX, PROFILE
     FLEX = not a.no_flex
+    PROFILE = a.profile
     load_ops(a.ops_library)
     print(f"GPU {torch.cuda.get_device_name()}", flush=True)
     results = []
