@@ -11,6 +11,7 @@
 #endif
 
 #include "model/attention/forward_context.hpp"
+#include "model/autocast_cache_off.hpp"
 
 namespace reach::infer {
 
@@ -19,28 +20,6 @@ struct DecodeGraph::Captured {
   at::cuda::CUDAGraph graph;
 #endif
 };
-
-namespace {
-
-#ifdef REACH_DECODE_GRAPH_CUDA
-// Off while the graph's step first runs and is captured: a cast the autocast cache keeps
-// would be freed when the caller's autocast scope ends while the graph still reads it; uncached,
-// the casts are kernels of the graph writing its own memory.
-class AutocastCacheOff {
- public:
-  AutocastCacheOff() : was_(at::autocast::is_autocast_cache_enabled()) {
-    at::autocast::set_autocast_cache_enabled(false);
-  }
-  ~AutocastCacheOff() { at::autocast::set_autocast_cache_enabled(was_); }
-  AutocastCacheOff(const AutocastCacheOff&) = delete;
-  AutocastCacheOff& operator=(const AutocastCacheOff&) = delete;
-
- private:
-  bool was_;
-};
-#endif
-
-}  // namespace
 
 bool DecodeGraph::available() {
 #ifdef REACH_DECODE_GRAPH_CUDA
@@ -143,7 +122,7 @@ torch::Tensor DecodeGraph::step(const torch::Tensor& tokens) {
     // The first step eagerly, the second captured: both on a side stream (capture needs one,
     // and the first run there sets up what the capture must not allocate, such as the BLAS
     // handle's workspace for that stream), fenced by device synchronisations (once).
-    const AutocastCacheOff autocast_cache_off;
+    const model::AutocastCacheOff autocast_cache_off;
     auto side = at::cuda::getStreamFromPool();
     at::cuda::device_synchronize();
     {

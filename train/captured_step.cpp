@@ -12,27 +12,11 @@
 #include <c10/cuda/CUDAGuard.h>
 #endif
 
+#include "model/autocast_cache_off.hpp"
+
 namespace reach::train {
 
 namespace {
-
-#ifdef REACH_TORCH_CUDA
-// Off while the step runs on the side stream and is captured: the autocast cache would keep a
-// weight's bf16 copy past the step (freed when the step's autocast scope ends, while the graph
-// still reads it); uncached, each cast is a kernel of the graph writing its own memory.
-class AutocastCacheOff {
- public:
-  AutocastCacheOff() : was_(at::autocast::is_autocast_cache_enabled()) {
-    at::autocast::set_autocast_cache_enabled(false);
-  }
-  ~AutocastCacheOff() { at::autocast::set_autocast_cache_enabled(was_); }
-  AutocastCacheOff(const AutocastCacheOff&) = delete;
-  AutocastCacheOff& operator=(const AutocastCacheOff&) = delete;
-
- private:
-  bool was_;
-};
-#endif
 
 bool same_kind(const torch::Tensor& a, const torch::Tensor& b) {
   if (a.defined() != b.defined()) return false;
@@ -123,7 +107,7 @@ StepOutputs CapturedTrainStep::run(const torch::Tensor& sequence, const torch::T
   upload(s.batch.target, target);
   s.lr.fill_(lr);
   if (runs_ < 2) {
-    const AutocastCacheOff autocast_cache_off;
+    const model::AutocastCacheOff autocast_cache_off;
     if (!s.side) s.side = at::cuda::getStreamFromPool();
     at::cuda::device_synchronize();
     {

@@ -77,6 +77,26 @@ TEST(CapturedStep, ACpuModelCannotBeCapturedAndSaysWhy) {
   EXPECT_TRUE(why.find("CUDA") != std::string::npos || why.find("cpu") != std::string::npos) << why;
 }
 
+TEST(CapturedStep, BadArgumentsAreClearErrors) {
+  try {
+    CapturedTrainStep step([](const DeviceBatch&, const torch::Tensor&) { return StepOutputs{}; },
+                           torch::kCPU);
+    FAIL() << "a CPU device was accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("needs a CUDA device"), std::string::npos) << e.what();
+  }
+  model::Gpt net(small_config());
+  auto optimizer = make_adamw(*net, 1e-3, 0.1);
+  FusedAdamW adamw(optimizer);
+  try {
+    adamw.step(torch::tensor(1e-3f));  // on the CPU: not the device learning rate it needs
+    FAIL() << "a host learning rate tensor was accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("one float32 value on the CUDA device"), std::string::npos)
+        << e.what();
+  }
+}
+
 TEST(CapturedStep, TheLoopOnTheCpuIgnoresTheSwitch) {
   std::vector<std::vector<double>> losses(2);
   for (int on = 0; on < 2; ++on) {
