@@ -52,7 +52,11 @@ ConfigKeys keys(TaskRunConfig& c) {
            "> 0: each step's length is drawn uniformly from [train.min_length, train.length]",
            at_least(0))
       .add("train.batch", &c.batch, "sequences per step", at_least(1))
-      .add("train.steps", &c.steps, "optimizer steps", at_least(1));
+      .add("train.steps", &c.steps, "optimizer steps", at_least(1))
+      .add("train.init_from", &c.init_from,
+           "start from these weights: a finished task run, a checkpoint (checkpoints/step-N) "
+           "or a model.safetensors file (a curriculum's next stage; the optimizer starts fresh; "
+           "the model config must match)");
   add_optimizer_keys(k, c);
   k.add("train.log_every", &c.log_every, "steps between log lines", at_least(1))
       .add("train.checkpoint_every", &c.checkpoint_every, "steps between checkpoints", at_least(1))

@@ -50,6 +50,11 @@ struct TaskRunConfig : OptimizerConfig {
   // > 0: each step draws its length uniformly from [train_min_length, train_length] (one
   // length per batch; seed 003 trains at 48 +- 16); 0: every step at train_length.
   int64_t train_min_length = 0;
+  // "" or where the model's starting weights come from: a finished task run, one of its
+  // checkpoints (checkpoints/step-N) or a model.safetensors file; the next stage of a
+  // curriculum (another length, task size or step count) with a fresh optimizer. The model
+  // config must match the weights'.
+  std::string init_from;
   int64_t batch = 32;
   int64_t steps = 1000;
   int64_t log_every = 50;

@@ -189,6 +189,34 @@ TaskRun load_task_checkpoint(const std::string& dir, int64_t& step) {
   return run;
 }
 
+// train.init_from: the weights file it names (a run or checkpoint directory's
+// model.safetensors, or a .safetensors file); errors name the key.
+fs::path init_weights_path(const std::string& from) {
+  const std::string where = "train.init_from '" + from + "'";
+  const fs::path path(from);
+  std::error_code ec;
+  if (!fs::exists(path, ec)) throw std::invalid_argument(where + ": no such file or directory");
+  const fs::path weights = fs::is_directory(path, ec) ? path / "model.safetensors" : path;
+  if (!fs::is_regular_file(weights, ec)) {
+    throw std::invalid_argument(where +
+                                ": no model.safetensors there (a finished task run or a "
+                                "checkpoint directory, or a .safetensors file)");
+  }
+  return weights;
+}
+
+// Loads train.init_from's weights into `model` (every name, shape and dtype checked).
+void start_from_weights(const std::string& from, torch::nn::Module& model) {
+  const std::string where = "train.init_from '" + from + "'";
+  try {
+    load_model_weights(init_weights_path(from).string(), model, where);
+  } catch (const std::runtime_error& e) {
+    throw std::invalid_argument(std::string(e.what()) +
+                                " (the model config must match the one those weights were "
+                                "trained with)");
+  }
+}
+
 void set_threads(const TaskRunConfig& c) { set_cpu_threads(c.threads); }
 
 // Each step's length and examples come from an RNG seeded by (seed, step) alone.
@@ -220,6 +248,18 @@ TaskTrainResult train_task_model(const TaskRunConfig& c, const TaskTrainOptions&
   const bool bf16 = resolve_bf16(c.precision, device);
   const fs::path dir(c.out_dir);
 
+  if (!c.init_from.empty() && !options.resume) {
+    // Checked before the run directory is touched: --overwrite must not delete the weights
+    // this run is to start from.
+    const auto weights = fs::weakly_canonical(init_weights_path(c.init_from));
+    const auto out = fs::weakly_canonical(dir);
+    const auto [end, _] = std::mismatch(out.begin(), out.end(), weights.begin(), weights.end());
+    if (options.overwrite && end == out.end()) {
+      throw std::invalid_argument("train.init_from '" + c.init_from +
+                                  "' lies inside run.out_dir '" + c.out_dir +
+                                  "', which --overwrite would delete first");
+    }
+  }
   // The run directory first: one training at a time, and never a new run over an old one.
   const auto lock = open_run_directory(c.out_dir, kTaskRunRules, options.resume, options.overwrite);
   std::string resume_dir;
@@ -238,7 +278,13 @@ TaskTrainResult train_task_model(const TaskRunConfig& c, const TaskTrainOptions&
 
   torch::manual_seed(c.seed);
   model::Gpt net(c.model);
-  if (resumed) net = resumed->model;
+  if (resumed) {
+    net = resumed->model;
+  } else if (!c.init_from.empty()) {
+    start_from_weights(c.init_from, *net);
+    if (!options.quiet)
+      fmt::print(stderr, "[tasks] starting from the weights of {}\n", c.init_from);
+  }
   net->to(device);
   torch::optim::AdamW optimizer = make_adamw(*net, c.lr, c.weight_decay);
   if (resumed) load_optimizer_state(resume_dir, net, optimizer);

@@ -229,6 +229,70 @@ TEST(TaskTrainer, ResumeIsExact) {
   reach::io::remove_tree(cut);
 }
 
+// train.init_from: a run starts from another run's weights (a curriculum's next stage, here at
+// twice the length), from a checkpoint directory or a .safetensors file; a missing path, a
+// directory without weights, weights of another model config, and weights inside a run
+// directory that --overwrite would delete are clear errors naming the key.
+TEST(TaskTrainer, InitFromStartsFromAnotherRunsWeights) {
+  const auto first = (fs::temp_directory_path() / "reach_task_init_first").string();
+  const auto second = (fs::temp_directory_path() / "reach_task_init_second").string();
+  reach::io::remove_tree(first);
+  reach::io::remove_tree(second);
+  model::Gpt stage1{nullptr}, stage2{nullptr};
+  train_task_model(toy_config(first, {"train.checkpoint_every=2"}), {.quiet = true}, &stage1);
+  // lr 1e-12 for one step: the second stage's weights are the first's to ~1e-12.
+  const std::vector<std::string> next{"train.init_from=\"" + first + "\"",
+                                      "train.length=24",
+                                      "train.steps=1",
+                                      "train.lr=1e-12",
+                                      "train.min_lr=1e-12",
+                                      "train.warmup=0"};
+  train_task_model(toy_config(second, next), {.quiet = true}, &stage2);
+  const auto a = stage1->named_parameters(), b = stage2->named_parameters();
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& p : a) {
+    EXPECT_TRUE(torch::allclose(p.value(), b[p.key()], 0, 1e-9)) << p.key();
+  }
+  reach::io::remove_tree(second);
+  auto from_checkpoint = next;
+  from_checkpoint[0] = "train.init_from=\"" + first + "/checkpoints/step-00000002\"";
+  EXPECT_NO_THROW(train_task_model(toy_config(second, from_checkpoint), {.quiet = true}));
+  reach::io::remove_tree(second);
+  auto from_file = next;
+  from_file[0] = "train.init_from=\"" + first + "/model.safetensors\"";
+  EXPECT_NO_THROW(train_task_model(toy_config(second, from_file), {.quiet = true}));
+  reach::io::remove_tree(second);
+
+  auto expect_error = [&](std::vector<std::string> extra, const std::string& want,
+                          TaskTrainOptions options) {
+    try {
+      train_task_model(toy_config(second, extra), options);
+      FAIL() << "accepted: " << want;
+    } catch (const std::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
+    }
+    reach::io::remove_tree(second);
+  };
+  const TaskTrainOptions quiet{.quiet = true};
+  expect_error({"train.init_from=\"" + first + "/nothing\""},
+               "train.init_from '" + first + "/nothing': no such file or directory", quiet);
+  expect_error({"train.init_from=\"" + first + "/checkpoints\""}, "no model.safetensors there",
+               quiet);
+  expect_error({"train.init_from=\"" + first + "\"", "model.d_model=48"},
+               "the model config must match", quiet);
+  TaskTrainOptions overwrite{.quiet = true};
+  overwrite.overwrite = true;
+  try {
+    train_task_model(toy_config(first, {"train.init_from=\"" + first + "\""}), overwrite);
+    FAIL() << "--overwrite of the run the weights come from was accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("which --overwrite would delete first"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_TRUE(fs::exists(fs::path(first) / "model.safetensors"));
+  reach::io::remove_tree(first);
+}
+
 TEST(TaskTrainerGpu, TrainsAndEvaluatesOnTheGpu) {
   if (!resolve_device("auto").is_cuda()) GTEST_SKIP() << "no CUDA GPU";
   const auto dir = (fs::temp_directory_path() / "reach_task_gpu").string();
