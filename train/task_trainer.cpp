@@ -252,7 +252,7 @@ TaskTrainResult train_task_model(const TaskRunConfig& c, const TaskTrainOptions&
     // Checked before the run directory is touched: --overwrite must not delete the weights
     // this run is to start from.
     const auto weights = fs::weakly_canonical(init_weights_path(c.init_from));
-    const auto out = fs::weakly_canonical(dir);
+    const auto out = fs::weakly_canonical(dir);  // also drops a trailing '/' of an existing dir
     const auto [end, _] = std::mismatch(out.begin(), out.end(), weights.begin(), weights.end());
     if (options.overwrite && end == out.end()) {
       throw std::invalid_argument("train.init_from '" + c.init_from +

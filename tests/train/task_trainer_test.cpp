@@ -289,6 +289,13 @@ TEST(TaskTrainer, InitFromStartsFromAnotherRunsWeights) {
     EXPECT_NE(std::string(e.what()).find("which --overwrite would delete first"), std::string::npos)
         << e.what();
   }
+  try {  // the same run directory spelt with a trailing slash
+    train_task_model(toy_config(first + "/", {"train.init_from=\"" + first + "\""}), overwrite);
+    FAIL() << "--overwrite of the run the weights come from (run.out_dir with '/') was accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("which --overwrite would delete first"), std::string::npos)
+        << e.what();
+  }
   EXPECT_TRUE(fs::exists(fs::path(first) / "model.safetensors"));
   reach::io::remove_tree(first);
 }
