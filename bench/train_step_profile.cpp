@@ -9,6 +9,7 @@
 // Usage (GPU machine): build-gpu/bench/train_step_profile [--attention fibonacci|dense]
 //   [--preset paper|paper-exact|...] [--vocab 256] [--seq-len 1024] [--batch 64] [--steps 20]
 //   [--profile-steps 3] [--trace FILE] [--loss-chunk-rows 0]
+//   [--normalizer softmax|entmax|asentmax|ssmax] [--positions rope|nape|...]
 // --loss-chunk-rows > 0 computes the head and the loss in chunks of that many rows
 // (ops/linear_cross_entropy.hpp, as train.loss_chunk_rows); 0 (default) through the full logits.
 // (--preset paper-exact --vocab 32768: the paper's own 60.9M-parameter model, GQA, RMSNorm,
@@ -32,6 +33,7 @@ namespace {
 struct Options {
   std::string attention = "fibonacci";
   std::string preset = "paper";
+  std::string normalizer, positions;  // empty: the preset's
   int64_t vocab = 256;
   int64_t loss_chunk_rows = 0;
   int64_t seq_len = 1024, batch = 64, steps = 20, profile_steps = 3;
@@ -46,6 +48,10 @@ Options parse(int argc, char** argv) {
     const std::string value = argv[++i];
     if (flag == "--attention") {
       o.attention = value;
+    } else if (flag == "--normalizer") {
+      o.normalizer = value;
+    } else if (flag == "--positions") {
+      o.positions = value;
     } else if (flag == "--preset") {
       o.preset = value;
     } else if (flag == "--vocab") {
@@ -100,6 +106,8 @@ int main(int argc, char** argv) try {
   config.vocab_size = o.vocab;
   config.attention = reach::model::parse_attention_family(o.attention);
   config.schedule = reach::model::AlphaSchedule::stagger;
+  if (!o.normalizer.empty()) config.normalizer = reach::model::parse_normalizer(o.normalizer);
+  if (!o.positions.empty()) config.positions = reach::model::parse_positions(o.positions);
   if (o.preset == "paper") {  // reach's own convention: alpha 1 -> 3 (the paper's: 0.5 + l/(L-1))
     config.alpha_min = 1.0;
     config.alpha_max = 3.0;

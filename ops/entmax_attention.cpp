@@ -48,8 +48,10 @@ void check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
   TORCH_CHECK(offsets.defined() && offsets.dim() == 1, kName, ": offsets must be a 1-D tensor");
 }
 
-// Host float64 copy of a head parameter; shape checked against [heads] (or, when
-// per_query_ok, [batch, heads, n]).
+// Host float64 copy of a head parameter, shape checked against [heads] (or, when
+// per_query_ok, [batch, heads, n]). Undefined for a CUDA tensor: its values are not read back
+// (that would make the host wait for the GPU in every call); ops/entmax_attention_cuda.cpp
+// checks them on the device.
 Tensor host_param(const Tensor& t, const Tensor& q, const char* what, bool per_query_ok) {
   TORCH_CHECK(t.defined(), kName, ": ", what, " is undefined");
   const bool per_head = t.dim() == 1 && t.size(0) == q.size(1);
@@ -57,8 +59,15 @@ Tensor host_param(const Tensor& t, const Tensor& q, const char* what, bool per_q
                          t.size(1) == q.size(1) && t.size(2) == q.size(2);
   TORCH_CHECK(per_head || per_query, kName, ": ", what, " must have shape [heads] = [", q.size(1),
               "]", per_query_ok ? " or [batch, heads, n]" : "", ", got ", t.sizes());
-  return t.detach().to(torch::kCPU, torch::kFloat64).contiguous();
+  TORCH_CHECK(t.device().is_cpu() || t.device() == q.device(), kName, ": ", what, " is on ",
+              t.device(), ", q on ", q.device(), " (parameters go on the CPU or q's device)");
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), kName, ": ", what,
+              " must be a floating-point tensor, got ", t.scalar_type());
+  if (t.is_cuda()) return Tensor();
+  return t.detach().to(torch::kFloat64).contiguous();
 }
+
+const double* host_data(const Tensor& t) { return t.defined() ? t.data_ptr<double>() : nullptr; }
 
 // Optional parameters travel through autograd as empty tensors (undefined ones have no
 // device, which autograd needs); an empty tensor means "not given".
@@ -91,7 +100,7 @@ HostParams make_params(const Tensor& q, int64_t window, const Tensor& offsets, c
   if (!softmax) {
     TORCH_CHECK(given(alpha), kName, ": alpha is required unless softmax=True");
     h.alpha = host_param(alpha, q, "alpha", false);
-    p.alpha = h.alpha.data_ptr<double>();
+    p.alpha = host_data(h.alpha);
   }
   const int count = given(delta) + given(beta) + given(gamma);
   TORCH_CHECK(count == 0 || count == 3, kName,
@@ -100,20 +109,21 @@ HostParams make_params(const Tensor& q, int64_t window, const Tensor& offsets, c
     h.delta = host_param(delta, q, "delta", false);
     h.beta = host_param(beta, q, "beta", true);
     h.gamma = host_param(gamma, q, "gamma", true);
-    TORCH_CHECK(h.beta.dim() == h.gamma.dim(), kName,
+    TORCH_CHECK(beta.dim() == gamma.dim(), kName,
                 ": beta and gamma must both be per head or both per query");
     p.log_n_scaling = true;
-    p.per_query_scale = h.beta.dim() == 3;
-    p.delta = h.delta.data_ptr<double>();
-    p.beta = h.beta.data_ptr<double>();
-    p.gamma = h.gamma.data_ptr<double>();
+    p.per_query_scale = beta.dim() == 3;
+    p.delta = host_data(h.delta);
+    p.beta = host_data(h.beta);
+    p.gamma = host_data(h.gamma);
   }
   if (given(alibi)) {
     TORCH_CHECK(!alibi.requires_grad(), kName, ": alibi slopes are fixed (no gradient)");
     h.alibi = host_param(alibi, q, "alibi", false);
-    p.alibi_slopes = h.alibi.data_ptr<double>();
+    p.alibi_slopes = host_data(h.alibi);
   }
-  const std::string problem = kernels::validate_entmax_params(p);
+  // On the CPU every value is checked here; CUDA parameters' values are checked on the device.
+  const std::string problem = kernels::validate_entmax_params(p, /*values_on_device=*/q.is_cuda());
   TORCH_CHECK(problem.empty(), kName, ": ", problem);
   return h;
 }

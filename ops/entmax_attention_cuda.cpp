@@ -4,6 +4,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <limits>
 #include <stdexcept>
 
 #include "kernels/cuda/entmax_attention.hpp"
@@ -28,9 +29,32 @@ struct DeviceParameters {
   kernels::EntmaxAttentionParams params;
 };
 
-Tensor on_device(const Tensor& t, const Tensor& q) {
-  return t.defined() && t.numel() > 0 ? t.detach().to(q.device(), torch::kFloat64).contiguous()
-                                      : Tensor();
+// What a parameter's values must satisfy (validate_entmax_params states it for the host).
+enum class Valid { alpha, finite, slope };
+
+// The parameter as the kernels read it: float64, contiguous, on q's device. Values that were on
+// the host have been validated there; values that live on the device are not read back (a wait
+// for the GPU in every layer's forward and backward): an invalid one becomes NaN on the device,
+// so the output is NaN where it would otherwise be silently wrong (and a training run stops at
+// its first non-finite loss). A few element-wise kernels on [heads] or [batch, heads, n].
+Tensor on_device(const Tensor& t, const Tensor& q, Valid valid) {
+  if (!t.defined() || t.numel() == 0) return Tensor();
+  const bool checked_on_host = t.device().is_cpu();
+  Tensor d = t.detach().to(q.device(), torch::kFloat64).contiguous();
+  if (checked_on_host) return d;
+  Tensor ok;
+  switch (valid) {
+    case Valid::alpha:
+      ok = d.gt(1.0).logical_and(d.le(2.0));
+      break;
+    case Valid::finite:
+      ok = d.isfinite();
+      break;
+    case Valid::slope:
+      ok = d.isfinite().logical_and(d.ge(0.0));
+      break;
+  }
+  return d.masked_fill(ok.logical_not(), std::numeric_limits<double>::quiet_NaN());
 }
 
 const double* pointer(const Tensor& t) { return t.defined() ? t.data_ptr<double>() : nullptr; }
@@ -39,13 +63,13 @@ DeviceParameters device_parameters(const Tensor& q, const kernels::EntmaxAttenti
                                    const Parameters& given) {
   DeviceParameters d;
   d.params = host;
-  d.alpha = host.alpha ? on_device(given.alpha, q) : Tensor();
+  d.alpha = host.softmax ? Tensor() : on_device(given.alpha, q, Valid::alpha);
   if (host.log_n_scaling) {
-    d.delta = on_device(given.delta, q);
-    d.beta = on_device(given.beta, q);
-    d.gamma = on_device(given.gamma, q);
+    d.delta = on_device(given.delta, q, Valid::finite);
+    d.beta = on_device(given.beta, q, Valid::finite);
+    d.gamma = on_device(given.gamma, q, Valid::finite);
   }
-  d.alibi = host.alibi_slopes ? on_device(given.alibi, q) : Tensor();
+  d.alibi = on_device(given.alibi, q, Valid::slope);
   d.params.alpha = pointer(d.alpha);
   d.params.delta = pointer(d.delta);
   d.params.beta = pointer(d.beta);

@@ -160,7 +160,7 @@ void entmax_normalise_row(double* x, int64_t size, double alpha) {
   for (int64_t j = 0; j < size; ++j) x[j] /= sum;
 }
 
-std::string validate_entmax_params(const EntmaxAttentionParams& p) {
+std::string validate_entmax_params(const EntmaxAttentionParams& p, bool values_on_device) {
   if (auto message = validate_params(p.base); !message.empty()) return message;
   for (int64_t k = 0; k < p.base.num_offsets; ++k) {
     if (p.base.offsets[k] != std::floor(p.base.offsets[k])) {
@@ -172,10 +172,15 @@ std::string validate_entmax_params(const EntmaxAttentionParams& p) {
     return "num_heads (" + std::to_string(p.num_heads) + ") must be >= 1 and divide batch*heads (" +
            std::to_string(p.base.batch_heads) + ")";
   }
+  if (!values_on_device) {
+    if (!p.softmax && p.alpha == nullptr) return "alpha pointer is null";
+    if (p.log_n_scaling && (!p.delta || !p.beta || !p.gamma)) {
+      return "delta, beta or gamma pointer is null";
+    }
+  }
   for (int64_t h = 0; h < p.num_heads; ++h) {
     const std::string head = " of head " + std::to_string(h);
-    if (!p.softmax) {
-      if (p.alpha == nullptr) return "alpha pointer is null";
+    if (!p.softmax && p.alpha) {
       const double a = p.alpha[h];
       if (!(a > 1.0 && a <= 2.0)) {
         return "alpha" + head + " must be in (1, 2], got " + std::to_string(a);
@@ -184,17 +189,18 @@ std::string validate_entmax_params(const EntmaxAttentionParams& p) {
     if (p.alibi_slopes && !(p.alibi_slopes[h] >= 0.0 && std::isfinite(p.alibi_slopes[h]))) {
       return "ALiBi slope" + head + " must be finite and >= 0";
     }
-    if (p.log_n_scaling) {
-      if (!p.delta || !p.beta || !p.gamma) return "delta, beta or gamma pointer is null";
-      if (!std::isfinite(p.delta[h])) return "delta" + head + " must be finite";
+    if (p.log_n_scaling && p.delta && !std::isfinite(p.delta[h])) {
+      return "delta" + head + " must be finite";
     }
   }
   if (p.log_n_scaling) {
     const int64_t count = p.per_query_scale ? p.base.batch_heads * p.base.seq_len : p.num_heads;
     const std::string unit = p.per_query_scale ? " of row " : " of head ";
     for (int64_t t = 0; t < count; ++t) {
-      if (!std::isfinite(p.beta[t])) return "beta" + unit + std::to_string(t) + " must be finite";
-      if (!std::isfinite(p.gamma[t])) {
+      if (p.beta && !std::isfinite(p.beta[t])) {
+        return "beta" + unit + std::to_string(t) + " must be finite";
+      }
+      if (p.gamma && !std::isfinite(p.gamma[t])) {
         return "gamma" + unit + std::to_string(t) + " must be finite";
       }
     }

@@ -50,8 +50,12 @@ struct EntmaxAttentionParams {
   const double* alibi_slopes = nullptr;  // [num_heads], each >= 0; null: no distance bias
 };
 
-// Empty when valid, else a one-line message naming the problem.
-std::string validate_entmax_params(const EntmaxAttentionParams& params);
+// Empty when valid, else a one-line message naming the problem. With values_on_device, a null
+// alpha / delta / beta / gamma pointer means "the values live on a GPU" (the CUDA op does not
+// read them back, which would wait for the GPU): their values are then not checked here (the
+// CUDA op turns invalid ones into NaN on the device instead).
+std::string validate_entmax_params(const EntmaxAttentionParams& params,
+                                   bool values_on_device = false);
 
 // out: [BH, n, d]. Throws std::invalid_argument on invalid params or NaN/inf inputs.
 template <typename T>

@@ -33,8 +33,8 @@ torch::Tensor DenseAttention::attend(const torch::Tensor& q, const torch::Tensor
     auto j = torch::arange(keys, index).unsqueeze(0);
     auto distance = i - j;  // [len, keys]
     if (slopes_.defined()) {
-      auto bias =
-          slopes_.to(q.options()).view({1, -1, 1, 1}) * distance.clamp_min(0).to(q.options());
+      auto bias = slopes_.on(q.device()).to(q.scalar_type()).view({1, -1, 1, 1}) *
+                  distance.clamp_min(0).to(q.options());
       scores = scores - bias;
     }
     scores = scores.masked_fill(distance < 0, -std::numeric_limits<float>::infinity());
@@ -65,7 +65,7 @@ torch::Tensor DenseAttention::attend_cached(const torch::Tensor& q, const LayerK
   // Every key: with device lengths (a CUDA graph step) the host length is stale by the next
   // replay, so the capacity, which bounds every length.
   key_set.window = context.device_lengths.defined() ? cache.capacity : cache.length();
-  key_set.alibi_slopes = slopes_;
+  key_set.alibi_slopes = slopes_.cpu();
   return decode_with_kernel(q, cache, key_set, context, /*windowed=*/false);
 }
 

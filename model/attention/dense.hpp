@@ -3,6 +3,7 @@
 #pragma once
 
 #include "model/attention/attention_layer.hpp"
+#include "model/attention/device_constant.hpp"
 
 namespace reach::model::attention {
 
@@ -22,7 +23,7 @@ class DenseAttention : public AttentionLayer {
                               const ForwardContext& context) override;
 
  private:
-  torch::Tensor slopes_;  // [heads] float64 (0 for NoPE heads); undefined: no bias
+  DeviceConstant slopes_;  // [heads] float64 (0 for NoPE heads); undefined: no bias
 };
 
 }  // namespace reach::model::attention

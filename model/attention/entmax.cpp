@@ -10,6 +10,7 @@ namespace reach::model::attention {
 
 EntmaxAttention::EntmaxAttention(const ModelConfig& config, int64_t layer)
     : AttentionLayer(config, layer), slopes_(position_slopes(config.positions, config.heads)) {
+  if (slopes_.defined()) nope_heads_ = DeviceConstant((slopes_.cpu() == 0).to(torch::kFloat32));
   if (is_dilated(config.attention)) {
     check_reach(config);
     alpha_ = schedule_alpha(config, layer);
@@ -18,7 +19,7 @@ EntmaxAttention::EntmaxAttention(const ModelConfig& config, int64_t layer)
   distances_ = offsets_tensor(offsets_);
   const int64_t h = config.heads;
   if (config.normalizer == Normalizer::entmax || config.normalizer == Normalizer::asentmax) {
-    entmax_alpha_ = torch::full({h}, config.entmax_alpha, torch::kFloat64);
+    entmax_alpha_ = DeviceConstant(torch::full({h}, config.entmax_alpha, torch::kFloat64));
     if (config.entmax_alpha_mode == EntmaxAlpha::learned) {
       // alpha = 1 + sigmoid(theta) stays in (1, 2); theta starts at alpha = entmax_alpha.
       const double start = config.entmax_alpha - 1.0;
@@ -44,9 +45,9 @@ EntmaxAttention::EntmaxAttention(const ModelConfig& config, int64_t layer)
     gamma_ = register_parameter("gamma", torch::ones({h}));
   } else if (config.normalizer == Normalizer::ssmax) {
     // c = beta * log(n + 1); beta starts near 1 / log(65), i.e. c ~ 1 at 64 keys.
-    delta_ = torch::zeros({h});
+    ssmax_delta_ = DeviceConstant(torch::zeros({h}));
     beta_ = register_parameter("beta", torch::full({h}, 0.25));
-    gamma_ = torch::ones({h});
+    ssmax_gamma_ = DeviceConstant(torch::ones({h}));
   }
 }
 
@@ -59,13 +60,13 @@ torch::Tensor EntmaxAttention::attend(const torch::Tensor& q, const torch::Tenso
   auto optional = [](const torch::Tensor& t) {
     return t.defined() ? c10::optional<torch::Tensor>(t) : c10::nullopt;
   };
-  const auto s = scaling(q.size(2));
+  const auto s = scaling(q.size(2), q.device());
   const bool softmax =
       config().normalizer == Normalizer::ssmax || config().normalizer == Normalizer::softmax;
-  return ops::entmax_attention(q, k, v, window,
-                               beyond_window(within_budget(distances_, context.budget), window),
-                               optional(alphas()), optional(s.delta), optional(s.beta),
-                               optional(s.gamma), softmax, c10::nullopt, optional(slopes_));
+  return ops::entmax_attention(
+      q, k, v, window, beyond_window(within_budget(distances_, context.budget), window),
+      optional(alphas(q.device())), optional(s.delta), optional(s.beta), optional(s.gamma), softmax,
+      c10::nullopt, optional(slopes_.on(q.device())));
 }
 
 AttentionOutput EntmaxAttention::compute(const torch::Tensor& x, ForwardContext& context) {
@@ -78,18 +79,17 @@ AttentionOutput EntmaxAttention::compute(const torch::Tensor& x, ForwardContext&
   return AttentionLayer::compute(x, context);
 }
 
-torch::Tensor EntmaxAttention::alphas() const {
-  if (!alpha_logit_.defined()) return entmax_alpha_;
+torch::Tensor EntmaxAttention::alphas(const torch::Device& device) const {
+  if (!alpha_logit_.defined()) return entmax_alpha_.on(device);
   return (1.0 + torch::sigmoid(alpha_logit_)).to(torch::kFloat64);
 }
 
-EntmaxAttention::Scaling EntmaxAttention::scaling(int64_t queries) const {
+EntmaxAttention::Scaling EntmaxAttention::scaling(int64_t queries,
+                                                  const torch::Device& device) const {
   Scaling s{delta_, beta_, gamma_};
-  // SSMax's delta and gamma are constants, not parameters: they stay where they were made
-  // (the CPU) when the model moves, so they follow beta (a parameter) to its device here.
-  if (beta_.defined()) {
-    if (s.delta.defined()) s.delta = s.delta.to(beta_.device());
-    if (s.gamma.defined()) s.gamma = s.gamma.to(beta_.device());
+  if (ssmax_delta_.defined()) {
+    s.delta = ssmax_delta_.on(device);
+    s.gamma = ssmax_gamma_.on(device);
   }
   if (scale_beta_) {
     s.beta = query_beta_;
@@ -104,8 +104,7 @@ EntmaxAttention::Scaling EntmaxAttention::scaling(int64_t queries) const {
   }
   if (s.delta.defined() && config().positions == Positions::nape) {
     // As in the authors' code, NAPE scales only its NoPE heads: the ALiBi heads get c = 1.
-    // (The slopes live on the CPU; the mask goes where the parameters are.)
-    const auto nope = (slopes_ == 0).to(s.delta.device(), s.delta.dtype());
+    const auto nope = nope_heads_.on(device).to(s.delta.dtype());
     s.delta = s.delta * nope + (1 - nope);
     s.beta = s.beta.dim() == 3 ? s.beta * nope.view({1, -1, 1}) : s.beta * nope;
   }
@@ -124,12 +123,13 @@ torch::Tensor EntmaxAttention::attend_cached(const torch::Tensor& q, const Layer
   key_set.window = dense ? cache.length() : config().window;
   key_set.offsets.assign(offsets_.begin(), offsets_.end());
   key_set.entmax = entmax;
-  key_set.entmax_alpha = alphas();
-  const auto s = scaling(q.size(2));
+  // The decode op reads per-head values on the host: a fixed alpha stays there.
+  key_set.entmax_alpha = alphas(torch::Device(torch::kCPU));
+  const auto s = scaling(q.size(2), q.device());
   key_set.delta = s.delta;
   key_set.beta = s.beta;
   key_set.gamma = s.gamma;
-  key_set.alibi_slopes = slopes_;
+  key_set.alibi_slopes = slopes_.cpu();
   return decode_with_kernel(q, cache, key_set, context, /*windowed=*/!dense);
 }
 

@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "model/attention/attention_layer.hpp"
+#include "model/attention/device_constant.hpp"
 
 namespace reach::model::attention {
 
@@ -34,16 +35,21 @@ class EntmaxAttention : public AttentionLayer {
   struct Scaling {
     torch::Tensor delta, beta, gamma;
   };
-  Scaling scaling(int64_t queries) const;
-  // alpha per head as the op takes it (learned: 1 + sigmoid(theta)); undefined for softmax.
-  torch::Tensor alphas() const;
+  Scaling scaling(int64_t queries, const torch::Device& device) const;
+  // alpha per head as the op takes it on `device` (learned: 1 + sigmoid(theta)); undefined for
+  // softmax.
+  torch::Tensor alphas(const torch::Device& device) const;
   double alpha_ = 0;
   std::vector<int64_t> offsets_;
-  torch::Tensor distances_;             // offsets_ as float64 (empty: window or dense)
-  torch::Tensor slopes_;                // [heads] float64 (0 for NoPE heads); undefined: no bias
-  torch::Tensor entmax_alpha_;          // [heads] float64, entmax / asentmax
-  torch::Tensor delta_, beta_, gamma_;  // [heads] log-n scaling (asentmax, ssmax)
-  torch::Tensor alpha_logit_;           // [heads] learned alpha = 1 + sigmoid(alpha_logit)
+  torch::Tensor distances_;  // offsets_ as float64 (empty: window or dense)
+  // The constants below are made on the CPU and handed to the op on the activations' device
+  // (DeviceConstant: copied once, not in every call).
+  DeviceConstant slopes_;        // [heads] float64 (0 for NoPE heads); undefined: no bias
+  DeviceConstant nope_heads_;    // [heads] float32, 1 where the slope is 0 (NAPE's NoPE heads)
+  DeviceConstant entmax_alpha_;  // [heads] float64, entmax / asentmax with a fixed alpha
+  DeviceConstant ssmax_delta_, ssmax_gamma_;  // [heads] SSMax's fixed delta = 0, gamma = 1
+  torch::Tensor delta_, beta_, gamma_;        // [heads] log-n scaling parameters (ssmax: beta)
+  torch::Tensor alpha_logit_;                 // [heads] learned alpha = 1 + sigmoid(alpha_logit)
   // Per-query scaling: beta_i = softplus(scale_beta(h_i)), gamma_i = 2 tanh(scale_gamma(h_i)),
   // and this call's values ([B, H, T], set by compute).
   torch::nn::Linear scale_beta_{nullptr}, scale_gamma_{nullptr};

@@ -13,6 +13,9 @@
 
 #include "ops/entmax_attention.hpp"
 #include "tests/ops/torch_harness.hpp"
+#ifdef REACH_TORCH_CUDA
+#include <c10/cuda/CUDAFunctions.h>
+#endif
 
 namespace reach::harness {
 namespace {
@@ -292,6 +295,98 @@ TEST(EntmaxAttentionOpCuda, UnsupportedShapesGetClearErrors) {
       },
       "must be <= 1024 on CUDA");
 }
+
+#ifdef REACH_TORCH_CUDA
+// Sync debug mode "error" for one scope: any copy or wait that makes the host wait for the GPU
+// inside LibTorch throws.
+struct NoHostWaits {
+  NoHostWaits() {
+    c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_ERROR);
+  }
+  ~NoHostWaits() {
+    c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED);
+  }
+  NoHostWaits(const NoHostWaits&) = delete;
+  NoHostWaits& operator=(const NoHostWaits&) = delete;
+};
+
+// Parameters that live on the GPU (a learned alpha, ASEntmax's delta/beta/gamma, slopes the
+// model copied there) are not read back: forward and backward make the host wait for nothing
+// (sync debug mode "error"). Their values are then checked on the device: an invalid one
+// (alpha outside (1, 2], a non-finite beta, a negative slope) makes that head's output NaN,
+// and the other heads stay as they were.
+TEST(EntmaxAttentionOpCuda, GpuParametersAreNotReadBackAndBadOnesShowAsNaN) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  torch::manual_seed(5);
+  const auto cuda = torch::TensorOptions().device(torch::kCUDA);
+  const int64_t B = 1, H = 4, n = 200, d = 64;
+  const auto offsets = torch::tensor({16.0, 21.0, 34.0, 55.0, 89.0}, kF64);
+  const auto good_alpha = torch::tensor({1.5, 1.3, 2.0, 1.7}, cuda.dtype(torch::kFloat64));
+  const auto delta = torch::full({H}, 0.9, cuda.dtype(torch::kFloat64)).requires_grad_();
+  const auto beta = torch::full({H}, 0.2, cuda.dtype(torch::kFloat64)).requires_grad_();
+  const auto gamma = torch::full({H}, 1.1, cuda.dtype(torch::kFloat64)).requires_grad_();
+  const auto slopes = torch::tensor({0.0, 0.0, 0.25, 0.0625}, cuda.dtype(torch::kFloat64));
+  // float32 dense (tiled kernels), float32 window + offsets (rows), bf16 dense (tensor cores).
+  for (const auto& [dtype, window] :
+       {std::pair{torch::kFloat32, n}, std::pair{torch::kFloat32, int64_t{16}},
+        std::pair{torch::kBFloat16, n}}) {
+    SCOPED_TRACE(std::string(dtype == torch::kBFloat16 ? "bf16 " : "f32 ") +
+                 (window == n ? "dense" : "window + offsets"));
+    const auto q = torch::randn({B, H, n, d}, cuda.dtype(dtype)).requires_grad_();
+    const auto k = torch::randn({B, H, n, d}, cuda.dtype(dtype)).requires_grad_();
+    const auto v = torch::randn({B, H, n, d}, cuda.dtype(dtype)).requires_grad_();
+    const auto keys = window == n ? torch::empty({0}, kF64) : offsets;
+    torch::Tensor out;
+    {
+      const NoHostWaits no_waits;
+      const auto alpha = good_alpha.clone().requires_grad_();
+      out = entmax_attention(q, k, v, window, keys, alpha, delta, beta, gamma, false, c10::nullopt,
+                             slopes);
+      out.sum().backward();
+    }
+    EXPECT_TRUE(torch::isfinite(out).all().item<bool>());
+    EXPECT_TRUE(torch::isfinite(q.grad()).all().item<bool>());
+    // The same values from the host (validated there, then copied) give the same output.
+    const auto host_out =
+        entmax_attention(q, k, v, window, keys, good_alpha.cpu(), delta.cpu(), beta.cpu(),
+                         gamma.cpu(), false, c10::nullopt, slopes.cpu());
+    EXPECT_TRUE(torch::equal(out, host_out));
+    auto nan_heads = [&](const torch::Tensor& result) {
+      return torch::isnan(result).any(/*dim=*/3).all(/*dim=*/2).squeeze(0).cpu();
+    };
+    // Bad values, one parameter at a time, on head 1 (alpha, beta) or head 2 (slope).
+    auto bad_alpha = good_alpha.clone();
+    bad_alpha[1] = 2.5;
+    auto bad_beta = beta.detach().clone();
+    bad_beta[1] = std::numeric_limits<double>::infinity();
+    auto bad_slopes = slopes.clone();
+    bad_slopes[2] = -0.5;
+    const auto got_alpha = entmax_attention(q, k, v, window, keys, bad_alpha, delta, beta, gamma,
+                                            false, c10::nullopt, slopes);
+    const auto got_beta = entmax_attention(q, k, v, window, keys, good_alpha, delta, bad_beta,
+                                           gamma, false, c10::nullopt, slopes);
+    const auto got_slope = entmax_attention(q, k, v, window, keys, good_alpha, delta, beta, gamma,
+                                            false, c10::nullopt, bad_slopes);
+    const auto head1 = torch::tensor({false, true, false, false});
+    const auto head2 = torch::tensor({false, false, true, false});
+    EXPECT_TRUE(torch::equal(nan_heads(got_alpha), head1)) << nan_heads(got_alpha);
+    EXPECT_TRUE(torch::equal(nan_heads(got_beta), head1)) << nan_heads(got_beta);
+    EXPECT_TRUE(torch::equal(nan_heads(got_slope), head2)) << nan_heads(got_slope);
+    // On the host the same bad values are errors naming the parameter.
+    expect_error(
+        [&] {
+          entmax_attention(q, k, v, window, keys, bad_alpha.cpu(), delta, beta, gamma, false,
+                           c10::nullopt, slopes);
+        },
+        "alpha of head 1 must be in (1, 2]");
+  }
+  // A parameter on another device than q (CPU q, CUDA alpha) is an error, not a crash.
+  const auto cpu_q = torch::randn({1, H, 8, 4});
+  expect_error(
+      [&] { entmax_attention(cpu_q, cpu_q, cpu_q, 8, torch::empty({0}, kF64), good_alpha); },
+      "alpha is on cuda:0, q on cpu");
+}
+#endif
 
 }  // namespace
 }  // namespace reach::harness
