@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <initializer_list>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -20,6 +22,9 @@ constexpr int kTile = 64;      // queries and keys per tile (tiled path)
 constexpr int kThreads = 256;  // 16 x 16 threads, each a 4 x 4 patch of a 64 x 64 tile
 constexpr int kPoints = 8;     // points of the one multi-point bisection pass
 constexpr int kRowWarps = 4;   // queries per block (row path)
+// Newton passes of the row path's threshold solve before it stops (safeguarded: past ~55 the
+// bracket's bisection fallback alone has reached float64 precision).
+constexpr int kMaxNewtonPasses = 64;
 constexpr int kMaskWords = static_cast<int>(kMaxTiledLength / kTile / 32);
 constexpr double kSolveTolerance = 1e-6;  // |f(tau) - 1| at which a row's tau is final
 
@@ -31,6 +36,7 @@ struct DeviceParams {
   int offset[kMaxEntmaxOffsets];
   float scale;
   bool softmax, scaling, per_query;
+  bool vec;  // row path: q, k, v, grad_out rows are 16-byte aligned (lane_dot's wide loads)
   const double *alpha, *delta, *beta, *gamma, *alibi;
 };
 
@@ -750,41 +756,81 @@ __device__ __forceinline__ int64_t slot_key(const DeviceParams& p, int64_t i, in
   return slot < p.window_slots ? i - slot : i - p.offset[slot - p.window_slots];
 }
 
+// Shared floats per warp: forward raw[S], prob[S], the staged query; backward also g[S] and
+// the staged grad_out row.
+__host__ __device__ constexpr int row_forward_floats(int slots) {
+  return 2 * slots + kEntmaxMaxHeadDim;
+}
+__host__ __device__ constexpr int row_backward_floats(int slots) {
+  return 3 * slots + 2 * kEntmaxMaxHeadDim;
+}
+
 __device__ __forceinline__ int64_t row_visible(const DeviceParams& p, int64_t i) {
   int64_t count = imin(p.window_slots, i + 1);
   for (int o = 0; o < p.offsets; ++o) count += p.offset[o] <= i;
   return count;
 }
 
+// dot(row, x) of one key (or value) row against a row staged in shared memory, by one lane:
+// each lane owns whole slots, so a slot costs no shuffles (the staged row is read as a
+// broadcast). `vec`: the rows are 16-byte aligned and d a multiple of 16 bytes' elements, so
+// they are read 16 bytes at a time.
+__device__ __forceinline__ float lane_dot(const float* staged, const float* x, int d, bool vec) {
+  float acc = 0.0f;
+  if (vec) {
+    for (int t = 0; t < d; t += 4) {
+      const float4 u = *reinterpret_cast<const float4*>(x + t);
+      acc = fmaf(staged[t], u.x, acc);
+      acc = fmaf(staged[t + 1], u.y, acc);
+      acc = fmaf(staged[t + 2], u.z, acc);
+      acc = fmaf(staged[t + 3], u.w, acc);
+    }
+    return acc;
+  }
+  for (int t = 0; t < d; ++t) acc = fmaf(staged[t], x[t], acc);
+  return acc;
+}
+
+__device__ __forceinline__ float lane_dot(const float* staged, const __nv_bfloat16* x, int d,
+                                          bool vec) {
+  float acc = 0.0f;
+  if (vec) {
+    for (int t = 0; t < d; t += 8) {
+      const uint4 u = *reinterpret_cast<const uint4*>(x + t);
+      const unsigned words[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+      for (int w = 0; w < 4; ++w) {
+        // bf16 -> float is a 16-bit shift.
+        acc = fmaf(staged[t + 2 * w], __uint_as_float(words[w] << 16), acc);
+        acc = fmaf(staged[t + 2 * w + 1], __uint_as_float(words[w] & 0xffff0000u), acc);
+      }
+    }
+    return acc;
+  }
+  for (int t = 0; t < d; ++t) acc = fmaf(staged[t], __bfloat162float(x[t]), acc);
+  return acc;
+}
+
+// Stages row x (d elements, times `factor`) into the warp's shared row `staged`.
+template <typename T>
+__device__ __forceinline__ void stage_row(float* staged, const T* x, int d, float factor) {
+  const int lane = threadIdx.x & 31;
+  for (int t = lane; t < d; t += 32) staged[t] = factor * load(x + t);
+  __syncwarp();
+}
+
 // Scores raw[slot] of query row (bh, i) (NaN for invisible slots), then p[slot] (0 when
-// invisible or outside the support); returns c_i. All lanes of the warp call it.
+// invisible or outside the support); returns c_i. All lanes of the warp call it; qs is the
+// warp's staging row (kEntmaxMaxHeadDim floats of shared memory).
 template <typename T>
 __device__ double row_probabilities(const DeviceParams& p, const Normaliser& nm, const T* q,
                                     const T* k, int64_t bh, int64_t i, float* raw, float* prob,
-                                    double slope, int64_t visible) {
+                                    float* qs, double slope, int64_t visible) {
   const int lane = threadIdx.x & 31;
-  const T* qi = q + (bh * p.n + i) * p.d;
-  float qv[kEntmaxMaxHeadDim / 32];
-#pragma unroll
-  for (int c = 0; c < kEntmaxMaxHeadDim / 32; ++c) {
-    const int t = lane + 32 * c;
-    qv[c] = t < p.d ? p.scale * load(qi + t) : 0.0f;
-  }
-  for (int s = 0; s < p.slots; ++s) {
+  stage_row(qs, q + (bh * p.n + i) * p.d, p.d, p.scale);
+  for (int s = lane; s < p.slots; s += 32) {
     const int64_t key = slot_key(p, i, s);
-    if (key < 0) {  // warp-uniform
-      if (lane == 0) raw[s] = NAN;
-      continue;
-    }
-    const T* kj = k + (bh * p.n + key) * p.d;
-    float part = 0.0f;
-#pragma unroll
-    for (int c = 0; c < kEntmaxMaxHeadDim / 32; ++c) {
-      const int t = lane + 32 * c;
-      if (t < p.d) part = fmaf(qv[c], load(kj + t), part);
-    }
-    part = warp_sum(part);
-    if (lane == 0) raw[s] = part;
+    raw[s] = key < 0 ? NAN : lane_dot(qs, k + (bh * p.n + key) * p.d, p.d, p.vec);
   }
   __syncwarp();
   const double c = multiplier(p, bh, i, visible);
@@ -811,30 +857,52 @@ __device__ double row_probabilities(const DeviceParams& p, const Normaliser& nm,
     __syncwarp();
     return c;
   }
-  // Bisection in float64 on f(tau) = sum [x - tau]_+^r - 1 to machine precision (as the CPU).
+  // tau solves f(tau) = sum [x - tau]_+^r - 1 = 0, in float64. f is convex and decreasing, so
+  // Newton's method from a point left of the root (xmax - 1, where f >= 0) climbs monotonically
+  // to it, without overshooting; a step that leaves the bracket [lo, hi] (rounding, or a NaN
+  // parameter) is replaced by the bracket's midpoint, and the bracket shrinks at every pass.
+  // A pass is one sweep over the row's S slots in shared memory: 2-7 passes where bisection to
+  // machine precision took ~50 (scripts/newton_threshold_model.py: same p to 1e-14).
   const double xmax = nm.am1_d * zmax;
   double lo = xmax - 1.0, hi = xmax - pow(static_cast<double>(visible), -nm.am1_d);
-  for (int iter = 0; iter < 200; ++iter) {
-    const double mid = 0.5 * (lo + hi);
-    if (mid <= lo || mid >= hi) break;
-    double f = 0;
+  double tau = lo;
+  for (int pass = 0; pass < kMaxNewtonPasses; ++pass) {
+    double f = 0, df = 0;
     for (int s = lane; s < p.slots; s += 32) {
       if (isnan(raw[s])) continue;
-      const double y = nm.am1_d * logit(s) - mid;
-      if (y > 0) f += nm.kind == 1 ? y : (nm.kind == 2 ? y * y : pow(y, nm.r_d));
+      const double y = nm.am1_d * logit(s) - tau;
+      if (y <= 0) continue;
+      if (nm.kind == 1) {
+        f += y;
+        df += 1.0;
+      } else if (nm.kind == 2) {
+        f += y * y;
+        df += 2.0 * y;
+      } else {
+        const double y_r1 = pow(y, nm.r_d - 1.0);
+        f += y_r1 * y;
+        df += nm.r_d * y_r1;
+      }
     }
-    f = warp_sum(f);
-    if (f >= 1.0) {
-      lo = mid;
+    f = warp_sum(f) - 1.0;
+    df = warp_sum(df);
+    if (f >= 0) {
+      lo = tau;
     } else {
-      hi = mid;
+      hi = tau;
     }
+    if (f == 0) break;
+    double next = tau + f / df;
+    if (!(next > lo && next < hi)) next = 0.5 * (lo + hi);
+    const bool done = fabs(next - tau) <= 1e-15 * fmax(1.0, fabs(tau)) || !(lo < hi);
+    tau = next;
+    if (done) break;
   }
   double total = 0;
   for (int s = lane; s < p.slots; s += 32) {
     double e = 0;
     if (!isnan(raw[s])) {
-      const double y = nm.am1_d * logit(s) - lo;
+      const double y = nm.am1_d * logit(s) - tau;
       if (y > 0) e = nm.kind == 1 ? y : (nm.kind == 2 ? y * y : pow(y, nm.r_d));
     }
     prob[s] = static_cast<float>(e);
@@ -855,12 +923,13 @@ __global__ void __launch_bounds__(kRowWarps * 32)
   const int64_t row = int64_t{blockIdx.x} * kRowWarps + warp;
   if (row >= p.batch_heads * p.n) return;  // warp-uniform; no block-wide sync below
   const int64_t bh = row / p.n, i = row % p.n;
-  float* raw = smem + warp * 2 * p.slots;
+  float* raw = smem + warp * row_forward_floats(p.slots);
   float* prob = raw + p.slots;
+  float* qs = prob + p.slots;
   const int h = static_cast<int>(bh % p.heads);
   const Normaliser nm = normaliser_of(p, h);
   const double slope = p.alibi ? p.alibi[h] : 0.0;
-  row_probabilities(p, nm, q, k, bh, i, raw, prob, slope, row_visible(p, i));
+  row_probabilities(p, nm, q, k, bh, i, raw, prob, qs, slope, row_visible(p, i));
   float acc[kEntmaxMaxHeadDim / 32] = {0, 0, 0, 0};
   for (int s = 0; s < p.slots; ++s) {
     const float ps = prob[s];
@@ -880,9 +949,11 @@ __global__ void __launch_bounds__(kRowWarps * 32)
 }
 
 // Backward, query side: dq, per-row gradients, and per slot p and dz * c * scale into the
-// workspace [rows][S][2].
+// workspace, indexed by key row: slot s of query i goes to [bh, key(i, s), s], so the key
+// kernel reads a key's S slots contiguously (the map i -> key(i, s) is one-to-one per slot).
+// (Six blocks per SM as a launch bound: without it ptxas spills around the float64 pow calls.)
 template <typename T>
-__global__ void __launch_bounds__(kRowWarps * 32)
+__global__ void __launch_bounds__(kRowWarps * 32, 6)
     row_backward_queries(DeviceParams p, const T* __restrict__ q, const T* __restrict__ k,
                          const T* __restrict__ v, const T* __restrict__ grad_out,
                          T* __restrict__ grad_q, float2* __restrict__ slots_out,
@@ -892,36 +963,21 @@ __global__ void __launch_bounds__(kRowWarps * 32)
   const int64_t row = int64_t{blockIdx.x} * kRowWarps + warp;
   if (row >= p.batch_heads * p.n) return;
   const int64_t bh = row / p.n, i = row % p.n;
-  float* raw = smem + warp * 3 * p.slots;
+  float* raw = smem + warp * row_backward_floats(p.slots);
   float* prob = raw + p.slots;
   float* gs = prob + p.slots;
+  float* qs = gs + p.slots;
+  float* gos = qs + kEntmaxMaxHeadDim;
   const int h = static_cast<int>(bh % p.heads);
   const Normaliser nm = normaliser_of(p, h);
   const double slope = p.alibi ? p.alibi[h] : 0.0;
   const int64_t visible = row_visible(p, i);
-  const double c = row_probabilities(p, nm, q, k, bh, i, raw, prob, slope, visible);
-  const T* go = grad_out + row * p.d;
-  float gov[kEntmaxMaxHeadDim / 32];
-#pragma unroll
-  for (int u = 0; u < kEntmaxMaxHeadDim / 32; ++u) {
-    const int t = lane + 32 * u;
-    gov[u] = t < p.d ? load(go + t) : 0.0f;
-  }
-  // g_j = grad_out . v_j on the support.
-  for (int s = 0; s < p.slots; ++s) {
-    if (prob[s] == 0.0f) {
-      if (lane == 0) gs[s] = 0.0f;
-      continue;
-    }
-    const T* vj = v + (bh * p.n + slot_key(p, i, s)) * p.d;
-    float part = 0.0f;
-#pragma unroll
-    for (int u = 0; u < kEntmaxMaxHeadDim / 32; ++u) {
-      const int t = lane + 32 * u;
-      if (t < p.d) part = fmaf(gov[u], load(vj + t), part);
-    }
-    part = warp_sum(part);
-    if (lane == 0) gs[s] = part;
+  const double c = row_probabilities(p, nm, q, k, bh, i, raw, prob, qs, slope, visible);
+  // g_j = grad_out . v_j on the support, a lane per slot.
+  stage_row(gos, grad_out + row * p.d, p.d, 1.0f);
+  for (int s = lane; s < p.slots; s += 32) {
+    gs[s] = prob[s] == 0.0f ? 0.0f
+                            : lane_dot(gos, v + (bh * p.n + slot_key(p, i, s)) * p.d, p.d, p.vec);
   }
   __syncwarp();
   double sum_s = 0, sum_sg = 0, sum_sz = 0, sum_plogp = 0, sum_gsz = 0, sum_gplogp = 0,
@@ -952,23 +1008,29 @@ __global__ void __launch_bounds__(kRowWarps * 32)
   sum_sraw = warp_sum(sum_sraw);
   const double mean_g = sum_sg / sum_s;
   const float coef = static_cast<float>(c * p.scale);
-  float dq[kEntmaxMaxHeadDim / 32] = {0, 0, 0, 0};
-  float2* out_slots = slots_out + row * p.slots;
-  for (int s = 0; s < p.slots; ++s) {
+  // dz * c * scale per slot (a lane per slot, into gs), written to the workspace by key row.
+  for (int s = lane; s < p.slots; s += 32) {
     const float ps = prob[s];
     float dzc = 0.0f;
     if (ps != 0.0f) {
       const double w = nm.kind == 0 ? ps : (nm.kind == 1 ? 1.0 : pow(double(ps), 2.0 - nm.alpha));
-      const float dz = static_cast<float>(w * (gs[s] - mean_g));
-      dzc = dz * coef;
-      const T* kj = k + (bh * p.n + slot_key(p, i, s)) * p.d;
-#pragma unroll
-      for (int u = 0; u < kEntmaxMaxHeadDim / 32; ++u) {
-        const int t = lane + 32 * u;
-        if (t < p.d) dq[u] = fmaf(dzc, load(kj + t), dq[u]);
-      }
+      dzc = static_cast<float>(w * (gs[s] - mean_g)) * coef;
     }
-    if (lane == 0) out_slots[s] = make_float2(ps, dzc);
+    gs[s] = dzc;
+    const int64_t key = slot_key(p, i, s);
+    if (key >= 0) slots_out[(bh * p.n + key) * p.slots + s] = make_float2(ps, dzc);
+  }
+  __syncwarp();
+  float dq[kEntmaxMaxHeadDim / 32] = {0, 0, 0, 0};
+  for (int s = 0; s < p.slots; ++s) {
+    const float dzc = gs[s];
+    if (dzc == 0.0f) continue;  // warp-uniform (shared memory)
+    const T* kj = k + (bh * p.n + slot_key(p, i, s)) * p.d;
+#pragma unroll
+    for (int u = 0; u < kEntmaxMaxHeadDim / 32; ++u) {
+      const int t = lane + 32 * u;
+      if (t < p.d) dq[u] = fmaf(dzc, load(kj + t), dq[u]);
+    }
   }
 #pragma unroll
   for (int u = 0; u < kEntmaxMaxHeadDim / 32; ++u) {
@@ -986,7 +1048,8 @@ __global__ void __launch_bounds__(kRowWarps * 32)
 }
 
 // Backward, key side: key j of head bh gathers dv = sum p grad_out_i and dk = sum dz c scale q_i
-// over the (query, slot) pairs (i = j + distance(slot), slot) that saw it.
+// over the (query, slot) pairs (i = j + distance(slot), slot) that saw it. Its S workspace
+// entries are contiguous: the lanes read 32 at a time and pass them round by shuffles.
 template <typename T>
 __global__ void __launch_bounds__(kRowWarps * 32)
     row_backward_keys(DeviceParams p, const T* __restrict__ q, const T* __restrict__ grad_out,
@@ -997,19 +1060,30 @@ __global__ void __launch_bounds__(kRowWarps * 32)
   if (row >= p.batch_heads * p.n) return;
   const int64_t bh = row / p.n, j = row % p.n;
   float dk[kEntmaxMaxHeadDim / 32] = {0, 0, 0, 0}, dv[kEntmaxMaxHeadDim / 32] = {0, 0, 0, 0};
-  for (int s = 0; s < p.slots; ++s) {
-    const int64_t i = j + (s < p.window_slots ? s : p.offset[s - p.window_slots]);
-    if (i >= p.n) continue;
-    const float2 w = slots_in[(bh * p.n + i) * p.slots + s];
-    if (w.x == 0.0f && w.y == 0.0f) continue;
-    const T* qi = q + (bh * p.n + i) * p.d;
-    const T* go = grad_out + (bh * p.n + i) * p.d;
+  const float2* mine = slots_in + row * p.slots;
+  for (int base = 0; base < p.slots; base += 32) {
+    const int s = base + lane;
+    float2 w = make_float2(0.0f, 0.0f);
+    if (s < p.slots) {
+      const int64_t i = j + (s < p.window_slots ? s : p.offset[s - p.window_slots]);
+      if (i < p.n) w = mine[s];
+    }
+    const int count = p.slots - base < 32 ? p.slots - base : 32;
+    for (int l = 0; l < count; ++l) {
+      const float wp = __shfl_sync(0xffffffffu, w.x, l);
+      const float wz = __shfl_sync(0xffffffffu, w.y, l);
+      if (wp == 0.0f && wz == 0.0f) continue;  // warp-uniform
+      const int sl = base + l;
+      const int64_t i = j + (sl < p.window_slots ? sl : p.offset[sl - p.window_slots]);
+      const T* qi = q + (bh * p.n + i) * p.d;
+      const T* go = grad_out + (bh * p.n + i) * p.d;
 #pragma unroll
-    for (int u = 0; u < kEntmaxMaxHeadDim / 32; ++u) {
-      const int t = lane + 32 * u;
-      if (t < p.d) {
-        dv[u] = fmaf(w.x, load(go + t), dv[u]);
-        dk[u] = fmaf(w.y, load(qi + t), dk[u]);
+      for (int u = 0; u < kEntmaxMaxHeadDim / 32; ++u) {
+        const int t = lane + 32 * u;
+        if (t < p.d) {
+          dv[u] = fmaf(wp, load(go + t), dv[u]);
+          dk[u] = fmaf(wz, load(qi + t), dk[u]);
+        }
       }
     }
   }
@@ -1997,10 +2071,22 @@ void tc_backward_launch(const DeviceParams& p, const EntmaxAttentionParams& para
       static_cast<bf16*>(grad_v));
 }
 
+// The row path's wide loads need every row 16-byte aligned: d a multiple of 16 bytes'
+// elements and the tensors' starts aligned.
+template <typename T>
+bool rows_are_aligned(int d, std::initializer_list<const void*> tensors) {
+  if ((d * sizeof(T)) % 16 != 0) return false;
+  for (const void* t : tensors) {
+    if (reinterpret_cast<std::uintptr_t>(t) % 16 != 0) return false;
+  }
+  return true;
+}
+
 template <typename T>
 void forward_typed(const EntmaxAttentionParams& params, const void* q, const void* k, const void* v,
                    void* out, void* saved, cudaStream_t stream) {
-  const DeviceParams p = device_params(params);
+  DeviceParams p = device_params(params);
+  p.vec = rows_are_aligned<T>(p.d, {q, k, v});
   if (uses_tensor_cores(params, type_of<T>())) {
     if (p.d == 64) {
       tc_forward_launch<64>(p, params, q, k, v, out, saved, stream);
@@ -2020,7 +2106,7 @@ void forward_typed(const EntmaxAttentionParams& params, const void* q, const voi
         break;
     }
   } else {
-    const size_t smem = size_t{kRowWarps} * 2 * p.slots * sizeof(float);
+    const size_t smem = size_t{kRowWarps} * row_forward_floats(p.slots) * sizeof(float);
     allow_smem(row_forward<T>, smem);
     const auto blocks = static_cast<unsigned>((p.batch_heads * p.n + kRowWarps - 1) / kRowWarps);
     row_forward<T><<<blocks, kRowWarps * 32, smem, stream>>>(
@@ -2035,7 +2121,8 @@ void backward_typed(const EntmaxAttentionParams& params, const void* q, const vo
                     const void* v, const void* grad_out, const void* saved, void* grad_q,
                     void* grad_k, void* grad_v, double* row_grads, void* workspace,
                     cudaStream_t stream) {
-  const DeviceParams p = device_params(params);
+  DeviceParams p = device_params(params);
+  p.vec = rows_are_aligned<T>(p.d, {q, k, v, grad_out});
   if (uses_tensor_cores(params, type_of<T>())) {
     if (p.d == 64) {
       tc_backward_launch<64>(p, params, q, k, v, grad_out, saved, grad_q, grad_k, grad_v, row_grads,
@@ -2060,7 +2147,7 @@ void backward_typed(const EntmaxAttentionParams& params, const void* q, const vo
         break;
     }
   } else {
-    const size_t smem = size_t{kRowWarps} * 3 * p.slots * sizeof(float);
+    const size_t smem = size_t{kRowWarps} * row_backward_floats(p.slots) * sizeof(float);
     allow_smem(row_backward_queries<T>, smem);
     const auto blocks = static_cast<unsigned>((p.batch_heads * p.n + kRowWarps - 1) / kRowWarps);
     auto* slots = static_cast<float2*>(workspace);
