@@ -919,7 +919,11 @@ __device__ double row_probabilities(const DeviceParams& p, const Normaliser& nm,
     total += e;
   }
   total = warp_sum(total);
-  for (int s = lane; s < p.slots; s += 32) prob[s] = static_cast<float>(prob[s] / total);
+  // Invisible slots stay exactly 0 even when a NaN parameter makes the total NaN: the gathers
+  // below must never read their (negative) keys.
+  for (int s = lane; s < p.slots; s += 32) {
+    prob[s] = isnan(raw[s]) ? 0.0f : static_cast<float>(prob[s] / total);
+  }
   __syncwarp();
   return c;
 }
