@@ -819,17 +819,53 @@ __device__ __forceinline__ void stage_row(float* staged, const T* x, int d, floa
   __syncwarp();
 }
 
-// tau solving f(tau) = sum [x - tau]_+^r - 1 = 0 over the row's slots, in float64 (xmax: the
-// largest x). f is convex and decreasing, so Newton's method from a point left of the root
-// (xmax - 1, where f >= 0) climbs monotonically to it, without overshooting; a step that
-// leaves the bracket [lo, hi] (rounding, or a NaN parameter) is replaced by the bracket's
-// midpoint, and the bracket shrinks at every pass. A pass is one sweep over the row's S slots
-// in shared memory: 2-7 passes where bisection to machine precision took ~50
-// (scripts/newton_threshold_model.py: the same p to 1e-14). All lanes call it.
-template <typename Logit>
-__device__ double newton_threshold(const DeviceParams& p, const Normaliser& nm, const float* raw,
-                                   const Logit& logit, double xmax, int64_t visible) {
+// Scores raw[slot] of query row (bh, i) (NaN for invisible slots), then p[slot] (0 when
+// invisible or outside the support); returns c_i. All lanes of the warp call it; qs is the
+// warp's staging row (kEntmaxMaxHeadDim floats of shared memory).
+template <typename T>
+__device__ double row_probabilities(const DeviceParams& p, const Normaliser& nm, const T* q,
+                                    const T* k, int64_t bh, int64_t i, float* raw, float* prob,
+                                    float* qs, double slope, int64_t visible) {
   const int lane = threadIdx.x & 31;
+  stage_row(qs, q + (bh * p.n + i) * p.d, p.d, p.scale);
+  for (int s = lane; s < p.slots; s += 32) {
+    const int64_t key = slot_key(p, i, s);
+    raw[s] = key < 0 ? NAN : lane_dot(qs, k + (bh * p.n + key) * p.d, p.d, p.vec);
+  }
+  __syncwarp();
+  const double c = multiplier(p, bh, i, visible);
+  // z = c raw - slope * distance; x = (a - 1) z.
+  auto logit = [&](int s) -> double {
+    const int64_t key = slot_key(p, i, s);
+    return c * raw[s] - slope * static_cast<double>(i - key);
+  };
+  double zmax = -INFINITY;
+  for (int s = lane; s < p.slots; s += 32) {
+    if (!isnan(raw[s])) zmax = fmax(zmax, logit(s));
+  }
+  for (int o = 16; o > 0; o >>= 1) zmax = fmax(zmax, __shfl_xor_sync(0xffffffffu, zmax, o));
+  zmax = __shfl_sync(0xffffffffu, zmax, 0);
+  if (nm.kind == 0) {
+    double total = 0;
+    for (int s = lane; s < p.slots; s += 32) {
+      const double e = isnan(raw[s]) ? 0.0 : exp(logit(s) - zmax);
+      prob[s] = static_cast<float>(e);
+      total += e;
+    }
+    total = warp_sum(total);
+    for (int s = lane; s < p.slots; s += 32) {
+      prob[s] = isnan(raw[s]) ? 0.0f : static_cast<float>(prob[s] / total);  // (see below)
+    }
+    __syncwarp();
+    return c;
+  }
+  // tau solves f(tau) = sum [x - tau]_+^r - 1 = 0, in float64. f is convex and decreasing, so
+  // Newton's method from a point left of the root (xmax - 1, where f >= 0) climbs monotonically
+  // to it, without overshooting; a step that leaves the bracket [lo, hi] (rounding, or a NaN
+  // parameter) is replaced by the bracket's midpoint, and the bracket shrinks at every pass.
+  // A pass is one sweep over the row's S slots in shared memory: 2-7 passes where bisection to
+  // machine precision took ~50 (scripts/newton_threshold_model.py: same p to 1e-14).
+  const double xmax = nm.am1_d * zmax;
   double lo = xmax - 1.0, hi = xmax - pow(static_cast<double>(visible), -nm.am1_d);
   double tau = lo;
   for (int pass = 0; pass < kMaxNewtonPasses; ++pass) {
@@ -864,63 +900,20 @@ __device__ double newton_threshold(const DeviceParams& p, const Normaliser& nm, 
     tau = next;
     if (done) break;
   }
-  return tau;
-}
-
-// Scores raw[slot] of query row (bh, i) (NaN for invisible slots), then p[slot] (0 when
-// invisible or outside the support); returns c_i. All lanes of the warp call it; qs is the
-// warp's staging row (kEntmaxMaxHeadDim floats of shared memory). The row's threshold (softmax:
-// its largest logit): the forward solves for it and writes it to tau_out[row]; the backward
-// reads it back from tau_in[row] and skips the solve.
-template <typename T>
-__device__ double row_probabilities(const DeviceParams& p, const Normaliser& nm, const T* q,
-                                    const T* k, int64_t bh, int64_t i, float* raw, float* prob,
-                                    float* qs, double slope, int64_t visible, const double* tau_in,
-                                    double* tau_out) {
-  const int lane = threadIdx.x & 31;
-  const int64_t row = bh * p.n + i;
-  stage_row(qs, q + row * p.d, p.d, p.scale);
-  for (int s = lane; s < p.slots; s += 32) {
-    const int64_t key = slot_key(p, i, s);
-    raw[s] = key < 0 ? NAN : lane_dot(qs, k + (bh * p.n + key) * p.d, p.d, p.vec);
-  }
-  __syncwarp();
-  const double c = multiplier(p, bh, i, visible);
-  // z = c raw - slope * distance; x = (a - 1) z.
-  auto logit = [&](int s) -> double {
-    const int64_t key = slot_key(p, i, s);
-    return c * raw[s] - slope * static_cast<double>(i - key);
-  };
-  double tau;
-  if (tau_in == nullptr) {
-    double zmax = -INFINITY;
-    for (int s = lane; s < p.slots; s += 32) {
-      if (!isnan(raw[s])) zmax = fmax(zmax, logit(s));
-    }
-    for (int o = 16; o > 0; o >>= 1) zmax = fmax(zmax, __shfl_xor_sync(0xffffffffu, zmax, o));
-    zmax = __shfl_sync(0xffffffffu, zmax, 0);
-    tau = nm.kind == 0 ? zmax : newton_threshold(p, nm, raw, logit, nm.am1_d * zmax, visible);
-    if (lane == 0) tau_out[row] = tau;
-  } else {
-    tau = tau_in[row];
-  }
   double total = 0;
   for (int s = lane; s < p.slots; s += 32) {
     double e = 0;
     if (!isnan(raw[s])) {
-      if (nm.kind == 0) {
-        e = exp(logit(s) - tau);
-      } else {
-        const double y = nm.am1_d * logit(s) - tau;
-        if (y > 0) e = nm.kind == 1 ? y : (nm.kind == 2 ? y * y : pow(y, nm.r_d));
-      }
+      const double y = nm.am1_d * logit(s) - tau;
+      if (y > 0) e = nm.kind == 1 ? y : (nm.kind == 2 ? y * y : pow(y, nm.r_d));
     }
     prob[s] = static_cast<float>(e);
     total += e;
   }
   total = warp_sum(total);
-  // Invisible slots stay exactly 0 even when a NaN parameter makes the total NaN: the gathers
-  // below must never read their (negative) keys.
+  // Invisible slots stay exactly 0 even when a NaN parameter (ops/entmax_attention_cuda.cpp
+  // turns invalid device values into NaN) makes the total NaN: the loops over slots with p != 0
+  // must never read their (negative) keys.
   for (int s = lane; s < p.slots; s += 32) {
     prob[s] = isnan(raw[s]) ? 0.0f : static_cast<float>(prob[s] / total);
   }
@@ -928,58 +921,10 @@ __device__ double row_probabilities(const DeviceParams& p, const Normaliser& nm,
   return c;
 }
 
-// The slots with p > 0, in order, into list[0, count) (shared memory of the warp); returns
-// count to every lane. The gathers below then run over the support only, several rows in flight.
-__device__ __forceinline__ int compact_support(const float* prob, int slots, int* list) {
-  const int lane = threadIdx.x & 31;
-  int count = 0;
-  for (int base = 0; base < slots; base += 32) {
-    const int s = base + lane;
-    const bool on = s < slots && prob[s] != 0.0f;
-    const unsigned mask = __ballot_sync(0xffffffffu, on);
-    if (on) list[count + __popc(mask & ((1u << lane) - 1u))] = s;
-    count += __popc(mask);
-  }
-  __syncwarp();
-  return count;
-}
-
-// acc += sum over the listed slots of weight[slot] * rows[key(slot)] (lane-strided over d),
-// four rows' loads in flight at a time.
-template <typename T>
-__device__ __forceinline__ void gather_rows(const DeviceParams& p, int64_t bh, int64_t i,
-                                            const int* list, int count, const float* weight,
-                                            const T* rows, float (&acc)[kEntmaxMaxHeadDim / 32]) {
-  const int lane = threadIdx.x & 31;
-  constexpr int kInFlight = 4;
-  for (int e = 0; e < count; e += kInFlight) {
-    float w[kInFlight];
-    const T* row[kInFlight];
-#pragma unroll
-    for (int u = 0; u < kInFlight; ++u) {
-      const bool live = e + u < count;  // warp-uniform
-      const int slot = list[live ? e + u : e];
-      w[u] = live ? weight[slot] : 0.0f;
-      row[u] = rows + (bh * p.n + slot_key(p, i, slot)) * p.d;
-    }
-#pragma unroll
-    for (int c = 0; c < kEntmaxMaxHeadDim / 32; ++c) {
-      const int t = lane + 32 * c;
-      if (t < p.d) {
-        float x[kInFlight];
-#pragma unroll
-        for (int u = 0; u < kInFlight; ++u) x[u] = load(row[u] + t);
-#pragma unroll
-        for (int u = 0; u < kInFlight; ++u) acc[c] = fmaf(w[u], x[u], acc[c]);
-      }
-    }
-  }
-}
-
 template <typename T>
 __global__ void __launch_bounds__(kRowWarps * 32)
     row_forward(DeviceParams p, const T* __restrict__ q, const T* __restrict__ k,
-                const T* __restrict__ v, T* __restrict__ out, double* __restrict__ row_tau) {
+                const T* __restrict__ v, T* __restrict__ out) {
   extern __shared__ float smem[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t row = int64_t{blockIdx.x} * kRowWarps + warp;
@@ -991,24 +936,23 @@ __global__ void __launch_bounds__(kRowWarps * 32)
   const int h = static_cast<int>(bh % p.heads);
   const Normaliser nm = normaliser_of(p, h);
   const double slope = p.alibi ? p.alibi[h] : 0.0;
-  row_probabilities(p, nm, q, k, bh, i, raw, prob, qs, slope, row_visible(p, i), nullptr, row_tau);
-  int* list = reinterpret_cast<int*>(raw);  // the scores are no longer needed
-  const int count = compact_support(prob, p.slots, list);
+  row_probabilities(p, nm, q, k, bh, i, raw, prob, qs, slope, row_visible(p, i));
   float acc[kEntmaxMaxHeadDim / 32] = {0, 0, 0, 0};
-  gather_rows(p, bh, i, list, count, prob, v, acc);
+  for (int s = 0; s < p.slots; ++s) {
+    const float ps = prob[s];
+    if (ps == 0.0f) continue;  // exact zeros (and invisible slots) skipped
+    const T* vj = v + (bh * p.n + slot_key(p, i, s)) * p.d;
+#pragma unroll
+    for (int c = 0; c < kEntmaxMaxHeadDim / 32; ++c) {
+      const int t = lane + 32 * c;
+      if (t < p.d) acc[c] = fmaf(ps, load(vj + t), acc[c]);
+    }
+  }
 #pragma unroll
   for (int c = 0; c < kEntmaxMaxHeadDim / 32; ++c) {
     const int t = lane + 32 * c;
     if (t < p.d) store(out + row * p.d + t, acc[c]);
   }
-}
-
-// s = p^(2 - a), the weight of the entmax Jacobian (p for softmax), for p > 0, in float64.
-__device__ __forceinline__ double jacobian_weight_d(const Normaliser& m, double prob) {
-  if (m.kind == 0) return prob;
-  if (m.kind == 1) return 1.0;
-  if (m.kind == 2) return sqrt(prob);
-  return pow(prob, 2.0 - m.alpha);
 }
 
 // Backward, query side: dq, per-row gradients, and per slot p and dz * c * scale into the
@@ -1019,8 +963,8 @@ template <typename T>
 __global__ void __launch_bounds__(kRowWarps * 32, 6)
     row_backward_queries(DeviceParams p, const T* __restrict__ q, const T* __restrict__ k,
                          const T* __restrict__ v, const T* __restrict__ grad_out,
-                         const double* __restrict__ row_tau, T* __restrict__ grad_q,
-                         float2* __restrict__ slots_out, double* __restrict__ row_grads) {
+                         T* __restrict__ grad_q, float2* __restrict__ slots_out,
+                         double* __restrict__ row_grads) {
   extern __shared__ float smem[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t row = int64_t{blockIdx.x} * kRowWarps + warp;
@@ -1035,8 +979,7 @@ __global__ void __launch_bounds__(kRowWarps * 32, 6)
   const Normaliser nm = normaliser_of(p, h);
   const double slope = p.alibi ? p.alibi[h] : 0.0;
   const int64_t visible = row_visible(p, i);
-  const double c =
-      row_probabilities(p, nm, q, k, bh, i, raw, prob, qs, slope, visible, row_tau, nullptr);
+  const double c = row_probabilities(p, nm, q, k, bh, i, raw, prob, qs, slope, visible);
   // g_j = grad_out . v_j on the support, a lane per slot.
   stage_row(gos, grad_out + row * p.d, p.d, 1.0f);
   for (int s = lane; s < p.slots; s += 32) {
@@ -1044,75 +987,76 @@ __global__ void __launch_bounds__(kRowWarps * 32, 6)
                             : lane_dot(gos, v + (bh * p.n + slot_key(p, i, s)) * p.d, p.d, p.vec);
   }
   __syncwarp();
-  // Sums over the support: s_j, s_j g_j (for mean_g), and, only when the parameters' gradients
-  // are asked for, the terms of d alpha and dL/dc.
-  const bool params = row_grads != nullptr;
   double sum_s = 0, sum_sg = 0, sum_sz = 0, sum_plogp = 0, sum_gsz = 0, sum_gplogp = 0,
          sum_sgraw = 0, sum_sraw = 0;
   for (int s = lane; s < p.slots; s += 32) {
     const float ps = prob[s];
     if (ps == 0.0f) continue;
-    const double pj = ps, g = gs[s], w = jacobian_weight_d(nm, pj);
+    const double pj = ps, g = gs[s], r = raw[s];
+    const double z = c * r - slope * static_cast<double>(i - slot_key(p, i, s));
+    const double w = nm.kind == 0 ? pj : (nm.kind == 1 ? 1.0 : pow(pj, 2.0 - nm.alpha));
+    const double plogp = pj * log(pj);
     sum_s += w;
     sum_sg += w * g;
-    if (params) {
-      const double r = raw[s];
-      const double z = c * r - slope * static_cast<double>(i - slot_key(p, i, s));
-      const double plogp = pj * log(pj);
-      sum_sz += w * z;
-      sum_plogp += plogp;
-      sum_gsz += g * w * z;
-      sum_gplogp += g * plogp;
-      sum_sgraw += w * g * r;
-      sum_sraw += w * r;
-    }
+    sum_sz += w * z;
+    sum_plogp += plogp;
+    sum_gsz += g * w * z;
+    sum_gplogp += g * plogp;
+    sum_sgraw += w * g * r;
+    sum_sraw += w * r;
   }
   sum_s = warp_sum(sum_s);
   sum_sg = warp_sum(sum_sg);
+  sum_sz = warp_sum(sum_sz);
+  sum_plogp = warp_sum(sum_plogp);
+  sum_gsz = warp_sum(sum_gsz);
+  sum_gplogp = warp_sum(sum_gplogp);
+  sum_sgraw = warp_sum(sum_sgraw);
+  sum_sraw = warp_sum(sum_sraw);
   const double mean_g = sum_sg / sum_s;
   const float coef = static_cast<float>(c * p.scale);
   // dz * c * scale per slot (a lane per slot, into gs), written to the workspace by key row.
   for (int s = lane; s < p.slots; s += 32) {
     const float ps = prob[s];
     float dzc = 0.0f;
-    if (ps != 0.0f) dzc = static_cast<float>(jacobian_weight_d(nm, ps) * (gs[s] - mean_g)) * coef;
+    if (ps != 0.0f) {
+      const double w = nm.kind == 0 ? ps : (nm.kind == 1 ? 1.0 : pow(double(ps), 2.0 - nm.alpha));
+      dzc = static_cast<float>(w * (gs[s] - mean_g)) * coef;
+    }
     gs[s] = dzc;
     const int64_t key = slot_key(p, i, s);
     if (key >= 0) slots_out[(bh * p.n + key) * p.slots + s] = make_float2(ps, dzc);
   }
   __syncwarp();
-  // dq = sum_j dz_j c scale k_j over the support (raw's memory holds the list now).
-  int* list = reinterpret_cast<int*>(raw);
-  const int count = compact_support(prob, p.slots, list);
   float dq[kEntmaxMaxHeadDim / 32] = {0, 0, 0, 0};
-  gather_rows(p, bh, i, list, count, gs, k, dq);
+  for (int s = 0; s < p.slots; ++s) {
+    const float dzc = gs[s];
+    if (dzc == 0.0f) continue;  // warp-uniform (shared memory)
+    const T* kj = k + (bh * p.n + slot_key(p, i, s)) * p.d;
+#pragma unroll
+    for (int u = 0; u < kEntmaxMaxHeadDim / 32; ++u) {
+      const int t = lane + 32 * u;
+      if (t < p.d) dq[u] = fmaf(dzc, load(kj + t), dq[u]);
+    }
+  }
 #pragma unroll
   for (int u = 0; u < kEntmaxMaxHeadDim / 32; ++u) {
     const int t = lane + 32 * u;
     if (t < p.d) store(grad_q + row * p.d + t, dq[u]);
   }
-  if (params) {
-    sum_sz = warp_sum(sum_sz);
-    sum_plogp = warp_sum(sum_plogp);
-    sum_gsz = warp_sum(sum_gsz);
-    sum_gplogp = warp_sum(sum_gplogp);
-    sum_sgraw = warp_sum(sum_sgraw);
-    sum_sraw = warp_sum(sum_sraw);
-    if (lane == 0) {
-      double dalpha = 0;
-      if (nm.kind != 0) {
-        const double tau_prime = (sum_sz - sum_plogp) / sum_s;
-        dalpha = (sum_gsz - tau_prime * sum_sg - sum_gplogp) / nm.am1_d;
-      }
-      write_row_grads(p, row_grads, bh, i, visible, dalpha, sum_sgraw - mean_g * sum_sraw);
+  if (lane == 0) {
+    double dalpha = 0;
+    if (nm.kind != 0) {
+      const double tau_prime = (sum_sz - sum_plogp) / sum_s;
+      dalpha = (sum_gsz - tau_prime * sum_sg - sum_gplogp) / nm.am1_d;
     }
+    write_row_grads(p, row_grads, bh, i, visible, dalpha, sum_sgraw - mean_g * sum_sraw);
   }
 }
 
 // Backward, key side: key j of head bh gathers dv = sum p grad_out_i and dk = sum dz c scale q_i
 // over the (query, slot) pairs (i = j + distance(slot), slot) that saw it. Its S workspace
-// entries are contiguous: the lanes read 32 at a time, and the non-zero ones are passed round
-// by shuffles, four query rows' loads in flight at a time.
+// entries are contiguous: the lanes read 32 at a time and pass them round by shuffles.
 template <typename T>
 __global__ void __launch_bounds__(kRowWarps * 32)
     row_backward_keys(DeviceParams p, const T* __restrict__ q, const T* __restrict__ grad_out,
@@ -1122,48 +1066,30 @@ __global__ void __launch_bounds__(kRowWarps * 32)
   const int64_t row = int64_t{blockIdx.x} * kRowWarps + warp;
   if (row >= p.batch_heads * p.n) return;
   const int64_t bh = row / p.n, j = row % p.n;
-  constexpr int kInFlight = 4;
   float dk[kEntmaxMaxHeadDim / 32] = {0, 0, 0, 0}, dv[kEntmaxMaxHeadDim / 32] = {0, 0, 0, 0};
   const float2* mine = slots_in + row * p.slots;
-  auto query_of = [&](int slot) {
-    return j + (slot < p.window_slots ? slot : p.offset[slot - p.window_slots]);
-  };
   for (int base = 0; base < p.slots; base += 32) {
     const int s = base + lane;
     float2 w = make_float2(0.0f, 0.0f);
-    if (s < p.slots && query_of(s) < p.n) w = mine[s];
-    unsigned live = __ballot_sync(0xffffffffu, w.x != 0.0f || w.y != 0.0f);
-    while (live) {  // warp-uniform
-      float wp[kInFlight], wz[kInFlight];
-      const T* qi[kInFlight];
-      const T* go[kInFlight];
+    if (s < p.slots) {
+      const int64_t i = j + (s < p.window_slots ? s : p.offset[s - p.window_slots]);
+      if (i < p.n) w = mine[s];
+    }
+    const int count = p.slots - base < 32 ? p.slots - base : 32;
+    for (int l = 0; l < count; ++l) {
+      const float wp = __shfl_sync(0xffffffffu, w.x, l);
+      const float wz = __shfl_sync(0xffffffffu, w.y, l);
+      if (wp == 0.0f && wz == 0.0f) continue;  // warp-uniform
+      const int sl = base + l;
+      const int64_t i = j + (sl < p.window_slots ? sl : p.offset[sl - p.window_slots]);
+      const T* qi = q + (bh * p.n + i) * p.d;
+      const T* go = grad_out + (bh * p.n + i) * p.d;
 #pragma unroll
-      for (int u = 0; u < kInFlight; ++u) {
-        const int l = live ? __ffs(live) - 1 : 0;
-        const bool on = live != 0;
-        live &= live - 1;
-        wp[u] = __shfl_sync(0xffffffffu, w.x, l);
-        wz[u] = __shfl_sync(0xffffffffu, w.y, l);
-        if (!on) wp[u] = wz[u] = 0.0f;
-        const int64_t i = on ? query_of(base + l) : j;
-        qi[u] = q + (bh * p.n + i) * p.d;
-        go[u] = grad_out + (bh * p.n + i) * p.d;
-      }
-#pragma unroll
-      for (int c = 0; c < kEntmaxMaxHeadDim / 32; ++c) {
-        const int t = lane + 32 * c;
+      for (int u = 0; u < kEntmaxMaxHeadDim / 32; ++u) {
+        const int t = lane + 32 * u;
         if (t < p.d) {
-          float xo[kInFlight], xq[kInFlight];
-#pragma unroll
-          for (int u = 0; u < kInFlight; ++u) {
-            xo[u] = load(go[u] + t);
-            xq[u] = load(qi[u] + t);
-          }
-#pragma unroll
-          for (int u = 0; u < kInFlight; ++u) {
-            dv[c] = fmaf(wp[u], xo[u], dv[c]);
-            dk[c] = fmaf(wz[u], xq[u], dk[c]);
-          }
+          dv[u] = fmaf(wp, load(go + t), dv[u]);
+          dk[u] = fmaf(wz, load(qi + t), dk[u]);
         }
       }
     }
@@ -2192,7 +2118,7 @@ void forward_typed(const EntmaxAttentionParams& params, const void* q, const voi
     const auto blocks = static_cast<unsigned>((p.batch_heads * p.n + kRowWarps - 1) / kRowWarps);
     row_forward<T><<<blocks, kRowWarps * 32, smem, stream>>>(
         p, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
-        static_cast<T*>(out), static_cast<double*>(saved));
+        static_cast<T*>(out));
   }
   check(cudaGetLastError(), "forward launch");
 }
@@ -2234,8 +2160,7 @@ void backward_typed(const EntmaxAttentionParams& params, const void* q, const vo
     auto* slots = static_cast<float2*>(workspace);
     row_backward_queries<T><<<blocks, kRowWarps * 32, smem, stream>>>(
         p, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
-        static_cast<const T*>(grad_out), static_cast<const double*>(saved), static_cast<T*>(grad_q),
-        slots, row_grads);
+        static_cast<const T*>(grad_out), static_cast<T*>(grad_q), slots, row_grads);
     row_backward_keys<T><<<blocks, kRowWarps * 32, 0, stream>>>(
         p, static_cast<const T*>(q), static_cast<const T*>(grad_out), slots,
         static_cast<T*>(grad_k), static_cast<T*>(grad_v));
@@ -2278,12 +2203,7 @@ std::string entmax_cuda_support_problem(const EntmaxAttentionParams& params) {
 }
 
 size_t entmax_attention_saved_bytes(const EntmaxAttentionParams& params) {
-  // Row path: tau per row (float64); no more than the tiled layout for the same shapes
-  // (entmax_attention_saved_bytes_for_shape).
-  if (!entmax_uses_tiles(params)) {
-    return align16(static_cast<size_t>(params.base.batch_heads * params.base.seq_len) *
-                   sizeof(double));
-  }
+  if (!entmax_uses_tiles(params)) return 16;
   const auto& b = params.base;
   const size_t stats = static_cast<size_t>(b.batch_heads * b.seq_len) * 4 * sizeof(float);
   const size_t mask = static_cast<size_t>(b.batch_heads * query_tiles(params)) *

@@ -63,8 +63,8 @@ std::string entmax_cuda_support_problem(const EntmaxAttentionParams& params);
 // True when params take the tiled path (no offsets visible), false for the row path.
 bool entmax_uses_tiles(const EntmaxAttentionParams& params);
 
-// Bytes of saved state the forward writes and the backward reads (tiled: row statistics and the
-// key-tile mask; rows: tau per row), 16-byte aligned.
+// Bytes of saved state the forward writes and the backward reads (row statistics and the
+// key-tile mask), 16-byte aligned.
 size_t entmax_attention_saved_bytes(const EntmaxAttentionParams& params);
 // The saved-state bytes for these shapes whatever the path and offsets: the tiled path's
 // (the most entmax_attention_saved_bytes gives), 16-byte aligned:
