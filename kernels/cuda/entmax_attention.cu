@@ -895,10 +895,15 @@ __device__ double row_probabilities(const DeviceParams& p, const Normaliser& nm,
     }
     if (f == 0) break;
     double next = tau + f / df;
+    // Converged: the step is below float64 resolution. (Tested before the safeguard: such a
+    // step can land on the bracket's end by rounding, and must not send tau to the midpoint.)
+    if (fabs(next - tau) <= 1e-15 * fmax(1.0, fabs(tau))) {
+      tau = next;
+      break;
+    }
     if (!(next > lo && next < hi)) next = 0.5 * (lo + hi);
-    const bool done = fabs(next - tau) <= 1e-15 * fmax(1.0, fabs(tau)) || !(lo < hi);
     tau = next;
-    if (done) break;
+    if (!(lo < hi)) break;
   }
   double total = 0;
   for (int s = lane; s < p.slots; s += 32) {
