@@ -25,6 +25,9 @@ constexpr Names<ChunkScoring, 2> kChunkScoring{
     {{ChunkScoring::retrieval, "retrieval"}, {ChunkScoring::moba, "moba"}}};
 constexpr Names<ChunkResidual, 2> kChunkResidual{
     {{ChunkResidual::bypass, "bypass"}, {ChunkResidual::standard, "standard"}}};
+constexpr Names<AttentionFamily, 3> kChunkLocal{{{AttentionFamily::window, "window"},
+                                                 {AttentionFamily::fibonacci, "fibonacci"},
+                                                 {AttentionFamily::power_of_two, "power_of_two"}}};
 constexpr Names<ChunkSparsity, 2> kChunkSparsity{
     {{ChunkSparsity::enforced, "enforced"}, {ChunkSparsity::none, "none"}}};
 constexpr Names<Positions> kPositions{{{Positions::rope, "rope"},
@@ -93,6 +96,12 @@ void validate_chunk(const ModelConfig& c) {
   at_least(c.chunk_encoder_layers, 0, "chunk_encoder_layers");
   at_least(c.chunk_encoder_mlp_ratio, 1, "chunk_encoder_mlp_ratio");
   at_least(c.chunk_every, 1, "chunk_every");
+  if (c.chunk_local != AttentionFamily::window && !is_dilated(c.chunk_local)) {
+    throw std::invalid_argument(
+        "model.chunk_local (the layers that do not retrieve) must be 'window', 'fibonacci' or "
+        "'power_of_two', got '" +
+        to_string(c.chunk_local) + "'");
+  }
   if (!(c.chunk_fraction > 0.0 && c.chunk_fraction <= 1.0)) {
     throw std::invalid_argument("model.chunk_fraction must be in (0, 1], got " +
                                 std::to_string(c.chunk_fraction));
@@ -180,6 +189,9 @@ ChunkLandmark parse_chunk_landmark(const std::string& name) {
 ChunkResidual parse_chunk_residual(const std::string& name) {
   return parse_name("model.chunk_residual", kChunkResidual, name);
 }
+AttentionFamily parse_chunk_local(const std::string& name) {
+  return parse_name("model.chunk_local", kChunkLocal, name);
+}
 ChunkSparsity parse_chunk_sparsity(const std::string& name) {
   return parse_name("model.chunk_sparsity", kChunkSparsity, name);
 }
@@ -214,6 +226,7 @@ std::vector<std::string> entmax_alpha_names() { return names_of(kEntmaxAlpha); }
 std::vector<std::string> chunk_landmark_names() { return names_of(kChunkLandmark); }
 std::vector<std::string> chunk_residual_names() { return names_of(kChunkResidual); }
 std::vector<std::string> chunk_sparsity_names() { return names_of(kChunkSparsity); }
+std::vector<std::string> chunk_local_names() { return names_of(kChunkLocal); }
 std::vector<std::string> chunk_scoring_names() { return names_of(kChunkScoring); }
 std::vector<std::string> chunk_weighting_names() {
   return {kernels::to_string(ChunkWeighting::softmax),

@@ -74,6 +74,8 @@ AlphaSchedule parse_schedule(const std::string& name);
 ChunkLandmark parse_chunk_landmark(const std::string& name);
 ChunkResidual parse_chunk_residual(const std::string& name);
 ChunkSparsity parse_chunk_sparsity(const std::string& name);
+// model.chunk_local: window, fibonacci or power_of_two.
+AttentionFamily parse_chunk_local(const std::string& name);
 ChunkScoring parse_chunk_scoring(const std::string& name);
 ChunkWeighting parse_chunk_weighting(const std::string& name);
 std::string to_string(AttentionFamily family);
@@ -102,6 +104,7 @@ std::vector<std::string> schedule_names();
 std::vector<std::string> chunk_landmark_names();
 std::vector<std::string> chunk_residual_names();
 std::vector<std::string> chunk_sparsity_names();
+std::vector<std::string> chunk_local_names();
 std::vector<std::string> chunk_scoring_names();
 std::vector<std::string> chunk_weighting_names();
 
@@ -145,6 +148,11 @@ struct ModelConfig {
   double chunk_fraction = 0.5;  // enforced sparsity: share of the candidates read, in (0, 1]
   ChunkWeighting chunk_weighting = ChunkWeighting::softmax;
   int64_t chunk_every = 1;  // from the middle layer up, every chunk_every-th layer retrieves
+  // The family of the layers that do not retrieve (below the chunking layer, and between
+  // retrieval layers when chunk_every > 1): window, or fibonacci / power_of_two (the dilated
+  // layer of that family: the window plus the offsets scaled by the layer's alpha under
+  // model.schedule), so chunk retrieval can sit on Fibonacci-dilated layers.
+  AttentionFamily chunk_local = AttentionFamily::window;
   // Grouped-query attention: K/V heads, each shared by heads / kv_heads query heads (0 = heads).
   int64_t kv_heads = 0;
   Norm norm = Norm::layernorm;

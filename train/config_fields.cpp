@@ -212,6 +212,9 @@ void add_model_keys(ConfigKeys& keys, model::ModelConfig& m) {
            "chunk: fuse the chunks' outputs by a softmax of their scores or stick-breaking")
       .add("model.chunk_every", &m.chunk_every,
            "chunk: from the middle layer up, every n-th layer retrieves", at_least(1))
+      .add("model.chunk_local", choice(&m.chunk_local, parse_chunk_local, chunk_local_names()),
+           "chunk: the layers that do not retrieve: window, or dilated (window + the family's "
+           "offsets scaled by the layer's alpha under model.schedule)")
       .add("model.kv_heads", &m.kv_heads,
            "K/V heads, each shared by heads / kv_heads query heads (GQA; 0 = model.heads)",
            at_least(0))

@@ -32,6 +32,13 @@ std::shared_ptr<AttentionLayer> make_attention(const ModelConfig& c, int64_t lay
       if (is_chunk_retrieval_layer(c, layer)) {
         return std::make_shared<ChunkRetrievalAttention>(c, layer);
       }
+      if (c.chunk_local != AttentionFamily::window) {
+        // Dilated layers under chunk retrieval: the layer that family's own model would have
+        // here (its alpha from model.schedule at this layer index).
+        ModelConfig local = c;
+        local.attention = c.chunk_local;
+        return make_attention(local, layer);
+      }
       return std::make_shared<WindowAttention>(c, layer);
   }
   throw std::logic_error("model.attention has no attention family");

@@ -20,6 +20,7 @@
 
 #include "io/remove_tree.hpp"
 #include "model/attention/chunk_retrieval.hpp"
+#include "model/attention/dilated.hpp"
 #include "model/attention/factory.hpp"
 #include "model/attention/window.hpp"
 #include "model/gpt.hpp"
@@ -393,6 +394,62 @@ TEST(ChunkAttention, FactoryPlacesWindowEncoderAndRetrievalLayers) {
   EXPECT_FALSE(params.contains("blocks.0.attn.retrieval_query.weight"));
 }
 
+// model.chunk_local = fibonacci: the layers that do not retrieve are the Fibonacci model's
+// dilated layers (the same offsets as a Fibonacci-stagger model's layer at that index), the
+// retrieval layers are unchanged, the model trains, and decode over the cache matches the full
+// forward.
+TEST(ChunkAttention, LocalLayersCanBeFibonacciDilated) {
+  auto c = chunk_config();
+  c.layers = 6;
+  c.chunk_every = 2;
+  c.reach = 64;
+  c.schedule = AlphaSchedule::stagger;
+  c.chunk_local = AttentionFamily::fibonacci;
+  validate(c);
+  auto fibonacci = c;
+  fibonacci.attention = AttentionFamily::fibonacci;
+  for (int64_t l : {0, 1, 2, 4}) {
+    const auto layer = attention::make_attention(c, l);
+    ASSERT_NE(std::dynamic_pointer_cast<attention::DilatedAttention>(layer), nullptr) << l;
+    EXPECT_FALSE(layer->integer_offsets().empty()) << l;
+    EXPECT_EQ(layer->integer_offsets(), attention::make_attention(fibonacci, l)->integer_offsets())
+        << l;
+    EXPECT_EQ(layer->alpha(), attention::make_attention(fibonacci, l)->alpha()) << l;
+  }
+  for (int64_t l : {3, 5}) {
+    EXPECT_NE(std::dynamic_pointer_cast<ChunkRetrievalAttention>(attention::make_attention(c, l)),
+              nullptr)
+        << l;
+  }
+  // Training: every parameter gets a gradient.
+  c.layers = 3;
+  c.chunk_every = 1;
+  torch::manual_seed(43);
+  Gpt net(c);
+  const auto tokens = torch::randint(0, 256, {2, 40}, torch::kInt64);
+  const auto logits = net(tokens);
+  torch::nn::functional::cross_entropy(logits.view({-1, 256}), tokens.view({-1})).backward();
+  for (const auto& p : net->named_parameters()) {
+    ASSERT_TRUE(p.value().grad().defined()) << p.key();
+    EXPECT_GT(p.value().grad().abs().sum().item<double>(), 0) << p.key();
+  }
+  // Decode: prefill, then one token at a time, against the full forward.
+  net->to(torch::kFloat64);
+  net->eval();
+  torch::NoGradGuard no_grad;
+  const auto full = net(tokens);
+  attention::KvCache cache(c.layers);
+  ForwardContext context;
+  context.cache = &cache;
+  auto step = net->forward_with(context, tokens.narrow(1, 0, 10));
+  EXPECT_LT((step - full.narrow(1, 0, 10)).abs().max().item<double>(), 1e-9);
+  for (int64_t p = 10; p < tokens.size(1); ++p) {
+    context.position = p;
+    step = net->forward_with(context, tokens.narrow(1, p, 1));
+    EXPECT_LT((step - full.narrow(1, p, 1)).abs().max().item<double>(), 1e-9) << "at " << p;
+  }
+}
+
 // Prefill, then one token at a time (the decode kernel) and a few at once (the general
 // path): the full forward's logits at every position, with and without a chunks budget.
 TEST(ChunkAttention, DecodeOverTheCacheMatchesTheFullForward) {
@@ -520,6 +577,8 @@ TEST(ChunkAttention, BadConfigKeysAreClearErrors) {
   expect_error("model.chunk_weighting=sum",
                "model.chunk_weighting must be softmax or stick_breaking, got 'sum'");
   expect_error("model.chunk_encoder_layers=0", "needs model.chunk_landmark = 'mean'");
+  expect_error("model.chunk_local=dense",
+               "model.chunk_local must be window, fibonacci or power_of_two, got 'dense'");
   const auto help = train::train_config_help();
   EXPECT_NE(help.find("chunk_sparsity"), std::string::npos);
 }
@@ -556,6 +615,9 @@ TEST(ChunkAttention, BadConfigsAndBudgetsAreClearErrors) {
   c.chunk_landmark = ChunkLandmark::mean_keys;
   c.chunk_encoder_layers = 1;
   expect_error(c, "got 1 and 'mean_keys'");
+  c = chunk_config();
+  c.chunk_local = AttentionFamily::dense;
+  expect_error(c, "model.chunk_local (the layers that do not retrieve) must be 'window'");
   c = chunk_config();
   c.chunk_every = 0;
   expect_error(c, "model.chunk_every must be >= 1");
