@@ -5,6 +5,12 @@ namespace reach::cli {
 std::string attention_label(const model::ModelConfig& c) {
   // Only the dilated families have a schedule: "dense (stagger)" would name one it never uses.
   const std::string family = model::to_string(c.attention);
+  if (c.attention == model::AttentionFamily::chunk &&
+      c.chunk_local != model::AttentionFamily::window) {
+    // Chunk retrieval over dilated layers: "chunk over fibonacci-stagger".
+    return family + " over " + model::to_string(c.chunk_local) + "-" +
+           model::to_string(c.schedule);
+  }
   return model::is_dilated(c.attention) ? family + "-" + model::to_string(c.schedule) : family;
 }
 
