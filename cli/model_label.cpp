@@ -8,8 +8,7 @@ std::string attention_label(const model::ModelConfig& c) {
   if (c.attention == model::AttentionFamily::chunk &&
       c.chunk_local != model::AttentionFamily::window) {
     // Chunk retrieval over dilated layers: "chunk over fibonacci-stagger".
-    return family + " over " + model::to_string(c.chunk_local) + "-" +
-           model::to_string(c.schedule);
+    return family + " over " + model::to_string(c.chunk_local) + "-" + model::to_string(c.schedule);
   }
   return model::is_dilated(c.attention) ? family + "-" + model::to_string(c.schedule) : family;
 }

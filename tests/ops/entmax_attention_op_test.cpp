@@ -182,6 +182,11 @@ TEST(EntmaxAttentionOp, BadInputsGetClearErrors) {
                "alpha is required unless softmax=True");
   expect_error(
       [&] {
+        entmax_attention(q, q, q, 2, none, torch::tensor({2, 2}));
+      },
+      "alpha must be a floating-point tensor, got Long");
+  expect_error(
+      [&] {
         entmax_attention(q, q, q, 2, none, torch::tensor({1.5, 1.5}), torch::ones({2}));
       },
       "give all of delta, beta, gamma");
